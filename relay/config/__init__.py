@@ -1,0 +1,1 @@
+"""Configuration: the typed model (`relay.config.model`) and the YAML loader (`relay.config.loader`)."""

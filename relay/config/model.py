@@ -1,0 +1,167 @@
+"""The typed, frozen configuration model, built once at load by `relay.config.loader`.
+
+Everything here is plain data: no I/O, no defaults that depend on the environment. Times are in
+seconds (``*_s``), sizes in bytes (``*_bytes``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from relay.secret import Secret
+
+TlsMode = Literal["none", "starttls", "implicit"]
+"""How TLS is used on a connection: not at all, upgraded with STARTTLS/STLS, or from the start."""
+
+OAuthFlow = Literal["authorization_code", "device_code", "client_credentials", "service_account"]
+"""How tokens are obtained: interactive (code/device) once, or on demand (app-only)."""
+
+EnvelopeSenderPolicy = Literal["keep", "rewrite"]
+"""`keep` forwards the client's MAIL FROM; `rewrite` replaces it with the account's mailbox."""
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One local listener (SMTP or POP3) that legacy apps connect to."""
+
+    enabled: bool
+    host: str
+    port: int
+    tls: TlsMode = "none"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Networks (besides loopback) where AUTH without TLS is allowed, e.g. a trusted container
+    # network. Empty by default: off loopback, plaintext logins need TLS.
+    allow_plaintext_auth_from: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Both local listeners."""
+
+    smtp: ListenerConfig
+    pop3: ListenerConfig
+
+
+@dataclass(frozen=True)
+class TokenStoreConfig:
+    """Where tokens live and where the store's encryption key comes from.
+
+    The key is read from the environment variable ``key_env`` if it is set there, else from
+    ``key_file``. ``relay init-key`` creates one.
+    """
+
+    path: Path
+    key_env: str | None = "RELAY_STORE_KEY"
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamEndpoint:
+    """An upstream mail server the relay connects to on an account's behalf."""
+
+    host: str
+    port: int
+    tls: TlsMode
+    # Extra CA bundle for private servers (and the sandbox); system CAs are used otherwise.
+    ca_file: Path | None = None
+    # Turning this off is only for tests and is logged loudly at start.
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
+class CredentialsConfig:
+    """Named OAuth client credentials (an app registration), like the reference doc's
+    "Email OAuth credentials"; several accounts may share one."""
+
+    name: str
+    provider: str  # "microsoft" | "google" | "generic" | "package.module:ClassName"
+    client_id: str
+    flow: OAuthFlow = "authorization_code"
+    client_secret: Secret | None = None
+    tenant_id: str | None = None
+    scopes: tuple[str, ...] | None = None  # None: the provider's defaults for SMTP + POP3
+    # Port of the loopback redirect listener for `relay authorize` (0: any free port).
+    redirect_port: int = 0
+    redirect_host: str = "localhost"
+    # Endpoint overrides (required for `generic`, optional elsewhere).
+    authorize_url: str | None = None
+    token_url: str | None = None
+    device_authorization_url: str | None = None
+    revocation_url: str | None = None
+    # Google service account JSON key file (flow `service_account`).
+    service_account_file: Path | None = None
+    # Free-form provider-specific options for custom providers.
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """A local login that maps to one upstream mailbox."""
+
+    name: str
+    username: str  # the login the legacy app uses
+    password_hash: str | None  # from `relay hash-password`; None only with allow_without_auth_from
+    mailbox: str  # the upstream address, the XOAUTH2 `user=`
+    credentials: str  # name of a CredentialsConfig
+    smtp: UpstreamEndpoint | None  # None: this account does not send
+    pop3: UpstreamEndpoint | None  # None: this account does not read mail
+    allow_without_auth_from: tuple[IPNetwork, ...] = ()
+    envelope_sender: EnvelopeSenderPolicy = "keep"
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Limits and timeouts, with defaults that suit a local relay."""
+
+    max_message_bytes: int = 35 * 1024 * 1024
+    max_connections: int = 1000  # per listener
+    smtp_command_timeout_s: float = 300.0  # RFC 5321 4.5.3.2 suggests 5 minutes
+    pop3_idle_timeout_s: float = 600.0  # RFC 1939: at least 10 minutes
+    upstream_connect_timeout_s: float = 30.0
+    upstream_command_timeout_s: float = 120.0
+    upstream_data_timeout_s: float = 600.0
+    auth_failure_delay_s: float = 1.0
+    auth_failures_before_throttle: int = 5
+    auth_throttle_window_s: float = 300.0
+    token_refresh_margin_s: float = 300.0
+    shutdown_grace_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Opt-in reuse of authenticated upstream SMTP sessions per account."""
+
+    enabled: bool = False
+    max_sessions_per_account: int = 4
+    idle_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """The whole configuration, as loaded from one YAML file."""
+
+    listen: ListenConfig
+    token_store: TokenStoreConfig
+    credentials: Mapping[str, CredentialsConfig]
+    accounts: Mapping[str, AccountConfig]
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    upstream_pool: PoolConfig = field(default_factory=PoolConfig)
+    source_path: Path | None = None  # the YAML file it came from, for messages
+
+    def account_by_username(self, username: str) -> AccountConfig | None:
+        """Return the account whose local login is ``username`` (case-sensitive), if any."""
+        for account in self.accounts.values():
+            if account.username == username:
+                return account
+        return None
+
+    def credentials_for(self, account: AccountConfig) -> CredentialsConfig:
+        """Return the credentials an account uses (validated to exist at load)."""
+        return self.credentials[account.credentials]

@@ -1,0 +1,107 @@
+"""The one exception tree of xoauth2-relay.
+
+Every error a user can cause says what is wrong and how to fix it, naming the setting, account or
+input. Lower-layer errors (OSError, ssl.SSLError, httpx.HTTPError, yaml.YAMLError,
+cryptography's InvalidTag, binascii.Error ...) are translated into these at module boundaries.
+
+    RelayError
+    ├── ConfigError                 the YAML (or a value it references) is invalid
+    ├── TokenStoreError             the encrypted token store cannot be read or written
+    ├── OAuthError                  talking to the OAuth provider failed
+    │   ├── AuthorizationNeeded     an operator must run `relay authorize ACCOUNT`
+    │   ├── TokenRefreshFailed      transient: network, 5xx, timeout (retried with backoff)
+    │   └── AuthorizeFlowError      the one-time authorize flow ended without tokens
+    ├── UpstreamError               talking to the upstream SMTP/POP3 server failed
+    │   ├── UpstreamUnavailable     connect, TLS, timeout, dropped connection (temporary)
+    │   ├── UpstreamAuthRejected    the upstream refused the XOAUTH2 login
+    │   └── UpstreamProtocolError   the upstream said something we cannot parse
+    └── ProtocolInputError          a client sent bad input (bad base64, control characters ...)
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Root of every error the relay raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(RelayError):
+    """The configuration is invalid; ``path`` is the YAML path (``accounts.sales.credentials``).
+
+    ``problems`` holds every (path, message) found, so `relay check-config` can print them all.
+    """
+
+    exit_code = 2
+
+    def __init__(self, path: str, message: str, problems: list[tuple[str, str]] | None = None):
+        self.path = path
+        self.message = message
+        self.problems = problems if problems is not None else [(path, message)]
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        lines = [f"{p}: {m}" if p else m for p, m in self.problems]
+        return "\n".join(lines)
+
+
+class TokenStoreError(RelayError):
+    """The token store cannot be read or written (wrong key, corrupt file, permissions)."""
+
+    exit_code = 3
+
+
+class OAuthError(RelayError):
+    """Base for errors while obtaining or refreshing tokens."""
+
+    def __init__(self, message: str, *, account: str | None = None, provider_error: str | None = None):
+        self.account = account
+        self.provider_error = provider_error
+        super().__init__(message)
+
+
+class AuthorizationNeeded(OAuthError):
+    """The account has no usable refresh token; the fix is `relay authorize ACCOUNT`."""
+
+    exit_code = 4
+
+
+class TokenRefreshFailed(OAuthError):
+    """A transient failure (network, HTTP 5xx, timeout); retrying later may succeed."""
+
+    exit_code = 5
+
+
+class AuthorizeFlowError(OAuthError):
+    """The interactive authorize flow ended without tokens (timeout, denied, state mismatch)."""
+
+    exit_code = 6
+
+
+class UpstreamError(RelayError):
+    """Base for errors talking to the upstream mail server.
+
+    ``reply`` is the upstream's own reply text when there was one, so it can be passed on.
+    """
+
+    def __init__(self, message: str, *, account: str | None = None, reply: str | None = None):
+        self.account = account
+        self.reply = reply
+        super().__init__(message)
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connect failure, TLS failure, timeout or dropped connection: temporary."""
+
+
+class UpstreamAuthRejected(UpstreamError):
+    """The upstream refused our XOAUTH2 login (token rejected, SMTP AUTH disabled ...)."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream sent a reply we cannot parse or did not expect."""
+
+
+class ProtocolInputError(RelayError):
+    """A client sent input we must refuse (invalid base64, control characters in a login ...)."""

@@ -1,0 +1,1 @@
+"""Tokens: the encrypted store, the self-refreshing manager, and the interface sessions use."""

@@ -1,0 +1,24 @@
+"""The small interface through which SMTP/POP3 sessions get access tokens."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from relay.secret import Secret
+
+
+class TokenSource(Protocol):
+    """Gives sessions a valid access token for an account (by account name).
+
+    Raises `relay.errors.AuthorizationNeeded` when an operator must run `relay authorize`, and
+    `relay.errors.TokenRefreshFailed` on transient failures (the session answers 4xx / -ERR
+    [SYS/TEMP]).
+    """
+
+    async def get_token(self, account: str) -> Secret:
+        """Return a valid access token, refreshing first if it is near expiry."""
+        ...
+
+    async def force_refresh(self, account: str) -> Secret:
+        """Refresh now, because the upstream rejected a token that looked valid."""
+        ...
