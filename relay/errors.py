@@ -11,6 +11,9 @@ cryptography's InvalidTag, binascii.Error ...) are translated into these at modu
     │   ├── AuthorizationNeeded     an operator must run `relay authorize ACCOUNT`
     │   ├── TokenRefreshFailed      transient: network, 5xx, timeout (retried with backoff)
     │   └── AuthorizeFlowError      the one-time authorize flow ended without tokens
+    │       ├── AuthorizeTimeout    nobody completed the sign-in in time
+    │       ├── AuthorizeDenied     the user (or provider) declined consent
+    │       └── AuthorizeStateMismatch  the redirect's state did not match (possible CSRF)
     ├── UpstreamError               talking to the upstream SMTP/POP3 server failed
     │   ├── UpstreamUnavailable     connect, TLS, timeout, dropped connection (temporary)
     │   ├── UpstreamAuthRejected    the upstream refused the XOAUTH2 login
@@ -77,6 +80,24 @@ class AuthorizeFlowError(OAuthError):
     """The interactive authorize flow ended without tokens (timeout, denied, state mismatch)."""
 
     exit_code = 6
+
+
+class AuthorizeTimeout(AuthorizeFlowError):
+    """Nobody completed the sign-in before the timeout (or the device code expired)."""
+
+    exit_code = 7
+
+
+class AuthorizeDenied(AuthorizeFlowError):
+    """The user or the provider declined consent (``access_denied``)."""
+
+    exit_code = 8
+
+
+class AuthorizeStateMismatch(AuthorizeFlowError):
+    """The redirect carried a ``state`` other than the one we sent: possibly a forged request."""
+
+    exit_code = 9
 
 
 class UpstreamError(RelayError):

@@ -5,14 +5,75 @@ class attributes ``name``, ``requires_tenant``, ``supported_flows``, ``default_s
 ``default_pop3``; the constructor ``Provider(credentials: CredentialsConfig)``; and the
 classmethod ``config_problems(credentials) -> list[(field, message)]`` used by the config loader
 to report provider-specific mistakes with their YAML path.
+
+Grants: the base class implements RFC 6749 / 7636 / 8628 against the endpoints a subclass
+returns from ``endpoints()``; a provider overrides what differs and raises
+``UnsupportedGrant`` for what it cannot do. Every HTTP failure is translated into the relay's
+error tree by the pure :func:`relay.providers.token_errors.map_token_error`.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC
+from dataclasses import dataclass
 from typing import ClassVar
+from urllib.parse import urlencode
+
+import httpx
 
 from relay.config.model import CredentialsConfig, OAuthFlow, UpstreamEndpoint
+from relay.errors import AuthorizeDenied, AuthorizeTimeout, OAuthError, TokenRefreshFailed
+from relay.providers.token_errors import map_token_error
+from relay.secret import Secret
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The provider's OAuth endpoints (None: the provider has no such endpoint)."""
+
+    token_url: str
+    authorize_url: str | None = None
+    device_authorization_url: str | None = None
+    revocation_url: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """A successful token endpoint answer (RFC 6749 5.1)."""
+
+    access_token: Secret
+    expires_in_s: int
+    refresh_token: Secret | None = None
+    scope: str | None = None
+    token_type: str = "Bearer"  # noqa: S105 - a token type name, not a secret
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    """An RFC 8628 device authorization answer (Google's ``verification_url`` accepted too)."""
+
+    device_code: Secret
+    user_code: str
+    verification_uri: str
+    expires_in_s: int
+    interval_s: int = 5
+    verification_uri_complete: str | None = None
+
+
+@dataclass(frozen=True)
+class DevicePending:
+    """Polling signal: the user has not approved yet; ``slow_down`` means add 5 s to the interval."""
+
+    slow_down: bool = False
+
+
+class UnsupportedGrant(OAuthError):
+    """The provider does not support this grant (a configuration problem, not transient)."""
+
+    exit_code = 2
 
 
 class OAuthProvider(ABC):
@@ -23,6 +84,8 @@ class OAuthProvider(ABC):
     supported_flows: ClassVar[frozenset[OAuthFlow]] = frozenset({"authorization_code"})
     default_smtp: ClassVar[UpstreamEndpoint | None] = None
     default_pop3: ClassVar[UpstreamEndpoint | None] = None
+    # Extra query parameters added to the authorization URL (e.g. Google's access_type=offline).
+    extra_authorize_params: ClassVar[dict[str, str]] = {}
 
     def __init__(self, credentials: CredentialsConfig) -> None:
         self.credentials = credentials
@@ -43,3 +106,238 @@ class OAuthProvider(ABC):
                  f"(supported: {known})")
             )
         return problems
+
+    # --- what a provider describes ---------------------------------------------------------------
+
+    def default_endpoints(self) -> Endpoints:
+        """Return the provider's built-in endpoints (subclasses override)."""
+        raise UnsupportedGrant(f"provider '{self.name}' defines no endpoints; set credentials."
+                               f"{self.credentials.name}.token_url")
+
+    def endpoints(self) -> Endpoints:
+        """Return the endpoints, with the overrides from the credentials applied."""
+        c = self.credentials
+        try:
+            base = self.default_endpoints()
+        except UnsupportedGrant:
+            if not c.token_url:
+                raise
+            base = Endpoints(token_url=c.token_url)
+        return Endpoints(
+            token_url=c.token_url or base.token_url,
+            authorize_url=c.authorize_url or base.authorize_url,
+            device_authorization_url=c.device_authorization_url or base.device_authorization_url,
+            revocation_url=c.revocation_url or base.revocation_url,
+        )
+
+    def default_scopes(self) -> tuple[str, ...]:
+        """Return the delegated scopes for SMTP + POP3 (subclasses override)."""
+        return ()
+
+    def app_scopes(self) -> tuple[str, ...]:
+        """Return the scopes for app-only grants (client credentials, service account)."""
+        return self.default_scopes()
+
+    def scopes(self) -> tuple[str, ...]:
+        """Return the scopes to request for the configured flow (YAML ``scopes`` wins)."""
+        if self.credentials.scopes is not None:
+            return tuple(self.credentials.scopes)
+        if self.credentials.flow in ("client_credentials", "service_account"):
+            return self.app_scopes()
+        return self.default_scopes()
+
+    def needs_authorize_step(self) -> bool:
+        """True when tokens come from a one-time interactive `relay authorize`."""
+        return self.credentials.flow in ("authorization_code", "device_code")
+
+    # --- authorization code + PKCE ---------------------------------------------------------------
+
+    def authorization_url(self, redirect_uri: str, state: str, code_challenge: str,
+                          login_hint: str | None = None) -> str:
+        """Return the URL the user opens to consent (PKCE S256, ``state`` against CSRF)."""
+        url = self.endpoints().authorize_url
+        if not url:
+            raise UnsupportedGrant(
+                f"credentials '{self.credentials.name}': provider '{self.name}' has no authorization "
+                f"endpoint; set credentials.{self.credentials.name}.authorize_url"
+            )
+        params = {
+            "client_id": self.credentials.client_id,
+            "response_type": "code",
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(self.scopes()),
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+            **self.extra_authorize_params,
+        }
+        if login_hint:
+            params["login_hint"] = login_hint
+        sep = "&" if "?" in url else "?"
+        return f"{url}{sep}{urlencode(params)}"
+
+    async def exchange_code(self, http: httpx.AsyncClient, code: str, redirect_uri: str,
+                            code_verifier: str, *, account: str | None = None) -> TokenResponse:
+        """Trade an authorization code for tokens."""
+        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                "code_verifier": code_verifier, "scope": " ".join(self.scopes())}
+        return await self.token_request(http, data, account=account)
+
+    async def refresh(self, http: httpx.AsyncClient, refresh_token: Secret, *,
+                      account: str | None = None) -> TokenResponse:
+        """Use a refresh token for a new access token (and maybe a rotated refresh token)."""
+        data = {"grant_type": "refresh_token", "refresh_token": Secret(refresh_token).reveal(),
+                "scope": " ".join(self.scopes())}
+        return await self.token_request(http, data, account=account)
+
+    # --- device code (RFC 8628) ------------------------------------------------------------------
+
+    async def start_device_authorization(self, http: httpx.AsyncClient, *,
+                                         account: str | None = None) -> DeviceAuthorization:
+        """Ask for a device code and user code."""
+        url = self.endpoints().device_authorization_url
+        if not url:
+            raise UnsupportedGrant(
+                f"credentials '{self.credentials.name}': provider '{self.name}' has no device "
+                f"authorization endpoint; set credentials.{self.credentials.name}.device_authorization_url",
+                account=account,
+            )
+        body = {"client_id": self.credentials.client_id, "scope": " ".join(self.scopes())}
+        status, payload = await self._post(http, url, body, account=account)
+        if status != 200:
+            raise map_token_error(status, payload, credentials=self.credentials.name, account=account)
+        try:
+            uri = payload.get("verification_uri") or payload["verification_url"]
+            return DeviceAuthorization(
+                device_code=Secret(str(payload["device_code"])),
+                user_code=str(payload["user_code"]),
+                verification_uri=str(uri),
+                expires_in_s=int(payload.get("expires_in", 900)),
+                interval_s=max(1, int(payload.get("interval", 5))),
+                verification_uri_complete=payload.get("verification_uri_complete"),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise TokenRefreshFailed(
+                f"credentials '{self.credentials.name}': the device authorization answer lacks "
+                "device_code/user_code/verification_uri", account=account) from None
+
+    async def poll_device_token(self, http: httpx.AsyncClient, device: DeviceAuthorization, *,
+                                account: str | None = None) -> TokenResponse | DevicePending:
+        """Poll once: tokens, or DevicePending while the user has not approved yet."""
+        data = {"grant_type": DEVICE_CODE_GRANT, "device_code": device.device_code.reveal()}
+        status, payload = await self._post(http, self.endpoints().token_url,
+                                           self._with_client(data), account=account)
+        if status == 200:
+            return self.parse_token_response(payload, account=account)
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if status == 428 or error == "authorization_pending":
+            return DevicePending()
+        if error == "slow_down":
+            return DevicePending(slow_down=True)
+        if error == "access_denied":
+            raise AuthorizeDenied("the sign-in was declined (access_denied); nothing was stored",
+                                     account=account, provider_error="access_denied")
+        if error == "expired_token":
+            raise AuthorizeTimeout("the device code expired before the sign-in was completed; "
+                                     "run the command again", account=account, provider_error="expired_token")
+        raise map_token_error(status, payload, credentials=self.credentials.name, account=account)
+
+    # --- app-only grants -------------------------------------------------------------------------
+
+    async def client_credentials(self, http: httpx.AsyncClient, mailbox: str, *,
+                                 account: str | None = None) -> TokenResponse:
+        """Get an app-only token (RFC 6749 4.4); ``mailbox`` is the XOAUTH2 user, unused here."""
+        if "client_credentials" not in self.supported_flows:
+            raise UnsupportedGrant(f"provider '{self.name}' does not support the client_credentials flow",
+                                   account=account)
+        return await self.token_request(
+            http, {"grant_type": "client_credentials", "scope": " ".join(self.scopes())}, account=account)
+
+    async def service_account_token(self, http: httpx.AsyncClient, mailbox: str, *,
+                                    account: str | None = None) -> TokenResponse:
+        """Get a token acting as ``mailbox`` with a service account (Google overrides this)."""
+        raise UnsupportedGrant(f"provider '{self.name}' does not support the service_account flow; "
+                               f"use authorization_code for credentials '{self.credentials.name}'",
+                               account=account)
+
+    async def fetch_app_token(self, http: httpx.AsyncClient, mailbox: str, *,
+                              account: str | None = None) -> TokenResponse:
+        """Get a token for an on-demand flow (client_credentials or service_account)."""
+        if self.credentials.flow == "service_account":
+            return await self.service_account_token(http, mailbox, account=account)
+        return await self.client_credentials(http, mailbox, account=account)
+
+    async def revoke(self, http: httpx.AsyncClient, token: Secret) -> bool:
+        """Best effort RFC 7009 revocation; returns False when there is no endpoint or it failed."""
+        url = self.endpoints().revocation_url
+        if not url:
+            return False
+        try:
+            status, _ = await self._post(http, url, self._with_client({"token": token.reveal()}))
+        except OAuthError:
+            return False
+        return status == 200
+
+    # --- HTTP plumbing ---------------------------------------------------------------------------
+
+    def _with_client(self, data: dict[str, str]) -> dict[str, str]:
+        """Add client authentication (client_secret_post; public clients send only client_id)."""
+        out = {"client_id": self.credentials.client_id, **data}
+        if self.credentials.client_secret:
+            out["client_secret"] = self.credentials.client_secret.reveal()
+        return out
+
+    async def token_request(self, http: httpx.AsyncClient, data: dict[str, str], *,
+                            account: str | None = None) -> TokenResponse:
+        """POST a grant to the token endpoint; translate every failure into the error tree."""
+        if not data.get("scope"):
+            data = {k: v for k, v in data.items() if k != "scope"}
+        status, payload = await self._post(http, self.endpoints().token_url, self._with_client(data),
+                                           account=account)
+        if status != 200:
+            raise map_token_error(status, payload, credentials=self.credentials.name, account=account)
+        return self.parse_token_response(payload, account=account)
+
+    def parse_token_response(self, payload: object, *, account: str | None = None) -> TokenResponse:
+        """Turn an RFC 6749 5.1 JSON body into a TokenResponse (TokenRefreshFailed when malformed)."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("access_token"), str):
+            raise TokenRefreshFailed(
+                f"credentials '{self.credentials.name}': the token endpoint answered 200 without an "
+                "access_token", account=account)
+        try:
+            expires_in = int(payload.get("expires_in", 3600))
+        except (TypeError, ValueError):
+            expires_in = 3600
+        refresh = payload.get("refresh_token")
+        return TokenResponse(
+            access_token=Secret(payload["access_token"]),
+            expires_in_s=max(0, expires_in),
+            refresh_token=Secret(refresh) if isinstance(refresh, str) and refresh else None,
+            scope=payload.get("scope") if isinstance(payload.get("scope"), str) else None,
+            token_type=str(payload.get("token_type", "Bearer")),
+        )
+
+    async def _post(self, http: httpx.AsyncClient, url: str, data: dict[str, str], *,
+                    account: str | None = None) -> tuple[int, object]:
+        """POST a form; return (status, parsed JSON or None). Network failures -> TokenRefreshFailed."""
+        who = f"account '{account}'" if account else f"credentials '{self.credentials.name}'"
+        try:
+            response = await http.post(url, data=data, headers={"Accept": "application/json"})
+        except httpx.TimeoutException:
+            raise TokenRefreshFailed(f"{who}: the OAuth endpoint {_host(url)} timed out",
+                                     account=account) from None
+        except httpx.HTTPError as exc:
+            raise TokenRefreshFailed(f"{who}: cannot reach the OAuth endpoint {_host(url)} "
+                                     f"({type(exc).__name__})", account=account) from None
+        try:
+            payload: object = response.json() if response.content else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            payload = None
+        return response.status_code, payload
+
+
+def _host(url: str) -> str:
+    """Return scheme://host of a URL for messages (never a query string)."""
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"

@@ -1,0 +1,336 @@
+"""TokenManager: hands sessions a valid access token and keeps tokens fresh by itself.
+
+- Tokens come from the store (re-read when another process, e.g. `relay authorize`, wrote it).
+- Refreshes are single flight per account: any number of concurrent callers share one request.
+- A rotated refresh token is persisted before the new access token is handed out.
+- Transient failures are retried with exponential backoff and jitter, then TokenRefreshFailed.
+- A dead grant (invalid_grant ...) marks the account, in memory and in the store, and is logged
+  once as an ERROR naming `relay authorize ACCOUNT`; later calls fail fast without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+
+from relay.config.model import AccountConfig, RelayConfig
+from relay.errors import AuthorizationNeeded, ConfigError, OAuthError, TokenRefreshFailed, TokenStoreError
+from relay.providers.base import OAuthProvider, TokenResponse
+from relay.providers.registry import load_provider_class
+from relay.secret import Secret
+from relay.tokens.model import TokenSet, expiry_from
+from relay.tokens.store import TokenStore
+
+log = logging.getLogger("relay.tokens")
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+ON_DEMAND_FLOWS = frozenset({"client_credentials", "service_account"})
+# A forced refresh right after a refresh returns the fresh token instead of asking again: a burst of
+# sessions whose old token was rejected then causes one refresh, not one each.
+FORCE_REFRESH_MIN_AGE_S = 10.0
+DEFAULT_HTTP_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class AccountTokenStatus:
+    """One line of `relay tokens` / `relay check`: never contains a token."""
+
+    account: str
+    credentials: str
+    flow: str
+    state: str  # valid | expired | needs authorize | not authorized | on demand
+    valid_until: datetime | None
+    last_error: str | None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_http_client(timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> httpx.AsyncClient:
+    """Return the HTTP client used for token requests (TLS verified, bounded timeouts)."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
+
+
+class TokenManager:
+    """Implements relay.tokens.source.TokenSource over a TokenStore and the configured providers."""
+
+    def __init__(self, config: RelayConfig, store: TokenStore, *, http: httpx.AsyncClient | None = None,
+                 clock: Clock | None = None, sleep: Sleep | None = None, retry_attempts: int = 3,
+                 retry_base_delay_s: float = 0.5, check_interval_s: float = 30.0) -> None:
+        self.config = config
+        self.store = store
+        self._http = http
+        self._owns_http = http is None
+        self._clock = clock or _utc_now
+        self._sleep = sleep or asyncio.sleep
+        self._attempts = max(1, retry_attempts)
+        self._base_delay_s = retry_base_delay_s
+        self._check_interval_s = check_interval_s
+        self._providers: dict[str, OAuthProvider] = {}
+        self._memory: dict[str, TokenSet] = {}
+        self._inflight: dict[str, asyncio.Task[TokenSet]] = {}
+        self._errors: dict[str, str] = {}
+        self._reported: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # --- TokenSource ---------------------------------------------------------------------------
+
+    async def get_token(self, account: str) -> Secret:
+        """Return a valid access token, refreshing (once, shared) when near expiry."""
+        acc = self._account(account)
+        current = await self._current(acc.name)
+        if current is not None and current.is_usable(self._clock(), self._margin_s()):
+            return current.access_token
+        return (await self._single_flight(acc, force=False, margin_s=self._margin_s())).access_token
+
+    async def force_refresh(self, account: str) -> Secret:
+        """Refresh now because the upstream rejected a token that looked valid (single flight too)."""
+        acc = self._account(account)
+        return (await self._single_flight(acc, force=True, margin_s=self._margin_s())).access_token
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background task that refreshes tokens ahead of expiry."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresh_loop(), name="token-refresher")
+
+    async def close(self) -> None:
+        """Stop the background task and close the HTTP client we created."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._owns_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def refresh_due(self) -> list[str]:
+        """One pass of the background refresher: refresh accounts within twice the margin of expiry.
+
+        Returns the accounts refreshed. Failures are logged, never raised.
+        """
+        refreshed: list[str] = []
+        ahead_s = 2 * self._margin_s() + self._check_interval_s
+        for acc in self.config.accounts.values():
+            try:
+                current = await self._current(acc.name)
+            except TokenRefreshFailed:
+                continue
+            if current is None or current.needs_authorization:
+                continue
+            if current.refresh_token is None and self._flow(acc) not in ON_DEMAND_FLOWS:
+                continue
+            if current.remaining_s(self._clock()) > ahead_s:
+                continue
+            try:
+                await self._single_flight(acc, force=False, margin_s=ahead_s)
+                refreshed.append(acc.name)
+            except (OAuthError, TokenStoreError) as exc:
+                log.debug("background refresh for account '%s' failed: %s", acc.name, exc)
+        return refreshed
+
+    async def status(self) -> list[AccountTokenStatus]:
+        """Return the token status of every configured account."""
+        try:
+            stored = await self.store.load_all()
+        except TokenStoreError as exc:
+            stored = dict(self._memory)
+            log.error("%s", exc)
+        now = self._clock()
+        out = []
+        for acc in self.config.accounts.values():
+            flow = self._flow(acc)
+            ts = _newer(stored.get(acc.name), self._memory.get(acc.name))
+            error = self._errors.get(acc.name) or (ts.last_error if ts else None)
+            if ts is None:
+                state = "on demand" if flow in ON_DEMAND_FLOWS else "not authorized"
+                if state == "not authorized":
+                    error = error or f"run `relay authorize {acc.name}`"
+            elif ts.needs_authorization:
+                state = "needs authorize"
+            elif ts.remaining_s(now) <= 0:
+                state = "on demand" if flow in ON_DEMAND_FLOWS else "expired"
+            else:
+                state = "valid"
+            out.append(AccountTokenStatus(acc.name, acc.credentials, flow, state,
+                                          ts.expires_at if ts else None, error))
+        return out
+
+    def provider_for(self, account: AccountConfig) -> OAuthProvider:
+        """Return (and cache) the provider instance of the account's credentials."""
+        creds = self.config.credentials_for(account)
+        if creds.name not in self._providers:
+            self._providers[creds.name] = load_provider_class(creds.provider)(creds)
+        return self._providers[creds.name]
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _margin_s(self) -> float:
+        return self.config.limits.token_refresh_margin_s
+
+    def _account(self, name: str) -> AccountConfig:
+        try:
+            return self.config.accounts[name]
+        except KeyError:
+            raise ConfigError(f"accounts.{name}", f"account '{name}' is not configured") from None
+
+    def _flow(self, acc: AccountConfig) -> str:
+        return self.config.credentials_for(acc).flow
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = new_http_client()
+        return self._http
+
+    async def _current(self, name: str) -> TokenSet | None:
+        """The newest of the stored and the in-memory tokens (store errors -> TokenRefreshFailed)."""
+        try:
+            stored = await self.store.get(name)
+        except TokenStoreError as exc:
+            memory = self._memory.get(name)
+            if memory is not None:
+                return memory
+            self._report(name, f"the token store cannot be read: {exc}")
+            raise TokenRefreshFailed(f"account '{name}': the token store cannot be read",
+                                     account=name) from None
+        return _newer(stored, self._memory.get(name))
+
+    async def _single_flight(self, acc: AccountConfig, *, force: bool, margin_s: float) -> TokenSet:
+        task = self._inflight.get(acc.name)
+        if task is None:
+            task = asyncio.create_task(self._refresh(acc, force=force, margin_s=margin_s))
+            self._inflight[acc.name] = task
+            task.add_done_callback(lambda t, name=acc.name: self._flight_done(name, t))
+        return await asyncio.shield(task)
+
+    def _flight_done(self, name: str, task: asyncio.Task[TokenSet]) -> None:
+        if self._inflight.get(name) is task:
+            del self._inflight[name]
+        if not task.cancelled():
+            task.exception()  # mark retrieved even when every waiter was cancelled
+
+    async def _refresh(self, acc: AccountConfig, *, force: bool, margin_s: float) -> TokenSet:
+        name = acc.name
+        current = await self._current(name)
+        now = self._clock()
+        if current is not None and not current.needs_authorization:
+            if not force and current.is_usable(now, margin_s):
+                return current  # refreshed meanwhile (another caller or another process)
+            age_s = (now - current.obtained_at).total_seconds()
+            if force and 0 <= age_s < FORCE_REFRESH_MIN_AGE_S and current.is_usable(now, 0):
+                return current
+        provider = self.provider_for(acc)
+        on_demand = self._flow(acc) in ON_DEMAND_FLOWS
+        if not on_demand:
+            if current is None or current.refresh_token is None:
+                raise self._needs_authorization(name, f"account '{name}' has not been authorized yet; "
+                                                f"run `relay authorize {name}`")
+            if current.needs_authorization:
+                raise AuthorizationNeeded(current.last_error or f"account '{name}': run `relay authorize "
+                                          f"{name}`", account=name)
+        try:
+            if on_demand:
+                response = await self._with_retries(
+                    lambda: provider.fetch_app_token(self._client(), acc.mailbox, account=name))
+            else:
+                assert current is not None and current.refresh_token is not None
+                refresh_token = current.refresh_token
+                response = await self._with_retries(
+                    lambda: provider.refresh(self._client(), refresh_token, account=name))
+        except AuthorizationNeeded as exc:
+            await self._mark_needs_authorization(name, current, str(exc))
+            raise
+        except TokenRefreshFailed as exc:
+            self._errors[name] = str(exc)
+            if current is not None and not force and current.is_usable(self._clock(), 0):
+                log.warning("account '%s': refresh failed, using the current token until it expires: %s",
+                            name, exc)
+                return current
+            raise
+        except (OAuthError, ConfigError) as exc:
+            # A setting is wrong (client secret, tenant, key file): an operator must act.
+            self._errors[name] = str(exc)
+            self._report(name, str(exc))
+            raise AuthorizationNeeded(str(exc), account=name) from None
+        fresh = self._token_set(acc, response, current)
+        try:
+            await self.store.put(fresh)
+        except TokenStoreError as exc:
+            log.error("account '%s': new tokens could not be saved, the old store file is kept: %s",
+                      name, exc)
+            self._errors[name] = str(exc)
+            raise
+        self._memory[name] = fresh
+        self._errors.pop(name, None)
+        self._reported.pop(name, None)
+        log.info("account '%s': token refreshed, valid until %s", name, fresh.expires_at.isoformat())
+        return fresh
+
+    def _token_set(self, acc: AccountConfig, response: TokenResponse, current: TokenSet | None) -> TokenSet:
+        now = self._clock()
+        refresh = response.refresh_token or (current.refresh_token if current else None)
+        scopes = tuple(response.scope.split()) if response.scope else self.provider_for(acc).scopes()
+        return TokenSet(account=acc.name, credentials=acc.credentials, access_token=response.access_token,
+                        expires_at=expiry_from(now, response.expires_in_s), refresh_token=refresh,
+                        scopes=scopes, obtained_at=now)
+
+    async def _with_retries(self, call: Callable[[], Awaitable[TokenResponse]]) -> TokenResponse:
+        """Retry transient failures with exponential backoff and jitter, then re-raise the last."""
+        for attempt in range(self._attempts):
+            try:
+                return await call()
+            except TokenRefreshFailed:
+                if attempt + 1 >= self._attempts:
+                    raise
+                delay_s = self._base_delay_s * (2 ** attempt) * (0.5 + random.random())  # noqa: S311 - jitter
+                await self._sleep(delay_s)
+        raise AssertionError("unreachable")
+
+    def _needs_authorization(self, name: str, message: str) -> AuthorizationNeeded:
+        self._report(name, message)
+        return AuthorizationNeeded(message, account=name)
+
+    async def _mark_needs_authorization(self, name: str, current: TokenSet | None, message: str) -> None:
+        self._report(name, message)
+        if current is None:
+            return
+        marked = current.marked(message, needs_authorization=True)
+        self._memory[name] = marked
+        try:
+            await self.store.put(marked)
+        except TokenStoreError as exc:
+            log.error("account '%s': could not record the needs-authorize status: %s", name, exc)
+
+    def _report(self, name: str, message: str) -> None:
+        """Log an operator-facing ERROR once per account and message."""
+        if self._reported.get(name) != message:
+            self._reported[name] = message
+            log.error("%s", message)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self.refresh_due()
+            await asyncio.sleep(self._check_interval_s)
+
+
+def _newer(a: TokenSet | None, b: TokenSet | None) -> TokenSet | None:
+    """Return the more recently obtained TokenSet; on a tie ``a`` (the store) wins unless ``b`` is marked."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if b.obtained_at > a.obtained_at or (b.obtained_at == a.obtained_at and b.needs_authorization):
+        return b
+    return a
