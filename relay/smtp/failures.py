@@ -1,0 +1,139 @@
+"""Pure mapping of upstream and token failures to client replies and to operator log advice.
+
+A client never sees 250 for something the upstream did not accept, and never a 5xx for a failure
+that is ours or temporary: those are 4xx so the legacy app keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from relay.config.model import AccountConfig
+from relay.errors import (
+    AuthorizationNeeded,
+    ConfigError,
+    RelayError,
+    TokenRefreshFailed,
+    UpstreamAuthRejected,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
+from relay.smtp.reply import SmtpReply
+
+TEMP_AUTH_FAILURE = SmtpReply.make(454, "4.7.0", "Temporary authentication failure upstream, try again later")
+UPSTREAM_UNREACHABLE = SmtpReply.make(451, "4.4.1", "Upstream mail server unreachable, try again later")
+UPSTREAM_CONNECTION_LOST = SmtpReply.make(451, "4.4.2", "Connection to the upstream mail server failed")
+LOCAL_ERROR = SmtpReply.make(451, "4.3.0", "Local error in processing, try again later")
+
+
+def reply_for_error(error: BaseException, *, connected: bool = False) -> SmtpReply:
+    """Return the client reply for a failure; ``connected`` says whether the upstream had answered.
+
+    Always a 4xx: token problems and upstream refusal of our login are 454 4.7.0, an unreachable or
+    failing upstream 451 4.4.x, anything else 451 4.3.0.
+    """
+    if isinstance(error, AuthorizationNeeded | TokenRefreshFailed | UpstreamAuthRejected):
+        return TEMP_AUTH_FAILURE
+    if isinstance(error, UpstreamUnavailable | UpstreamProtocolError | OSError | TimeoutError):
+        return UPSTREAM_CONNECTION_LOST if connected else UPSTREAM_UNREACHABLE
+    return LOCAL_ERROR
+
+
+def client_reply_for_upstream(reply: SmtpReply) -> SmtpReply:
+    """Pass an upstream reply to the client, except 421 (which would tell the client that *we*
+    close the session): that becomes 451 with the same enhanced code and text."""
+    if reply.code == 421:
+        return SmtpReply(451, reply.enhanced_code or "4.4.2", reply.text_lines)
+    return reply
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a provider reply means and how the operator fixes it."""
+
+    pattern: re.Pattern[str]
+    meaning: str
+    fix: str  # may contain {account} and {mailbox}
+
+
+_EXPLANATIONS: tuple[Explanation, ...] = (
+    Explanation(
+        re.compile(r"5\.7\.139|SmtpClientAuthentication\s+is\s+disabled", re.I),
+        "SMTP AUTH is disabled for this tenant/mailbox",
+        "enable Authenticated SMTP for {mailbox} (Microsoft 365 admin center > user > Mail > Manage "
+        "email apps, or Set-CASMailbox {mailbox} -SmtpClientAuthenticationDisabled $false); "
+        "security defaults turn it off tenant-wide",
+    ),
+    Explanation(
+        re.compile(r"5\.7\.60|SendAsDenied", re.I),
+        "the mailbox may not send with this MAIL FROM address",
+        "set envelope_sender: rewrite for account {account}, or grant {mailbox} send-as permission "
+        "for the address (Add-RecipientPermission)",
+    ),
+    Explanation(
+        re.compile(r"4\.3\.2.*concurrent|concurrent connections", re.I),
+        "the provider is throttling: too many concurrent connections for the mailbox",
+        "lower limits.max_connections or the sending app's parallelism, or enable upstream_pool; "
+        "retry later",
+    ),
+    Explanation(
+        re.compile(r"5\.7\.3\b", re.I),
+        "the upstream rejected the access token",
+        "check that the token's scopes include SMTP sending and that it belongs to {mailbox}; for "
+        "app-only (client_credentials) register the app's service principal in Exchange Online "
+        "(New-ServicePrincipal) and grant it mailbox permission (Add-MailboxPermission)",
+    ),
+    Explanation(
+        re.compile(r"5\.7\.[189]\b|Username and Password not accepted|invalid credentials", re.I),
+        "the upstream rejected the XOAUTH2 login",
+        "check that the token scope covers SMTP (Gmail: https://mail.google.com/) and that the "
+        "authorized user is {mailbox}; if it persists run `relay authorize {account}`",
+    ),
+    Explanation(
+        re.compile(r"4\.7\.0.*(too many|rate|try again later)", re.I),
+        "the provider is rate limiting logins",
+        "wait and reduce the number of new connections (enable upstream_pool)",
+    ),
+)
+
+
+def explain_upstream_reply(reply_text: str, account: AccountConfig) -> str | None:
+    """Return "meaning: fix" for a known provider error text, or None when unknown."""
+    for item in _EXPLANATIONS:
+        if item.pattern.search(reply_text):
+            fix = item.fix.format(account=account.name, mailbox=account.mailbox)
+            return f"{item.meaning}: {fix}"
+    return None
+
+
+def describe_failure(error: BaseException, account: AccountConfig) -> str:
+    """One log line for a failure: the account, what happened, the upstream reply and the fix."""
+    prefix = f"account {account.name} ({account.mailbox})"
+    if isinstance(error, AuthorizationNeeded):
+        return f"{prefix}: no usable token: {error}; the account needs `relay authorize {account.name}`"
+    if isinstance(error, TokenRefreshFailed):
+        return f"{prefix}: token refresh failed (temporary, will be retried): {error}"
+    if isinstance(error, UpstreamAuthRejected):
+        reply = error.reply or str(error)
+        advice = explain_upstream_reply(reply, account) or (
+            f"check the upstream settings and token scopes; if it persists run "
+            f"`relay authorize {account.name}`"
+        )
+        return (f"{prefix}: upstream rejected the XOAUTH2 login even after a token refresh: "
+                f"upstream said {reply!r}; {advice}")
+    if isinstance(error, UpstreamUnavailable | UpstreamProtocolError):
+        where = _endpoint(account)
+        reply = f"; upstream said {error.reply!r}" if error.reply else ""
+        return f"{prefix}: upstream {where} unavailable: {error}{reply}"
+    if isinstance(error, ConfigError):
+        return f"{prefix}: configuration problem: {error}"
+    if isinstance(error, RelayError):
+        return f"{prefix}: {error}"
+    return f"{prefix}: unexpected {type(error).__name__}: {error}"
+
+
+def _endpoint(account: AccountConfig) -> str:
+    if account.smtp is None:
+        return "(none configured)"
+    return f"{account.smtp.host}:{account.smtp.port}"

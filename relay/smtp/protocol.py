@@ -1,0 +1,225 @@
+"""aiosmtpd's SMTP protocol, subclassed only where the relay needs it.
+
+aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay policy lives in
+`relay.smtp.handler.RelayHandler`. We override:
+
+* ``smtp_DATA``: aiosmtpd reads DATA line by line into memory (3-5x slower than bulk reads) and
+  only then calls the handler; we read in bulk, frame with `DataFramer` and stream the wire bytes
+  to the upstream as they arrive, so the client's final reply is the upstream's final reply;
+* ``push``: aiosmtpd's built-in error replies lack RFC 3463 enhanced status codes; the one exit
+  point adds them (``503 5.5.1``, ``500 5.5.2`` ...);
+* ``_timeout_cb``: the idle timer must not close a client while *we* wait for the upstream;
+* ``connection_made``/``connection_lost``: TCP_NODELAY, and connection state that survives
+  STARTTLS (aiosmtpd replaces its Session then) plus the end-of-session hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP
+
+from relay.config.model import AccountConfig
+from relay.smtp.dataframe import DataFramer
+from relay.smtp.upstream import UpstreamSmtpSession, set_nodelay
+
+# Built-in aiosmtpd replies without an enhanced status code get this one (by reply code). Only the
+# codes aiosmtpd uses for errors and the exact plain "250 OK"/"221 Bye": EHLO lines must stay bare.
+_ENHANCED_FOR_CODE = {500: "5.5.2", 501: "5.5.2", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
+                      552: "5.3.4", 555: "5.5.4"}
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_REWRITES = {
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
+    "500 Command line too long": "500 5.5.2 Line too long",
+    "552 Error: message size exceeds fixed maximum message size":
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+}
+
+
+def add_enhanced_code(status: str) -> str:
+    """Give an aiosmtpd built-in error reply its RFC 3463 enhanced status code."""
+    if status in _REWRITES:
+        return _REWRITES[status]
+    if len(status) < 4 or status[3] != " " or _HAS_ENHANCED.match(status):
+        return status
+    code = int(status[:3]) if status[:3].isdigit() else 0
+    enhanced = _ENHANCED_FOR_CODE.get(code)
+    return f"{status[:4]}{enhanced} {status[4:]}" if enhanced else status
+
+
+@dataclass
+class ConnectionState:
+    """Per-connection relay state; unlike aiosmtpd's Session it survives STARTTLS."""
+
+    session_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    client_address: str = "?"
+    client_ip: str = ""
+    started: float = field(default_factory=time.monotonic)
+    account: AccountConfig | None = None
+    upstream: UpstreamSmtpSession | None = None
+    in_transaction: bool = False  # the upstream accepted MAIL and has no final DATA reply yet
+    upstream_broken: bool = False  # the upstream failed mid-transaction: answer 4xx until RSET/MAIL
+    messages: int = 0
+    bytes: int = 0
+    last_upstream_reply: str | None = None
+
+
+class DataSink(Protocol):
+    """Where `RelaySMTP.smtp_DATA` streams content (the handler's upstream transaction)."""
+
+    max_bytes: int
+
+    async def write(self, wire_bytes: bytes) -> None:
+        """Forward dot-stuffed content; upstream failures are remembered, not raised."""
+        ...
+
+    def abandon(self) -> None:
+        """Give the transaction up: close the upstream without the final dot."""
+        ...
+
+    async def finish(self, framer: DataFramer) -> str:
+        """Return the client's final reply (the upstream's, or ours if we refused)."""
+        ...
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with bulk, streamed DATA (see the module docstring for each override)."""
+
+    # The stream buffer limit: aiosmtpd uses it as the command-line limit too, but still refuses
+    # command lines over 512 octets itself. A bigger buffer means fewer, larger DATA reads.
+    line_length_limit = 32 * 1024
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.state = ConnectionState()
+        self.closed = asyncio.Event()
+        self._busy = 0
+        self._started = False
+
+    # --- connection life cycle ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._started:  # not again for the TLS transport after STARTTLS
+            self._started = True
+            set_nodelay(transport.get_extra_info("socket"))
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and peer:
+                self.state.client_ip = str(peer[0])
+                self.state.client_address = f"{peer[0]}:{peer[1]}"
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if not self.closed.is_set():
+            self.closed.set()
+            hook = getattr(self.event_handler, "connection_closed", None)
+            if hook is not None:
+                hook(self)
+
+    @property
+    def tls_active(self) -> bool:
+        """True when this connection is encrypted (implicit TLS or after STARTTLS)."""
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
+
+    def close(self) -> None:
+        """Close the client connection."""
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- timers -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """While inside, the client idle timeout does not fire: we are waiting, not the client."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._reset_timeout()
+
+    def _timeout_cb(self) -> None:
+        if self._busy:
+            self._reset_timeout()
+            return
+        super()._timeout_cb()
+
+    # --- output -------------------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+        if isinstance(status, str):
+            status = add_enhanced_code(status)
+        await super().push(status)
+
+    # --- AUTH helper --------------------------------------------------------------------------
+
+    async def read_auth_line(self, challenge_b64: str) -> bytes:
+        """Send ``334 challenge`` and return the client's response line without CRLF.
+
+        Raises ValueError when the line is longer than the stream buffer.
+        """
+        await self.push(f"334 {challenge_b64}")
+        line = await self._reader.readline()
+        if not line.endswith(b"\n"):
+            raise ConnectionResetError("client closed the connection during AUTH")
+        return line.rstrip(b"\r\n")
+
+    # --- DATA ---------------------------------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        opened = await self.event_handler.open_data(self)
+        if isinstance(opened, str):
+            self._set_post_data_state()
+            await self.push(opened)
+            return
+        sink: DataSink = opened
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        framer = DataFramer(sink.max_bytes)
+        try:
+            while not framer.done:
+                chunk = await self._read_data_chunk()
+                self._reset_timeout()
+                result = framer.feed(chunk)
+                if result.forward:
+                    await sink.write(result.forward)
+                elif not framer.ok:
+                    sink.abandon()
+                # No leftover is possible: a chunk never extends past a '.CRLF' (see below).
+        except BaseException:
+            sink.abandon()  # client vanished mid-DATA: nothing may be delivered
+            raise
+        status = await sink.finish(framer)
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_data_chunk(self) -> bytes:
+        """Read the next block of DATA in bulk, never past a ``.CRLF``.
+
+        ``readuntil(b'.\\r\\n')`` returns everything buffered up to the next '.CRLF' (the end of
+        DATA always ends with one), or, past the buffer limit, we take what is safely before a
+        possible separator. So pipelined commands after the end stay in the reader for aiosmtpd.
+        """
+        try:
+            return await self._reader.readuntil(b".\r\n")
+        except asyncio.LimitOverrunError as exc:
+            return await self._reader.read(exc.consumed)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("client closed the connection during DATA") from exc

@@ -1,0 +1,104 @@
+"""SmtpRelayServer: the local SMTP listener (aiosmtpd) with a connection limit and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from relay.config.model import RelayConfig
+from relay.smtp.handler import RelayHandler
+from relay.smtp.protocol import RelaySMTP
+from relay.tlsutil import listener_context
+from relay.tokens.source import TokenSource
+
+log = logging.getLogger("relay.smtp")
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers 421 and closes: used when limits.max_connections sessions are already open."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+        transport.close()
+
+
+class SmtpRelayServer:
+    """Listens on ``config.listen.smtp`` and relays each session to the account's upstream."""
+
+    def __init__(self, config: RelayConfig, tokens: TokenSource, authenticator: Any,
+                 *, hostname: str | None = None) -> None:
+        self.config = config
+        self.listener = config.listen.smtp
+        self.hostname = hostname or socket.getfqdn()
+        self.handler = RelayHandler(config, tokens, authenticator, hostname=self.hostname)
+        self._tls = listener_context(self.listener, "listen.smtp")
+        self._server: asyncio.Server | None = None
+        self._sessions: set[RelaySMTP] = set()
+        self.port = 0
+
+    @property
+    def active_sessions(self) -> int:
+        """The number of client sessions currently open."""
+        return len(self._sessions)
+
+    def _make_protocol(self) -> asyncio.Protocol:
+        if len(self._sessions) >= self.config.limits.max_connections:
+            log.warning("smtp: limits.max_connections (%d) reached; refusing a connection",
+                        self.config.limits.max_connections)
+            return _Refuse()
+        limits = self.config.limits
+        proto = RelaySMTP(
+            self.handler,
+            data_size_limit=limits.max_message_bytes,
+            enable_SMTPUTF8=True,
+            hostname=self.hostname,
+            ident="xoauth2-relay",
+            # STARTTLS is offered only for tls: starttls; with implicit TLS the socket is TLS.
+            tls_context=self._tls if self.listener.tls == "starttls" else None,
+            timeout=limits.smtp_command_timeout_s,
+            # AUTH over plaintext is decided per client by the handler (LocalAuthenticator rule).
+            auth_require_tls=False,
+            loop=asyncio.get_running_loop(),
+        )
+        self._sessions.add(proto)
+        asyncio.get_running_loop().create_task(self._forget_when_closed(proto))
+        return proto
+
+    async def _forget_when_closed(self, proto: RelaySMTP) -> None:
+        await proto.closed.wait()
+        self._sessions.discard(proto)
+
+    async def start(self) -> None:
+        """Bind and start accepting; ``.port`` is the bound port afterwards."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._make_protocol, host=self.listener.host, port=self.listener.port,
+            ssl=self._tls if self.listener.tls == "implicit" else None,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("smtp: listening on %s:%d (tls: %s)", self.listener.host, self.port, self.listener.tls)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, let running sessions finish for up to ``grace_s``, then close them."""
+        if grace_s is None:
+            grace_s = self.config.limits.shutdown_grace_s
+        if self._server is not None:
+            self._server.close()
+        pending = [asyncio.ensure_future(s.closed.wait()) for s in list(self._sessions)]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace_s)
+            for task in still:
+                task.cancel()
+            for session in list(self._sessions):
+                session.close()
+            if still:
+                log.info("smtp: closed %d session(s) still open after %.1fs grace", len(still), grace_s)
+                await asyncio.wait([asyncio.ensure_future(s.closed.wait()) for s in list(self._sessions)],
+                                   timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None

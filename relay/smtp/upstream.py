@@ -1,0 +1,297 @@
+"""One upstream SMTP session: connect, (STARTTLS|implicit TLS), EHLO, AUTH XOAUTH2, transactions.
+
+Why hand-written over asyncio streams instead of aiosmtplib (whose helpers we admire):
+
+* byte-exact DATA: aiosmtplib's ``data()`` rewrites lone CR/LF to CRLF and wants the whole
+  message in memory; the relay streams the client's already dot-stuffed wire bytes through
+  unchanged, chunk by chunk, and must be able to abandon a transaction without the final dot;
+* XOAUTH2: aiosmtplib sends the token as an initial response on the AUTH line (over RFC 4954's
+  512 octets for real tokens); we use the two-step form Microsoft documents and handle both
+  failure shapes (334 + base64 JSON, then an empty line -> 535; or 535 directly);
+* the few commands we need fit in ~250 lines with replies as `SmtpReply` value objects.
+
+Every OSError, ssl error, timeout or dropped connection becomes `UpstreamUnavailable`; a refused
+login `UpstreamAuthRejected` carrying the upstream's reply text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import ssl
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
+
+from relay.config.model import UpstreamEndpoint
+from relay.errors import (
+    ProtocolInputError,
+    UpstreamAuthRejected,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
+from relay.sasl import decode_error_challenge, encode_xoauth2
+from relay.secret import Secret
+from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply
+from relay.tlsutil import client_context
+
+T = TypeVar("T")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_STUFF = re.compile(rb"(?m)^\.")
+READ_LIMIT = 64 * 1024
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    """Disable Nagle: SMTP is request/reply, small writes must leave at once."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):  # not fatal: only latency
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class UpstreamSmtpSession:
+    """A client session with one upstream SMTP server for one account.
+
+    Use: ``await connect()``, ``await authenticate(mailbox, token)``, then per message ``mail``,
+    ``rcpt``..., ``data_start``, ``data_write``..., ``data_finish``; ``quit()`` or ``abort()``.
+    """
+
+    def __init__(
+        self,
+        endpoint: UpstreamEndpoint,
+        *,
+        account: str,
+        local_hostname: str = "localhost",
+        connect_timeout_s: float = 30.0,
+        command_timeout_s: float = 120.0,
+        data_timeout_s: float = 600.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.account = account
+        self.local_hostname = local_hostname
+        self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.data_timeout_s = data_timeout_s
+        self.capabilities = EhloCapabilities()
+        self.last_reply: SmtpReply | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._parser = ReplyParser()
+        self._needs_crlf = False  # DATA content so far does not end with CRLF
+
+    # --- connection ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open (it may still turn out dead at the next command)."""
+        return self._writer is not None and not self._writer.is_closing()
+
+    @property
+    def where(self) -> str:
+        """host:port, for messages."""
+        return f"{self.endpoint.host}:{self.endpoint.port}"
+
+    async def connect(self) -> SmtpReply:
+        """Open the connection, read the greeting, EHLO, upgrade to TLS, EHLO again."""
+        ep = self.endpoint
+        tls = ep.tls
+        ctx = client_context(ep) if tls != "none" else None
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                self._reader, self._writer = await asyncio.open_connection(
+                    ep.host, ep.port, limit=READ_LIMIT,
+                    ssl=ctx if tls == "implicit" else None,
+                    server_hostname=ep.host if tls == "implicit" else None,
+                )
+                set_nodelay(self._writer.get_extra_info("socket"))
+                greeting = await self._read_reply()
+                if greeting.code != 220:
+                    raise UpstreamUnavailable(
+                        f"upstream {self.where} refused the session: {greeting}",
+                        account=self.account, reply=greeting.one_line())
+                reply = await self._ehlo()
+                if tls == "starttls":
+                    if not self.capabilities.starttls:
+                        raise UpstreamUnavailable(
+                            f"upstream {self.where} does not offer STARTTLS (smtp.tls: starttls)",
+                            account=self.account)
+                    await self._starttls(ctx)
+                    reply = await self._ehlo()
+        except BaseException as exc:
+            self.abort()
+            translated = self._translate(exc, "connect")
+            if translated is exc:
+                raise
+            raise translated from exc
+        return reply
+
+    async def _ehlo(self) -> SmtpReply:
+        reply = await self._command(f"EHLO {self.local_hostname}")
+        if reply.code != 250:
+            raise UpstreamUnavailable(f"upstream {self.where} refused EHLO: {reply}",
+                                      account=self.account, reply=reply.one_line())
+        self.capabilities = EhloCapabilities.parse(reply)
+        return reply
+
+    async def _starttls(self, ctx: ssl.SSLContext | None) -> None:
+        reply = await self._command("STARTTLS")
+        if reply.code != 220:
+            raise UpstreamUnavailable(f"upstream {self.where} refused STARTTLS: {reply}",
+                                      account=self.account, reply=reply.one_line())
+        assert self._writer is not None and ctx is not None
+        await self._writer.start_tls(ctx, server_hostname=self.endpoint.host)
+
+    async def quit(self) -> None:
+        """Send QUIT (best effort) and close."""
+        if self.connected:
+            try:
+                async with asyncio.timeout(min(self.command_timeout_s, 10.0)):
+                    await self._command("QUIT")
+            except (UpstreamUnavailable, UpstreamProtocolError, TimeoutError, OSError):
+                pass  # closing anyway
+        self.abort()
+
+    def abort(self) -> None:
+        """Close at once without QUIT; an open DATA transaction is abandoned (never delivered)."""
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            transport = writer.transport
+            # abort(), not close(): nothing buffered (like a final dot) may still go out.
+            transport.abort()
+
+    # --- authentication -----------------------------------------------------------------------
+
+    async def authenticate(self, mailbox: str, token: Secret) -> SmtpReply:
+        """AUTH XOAUTH2 in two steps; raise UpstreamAuthRejected with the upstream's reply."""
+        response = encode_xoauth2(mailbox, token.reveal())
+        reply = await self._guard(self._command("AUTH XOAUTH2"), "AUTH")
+        if reply.code == 334:
+            reply = await self._guard(self._command(response, sensitive=True), "AUTH")
+            if reply.code == 334:
+                # The server's error challenge (base64 JSON); an empty line gets the final reply.
+                challenge = decode_error_challenge(" ".join(reply.text_lines)) or {}
+                reply = await self._guard(self._command(""), "AUTH")
+                if reply.code == 334:
+                    self.abort()
+                    raise UpstreamProtocolError(f"upstream {self.where} kept challenging XOAUTH2",
+                                                account=self.account)
+                if challenge and reply.code != 235:
+                    status = challenge.get("status")
+                    reply = SmtpReply(reply.code, reply.enhanced_code,
+                                      (*reply.text_lines[:-1], f"{reply.text_lines[-1]} (status {status})"))
+        if reply.code == 235:
+            return reply
+        error_cls = UpstreamUnavailable if reply.code == 421 else UpstreamAuthRejected
+        raise error_cls(f"upstream {self.where} refused XOAUTH2 for {mailbox}: {reply}",
+                        account=self.account, reply=reply.one_line())
+
+    # --- transaction --------------------------------------------------------------------------
+
+    async def mail(self, address: str, params: Iterable[str] = ()) -> SmtpReply:
+        """MAIL FROM:<address> [params]."""
+        extra = "".join(f" {p}" for p in params)
+        return await self._guard(self._command(f"MAIL FROM:<{address}>{extra}"), "MAIL")
+
+    async def rcpt(self, address: str) -> SmtpReply:
+        """RCPT TO:<address>."""
+        return await self._guard(self._command(f"RCPT TO:<{address}>"), "RCPT")
+
+    async def rset(self) -> SmtpReply:
+        """RSET."""
+        return await self._guard(self._command("RSET"), "RSET")
+
+    async def noop(self) -> SmtpReply:
+        """NOOP (a liveness check)."""
+        return await self._guard(self._command("NOOP"), "NOOP")
+
+    async def data_start(self) -> SmtpReply:
+        """DATA; 354 means content may follow."""
+        self._needs_crlf = False
+        return await self._guard(self._command("DATA"), "DATA")
+
+    async def data_write(self, wire_bytes: bytes) -> None:
+        """Send already dot-stuffed content bytes (waits while the upstream is slower)."""
+        if not wire_bytes:
+            return
+        writer = self._require_writer()
+        writer.write(wire_bytes)
+        self._needs_crlf = not wire_bytes.endswith(b"\r\n")
+        await self._guard(writer.drain(), "DATA content", self.data_timeout_s)
+
+    async def data_finish(self) -> SmtpReply:
+        """Send the terminating dot and return the upstream's final reply."""
+        writer = self._require_writer()
+        writer.write(b"\r\n.\r\n" if self._needs_crlf else b".\r\n")
+        return await self._guard(self._read_reply(), "end of DATA", self.data_timeout_s)
+
+    async def send_data(self, content: bytes) -> SmtpReply:
+        """DATA for unstuffed content: dot-stuff it (line endings untouched) and send it."""
+        reply = await self.data_start()
+        if reply.code != 354:
+            return reply
+        await self.data_write(_STUFF.sub(b"..", content))
+        return await self.data_finish()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _require_writer(self) -> asyncio.StreamWriter:
+        if self._writer is None:
+            raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
+        return self._writer
+
+    async def _command(self, line: str, *, sensitive: bool = False) -> SmtpReply:
+        """Send one command line and read its reply (no timeout of its own)."""
+        if _CONTROL.search(line):
+            what = "credentials" if sensitive else repr(line[:60])
+            raise ProtocolInputError(f"control character in SMTP command {what}")
+        writer = self._require_writer()
+        writer.write(line.encode("utf-8") + b"\r\n")
+        await writer.drain()
+        return await self._read_reply()
+
+    async def _read_reply(self) -> SmtpReply:
+        reader = self._reader
+        if reader is None:
+            raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                raise UpstreamUnavailable(f"upstream {self.where} closed the connection",
+                                          account=self.account) from None
+            except asyncio.LimitOverrunError:
+                raise UpstreamProtocolError(f"upstream {self.where} sent an over-long reply line",
+                                            account=self.account) from None
+            reply = self._parser.feed_line(line)
+            if reply is not None:
+                self.last_reply = reply
+                return reply
+
+    async def _guard(self, step: Awaitable[T], what: str, timeout_s: float | None = None) -> T:
+        """Run one step with a timeout; translate low-level failures and close on them."""
+        try:
+            async with asyncio.timeout(timeout_s or self.command_timeout_s):
+                return await step
+        except ProtocolInputError:
+            raise  # our caller's input, refused before anything was sent; the session is intact
+        except BaseException as exc:
+            self.abort()
+            translated = self._translate(exc, what)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _translate(self, exc: BaseException, what: str) -> BaseException:
+        if isinstance(exc, UpstreamAuthRejected | UpstreamUnavailable | UpstreamProtocolError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return UpstreamUnavailable(f"upstream {self.where} timed out during {what}", account=self.account)
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return UpstreamUnavailable(f"TLS with upstream {self.where} failed during {what}: {exc}",
+                                       account=self.account)
+        if isinstance(exc, OSError | EOFError | asyncio.IncompleteReadError):
+            return UpstreamUnavailable(f"upstream {self.where} connection failed during {what}: {exc}",
+                                       account=self.account)
+        return exc

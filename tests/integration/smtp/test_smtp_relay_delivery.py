@@ -1,0 +1,180 @@
+"""The SMTP relay forwards sessions to the sandbox upstream: byte-exact, envelope, replies passed on."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import smtplib
+
+import aiosmtplib
+import pytest
+
+from relay.smtp.server import SmtpRelayServer
+
+from .conftest import MAILBOX, PASSWORD, USERNAME
+
+
+def test_message_arrives_upstream_byte_exact_with_envelope(start_relay, sandbox):
+    """8-bit text, 998-octet lines and lines starting with '.' arrive unchanged, with the envelope."""
+    relay = start_relay()
+    body = (b"From: a@example.com\r\nSubject: exact\r\n\r\n"
+            b".leading dot\r\n..two dots\r\n.\r\n"
+            + "Gr\u00fc\u00dfe, \u2603 8-bit\r\n".encode()
+            + b"x" * 998 + b"\r\n" + b"." + b"y" * 997 + b"\r\n"
+            + b"bare \r in text\r\nlast line\r\n")
+    with relay.smtp() as client:
+        refused = client.sendmail("app@example.com", ["one@example.com", "two@example.com"], body,
+                                  mail_options=["BODY=8BITMIME"])
+    assert refused == {}
+    [msg] = sandbox.smtp.wait_for_messages(1)
+    assert msg.data == body
+    assert msg.mail_from == "app@example.com"
+    assert msg.rcpt_tos == ("one@example.com", "two@example.com")
+    assert msg.user == MAILBOX
+    assert "BODY=8BITMIME" in msg.mail_options
+
+
+def test_one_rejected_recipient_gets_its_550_and_the_others_the_message(start_relay, sandbox):
+    """The client sees the upstream's 550 for one RCPT; the two accepted recipients get the message."""
+    sandbox.smtp.reject_rcpt["bad@example.com"] = "550 5.1.1 User unknown here"
+    relay = start_relay()
+    with relay.smtp() as client:
+        refused = client.sendmail("app@example.com",
+                                  ["a@example.com", "bad@example.com", "c@example.com"], b"hi\r\n")
+    assert refused == {"bad@example.com": (550, b"5.1.1 User unknown here")}
+    [msg] = sandbox.smtp.wait_for_messages(1)
+    assert msg.rcpt_tos == ("a@example.com", "c@example.com")
+
+
+def test_upstream_refusing_mail_from_is_passed_on(start_relay, sandbox):
+    """A 550 5.7.60 from the upstream at MAIL reaches the client unchanged."""
+    sandbox.smtp.mail_reply = "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+    relay = start_relay()
+    with relay.smtp() as client:
+        code, text = client.mail("someone@else.example")
+    assert (code, text) == (550, b"5.7.60 SMTP; Client does not have permissions to send as this sender")
+    assert sandbox.smtp.messages() == []
+
+
+def test_upstream_451_at_data_reaches_client_and_nothing_is_stored(start_relay, sandbox):
+    """Upstream 451 to DATA: the client sees 451 (not 354/250) and nothing is stored."""
+    sandbox.smtp.data_reply = "451 4.3.0 Try again later"
+    relay = start_relay()
+    with relay.smtp() as client, pytest.raises(smtplib.SMTPDataError) as info:
+        client.sendmail("app@example.com", ["a@example.com"], b"hi\r\n")
+    assert (info.value.smtp_code, info.value.smtp_error) == (451, b"4.3.0 Try again later")
+    assert sandbox.smtp.messages() == []
+
+
+def test_upstream_final_reply_is_the_clients_final_reply(start_relay, sandbox):
+    """A 554 after the final dot is what the client gets; a later message in the session works."""
+    sandbox.smtp.final_reply = "554 5.6.0 Content rejected"
+    relay = start_relay()
+    with relay.smtp() as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("app@example.com", ["a@example.com"], b"spam\r\n")
+        assert info.value.smtp_code == 554
+        sandbox.smtp.final_reply = None
+        client.sendmail("app@example.com", ["a@example.com"], b"ham\r\n")
+    assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [b"ham\r\n"]
+
+
+def test_upstream_dropping_mid_data_gives_4xx_and_session_recovers(start_relay, sandbox):
+    """Upstream connection lost during DATA: the client gets 451 4.4.2, never 250; the next works."""
+    sandbox.smtp.drop_after_data_bytes = 1000
+    relay = start_relay()
+    with relay.smtp() as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("app@example.com", ["a@example.com"], b"z" * 500 + b"\r\n" * 2000)
+        assert info.value.smtp_code == 451
+        sandbox.smtp.drop_after_data_bytes = None
+        client.sendmail("app@example.com", ["a@example.com"], b"second\r\n")
+    assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [b"second\r\n"]
+
+
+def test_several_messages_rset_and_noop_in_one_session(start_relay, sandbox):
+    """Messages in one session share one upstream session; RSET drops the open transaction."""
+    relay = start_relay()
+    with relay.smtp() as client:
+        client.sendmail("app@example.com", ["a@example.com"], b"one\r\n")
+        assert client.mail("app@example.com")[0] == 250
+        assert client.rcpt("dropped@example.com")[0] == 250
+        assert client.rset()[0] == 250
+        assert client.noop()[0] == 250
+        client.sendmail("app@example.com", ["b@example.com"], b"two\r\n")
+    msgs = sandbox.smtp.wait_for_messages(2)
+    assert [(m.rcpt_tos, m.data) for m in msgs] == [(("a@example.com",), b"one\r\n"),
+                                                    (("b@example.com",), b"two\r\n")]
+    assert sandbox.smtp.counters.get("auth_ok") == 1
+
+
+def test_envelope_sender_rewrite_uses_the_account_mailbox(start_relay, sandbox):
+    """With envelope_sender: rewrite the upstream MAIL FROM is the account's mailbox."""
+    relay = start_relay(envelope_sender="rewrite")
+    with relay.smtp() as client:
+        client.sendmail("legacy-app@localhost", ["a@example.com"], b"x\r\n")
+    assert sandbox.smtp.wait_for_messages(1)[0].mail_from == MAILBOX
+
+
+def test_trusted_client_sends_without_auth(start_relay, sandbox):
+    """A client from allow_without_auth_from needs no AUTH and sends as that account."""
+    relay = start_relay(allow_without_auth_from=(ipaddress.ip_network("127.0.0.0/8"),))
+    with relay.smtp(login=False) as client:
+        client.sendmail("app@example.com", ["a@example.com"], b"trusted\r\n")
+    [msg] = sandbox.smtp.wait_for_messages(1)
+    assert (msg.user, msg.data) == (MAILBOX, b"trusted\r\n")
+
+
+def test_declared_size_over_limit_is_refused_before_upstream(start_relay, sandbox):
+    """MAIL with SIZE above max_message_bytes gets 552 5.3.4 and nothing reaches the upstream."""
+    from relay.config.model import LimitsConfig
+
+    relay = start_relay(limits=LimitsConfig(max_message_bytes=1000, auth_failure_delay_s=0.05))
+    with relay.smtp() as client:
+        ehlo = client.ehlo()[1].decode()
+        assert "SIZE 1000" in ehlo
+        code, text = client.mail("app@example.com", ["SIZE=5000"])
+    assert (code, text[:5]) == (552, b"5.3.4")
+    assert sandbox.smtp.counters.get("connections", 0) == 0
+
+
+def test_message_over_limit_while_receiving_is_refused_and_not_delivered(start_relay, sandbox):
+    """A message bigger than max_message_bytes without SIZE= gets 552 5.3.4 and is never stored."""
+    from relay.config.model import LimitsConfig
+
+    relay = start_relay(limits=LimitsConfig(max_message_bytes=2000, auth_failure_delay_s=0.05))
+    with relay.smtp() as client:
+        client.ehlo()
+        client.esmtp_features.pop("size", None)  # do not declare SIZE=
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("app@example.com", ["a@example.com"], b"q" * 100 + b"\r\n" * 2000)
+        assert (info.value.smtp_code, info.value.smtp_error[:5]) == (552, b"5.3.4")
+        client.sendmail("app@example.com", ["a@example.com"], b"small\r\n")
+    assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [b"small\r\n"]
+
+
+async def test_100_concurrent_sessions_of_10_messages_each_delivered_exactly_once(sandbox, tmp_path):
+    """1000 messages over 100 parallel sessions all arrive upstream exactly once."""
+    from .conftest import build_config, make_authenticator, seed_tokens_async
+
+    config = build_config(sandbox, tmp_path)
+    tokens = await seed_tokens_async(sandbox, config)
+    server = SmtpRelayServer(config, tokens, make_authenticator(config), hostname="relay.test")
+    await server.start()
+
+    async def session(n: int) -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, timeout=60) as client:
+            await client.login(USERNAME, PASSWORD)
+            for i in range(10):
+                await client.sendmail("app@example.com", [f"r{n}@example.com"],
+                                      f"Subject: {n}-{i}\r\n\r\nbody {n}-{i}\r\n".encode())
+
+    try:
+        await asyncio.gather(*(session(n) for n in range(100)))
+    finally:
+        await server.stop(5)
+        await tokens.close()
+    msgs = await asyncio.to_thread(sandbox.smtp.wait_for_messages, 1000, 30)
+    subjects = sorted(m.data.split(b"\r\n")[0] for m in msgs)
+    assert len(msgs) == 1000
+    assert subjects == sorted(f"Subject: {n}-{i}".encode() for n in range(100) for i in range(10))
