@@ -37,6 +37,11 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required"
 ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 998 octets + CRLF)"
+BARE_LINE_END = ("554 5.6.0 Message refused: bare LF or bare CR in the content (RFC 5321 2.3.8); "
+                 "end every line with CRLF")
+_DATA_PROBLEM_REPLY = {DataProblem.TOO_BIG: TOO_BIG, DataProblem.LINE_TOO_LONG: LINE_TOO_LONG,
+                       DataProblem.BARE_LINE_END: BARE_LINE_END}
+NULL_SENDER = "<>"  # RelaySMTP's form of the null reverse-path MAIL FROM:<> (bounces, DSNs)
 _USERNAME_B64 = "VXNlcm5hbWU6"  # "Username:"
 _PASSWORD_B64 = "UGFzc3dvcmQ6"  # noqa: S105 - the base64 of the prompt "Password:"
 
@@ -154,7 +159,10 @@ class RelayHandler:
         if account.smtp is None:
             return f"550 5.7.1 Account {account.name} is not configured to send mail"
         options = _parse_mail_options(mail_options)
-        sender = account.mailbox if account.envelope_sender == "rewrite" else address
+        if account.envelope_sender == "rewrite":
+            sender = account.mailbox
+        else:
+            sender = "" if address == NULL_SENDER else address  # upstream.mail() adds the <>
         with server.busy():
             for attempt in (1, 2):
                 reused = state.upstream is not None
@@ -186,6 +194,8 @@ class RelayHandler:
     async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         """Forward RCPT TO; the client gets this recipient's upstream reply."""
+        if address == NULL_SENDER:
+            return "501 5.1.3 The null address <> is not a valid recipient"
         state = server.state
         up = state.upstream
         if state.upstream_broken or up is None or not state.in_transaction:
@@ -263,7 +273,7 @@ class RelayHandler:
         except UpstreamAuthRejected as first:
             log.debug("account %s: upstream refused the token (%s); forcing a refresh",
                       account.name, first.reply)
-            token = await self.tokens.force_refresh(account.name)
+            token = await self.tokens.force_refresh(account.name, rejected=token)
             up = await self._login(account, token)
         state.upstream = up
         return up
@@ -383,7 +393,7 @@ class UpstreamDataSink:
         state = self.server.state
         if framer.problem is not None:
             self.abandon()
-            return TOO_BIG if framer.problem is DataProblem.TOO_BIG else LINE_TOO_LONG
+            return _DATA_PROBLEM_REPLY[framer.problem]
         if self.error is None:
             try:
                 with self.server.busy():

@@ -93,10 +93,16 @@ class TokenManager:
             return current.access_token
         return (await self._single_flight(acc, force=False, margin_s=self._margin_s())).access_token
 
-    async def force_refresh(self, account: str) -> Secret:
-        """Refresh now because the upstream rejected a token that looked valid (single flight too)."""
+    async def force_refresh(self, account: str, rejected: Secret | None = None) -> Secret:
+        """Refresh now because the upstream rejected a token that looked valid (single flight too).
+
+        With ``rejected`` (the token the upstream refused), a caller whose token was already
+        replaced gets the newer one without another request; a token refreshed seconds ago that the
+        upstream refuses (revoked right after issue) is still replaced.
+        """
         acc = self._account(account)
-        return (await self._single_flight(acc, force=True, margin_s=self._margin_s())).access_token
+        return (await self._single_flight(acc, force=True, margin_s=self._margin_s(),
+                                          rejected=rejected)).access_token
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -207,10 +213,12 @@ class TokenManager:
                                      account=name) from None
         return _newer(stored, self._memory.get(name))
 
-    async def _single_flight(self, acc: AccountConfig, *, force: bool, margin_s: float) -> TokenSet:
+    async def _single_flight(self, acc: AccountConfig, *, force: bool, margin_s: float,
+                             rejected: Secret | None = None) -> TokenSet:
         task = self._inflight.get(acc.name)
         if task is None:
-            task = asyncio.create_task(self._refresh(acc, force=force, margin_s=margin_s))
+            task = asyncio.create_task(self._refresh(acc, force=force, margin_s=margin_s,
+                                                     rejected=rejected))
             self._inflight[acc.name] = task
             task.add_done_callback(lambda t, name=acc.name: self._flight_done(name, t))
         return await asyncio.shield(task)
@@ -221,16 +229,21 @@ class TokenManager:
         if not task.cancelled():
             task.exception()  # mark retrieved even when every waiter was cancelled
 
-    async def _refresh(self, acc: AccountConfig, *, force: bool, margin_s: float) -> TokenSet:
+    async def _refresh(self, acc: AccountConfig, *, force: bool, margin_s: float,
+                       rejected: Secret | None = None) -> TokenSet:
         name = acc.name
         current = await self._current(name)
         now = self._clock()
         if current is not None and not current.needs_authorization:
             if not force and current.is_usable(now, margin_s):
                 return current  # refreshed meanwhile (another caller or another process)
-            age_s = (now - current.obtained_at).total_seconds()
-            if force and 0 <= age_s < FORCE_REFRESH_MIN_AGE_S and current.is_usable(now, 0):
-                return current
+            if force and rejected is not None:
+                if current.access_token != rejected and current.is_usable(now, 0):
+                    return current  # the rejected token was already replaced
+            else:
+                age_s = (now - current.obtained_at).total_seconds()
+                if force and 0 <= age_s < FORCE_REFRESH_MIN_AGE_S and current.is_usable(now, 0):
+                    return current
         provider = self.provider_for(acc)
         on_demand = self._flow(acc) in ON_DEMAND_FLOWS
         if not on_demand:

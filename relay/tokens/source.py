@@ -19,6 +19,6 @@ class TokenSource(Protocol):
         """Return a valid access token, refreshing first if it is near expiry."""
         ...
 
-    async def force_refresh(self, account: str) -> Secret:
-        """Refresh now, because the upstream rejected a token that looked valid."""
+    async def force_refresh(self, account: str, rejected: Secret | None = None) -> Secret:
+        """Refresh now, because the upstream rejected ``rejected``, a token that looked valid."""
         ...

@@ -335,3 +335,23 @@ async def test_wrong_client_secret_is_reported_with_setting(sandbox, tmp_path, s
             await manager.get_token("sales")
     finally:
         await manager.close()
+
+
+async def test_force_refresh_replaces_a_fresh_token_the_upstream_rejected(sandbox, tmp_path, store, clock):
+    """A token refreshed seconds ago but rejected upstream (revoked) is replaced, once per burst."""
+    seeded = seed(sandbox, clock, expires_in_s=3600)
+    await store.put(seeded)
+    manager = await manager_for(sandbox, tmp_path, store, clock)
+    try:
+        clock.advance(60)
+        fresh = await manager.force_refresh("sales")
+        clock.advance(1)  # the upstream refuses the fresh token at once
+        burst = await asyncio.gather(*(manager.force_refresh("sales", rejected=fresh) for _ in range(20)))
+        assert {t.reveal() for t in burst} == {burst[0].reveal()}
+        assert burst[0] != fresh
+        assert sandbox.counters["refresh_requests"] == 2
+        # A caller still holding the first, long-replaced token gets the current one without a request.
+        assert await manager.force_refresh("sales", rejected=seeded.access_token) == burst[0]
+        assert sandbox.counters["refresh_requests"] == 2
+    finally:
+        await manager.close()
