@@ -1,0 +1,487 @@
+"""Load the YAML configuration into the frozen model of `relay.config.model`, validating everything.
+
+Every problem is collected with its YAML path (``accounts.sales.credentials``) and raised at once
+as one ConfigError, so an operator fixes them all in one go. Unknown keys are errors (a typo must
+not be silently ignored) with the closest known key suggested. String values may reference the
+environment (``${NAME}``) or a file (``${file:/run/secrets/x}``, e.g. Docker secrets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relay.config.expand import ExpansionError, expand_value
+from relay.config.model import (
+    AccountConfig,
+    CredentialsConfig,
+    IPNetwork,
+    LimitsConfig,
+    ListenConfig,
+    ListenerConfig,
+    PoolConfig,
+    RelayConfig,
+    TokenStoreConfig,
+    UpstreamEndpoint,
+)
+from relay.errors import ConfigError
+from relay.passwords import parse_hash
+from relay.secret import Secret
+
+TLS_MODES = ("none", "starttls", "implicit")
+FLOWS = ("authorization_code", "device_code", "client_credentials", "service_account")
+SENDER_POLICIES = ("keep", "rewrite")
+DEFAULT_LISTEN = {"smtp": ("127.0.0.1", 2525), "pop3": ("127.0.0.1", 1110)}
+DEFAULT_STORE_FILE = "relay-tokens.enc"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_MAILBOX = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
+_MISSING = object()
+
+
+def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> RelayConfig:
+    """Read and validate the YAML file at ``path``; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"configuration file {path} does not exist; pass --config FILE "
+                          "(start from relay.example.yaml)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot read configuration file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError("", f"{path}: YAML syntax error{where}: {problem}") from None
+    config = parse_config(data, source=str(path), env=env, base_dir=path.resolve().parent)
+    return dataclasses.replace(config, source_path=path)
+
+
+def parse_config(data: object, source: str = "<memory>", env: Mapping[str, str] | None = None,
+                 base_dir: Path | None = None) -> RelayConfig:
+    """Validate already-parsed YAML data (a mapping) and build the RelayConfig."""
+    builder = _Builder(env if env is not None else os.environ, base_dir or Path.cwd())
+    config = builder.build(data)
+    if builder.problems or config is None:
+        problems = builder.problems or [("", "the configuration is empty")]
+        first_path, first_message = problems[0]
+        raise ConfigError(first_path, first_message, problems=problems)
+    return config
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+class _Builder:
+    """Builds the model while collecting (path, message) problems."""
+
+    def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
+        self.env = env
+        self.base_dir = base_dir
+        self.problems: list[tuple[str, str]] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append((path, message))
+
+    # --- generic helpers -----------------------------------------------------------------------
+
+    def mapping(self, value: object, path: str, known: tuple[str, ...],
+                required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """Check ``value`` is a mapping with only ``known`` keys and all ``required`` ones."""
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.problem(path, f"must be a mapping with keys {', '.join(known)} "
+                         f"(got {type(value).__name__})")
+            return None
+        for key in value:
+            if not isinstance(key, str) or key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                self.problem(_join(path, str(key)), f"unknown key '{key}'{hint} "
+                             f"(known: {', '.join(known)})")
+        for key in required:
+            if value.get(key) is None:
+                self.problem(_join(path, key), "is required")
+        return {k: v for k, v in value.items() if isinstance(k, str) and k in known}
+
+    def string(self, value: object, path: str, *, required: bool = False,
+               secret: bool = False) -> str | None:
+        if value is None:
+            if required:
+                self.problem(path, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.problem(path, f"must be a string (got {type(value).__name__})")
+            return None
+        text = str(value)
+        try:
+            text = expand_value(text, self.env)
+        except ExpansionError as exc:
+            self.problem(path, str(exc))
+            return None
+        if any(ch in "\r\n\x00\x01" for ch in text) and not secret:
+            self.problem(path, "must not contain control characters (CR, LF, NUL, ^A)")
+            return None
+        if required and not text:
+            self.problem(path, "must not be empty")
+            return None
+        return text
+
+    def choice(self, value: object, path: str, choices: tuple[str, ...], default: str) -> str:
+        text = self.string(value, path)
+        if text is None:
+            return default
+        if text not in choices:
+            self.problem(path, f"'{text}' is not one of {', '.join(choices)}")
+            return default
+        return text
+
+    def boolean(self, value: object, path: str, default: bool) -> bool:
+        if value is None:
+            return default
+        if isinstance(value, str):
+            expanded = self.string(value, path)
+            lowered = (expanded or "").lower()
+            if lowered in ("true", "yes", "on", "1"):
+                return True
+            if lowered in ("false", "no", "off", "0"):
+                return False
+        elif isinstance(value, bool):
+            return value
+        self.problem(path, f"must be true or false (got {value!r})")
+        return default
+
+    def number(self, value: object, path: str, default: Any, *, integer: bool,
+               allow_zero: bool = False) -> Any:
+        """A positive number (or >= 0 with ``allow_zero``); strings (from ${ENV}) are converted."""
+        kind = "whole number" if integer else "number"
+        if value is None:
+            return default
+        if isinstance(value, str):
+            expanded = self.string(value, path)
+            if expanded is None:
+                return default
+            try:
+                value = int(expanded) if integer else float(expanded)
+            except ValueError:
+                self.problem(path, f"must be a {kind} (got '{expanded}')")
+                return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                integer and not isinstance(value, int)):
+            self.problem(path, f"must be a {kind} (got {value!r})")
+            return default
+        if value < 0 or (value == 0 and not allow_zero):
+            self.problem(path, f"must be {'>= 0' if allow_zero else '> 0'} (got {value})")
+            return default
+        return value
+
+    def port(self, value: object, path: str, default: int | None, *, allow_zero: bool) -> int:
+        if value is None:
+            if default is None:
+                self.problem(path, "is required")
+                return 0
+            return default
+        port = self.number(value, path, -1, integer=True, allow_zero=True)
+        if port == -1:
+            return default or 0
+        low = 0 if allow_zero else 1
+        if not low <= port <= 65535:
+            extra = " (0 means any free port)" if allow_zero else ""
+            self.problem(path, f"port must be between {low} and 65535{extra} (got {port})")
+            return default or 0
+        return int(port)
+
+    def file_path(self, value: object, path: str) -> Path | None:
+        text = self.string(value, path)
+        if not text:
+            return None
+        resolved = Path(text).expanduser()
+        return resolved if resolved.is_absolute() else (self.base_dir / resolved)
+
+    def networks(self, value: object, path: str) -> tuple[IPNetwork, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem(path, "must be a list of networks such as [127.0.0.1/32, 10.0.0.0/8]")
+            return ()
+        nets: list[IPNetwork] = []
+        for index, item in enumerate(value):
+            text = self.string(item, f"{path}[{index}]")
+            if text is None:
+                continue
+            try:
+                nets.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                self.problem(f"{path}[{index}]", f"'{text}' is not an IP network (e.g. 172.16.0.0/12)")
+        return tuple(nets)
+
+    # --- sections ------------------------------------------------------------------------------
+
+    def build(self, data: object) -> RelayConfig | None:
+        top = self.mapping(data, "", _field_names(RelayConfig)[:-1], required=("accounts",))
+        if top is None:
+            return None
+        listen = self.listen(top.get("listen"))
+        store = self.token_store(top.get("token_store"))
+        limits = self.dataclass_numbers(LimitsConfig, top.get("limits"), "limits")
+        pool_data = self.mapping(top.get("upstream_pool"), "upstream_pool", _field_names(PoolConfig)) or {}
+        pool = PoolConfig(
+            enabled=self.boolean(pool_data.get("enabled"), "upstream_pool.enabled", False),
+            max_sessions_per_account=self.number(
+                pool_data.get("max_sessions_per_account"), "upstream_pool.max_sessions_per_account",
+                PoolConfig.max_sessions_per_account, integer=True),
+            idle_timeout_s=self.number(pool_data.get("idle_timeout_s"), "upstream_pool.idle_timeout_s",
+                                       PoolConfig.idle_timeout_s, integer=False),
+        )
+        credentials, provider_classes = self.all_credentials(top.get("credentials"))
+        accounts = self.all_accounts(top.get("accounts"), credentials, provider_classes)
+        return RelayConfig(listen=listen, token_store=store, credentials=credentials, accounts=accounts,
+                           limits=limits, upstream_pool=pool)
+
+    def listen(self, value: object) -> ListenConfig:
+        data = self.mapping(value, "listen", ("smtp", "pop3")) or {}
+        return ListenConfig(smtp=self.listener(data.get("smtp", _MISSING), "smtp"),
+                            pop3=self.listener(data.get("pop3", _MISSING), "pop3"))
+
+    def listener(self, value: object, name: str) -> ListenerConfig:
+        path = f"listen.{name}"
+        host, port = DEFAULT_LISTEN[name]
+        if value is _MISSING or value is None:
+            return ListenerConfig(enabled=True, host=host, port=port)
+        if value is False:
+            return ListenerConfig(enabled=False, host=host, port=port)
+        data = self.mapping(value, path, _field_names(ListenerConfig)) or {}
+        tls = self.choice(data.get("tls"), f"{path}.tls", TLS_MODES, "none")
+        cert = self.file_path(data.get("cert_file"), f"{path}.cert_file")
+        key = self.file_path(data.get("key_file"), f"{path}.key_file")
+        enabled = self.boolean(data.get("enabled"), f"{path}.enabled", True)
+        if enabled and tls != "none":
+            for field, file in (("cert_file", cert), ("key_file", key)):
+                if file is None:
+                    self.problem(f"{path}.{field}", f"is required with tls: {tls}")
+                elif not file.is_file():
+                    self.problem(f"{path}.{field}", f"file {file} does not exist")
+        return ListenerConfig(
+            enabled=enabled,
+            host=self.string(data.get("host"), f"{path}.host") or host,
+            port=self.port(data.get("port"), f"{path}.port", port, allow_zero=True),
+            tls=tls,  # type: ignore[arg-type]
+            cert_file=cert, key_file=key,
+            allow_plaintext_auth_from=self.networks(data.get("allow_plaintext_auth_from"),
+                                                    f"{path}.allow_plaintext_auth_from"),
+        )
+
+    def token_store(self, value: object) -> TokenStoreConfig:
+        data = self.mapping(value, "token_store", _field_names(TokenStoreConfig)) or {}
+        path = self.file_path(data.get("path"), "token_store.path") or self.base_dir / DEFAULT_STORE_FILE
+        key_env: str | None = TokenStoreConfig.key_env
+        if "key_env" in data:
+            key_env = self.string(data.get("key_env"), "token_store.key_env")
+            if key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+                self.problem("token_store.key_env", f"'{key_env}' is not a valid environment variable name")
+        key_file = self.file_path(data.get("key_file"), "token_store.key_file")
+        if not key_env and key_file is None:
+            self.problem("token_store", "needs key_env or key_file for the store's encryption key "
+                         "(create one with `relay init-key`)")
+        return TokenStoreConfig(path=path, key_env=key_env or None, key_file=key_file)
+
+    def dataclass_numbers(self, cls: type, value: object, path: str) -> Any:
+        data = self.mapping(value, path, _field_names(cls)) or {}
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name in data:
+                integer = isinstance(field.default, int) and not isinstance(field.default, bool)
+                values[field.name] = self.number(data[field.name], f"{path}.{field.name}", field.default,
+                                                 integer=integer)
+        return cls(**values)
+
+    def all_credentials(self, value: object) -> tuple[dict[str, CredentialsConfig], dict[str, type]]:
+        credentials: dict[str, CredentialsConfig] = {}
+        classes: dict[str, type] = {}
+        if value is None:
+            return credentials, classes
+        if not isinstance(value, dict):
+            self.problem("credentials", "must be a mapping of names to credentials")
+            return credentials, classes
+        for name, item in value.items():
+            path = f"credentials.{name}"
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                self.problem(path, "a name must be letters, digits, '.', '_' or '-'")
+                continue
+            built = self.credentials(name, item, path)
+            if built is not None:
+                credentials[name], provider_class = built
+                if provider_class is not None:
+                    classes[name] = provider_class
+        return credentials, classes
+
+    def credentials(self, name: str, value: object,
+                    path: str) -> tuple[CredentialsConfig, type | None] | None:
+        data = self.mapping(value, path, _field_names(CredentialsConfig)[1:],
+                            required=("provider", "client_id"))
+        if data is None:
+            return None
+        secret_text = self.string(data.get("client_secret"), f"{path}.client_secret", secret=True)
+        scopes_value = data.get("scopes")
+        scopes: tuple[str, ...] | None = None
+        if scopes_value is not None:
+            if isinstance(scopes_value, str):
+                scopes = tuple((self.string(scopes_value, f"{path}.scopes") or "").split())
+            elif isinstance(scopes_value, list):
+                scopes = tuple(s for i, v in enumerate(scopes_value)
+                               if (s := self.string(v, f"{path}.scopes[{i}]")))
+            else:
+                self.problem(f"{path}.scopes", "must be a list of scope strings")
+        options_data = data.get("options") or {}
+        options: dict[str, str] = {}
+        if isinstance(options_data, dict):
+            for key, item in options_data.items():
+                text = self.string(item, f"{path}.options.{key}")
+                if text is not None:
+                    options[str(key)] = text
+        else:
+            self.problem(f"{path}.options", "must be a mapping of option names to strings")
+        creds = CredentialsConfig(
+            name=name,
+            provider=self.string(data.get("provider"), f"{path}.provider") or "",
+            client_id=self.string(data.get("client_id"), f"{path}.client_id") or "",
+            flow=self.choice(data.get("flow"), f"{path}.flow", FLOWS, "authorization_code"),  # type: ignore[arg-type]
+            client_secret=Secret(secret_text) if secret_text else None,
+            tenant_id=self.string(data.get("tenant_id"), f"{path}.tenant_id") or None,
+            scopes=scopes,
+            redirect_port=self.port(data.get("redirect_port"), f"{path}.redirect_port", 0, allow_zero=True),
+            redirect_host=self.string(data.get("redirect_host"), f"{path}.redirect_host") or "localhost",
+            authorize_url=self.url(data.get("authorize_url"), f"{path}.authorize_url"),
+            token_url=self.url(data.get("token_url"), f"{path}.token_url"),
+            device_authorization_url=self.url(data.get("device_authorization_url"),
+                                              f"{path}.device_authorization_url"),
+            revocation_url=self.url(data.get("revocation_url"), f"{path}.revocation_url"),
+            service_account_file=self.file_path(data.get("service_account_file"),
+                                                f"{path}.service_account_file"),
+            options=options,
+        )
+        if creds.service_account_file is not None and not creds.service_account_file.is_file():
+            self.problem(f"{path}.service_account_file", f"file {creds.service_account_file} does not exist")
+        provider_class = None
+        if creds.provider:
+            from relay.providers.registry import load_provider_class  # noqa: PLC0415 (avoid import cycle)
+
+            try:
+                provider_class = load_provider_class(creds.provider)
+            except ConfigError as exc:
+                self.problem(f"{path}.provider", exc.message)
+            else:
+                for field, message in provider_class.config_problems(creds):
+                    self.problem(f"{path}.{field}", message)
+        return creds, provider_class
+
+    def url(self, value: object, path: str) -> str | None:
+        text = self.string(value, path)
+        if not text:
+            return None
+        if not re.match(r"https?://[^\s/]+", text):
+            self.problem(path, f"'{text}' is not an http(s) URL")
+            return None
+        return text
+
+    def all_accounts(self, value: object, credentials: dict[str, CredentialsConfig],
+                     classes: dict[str, type]) -> dict[str, AccountConfig]:
+        accounts: dict[str, AccountConfig] = {}
+        if value is None:
+            return accounts
+        if not isinstance(value, dict) or not value:
+            self.problem("accounts", "must be a mapping of account names to accounts (at least one)")
+            return accounts
+        usernames: dict[str, str] = {}
+        for name, item in value.items():
+            path = f"accounts.{name}"
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                self.problem(path, "a name must be letters, digits, '.', '_' or '-'")
+                continue
+            account = self.account(name, item, path, credentials, classes)
+            if account is None:
+                continue
+            if account.username in usernames:
+                self.problem(f"{path}.username", f"'{account.username}' is already the username of "
+                             f"account '{usernames[account.username]}'; local usernames must be unique")
+            usernames[account.username] = name
+            accounts[name] = account
+        return accounts
+
+    def account(self, name: str, value: object, path: str, credentials: dict[str, CredentialsConfig],
+                classes: dict[str, type]) -> AccountConfig | None:
+        data = self.mapping(value, path, _field_names(AccountConfig)[1:],
+                            required=("username", "mailbox", "credentials"))
+        if data is None:
+            return None
+        username = self.string(data.get("username"), f"{path}.username") or ""
+        password_hash = self.string(data.get("password_hash"), f"{path}.password_hash", secret=True)
+        if password_hash:
+            try:
+                parse_hash(password_hash)
+            except ValueError as exc:
+                self.problem(f"{path}.password_hash", f"{exc}; create one with `relay hash-password`")
+        mailbox = self.string(data.get("mailbox"), f"{path}.mailbox") or ""
+        if mailbox and not _MAILBOX.fullmatch(mailbox):
+            self.problem(f"{path}.mailbox", f"'{mailbox}' is not an email address")
+        creds_name = self.string(data.get("credentials"), f"{path}.credentials") or ""
+        provider_class = classes.get(creds_name)
+        if creds_name and creds_name not in credentials:
+            known = ", ".join(credentials) or "none defined"
+            self.problem(f"{path}.credentials", f"no credentials named '{creds_name}' (known: {known})")
+        trusted = self.networks(data.get("allow_without_auth_from"), f"{path}.allow_without_auth_from")
+        if not password_hash and not trusted:
+            self.problem(path, "needs password_hash (from `relay hash-password`) or allow_without_auth_from")
+        return AccountConfig(
+            name=name, username=username, password_hash=password_hash or None, mailbox=mailbox,
+            credentials=creds_name,
+            smtp=self.endpoint(data.get("smtp", _MISSING), f"{path}.smtp",
+                               getattr(provider_class, "default_smtp", None), creds_name in credentials),
+            pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3",
+                               getattr(provider_class, "default_pop3", None), creds_name in credentials),
+            allow_without_auth_from=trusted,
+            envelope_sender=self.choice(data.get("envelope_sender"), f"{path}.envelope_sender",  # type: ignore[arg-type]
+                                        SENDER_POLICIES, "keep"),
+        )
+
+    def endpoint(self, value: object, path: str, default: UpstreamEndpoint | None,
+                 check_default: bool) -> UpstreamEndpoint | None:
+        if value is False:
+            return None
+        if value is _MISSING or value is None:
+            if default is None and check_default:
+                self.problem(path, "the provider has no default server: give host, port and tls, "
+                             "or false to turn this service off")
+            return default
+        data = self.mapping(value, path, _field_names(UpstreamEndpoint))
+        if data is None:
+            return default
+        host = self.string(data.get("host"), f"{path}.host") or (default.host if default else None)
+        if host is None:
+            self.problem(f"{path}.host", "is required")
+            host = ""
+        tls_default = default.tls if default else "starttls"
+        return UpstreamEndpoint(
+            host=host,
+            port=self.port(data.get("port"), f"{path}.port", default.port if default else None,
+                           allow_zero=False),
+            tls=self.choice(data.get("tls"), f"{path}.tls", TLS_MODES, tls_default),  # type: ignore[arg-type]
+            ca_file=self.file_path(data.get("ca_file"), f"{path}.ca_file"),
+            verify_tls=self.boolean(data.get("verify_tls"), f"{path}.verify_tls", True),
+        )
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

@@ -1,0 +1,230 @@
+"""Unit tests for the YAML configuration loader (relay.config.loader)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from relay.config.loader import load_config, parse_config
+from relay.errors import ConfigError
+from relay.passwords import hash_password
+
+HASH = hash_password("pw", log2_n=4)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def base() -> dict[str, Any]:
+    """A small valid configuration as parsed YAML."""
+    return {
+        "token_store": {"key_env": "RELAY_STORE_KEY"},
+        "credentials": {"contoso": {"provider": "microsoft", "client_id": "abc", "tenant_id": "t.example",
+                                    "client_secret": "${SECRET}"}},
+        "accounts": {"sales": {"username": "erp", "password_hash": HASH, "mailbox": "sales@contoso.com",
+                               "credentials": "contoso"}},
+    }
+
+
+def problems(data: Any, env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The (path, message) problems parse_config reports."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env=env if env is not None else {"SECRET": "s"})
+    return info.value.problems
+
+
+def test_full_valid_config_gets_defaults_and_provider_endpoints() -> None:
+    """A minimal config is filled with listener defaults and Microsoft's upstream servers."""
+    config = parse_config(base(), env={"SECRET": "s3"})
+    assert (config.listen.smtp.host, config.listen.smtp.port) == ("127.0.0.1", 2525)
+    assert (config.listen.pop3.host, config.listen.pop3.port) == ("127.0.0.1", 1110)
+    account = config.accounts["sales"]
+    assert (account.smtp.host, account.smtp.port, account.smtp.tls) == ("smtp.office365.com", 587, "starttls")
+    assert (account.pop3.host, account.pop3.port, account.pop3.tls) == (
+        "outlook.office365.com", 995, "implicit")
+    assert config.credentials["contoso"].client_secret.reveal() == "s3"
+    assert "s3" not in repr(config)
+    assert config.account_by_username("erp") is account
+
+
+def test_google_defaults_and_switching_services_off() -> None:
+    """Gmail accounts default to Google's servers; `pop3: false` turns POP3 off."""
+    data = base()
+    data["credentials"]["g"] = {"provider": "google", "client_id": "x"}
+    data["accounts"]["g"] = {"username": "g", "password_hash": HASH, "mailbox": "g@gmail.com",
+                             "credentials": "g", "pop3": False}
+    config = parse_config(data, env={"SECRET": "s"})
+    assert (config.accounts["g"].smtp.host, config.accounts["g"].smtp.port) == ("smtp.gmail.com", 587)
+    assert config.accounts["g"].pop3 is None
+
+
+def test_unknown_key_is_an_error_with_suggestion() -> None:
+    """A misspelled key is reported at its path with the closest known key."""
+    data = base()
+    data["accounts"]["sales"]["pasword_hash"] = "x"
+    [(path, message)] = problems(data)
+    assert path == "accounts.sales.pasword_hash"
+    assert "did you mean 'password_hash'" in message
+
+
+def test_bad_credentials_reference_names_known_ones() -> None:
+    """A reference to missing credentials names the known ones (the issue's example message)."""
+    data = base()
+    data["accounts"]["sales"]["credentials"] = "contso"
+    assert ("accounts.sales.credentials", "no credentials named 'contso' (known: contoso)") in problems(data)
+
+
+def test_missing_env_var_is_named() -> None:
+    """An unset ${VAR} is an error naming the variable and the YAML path."""
+    [(path, message)] = problems(base(), env={})
+    assert path == "credentials.contoso.client_secret"
+    assert "SECRET is not set" in message
+
+
+def test_file_reference_is_read_and_unreadable_file_reported(tmp_path: Path) -> None:
+    """${file:...} reads a secret file (newline stripped); a missing file is an error naming it."""
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n")
+    data = base()
+    data["credentials"]["contoso"]["client_secret"] = f"${{file:{secret}}}"
+    assert parse_config(data, env={}).credentials["contoso"].client_secret.reveal() == "from-file"
+    data["credentials"]["contoso"]["client_secret"] = f"${{file:{tmp_path / 'nope'}}}"
+    [(path, message)] = problems(data)
+    assert path == "credentials.contoso.client_secret" and "nope" in message
+
+
+def test_literal_dollar_brace_escape() -> None:
+    """$${ stands for a literal ${."""
+    data = base()
+    data["credentials"]["contoso"]["client_secret"] = "a$${b}"
+    assert parse_config(data, env={}).credentials["contoso"].client_secret.reveal() == "a${b}"
+
+
+@pytest.mark.parametrize("port", [70000, -1, "abc", True])
+def test_bad_port(port: object) -> None:
+    """Ports outside 0..65535 or not numbers are errors at their path."""
+    data = base()
+    data["listen"] = {"smtp": {"port": port}}
+    assert [p for p, _ in problems(data)] == ["listen.smtp.port"]
+
+
+def test_missing_tenant_for_microsoft() -> None:
+    """Microsoft requires tenant_id; the error is at credentials.NAME.tenant_id."""
+    data = base()
+    del data["credentials"]["contoso"]["tenant_id"]
+    [(path, message)] = problems(data)
+    assert path == "credentials.contoso.tenant_id" and "requires tenant_id" in message
+
+
+def test_unknown_provider_and_unsupported_flow() -> None:
+    """An unknown provider and a flow the provider does not support are reported."""
+    data = base()
+    data["credentials"]["contoso"]["flow"] = "service_account"
+    data["credentials"]["other"] = {"provider": "nosuch", "client_id": "x"}
+    paths = [p for p, _ in problems(data)]
+    assert "credentials.contoso.flow" in paths and "credentials.other.provider" in paths
+
+
+def test_bad_tls_mode_and_listener_tls_without_cert() -> None:
+    """A TLS mode outside none/starttls/implicit, and listener TLS without cert/key, are errors."""
+    data = base()
+    data["listen"] = {"smtp": {"tls": "ssl"}, "pop3": {"tls": "implicit"}}
+    paths = [p for p, _ in problems(data)]
+    assert paths == ["listen.smtp.tls", "listen.pop3.cert_file", "listen.pop3.key_file"]
+
+
+def test_duplicate_usernames_and_account_without_login() -> None:
+    """Local usernames are unique; an account needs a password hash or trusted networks."""
+    data = base()
+    data["accounts"]["twin"] = dict(data["accounts"]["sales"])
+    data["accounts"]["nopw"] = {"username": "n", "mailbox": "n@contoso.com", "credentials": "contoso"}
+    found = problems(data)
+    assert any(p == "accounts.twin.username" and "already the username" in m for p, m in found)
+    assert any(p == "accounts.nopw" and "password_hash" in m for p, m in found)
+
+
+def test_bad_hash_network_mailbox_and_all_problems_reported_together() -> None:
+    """Several problems are all reported in one error."""
+    data = base()
+    data["accounts"]["sales"].update(password_hash="plain", mailbox="not-an-address",
+                                     allow_without_auth_from=["10.0.0.0/33"], envelope_sender="drop")
+    paths = [p for p, _ in problems(data)]
+    assert paths == ["accounts.sales.password_hash", "accounts.sales.mailbox",
+                     "accounts.sales.allow_without_auth_from[0]", "accounts.sales.envelope_sender"]
+
+
+def test_generic_provider_needs_endpoints_and_upstream_servers() -> None:
+    """generic needs token_url/authorize_url and explicit upstream servers."""
+    data = base()
+    data["credentials"]["gen"] = {"provider": "generic", "client_id": "x"}
+    data["accounts"]["sales"]["credentials"] = "gen"
+    paths = [p for p, _ in problems(data)]
+    assert "credentials.gen.token_url" in paths
+    assert "accounts.sales.smtp" in paths and "accounts.sales.pop3" in paths
+
+
+def test_limits_and_pool_are_validated() -> None:
+    """Limits override defaults and must be positive numbers of the right kind."""
+    data = base()
+    data["limits"] = {"max_message_bytes": 1000, "auth_failure_delay_s": 0.5}
+    data["upstream_pool"] = {"enabled": True}
+    config = parse_config(data, env={"SECRET": "s"})
+    assert config.limits.max_message_bytes == 1000 and config.limits.auth_failure_delay_s == 0.5
+    assert config.upstream_pool.enabled
+    data["limits"] = {"max_message_bytes": 1.5, "max_connections": 0, "timeout": 1}
+    paths = [p for p, _ in problems(data)]
+    assert paths == ["limits.timeout", "limits.max_message_bytes", "limits.max_connections"]
+
+
+def test_relative_paths_resolve_against_the_yaml_file(tmp_path: Path) -> None:
+    """token_store.path, cert files and ca_file are relative to the YAML file's directory."""
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    data = base()
+    data["token_store"]["path"] = "store/tokens.enc"
+    data["listen"] = {"smtp": {"tls": "starttls", "cert_file": "c.pem", "key_file": "k.pem",
+                               "host": "0.0.0.0", "allow_plaintext_auth_from": ["172.16.0.0/12"]}}
+    data["accounts"]["sales"]["smtp"] = {"ca_file": "ca.pem"}
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path, env={"SECRET": "s"})
+    assert config.token_store.path == tmp_path / "store/tokens.enc"
+    assert config.listen.smtp.cert_file == tmp_path / "c.pem"
+    assert config.accounts["sales"].smtp.ca_file == tmp_path / "ca.pem"
+    assert config.accounts["sales"].smtp.host == "smtp.office365.com"  # partial override keeps defaults
+    assert config.listen.smtp.allow_plaintext_auth_from == (ipaddress.ip_network("172.16.0.0/12"),)
+    assert config.source_path == path
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    """YAML syntax errors give line and column; a missing file is named."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("accounts:\n  a: [1, 2\n")
+    with pytest.raises(ConfigError, match="line 3"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("data", [None, [], "text", {"accounts": {}}, {"accounts": []}])
+def test_non_mapping_documents_are_errors(data: object) -> None:
+    """Empty or wrongly shaped documents raise ConfigError, never another exception."""
+    with pytest.raises(ConfigError):
+        parse_config(data, env={})
+
+
+def test_example_config_in_the_repository_loads(tmp_path: Path) -> None:
+    """relay.example.yaml is valid given the variables and secret files it references."""
+    text = (REPO / "relay.example.yaml").read_text()
+    secret = tmp_path / "app_secret"
+    secret.write_text("x\n")
+    text = text.replace("/run/secrets/contoso_app_secret", str(secret))
+    path = tmp_path / "relay.yaml"
+    path.write_text(text)
+    env = {"CONTOSO_CLIENT_SECRET": "a", "GMAIL_CLIENT_SECRET": "b", "EXAMPLE_CLIENT_SECRET": "c",
+           "SALES_PASSWORD_HASH": HASH, "BOUNCES_PASSWORD_HASH": HASH, "HELPDESK_PASSWORD_HASH": HASH}
+    config = load_config(path, env=env)
+    assert set(config.accounts) == {"sales", "bounces", "printer", "ticketing"}
+    assert config.accounts["printer"].password_hash is None

@@ -1,0 +1,158 @@
+"""Unit tests for local logins: verification cache, brute-force throttling, plaintext rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from typing import Any
+
+import pytest
+
+from relay.config.loader import parse_config
+from relay.config.model import ListenerConfig, RelayConfig
+from relay.localauth import LocalAuthenticator, is_loopback
+from relay.passwords import hash_password, verify_password
+
+HASH = hash_password("right", log2_n=4)
+
+
+def make_config(**limits: Any) -> RelayConfig:
+    """Two accounts; the printer is trusted from 10.1.2.0/24 without a password."""
+    return parse_config({
+        "token_store": {"key_env": "K"},
+        "credentials": {"g": {"provider": "google", "client_id": "x"}},
+        "accounts": {
+            "sales": {"username": "erp", "password_hash": HASH, "mailbox": "s@example.com",
+                      "credentials": "g"},
+            "printer": {"username": "scan", "mailbox": "p@example.com", "credentials": "g",
+                        "allow_without_auth_from": ["10.1.2.0/24"]},
+        },
+        "limits": {"auth_failure_delay_s": 0.25, "auth_failures_before_throttle": 3,
+                   "auth_throttle_window_s": 60, **limits},
+    }, env={})
+
+
+class Harness:
+    """A LocalAuthenticator with a fake clock, a recorded sleep and a counting verifier."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.kdf_calls = 0
+
+        def verifier(password: str, encoded: str) -> bool:
+            self.kdf_calls += 1
+            return verify_password(password, encoded)
+
+        async def sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+
+        self.auth = LocalAuthenticator(make_config(), clock=lambda: self.now, sleep=sleep, verifier=verifier)
+
+
+@pytest.fixture
+def h() -> Harness:
+    """A fresh harness."""
+    return Harness()
+
+
+async def test_correct_login_returns_the_account_without_delay(h: Harness) -> None:
+    """A correct password returns the account and is not delayed."""
+    account = await h.auth.authenticate("erp", "right", "127.0.0.1")
+    assert account is not None and account.name == "sales"
+    assert h.sleeps == []
+
+
+async def test_wrong_password_and_unknown_user_fail_after_the_delay(h: Harness) -> None:
+    """Wrong password and unknown user both fail after the delay, both running the KDF."""
+    assert await h.auth.authenticate("erp", "wrong", "127.0.0.1") is None
+    assert await h.auth.authenticate("nobody", "right", "127.0.0.2") is None
+    assert h.sleeps == [0.25, 0.25]
+    assert h.kdf_calls == 2  # the unknown user was checked against a dummy hash
+
+
+async def test_successful_verification_is_cached(h: Harness) -> None:
+    """Repeated correct logins run the KDF once; a wrong password is never served from the cache."""
+    for _ in range(5):
+        assert await h.auth.authenticate("erp", "right", "127.0.0.1") is not None
+    assert h.kdf_calls == 1
+    assert await h.auth.authenticate("erp", "Right", "127.0.0.1") is None
+    assert h.kdf_calls == 2
+
+
+async def test_control_characters_never_match(h: Harness) -> None:
+    """Usernames or passwords with CR, LF, NUL or ^A fail."""
+    assert await h.auth.authenticate("erp", "right\r\n", "127.0.0.1") is None
+    assert await h.auth.authenticate("erp\x01", "right", "127.0.0.1") is None
+
+
+async def test_address_is_throttled_but_login_from_elsewhere_works(h: Harness,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """After N failures an address is refused even with the right password; others still log in."""
+    caplog.set_level(logging.WARNING, logger="relay.auth")
+    for _ in range(3):
+        assert await h.auth.authenticate("erp", "guess", "192.0.2.9") is None
+    calls = h.kdf_calls
+    assert await h.auth.authenticate("erp", "right", "192.0.2.9") is None
+    assert h.kdf_calls == calls  # refused without checking
+    assert await h.auth.authenticate("erp", "right", "192.0.2.10") is not None
+    assert "throttling logins" in caplog.text and "192.0.2.9" in caplog.text and "guess" not in caplog.text
+    h.now += 61  # the window passes
+    assert await h.auth.authenticate("erp", "right", "192.0.2.9") is not None
+
+
+async def test_username_attacked_from_many_addresses(h: Harness) -> None:
+    """Failures against one username from many addresses throttle it there, not for a clean address."""
+    for i in range(3):
+        assert await h.auth.authenticate("erp", "guess", f"198.51.100.{i}") is None
+    assert await h.auth.authenticate("erp", "right", "198.51.100.0") is None
+    assert await h.auth.authenticate("erp", "right", "203.0.113.7") is not None
+
+
+def listener(host: str, nets: tuple[str, ...] = ()) -> ListenerConfig:
+    """A listener on ``host`` allowing plaintext from ``nets``."""
+    return ListenerConfig(enabled=True, host=host, port=25,
+                          allow_plaintext_auth_from=tuple(ipaddress.ip_network(n) for n in nets))
+
+
+@pytest.mark.parametrize(("host", "nets", "client", "tls", "allowed"), [
+    ("127.0.0.1", (), "127.0.0.1", False, True),
+    ("localhost", (), "127.0.0.1", False, True),
+    ("::1", (), "::1", False, True),
+    ("0.0.0.0", (), "127.0.0.1", False, False),
+    ("0.0.0.0", (), "203.0.113.5", True, True),
+    ("0.0.0.0", ("172.16.0.0/12",), "172.18.0.4", False, True),
+    ("0.0.0.0", ("172.16.0.0/12",), "::ffff:172.18.0.4", False, True),
+    ("0.0.0.0", ("172.16.0.0/12",), "10.0.0.4", False, False),
+])
+def test_plaintext_auth_rule(h: Harness, host: str, nets: tuple[str, ...], client: str, tls: bool,
+                             allowed: bool) -> None:
+    """Plaintext AUTH only with TLS, on a loopback listener, or from an allowed network."""
+    assert h.auth.plaintext_auth_allowed(listener(host, nets), client, tls) is allowed
+
+
+def test_trusted_clients_map_to_their_account(h: Harness) -> None:
+    """A client inside allow_without_auth_from maps to that account; others to none."""
+    trusted = h.auth.trusted_account_for("10.1.2.3")
+    assert trusted is not None and trusted.name == "printer"
+    assert h.auth.trusted_account_for("10.1.3.3") is None
+    assert h.auth.trusted_account_for("garbage") is None
+
+
+def test_is_loopback() -> None:
+    """Loopback detection covers 127/8, ::1, v4-mapped loopback and localhost."""
+    assert all(map(is_loopback, ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "10.0.0.1", "example.com", "::"]))
+
+
+async def test_config_change_invalidates_the_cache() -> None:
+    """A new hash for the same user misses the cache (no stale acceptance after a password change)."""
+    config = make_config()
+    auth = LocalAuthenticator(config)
+    assert await auth.authenticate("erp", "right", "127.0.0.1") is not None
+    new_hash = hash_password("new", log2_n=4)
+    accounts = dict(config.accounts)
+    accounts["sales"] = dataclasses.replace(accounts["sales"], password_hash=new_hash)
+    auth.config = dataclasses.replace(config, accounts=accounts)
+    assert await auth.authenticate("erp", "right", "127.0.0.1") is None
