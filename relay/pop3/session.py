@@ -1,0 +1,290 @@
+"""One proxied POP3 connection: the thin asyncio loop around `Pop3Protocol`.
+
+The loop pulls events from the protocol, reads from the client only when the protocol needs
+data (so pipelined input waits in the socket, not in memory), and streams multi-line upstream
+replies through chunk by chunk with ``drain`` between chunks (a slow client slows the upstream
+read, never fills memory). Safety rules for the mailbox:
+
+* QUIT upstream is sent only for the client's QUIT in TRANSACTION; a disconnect, idle timeout,
+  error or shutdown closes the upstream without QUIT, so the upstream applies no deletions.
+* If the upstream fails in the middle of a multi-line reply, the client connection is closed
+  without the terminating ".", so a truncated message is never taken as complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig
+from relay.errors import (
+    AuthorizationNeeded,
+    OAuthError,
+    RelayError,
+    TokenRefreshFailed,
+    UpstreamAuthRejected,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from relay.pop3.protocol import (
+    NEED_DATA,
+    PAUSED,
+    LoginAttempt,
+    Pop3Protocol,
+    Reply,
+    StartTls,
+    UpstreamCommand,
+)
+from relay.pop3.replies import err, ok
+from relay.pop3.upstream import UpstreamPop3Session, open_upstream, response_code
+from relay.tokens.source import TokenSource
+
+if TYPE_CHECKING:
+    from relay.localauth import LocalAuthenticator
+
+log = logging.getLogger("relay.pop3")
+
+CLIENT_READ_BYTES = 64 * 1024
+_PASSED_THROUGH_CODES = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/PERM"})
+
+
+@dataclass
+class SessionStats:
+    """Counters for the one log line written when a session ends."""
+
+    account: str = "-"
+    commands: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    outcome: str = "closed"
+
+
+class _ClientGone(Exception):
+    """The client disconnected, or stopped reading for longer than the idle timeout."""
+
+
+@dataclass
+class SessionContext:
+    """What a session needs from the server (all shared, read-only)."""
+
+    listener: ListenerConfig
+    limits: LimitsConfig
+    tokens: TokenSource
+    authenticator: LocalAuthenticator
+    tls_context: ssl.SSLContext | None  # the listener's context (implicit TLS or STLS)
+
+
+class Pop3ProxySession:
+    """Runs one client connection from greeting to close."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ctx: SessionContext, session_id: str) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ctx = ctx
+        self.session_id = session_id
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.client_ip = str(peer[0])
+        self.client = f"{peer[0]}:{peer[1]}"
+        tls_active = writer.get_extra_info("sslcontext") is not None
+        self._proto = Pop3Protocol(
+            stls_available=ctx.listener.tls == "starttls" and ctx.tls_context is not None,
+            tls_active=tls_active,
+            plaintext_allowed=self._plaintext_allowed(tls_active),
+        )
+        self._upstream: UpstreamPop3Session | None = None
+        self.stats = SessionStats()
+
+    def _plaintext_allowed(self, tls_active: bool) -> bool:
+        return self._ctx.authenticator.plaintext_auth_allowed(
+            self._ctx.listener, self.client_ip, tls_active)
+
+    # --- client I/O ------------------------------------------------------------------------
+
+    async def _write(self, data: bytes) -> None:
+        self.stats.bytes_out += len(data)
+        try:
+            self._writer.write(data)
+            await asyncio.wait_for(self._writer.drain(), self._ctx.limits.pop3_idle_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise _ClientGone(f"client write failed: {exc or 'timeout'}") from None
+
+    async def _read(self) -> bytes:
+        try:
+            data = await asyncio.wait_for(self._reader.read(CLIENT_READ_BYTES),
+                                          self._ctx.limits.pop3_idle_timeout_s)
+        except TimeoutError:
+            self.stats.outcome = "idle timeout"
+            with contextlib.suppress(_ClientGone):
+                await self._write(err("Disconnected for inactivity", "SYS/TEMP"))
+            raise _ClientGone("idle timeout") from None
+        except OSError as exc:
+            raise _ClientGone(f"client read failed: {exc}") from None
+        if not data:
+            raise _ClientGone("client disconnected")
+        self.stats.bytes_in += len(data)
+        return data
+
+    # --- main loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until QUIT, disconnect, timeout or error; log one line."""
+        try:
+            await self._write(ok("POP3 relay ready"))
+            await self._loop()
+        except _ClientGone as exc:
+            if self.stats.outcome == "closed":
+                self.stats.outcome = str(exc)
+        except asyncio.CancelledError:
+            self.stats.outcome = "shutdown"
+            raise
+        except (RelayError, OSError) as exc:
+            self.stats.outcome = f"error: {exc}"
+            log.warning("pop3 session %s: %s", self.session_id, exc)
+        finally:
+            await self._close()
+
+    async def _loop(self) -> None:
+        proto = self._proto
+        while True:
+            event = proto.next_event()
+            if event is NEED_DATA:
+                proto.receive_data(await self._read())
+                continue
+            if event is PAUSED:  # only reachable if a decision was not made: a bug
+                raise RuntimeError("POP3 protocol paused without a pending decision")
+            self.stats.commands += 1
+            if isinstance(event, Reply):
+                await self._write(event.data)
+                if event.close:
+                    self.stats.outcome = "quit"
+                    return
+            elif isinstance(event, LoginAttempt):
+                await self._login(event)
+            elif isinstance(event, StartTls):
+                await self._start_tls(event)
+            elif isinstance(event, UpstreamCommand):
+                await self._forward(event)
+                if event.quit:
+                    return
+
+    async def _start_tls(self, event: StartTls) -> None:
+        assert self._ctx.tls_context is not None
+        # Stop reading before the +OK: the client's ClientHello must reach the TLS layer, not the
+        # clear-text stream buffer. Whatever already sits in that buffer came before the +OK, so
+        # it is clear text pipelined behind STLS and is dropped (RFC 2595 section 4). asyncio
+        # offers no public way to empty a StreamReader, hence the private attribute.
+        self._writer.transport.pause_reading()
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        await self._write(event.reply)
+        try:
+            await asyncio.wait_for(self._writer.start_tls(self._ctx.tls_context),
+                                   self._ctx.limits.pop3_idle_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise _ClientGone(f"TLS handshake failed: {exc or 'timeout'}") from None
+        self._proto.tls_started(plaintext_allowed=self._plaintext_allowed(True))
+
+    # --- login -----------------------------------------------------------------------------
+
+    async def _login(self, event: LoginAttempt) -> None:
+        account = await self._ctx.authenticator.authenticate(
+            event.username, event.password.reveal(), self.client_ip)
+        if account is None:
+            self._proto.login_failed()
+            await self._write(err("Invalid credentials", "AUTH"))
+            return
+        self.stats.account = account.name
+        reply = await self._connect_upstream(account)
+        if self._upstream is None:
+            self._proto.login_failed()
+        else:
+            self._proto.set_upstream_capabilities(self._upstream.capabilities)
+            self._proto.login_succeeded()
+        await self._write(reply)
+
+    async def _connect_upstream(self, account: AccountConfig) -> bytes:
+        """Log in upstream; return the reply for the client (and set ``_upstream`` on success)."""
+        if account.pop3 is None:
+            log.warning("pop3 login for account '%s' refused: the account has no pop3 upstream "
+                        "(set accounts.%s.pop3)", account.name, account.name)
+            return err(f"Account {account.username} has no POP3 mailbox configured", "SYS/PERM")
+        try:
+            self._upstream, status = await open_upstream(account, self._ctx.tokens, self._ctx.limits)
+        except AuthorizationNeeded as exc:
+            self._log_login_failure(account, exc, f"run `relay authorize {account.name}`")
+            return err("Mailbox re-authorization needed; ask the relay operator", "AUTH")
+        except (TokenRefreshFailed, OAuthError) as exc:
+            self._log_login_failure(account, exc, "the OAuth provider is unreachable or failing; "
+                                    "the client may retry later")
+            return err("Cannot obtain an access token right now; try again later", "SYS/TEMP")
+        except UpstreamUnavailable as exc:
+            self._log_login_failure(account, exc, "check the upstream host, port and TLS settings "
+                                    f"under accounts.{account.name}.pop3")
+            return err("Upstream mail server unavailable; try again later", "SYS/TEMP")
+        except UpstreamAuthRejected as exc:
+            code = response_code(exc.reply or "")
+            if code in _PASSED_THROUGH_CODES:
+                self._log_login_failure(account, exc, "the upstream mailbox refused the session")
+                return f"-ERR {exc.reply}\r\n".encode()
+            self._log_login_failure(account, exc, f"the token was rejected after a refresh: check "
+                                    f"that POP access is enabled for {account.mailbox} and the "
+                                    f"app has POP permission, then run `relay authorize "
+                                    f"{account.name}`")
+            return err("Upstream mailbox login rejected; re-authorization needed", "AUTH")
+        except (UpstreamError, RelayError) as exc:
+            self._log_login_failure(account, exc, "see the error above")
+            return err("Upstream mail server error; try again later", "SYS/TEMP")
+        return status.raw
+
+    def _log_login_failure(self, account: AccountConfig, exc: Exception, fix: str) -> None:
+        provider_error = getattr(exc, "provider_error", None)
+        detail = f" (provider error: {provider_error})" if provider_error else ""
+        log.warning("pop3 session %s: upstream login for account '%s' (%s) failed: %s%s; fix: %s",
+                    self.session_id, account.name, account.mailbox, exc, detail, fix)
+
+    # --- TRANSACTION -----------------------------------------------------------------------
+
+    async def _forward(self, command: UpstreamCommand) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        try:
+            if command.quit:
+                status = await upstream.quit()
+                self.stats.outcome = "quit"
+                await self._write(status.raw)
+                return
+            status = await upstream.command(command.line)
+        except UpstreamError as exc:
+            # Nothing of this reply reached the client yet: say why, then close.
+            self.stats.outcome = f"upstream failed: {exc}"
+            await self._write(err("Upstream mail server connection lost", "SYS/TEMP"))
+            raise _ClientGone(self.stats.outcome) from None
+        await self._write(status.raw)
+        if not (status.ok and command.multiline):
+            return
+        try:
+            async for part in upstream.stream_body():
+                await self._write(part)
+        except UpstreamError as exc:
+            # Mid-body: close without the terminating "." so the client sees an incomplete reply.
+            self.stats.outcome = f"upstream failed mid-reply: {exc}"
+            raise _ClientGone(self.stats.outcome) from None
+
+    # --- close -----------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        if self._upstream is not None:
+            await self._upstream.close()  # without QUIT unless quit() already ran
+        try:
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), 5)
+        except (OSError, TimeoutError):
+            self._writer.transport.abort()
+        s = self.stats
+        log.info("pop3 session %s ended: account=%s client=%s commands=%d bytes_in=%d "
+                 "bytes_out=%d outcome=%s", self.session_id, s.account, self.client, s.commands,
+                 s.bytes_in, s.bytes_out, s.outcome)
