@@ -1,0 +1,282 @@
+"""RelayApp: wires the token store, token manager, local authenticator and both listeners; signals.
+
+- SIGTERM / SIGINT: stop accepting, let running sessions finish for ``limits.shutdown_grace_s``,
+  close what is left, exit 0. A second signal during the grace period closes sessions at once.
+- SIGHUP: re-read the configuration file. When it is valid, new listeners (and a new token
+  manager over the same store) take over; sessions already running finish on the old ones. When
+  it is invalid, the error is logged and the running configuration stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.config.model import AccountConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
+from relay.errors import RelayError
+from relay.tokens.manager import AccountTokenStatus, TokenManager
+from relay.tokens.store import TokenStore, open_store
+
+log = logging.getLogger("relay.app")
+
+ConfigLoader = Callable[[Path], RelayConfig]
+BIND_RETRIES = 20
+BIND_RETRY_DELAY_S = 0.05
+
+
+@dataclass
+class _Generation:
+    """One configuration's running parts; a reload replaces the whole generation."""
+
+    config: RelayConfig
+    tokens: TokenManager
+    servers: dict[str, object] = field(default_factory=dict)  # "smtp"/"pop3" -> server
+
+
+class RelayApp:
+    """The running relay: ``await app.start()`` then ``await app.stop()``, or ``await app.run()``."""
+
+    def __init__(self, config: RelayConfig, *, store: TokenStore | None = None,
+                 loader: ConfigLoader | None = None) -> None:
+        self.config = config
+        self._store = store
+        self._loader = loader
+        self._current: _Generation | None = None
+        self._stopping: _Generation | None = None
+        self._draining: set[asyncio.Task[None]] = set()
+        self._stop_requested = asyncio.Event()
+        self._signals = 0
+        self._reload_lock = asyncio.Lock()
+
+    # --- properties -----------------------------------------------------------------------------
+
+    @property
+    def smtp_port(self) -> int | None:
+        """The bound SMTP port (None when the listener is disabled or not started)."""
+        return self._port("smtp")
+
+    @property
+    def pop3_port(self) -> int | None:
+        """The bound POP3 port (None when the listener is disabled or not started)."""
+        return self._port("pop3")
+
+    @property
+    def tokens(self) -> TokenManager:
+        """The current token manager."""
+        assert self._current is not None, "RelayApp is not started"
+        return self._current.tokens
+
+    def _port(self, name: str) -> int | None:
+        server = self._current.servers.get(name) if self._current else None
+        return getattr(server, "port", None) if server is not None else None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, start the token manager and the enabled listeners; log what runs."""
+        if self._store is None:
+            self._store = open_store(self.config.token_store)
+        self._current = await self._start_generation(self.config)
+
+    async def _start_generation(self, config: RelayConfig, *, bind_retries: int = 1) -> _Generation:
+        from relay.localauth import LocalAuthenticator  # noqa: PLC0415 - keeps `relay --help` fast
+        from relay.pop3.server import Pop3ProxyServer  # noqa: PLC0415
+        from relay.smtp.server import SmtpRelayServer  # noqa: PLC0415
+
+        assert self._store is not None
+        tokens = TokenManager(config, self._store)
+        gen = _Generation(config, tokens)
+        authenticator = LocalAuthenticator(config)
+        try:
+            if config.listen.smtp.enabled:
+                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator)
+            if config.listen.pop3.enabled:
+                gen.servers["pop3"] = Pop3ProxyServer(config, tokens, authenticator)
+            for name, server in gen.servers.items():
+                await _start_with_retries(server, bind_retries)
+                _log_listener(name, getattr(config.listen, name), server.port)  # type: ignore[attr-defined]
+            await tokens.start()
+        except BaseException:
+            await self._stop_generation(gen, 0)
+            raise
+        if not gen.servers:
+            log.warning("both listeners are disabled (listen.smtp.enabled, listen.pop3.enabled): "
+                        "the relay accepts nothing")
+        await _log_accounts(config, tokens)
+        return gen
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, give sessions ``grace_s`` (limits.shutdown_grace_s) to end, then close."""
+        gen, self._current = self._current, None
+        self._stopping = gen
+        if grace_s is None:
+            grace_s = (gen.config if gen else self.config).limits.shutdown_grace_s
+        if gen is not None:
+            await self._stop_generation(gen, grace_s)
+        if self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)
+
+    async def _stop_generation(self, gen: _Generation, grace_s: float) -> None:
+        results = await asyncio.gather(*(s.stop(grace_s) for s in gen.servers.values()),  # type: ignore[attr-defined]
+                                       return_exceptions=True)
+        for name, result in zip(gen.servers, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("%s listener did not stop cleanly: %s", name, result)
+        await gen.tokens.close()
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop gracefully; return 0."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum, handler in ((signal.SIGTERM, self._on_stop_signal), (signal.SIGINT, self._on_stop_signal),
+                                (signal.SIGHUP, self._on_reload_signal)):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # non-main thread, Windows
+                loop.add_signal_handler(signum, handler, signum)
+                installed.append(signum)
+        log.info("relay running (pid signals: TERM/INT stop gracefully, HUP reloads the configuration)")
+        stopping: asyncio.Task[None] | None = None
+        try:
+            await self._stop_requested.wait()
+            grace_s = self.config.limits.shutdown_grace_s
+            if self._current is not None:
+                grace_s = self._current.config.limits.shutdown_grace_s
+            log.info("stopping: no new connections; waiting up to %.0f s for open sessions", grace_s)
+            stopping = asyncio.ensure_future(self.stop(grace_s))
+            await stopping
+        except asyncio.CancelledError:
+            if stopping is not None:
+                stopping.cancel()
+            raise
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+        log.info("stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        """Ask `run` to stop gracefully (what SIGTERM does)."""
+        self._stop_requested.set()
+
+    def _on_stop_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("received %s", signal.Signals(signum).name)
+            self.request_stop()
+            return
+        log.warning("received %s again: closing open sessions now", signal.Signals(signum).name)
+        gen = self._current or self._stopping
+        for server in (gen.servers.values() if gen else ()):
+            task = asyncio.ensure_future(server.stop(0))  # type: ignore[attr-defined]
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
+    # --- reload ---------------------------------------------------------------------------------
+
+    def _on_reload_signal(self, signum: int) -> None:
+        task = asyncio.ensure_future(self.reload())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file; swap in new listeners when it is valid. True on success."""
+        async with self._reload_lock:
+            path = self.config.source_path
+            if self._loader is None or path is None or self._current is None:
+                log.warning("SIGHUP: this relay was not started from a configuration file; nothing to reload")
+                return False
+            try:
+                new_config = self._loader(path)
+            except Exception as exc:  # noqa: BLE001 - a reload must never take the running relay down
+                log.error("SIGHUP: %s is invalid, keeping the running configuration:\n%s", path, exc)
+                return False
+            if new_config.token_store != self.config.token_store:
+                log.error("SIGHUP: token_store changed; restart the relay to use another store "
+                          "(keeping the running configuration)")
+                return False
+            old = self._current
+            # Close the old listening sockets (sessions continue) so the new ones can bind the ports.
+            drain = asyncio.ensure_future(self._stop_generation(old, old.config.limits.shutdown_grace_s))
+            self._draining.add(drain)
+            drain.add_done_callback(self._draining.discard)
+            await asyncio.sleep(0)
+            try:
+                self._current = await self._start_generation(new_config, bind_retries=BIND_RETRIES)
+            except (RelayError, OSError) as exc:
+                log.error("SIGHUP: cannot start with the new configuration (%s); the relay has no "
+                          "listeners now, restart it", exc)
+                self._current = None
+                self._stop_requested.set()
+                return False
+            self.config = new_config
+            log.info("SIGHUP: configuration reloaded from %s; %d session(s) finish on the old one",
+                     path, sum(getattr(s, "active_sessions", 0) for s in old.servers.values()))
+            return True
+
+
+async def _start_with_retries(server: object, attempts: int) -> None:
+    """Start a listener, retrying a port still held by the listener it replaces."""
+    for attempt in range(attempts):
+        try:
+            await server.start()  # type: ignore[attr-defined]
+            return
+        except OSError:
+            if attempt + 1 >= attempts:
+                raise
+            await asyncio.sleep(BIND_RETRY_DELAY_S)
+
+
+def _log_listener(name: str, listener: ListenerConfig, port: int) -> None:
+    # Mirrors LocalAuthenticator.plaintext_auth_allowed: TLS, a loopback-bound listener, or a listed network.
+    nets = ", ".join(str(n) for n in listener.allow_plaintext_auth_from)
+    if listener.host in ("127.0.0.1", "::1", "localhost"):
+        plain = "any client (bound to loopback)"
+    else:
+        plain = f"clients in {nets}" if nets else "nobody (set allow_plaintext_auth_from or use TLS)"
+    log.info("listener %s on %s:%d (tls: %s; AUTH without TLS allowed for %s)",
+             name, listener.host, port, listener.tls, plain)
+
+
+def _endpoint(endpoint: UpstreamEndpoint | None) -> str:
+    if endpoint is None:
+        return "off"
+    return f"{endpoint.host}:{endpoint.port} ({endpoint.tls})"
+
+
+def describe_token(status: AccountTokenStatus | None) -> str:
+    """A short token-state phrase for logs and tables (never a token)."""
+    if status is None:
+        return "unknown"
+    if status.state == "valid" and status.valid_until is not None:
+        return f"valid until {status.valid_until.isoformat(timespec='seconds')}"
+    if status.state in ("not authorized", "needs authorize"):
+        return f"{status.state}: run `relay authorize {status.account}`"
+    return status.state
+
+
+async def _log_accounts(config: RelayConfig, tokens: TokenManager) -> None:
+    try:
+        statuses = {s.account: s for s in await tokens.status()}
+    except RelayError as exc:
+        log.error("cannot read the token status: %s", exc)
+        statuses = {}
+    for account in config.accounts.values():
+        status = statuses.get(account.name)
+        level = logging.WARNING if status and status.state in ("not authorized", "needs authorize") \
+            else logging.INFO
+        log.log(level, "account %s: login %s -> %s via %s; smtp %s; pop3 %s; token %s",
+                account.name, account.username, account.mailbox, account.credentials,
+                _endpoint(account.smtp), _endpoint(account.pop3), describe_token(status))
+        _warn_unverified(account)
+
+
+def _warn_unverified(account: AccountConfig) -> None:
+    # The POP3 server warns about its own endpoints at start.
+    if account.smtp is not None and not account.smtp.verify_tls:
+        log.warning("accounts.%s.smtp.verify_tls is false: the upstream certificate is NOT verified "
+                    "(tests only)", account.name)

@@ -1,0 +1,212 @@
+"""`relay check`: per account, is the token usable and do the upstream servers accept it?
+
+For each account: the configuration loaded, the token state (refreshed when due, as the relay
+would), then a real XOAUTH2 login to the upstream SMTP and POP3 servers (no message is sent, no
+mail is read). Prints a table, then the fix for each failure; exits 1 when any account is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass, field
+
+from relay.commands._ops import add_config_argument, load_config_file
+from relay.config.model import AccountConfig, RelayConfig
+from relay.errors import (
+    AuthorizationNeeded,
+    OAuthError,
+    RelayError,
+    TokenRefreshFailed,
+    UpstreamAuthRejected,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from relay.secret import Secret
+from relay.tokens.manager import TokenManager
+
+OK = "ok"
+
+
+@dataclass
+class AccountCheck:
+    """The outcome of checking one account: a cell per column and the fixes for its failures."""
+
+    account: str
+    oauth: str = "-"
+    smtp: str = "-"
+    pop3: str = "-"
+    fixes: list[str] = field(default_factory=list)
+
+    @property
+    def broken(self) -> bool:
+        """True when any step failed."""
+        return bool(self.fixes)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `relay check` to the CLI."""
+    p = subparsers.add_parser("check", help="check each account: token, upstream SMTP and POP3 login")
+    add_config_argument(p)
+    p.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="only these accounts (default: all)")
+    p.add_argument("--timeout", type=float, default=20.0, metavar="S",
+                   help="connect/command timeout per upstream in seconds (20)")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run the checks, print the table and fixes; 0 when every account is OK, else 1."""
+    from relay.tokens.store import open_store  # noqa: PLC0415
+
+    config = load_config_file(args.config)
+    print(f"Configuration {args.config}: OK ({len(config.accounts)} account(s))")
+    names = args.accounts or list(config.accounts)
+    unknown = [n for n in names if n not in config.accounts]
+    if unknown:
+        print(f"No such account: {', '.join(unknown)} (accounts: {', '.join(config.accounts) or 'none'})")
+        return 1
+    store = open_store(config.token_store)
+
+    async def run() -> list[AccountCheck]:
+        manager = TokenManager(config, store, retry_attempts=2, retry_base_delay_s=0.5)
+        try:
+            return [await check_account(config, manager, config.accounts[n], args.timeout) for n in names]
+        finally:
+            await manager.close()
+
+    results = asyncio.run(run())
+    print_report(results)
+    return 1 if any(r.broken for r in results) else 0
+
+
+async def check_account(config: RelayConfig, manager: TokenManager, account: AccountConfig,
+                        timeout_s: float) -> AccountCheck:
+    """Check one account's token and upstream logins."""
+    result = AccountCheck(account.name)
+    name = account.name
+    try:
+        token = await manager.get_token(name)
+    except AuthorizationNeeded as exc:
+        result.oauth = "needs authorize"
+        result.fixes.append(f"{name}: {exc} -> run `relay authorize {name}`")
+        return result
+    except TokenRefreshFailed as exc:
+        result.oauth = "refresh failed"
+        result.fixes.append(f"{name}: {exc} -> check that this machine reaches the provider's token "
+                            "endpoint (proxy, firewall, DNS), then run `relay check` again")
+        return result
+    except (OAuthError, RelayError) as exc:
+        result.oauth = "error"
+        result.fixes.append(f"{name}: {exc}")
+        return result
+    result.oauth = await _token_cell(manager, name)
+    if account.smtp is not None:
+        result.smtp = await _check_smtp(manager, account, token, timeout_s, result.fixes)
+    if account.pop3 is not None:
+        result.pop3 = await _check_pop3(config, manager, account, timeout_s, result.fixes)
+    return result
+
+
+async def _token_cell(manager: TokenManager, name: str) -> str:
+    for status in await manager.status():
+        if status.account == name:
+            if status.state == "valid" and status.valid_until is not None:
+                return f"valid until {status.valid_until.strftime('%Y-%m-%d %H:%M')} UTC"
+            return status.state
+    return "valid"
+
+
+async def _check_smtp(manager: TokenManager, account: AccountConfig, token: Secret, timeout_s: float,
+                      fixes: list[str]) -> str:
+    from relay.smtp.upstream import UpstreamSmtpSession  # noqa: PLC0415
+
+    endpoint = account.smtp
+    assert endpoint is not None
+
+    async def login(tok: Secret) -> None:
+        session = UpstreamSmtpSession(endpoint, account=account.name, connect_timeout_s=timeout_s,
+                                      command_timeout_s=timeout_s)
+        try:
+            await session.connect()
+            await session.authenticate(account.mailbox, tok)
+        finally:
+            await session.quit()
+
+    try:
+        try:
+            await login(token)
+        except UpstreamAuthRejected:
+            # The relay does the same: one forced refresh, in case the token was revoked early.
+            await login(await manager.force_refresh(account.name, rejected=token))
+    except (UpstreamError, OAuthError) as exc:
+        return _failure("smtp", account, exc, fixes)
+    return OK
+
+
+async def _check_pop3(config: RelayConfig, manager: TokenManager, account: AccountConfig,
+                      timeout_s: float, fixes: list[str]) -> str:
+    from dataclasses import replace  # noqa: PLC0415
+
+    from relay.pop3.upstream import open_upstream  # noqa: PLC0415
+
+    limits = replace(config.limits, upstream_connect_timeout_s=timeout_s,
+                     upstream_command_timeout_s=timeout_s)
+    try:
+        session, _ = await open_upstream(account, manager, limits)  # forced refresh included
+    except (UpstreamError, OAuthError) as exc:
+        return _failure("pop3", account, exc, fixes)
+    try:
+        await session.quit()
+    except UpstreamError:
+        await session.close()
+    return OK
+
+
+def _failure(kind: str, account: AccountConfig, exc: Exception, fixes: list[str]) -> str:
+    """Record the fix for an upstream failure and return the table cell."""
+    name = account.name
+    endpoint = getattr(account, kind)
+    where = f"accounts.{name}.{kind}"
+    if isinstance(exc, AuthorizationNeeded):
+        fixes.append(f"{name} ({kind}): {exc} -> run `relay authorize {name}`")
+        return "needs authorize"
+    if isinstance(exc, UpstreamAuthRejected):
+        reply = exc.reply or str(exc)
+        fixes.append(f"{name} ({kind}): {endpoint.host}:{endpoint.port} refused the token for "
+                     f"{account.mailbox}: {reply} -> {_auth_fix(kind, account, reply)}")
+        return "REJECTED"
+    if isinstance(exc, UpstreamUnavailable):
+        fixes.append(f"{name} ({kind}): {exc} -> check {where} (host {endpoint.host}, port {endpoint.port}, "
+                     f"tls {endpoint.tls}) and that this machine reaches it (firewall, proxy, DNS)")
+        return "UNREACHABLE"
+    fixes.append(f"{name} ({kind}): {exc}")
+    return "FAILED"
+
+
+def _auth_fix(kind: str, account: AccountConfig, reply: str) -> str:
+    """The operator's fix for an XOAUTH2 refusal, from the upstream's reply text."""
+    if "5.7.139" in reply or "SmtpClientAuthentication is disabled" in reply:
+        return (f"enable authenticated SMTP (SMTP AUTH) for {account.mailbox} or the tenant in the "
+                "Microsoft 365 admin center")
+    scope = "SMTP.Send" if kind == "smtp" else "POP.AccessAsUser.All"
+    return (f"make sure the sign-in was done as {account.mailbox} (run `relay authorize {account.name}` "
+            f"again), that the app registration has the {scope} permission (or the Gmail scope), and "
+            f"that {kind.upper()} access is enabled for the mailbox")
+
+
+def print_report(results: list[AccountCheck]) -> None:
+    """Print the table, each failure's fix, and a one-line verdict."""
+    rows = [("ACCOUNT", "TOKEN", "SMTP", "POP3", "VERDICT")]
+    for r in results:
+        rows.append((r.account, r.oauth, r.smtp, r.pop3, "BROKEN" if r.broken else "OK"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    print()
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    fixes = [fix for r in results for fix in r.fixes]
+    if fixes:
+        print("\nTo fix:")
+        for fix in fixes:
+            print(f"  - {fix}")
+    broken = sum(r.broken for r in results)
+    print(f"\n{'All accounts OK.' if not broken else f'{broken} of {len(results)} account(s) broken.'}")

@@ -1,0 +1,162 @@
+"""Helpers for the operator-command tests: config files for the sandbox, seeded stores, subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relay.sandbox.oauth import DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE
+from relay.sandbox.world import SandboxWorld
+from relay.secret import Secret
+from relay.tokens.model import TokenSet
+from relay.tokens.store import EncryptedFileStore, decode_key
+
+PASSWORD = "ops test password 42"
+LISTENER_LINE = re.compile(r"listener (smtp|pop3) on [^:]+:(\d+)")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class OpsSetup:
+    """A configuration file for the sandbox plus its store key; tokens can be seeded per account."""
+
+    world: SandboxWorld
+    dir: Path
+    key: str
+    accounts: dict[str, dict[str, Any]]
+    smtp_port: int = 0
+    pop3_port: int = 0
+
+    @property
+    def config_path(self) -> Path:
+        """The YAML file."""
+        return self.dir / "relay.yaml"
+
+    def add_account(self, name: str, mailbox: str, *, username: str | None = None) -> None:
+        """Add an account using the sandbox upstreams (login ``<name>-app``, password PASSWORD)."""
+        from relay.passwords import hash_password
+
+        self.accounts[name] = self.world.account_yaml(username or f"{name}-app", hash_password(PASSWORD),
+                                                      mailbox)
+
+    def write(self) -> Path:
+        """Write relay.yaml and return its path."""
+        data = {
+            "listen": {"smtp": {"enabled": True, "host": "127.0.0.1", "port": self.smtp_port, "tls": "none"},
+                       "pop3": {"enabled": True, "host": "127.0.0.1", "port": self.pop3_port, "tls": "none"}},
+            "token_store": {"path": str(self.dir / "tokens.enc"), "key_env": None,
+                            "key_file": str(self.dir / "store.key")},
+            "credentials": self.world.credentials_yaml("sandbox"),
+            "accounts": self.accounts,
+            "limits": {"auth_failure_delay_s": 0.05, "shutdown_grace_s": 20,
+                       "upstream_connect_timeout_s": 10, "upstream_command_timeout_s": 20},
+        }
+        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return self.config_path
+
+    def seed(self, account: str, token_user: str) -> tuple[str, str]:
+        """Store tokens for ``account`` issued to ``token_user`` (as `relay authorize` would)."""
+        access = self.world.oauth.issue_access_token(token_user)
+        refresh = self.world.oauth.issue_refresh_token(token_user)
+        store = EncryptedFileStore(self.dir / "tokens.enc", decode_key(self.key, "test"))
+        now = datetime.now(UTC)
+        asyncio.run(store.put(TokenSet(account=account, credentials="sandbox", access_token=Secret(access),
+                                       expires_at=now + timedelta(hours=1), refresh_token=Secret(refresh),
+                                       scopes=tuple(DEFAULT_SCOPE.split()), obtained_at=now)))
+        return access, refresh
+
+    def secrets(self) -> list[str]:
+        """Every secret value a log must never contain."""
+        found = [PASSWORD, self.key, DEFAULT_CLIENT_SECRET]
+        store = EncryptedFileStore(self.dir / "tokens.enc", decode_key(self.key, "test"))
+        for tokens in asyncio.run(store.load_all()).values():
+            found.append(tokens.access_token.reveal())
+            if tokens.refresh_token:
+                found.append(tokens.refresh_token.reveal())
+        return found
+
+
+def relay_cmd(*args: str) -> list[str]:
+    """The command line running the installed CLI with this interpreter."""
+    return [sys.executable, "-m", "relay", *args]
+
+
+def run_relay(*args: str, input_text: str | None = None,
+              timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a short relay command and capture its output."""
+    return subprocess.run(relay_cmd(*args), input=input_text, capture_output=True, text=True,
+                          timeout=timeout_s, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+class ServeProcess:
+    """`relay serve` as a subprocess with stderr in a file; ports parsed from its listener log lines."""
+
+    def __init__(self, config_path: Path, log_path: Path, *extra: str) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(relay_cmd("serve", "-c", str(config_path), *extra),
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.ports: dict[str, int] = {}
+
+    def output(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_listening(self, timeout_s: float = 60) -> dict[str, int]:
+        """Wait for both listener lines; return {'smtp': port, 'pop3': port}."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.ports = {k: int(p) for k, p in LISTENER_LINE.findall(self.output())}
+            if len(self.ports) == 2:
+                return self.ports
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"relay serve did not start listening:\n{self.output()[-4000:]}")
+
+    def wait_for(self, text: str, timeout_s: float = 30) -> None:
+        """Wait until ``text`` appears in the output."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{text!r} not seen:\n{self.output()[-4000:]}")
+            time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the process."""
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        """Wait for the exit code."""
+        return self.proc.wait(timeout=timeout_s)
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """The output parsed as JSON lines (fails on any line that is not JSON)."""
+        return [json.loads(line) for line in self.output().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        """Kill the process if it still runs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._log.close()
