@@ -4,13 +4,16 @@
   blocks). Successful checks are cached under an HMAC with a per-process random key, so an app that
   opens a connection per message pays the KDF once, not per message; a changed hash or password
   misses the cache.
-- An unknown username costs the same as a wrong password (a dummy hash is checked), so timing does
-  not reveal which usernames exist.
-- Brute force: every failure is delayed (limits.auth_failure_delay_s). After
-  limits.auth_failures_before_throttle failures within limits.auth_throttle_window_s, the client
-  address is throttled: its attempts are refused without a check until the window passes. Failures
-  against one username from many addresses throttle that username for the addresses that failed,
-  while a correct login from an address without failures still succeeds.
+- An unknown username costs the same as a wrong password (a dummy hash of the same cost is
+  checked), so timing does not reveal which usernames exist.
+- Brute force: every failure is delayed (limits.auth_failure_delay_s) before the caller answers.
+  After limits.auth_failures_before_throttle failures within limits.auth_throttle_window_s, the
+  client address is throttled: its attempts are refused without a check until the window passes.
+  Checks from one address run one at a time, so parallel connections cannot race past the limit.
+  A username failing that often (from any addresses) is slowed down: each uncached attempt for it
+  waits the delay first, but a correct login from an address that is not throttled still works.
+- Every failure counts, also a repeated one: an app retrying a stale password throttles its
+  address (and the other apps sharing it) until it is fixed; the WARNING names the address.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from relay.config.model import AccountConfig, ListenerConfig, RelayConfig
-from relay.passwords import hash_password, verify_password
+from relay.passwords import dummy_hash, verify_password
 from relay.sasl import FORBIDDEN_CHARS
 
 log = logging.getLogger("relay.auth")
@@ -36,24 +40,15 @@ Sleep = Callable[[float], Awaitable[None]]
 Verifier = Callable[[str, str], bool]
 
 CACHE_ENTRIES = 4096
-TRACKED_KEYS = 100_000
+TRACKED_KEYS = 50_000
+EVENTS_PER_KEY = 1024
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
-
-def is_loopback(host_or_ip: str) -> bool:
-    """True for loopback addresses (127/8, ::1, IPv4-mapped loopback) and the name localhost."""
-    if host_or_ip.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        ip = ipaddress.ip_address(host_or_ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _ip(text: str) -> IPAddress | None:
+    """Parse an address (dropping an IPv6 zone), unwrapping IPv4-mapped IPv6; None if invalid."""
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
@@ -63,18 +58,27 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+def is_loopback(host_or_ip: str) -> bool:
+    """True for loopback addresses (127/8, ::1, IPv4-mapped loopback) and the name localhost."""
+    if host_or_ip.lower() in LOOPBACK_NAMES:
+        return True
+    ip = _ip(host_or_ip)
+    return ip is not None and ip.is_loopback
+
+
 class _FailureLog:
-    """Failure timestamps per key within a sliding window, bounded in the number of keys."""
+    """Failure times per key within a sliding window, bounded in keys and events per key."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._events: OrderedDict[str, deque[float]] = OrderedDict()
 
     def count(self, key: str, now: float) -> int:
+        """Failures of ``key`` within the window ending at ``now``."""
         events = self._events.get(key)
         if events is None:
             return 0
-        while events and now - events[0] > self.window_s:
+        while events and now - events[0] >= self.window_s:
             events.popleft()
         if not events:
             del self._events[key]
@@ -82,15 +86,14 @@ class _FailureLog:
         return len(events)
 
     def add(self, key: str, now: float) -> int:
-        events = self._events.setdefault(key, deque())
+        """Record a failure of ``key`` at ``now``; return the count within the window."""
+        count = self.count(key, now)
+        events = self._events.setdefault(key, deque(maxlen=EVENTS_PER_KEY))
         self._events.move_to_end(key)
         events.append(now)
         while len(self._events) > TRACKED_KEYS:
             self._events.popitem(last=False)
-        return self.count(key, now)
-
-    def clear(self, key: str) -> None:
-        self._events.pop(key, None)
+        return min(count + 1, EVENTS_PER_KEY)
 
 
 class LocalAuthenticator:
@@ -103,32 +106,45 @@ class LocalAuthenticator:
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
         self._verify = verifier or verify_password
-        self._cache_key = os.urandom(32)
-        self._cache: OrderedDict[bytes, str] = OrderedDict()
+        self._key = os.urandom(32)
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
         self._by_address = _FailureLog(self._limits.auth_throttle_window_s)
         self._by_username = _FailureLog(self._limits.auth_throttle_window_s)
-        self._by_pair = _FailureLog(self._limits.auth_throttle_window_s)
+        self._gates: dict[str, tuple[asyncio.Lock, int]] = {}
         self._announced: dict[str, float] = {}
-        self._dummy_hash = hash_password(os.urandom(16).hex())
+        first_hash = next((a.password_hash for a in config.accounts.values() if a.password_hash), None)
+        self._dummy_hash = dummy_hash(first_hash)
 
     async def authenticate(self, username: str, password: str, client_ip: str) -> AccountConfig | None:
         """Return the account for a correct login, else None after the failure delay."""
-        now = self._clock()
-        if self._throttled(username, client_ip, now):
+        address = _address_key(client_ip)
+        limit = self._limits.auth_failures_before_throttle
+        if self._by_address.count(address, self._clock()) >= limit:
             await self._sleep(self._limits.auth_failure_delay_s)
             return None
         account = self.config.account_by_username(username)
         bad_input = any(ch in FORBIDDEN_CHARS for ch in username + password)
-        if account is not None and account.password_hash and not bad_input:
-            ok = await self._check(username, password, account.password_hash)
-        else:
-            await asyncio.to_thread(self._verify, password or "x", self._dummy_hash)
-            ok = False
-        if ok and account is not None:
-            self._by_address.clear(client_ip)
-            self._by_pair.clear(f"{client_ip}\x00{username}")
+        encoded = account.password_hash if account is not None and not bad_input else None
+        cache_key = self._digest(username, password, encoded) if encoded else None
+        if cache_key is not None and cache_key in self._cache:
+            self._cache.move_to_end(cache_key)
             return account
-        await self._record_failure(username, client_ip)
+        if self._by_username.count(username, self._clock()) >= limit:
+            await self._sleep(self._limits.auth_failure_delay_s)  # this username is under attack
+        async with self._gate(address):
+            if self._by_address.count(address, self._clock()) >= limit:
+                ok = False  # throttled while waiting for the gate: refuse without checking
+            else:
+                ok = await asyncio.to_thread(self._verify, password, encoded or self._dummy_hash)
+                ok = ok and encoded is not None
+                if not ok:
+                    self._record_failure(username, address)
+        if ok and cache_key is not None:
+            self._cache[cache_key] = None
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+            return account
+        await self._sleep(self._limits.auth_failure_delay_s)
         return None
 
     def plaintext_auth_allowed(self, listener: ListenerConfig, client_ip: str, tls_active: bool) -> bool:
@@ -151,46 +167,55 @@ class LocalAuthenticator:
 
     # --- internals ---------------------------------------------------------------------------
 
-    async def _check(self, username: str, password: str, encoded: str) -> bool:
-        key = hmac.new(self._cache_key, b"\x00".join(
-            (username.encode(), password.encode(), encoded.encode())), hashlib.sha256).digest()
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return True
-        ok = await asyncio.to_thread(self._verify, password, encoded)
-        if ok:
-            self._cache[key] = username
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
-        return ok
+    def _digest(self, *parts: str | None) -> bytes:
+        """HMAC-SHA256 under the per-process key over ``parts`` (never stores a password)."""
+        data = b"\x00".join((p or "").encode("utf-8", "surrogatepass") for p in parts)
+        return hmac.new(self._key, data, hashlib.sha256).digest()
 
-    def _throttled(self, username: str, client_ip: str, now: float) -> bool:
-        limit = self._limits.auth_failures_before_throttle
-        if self._by_address.count(client_ip, now) >= limit:
-            return True
-        # Many failures against this username: throttle it, but only for addresses that failed it.
-        return (self._by_username.count(username, now) >= limit
-                and self._by_pair.count(f"{client_ip}\x00{username}", now) > 0)
+    @asynccontextmanager
+    async def _gate(self, address: str) -> AsyncIterator[None]:
+        """Run the checks of one client address one at a time (entries vanish when unused)."""
+        lock, users = self._gates.get(address, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._gates[address] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._gates[address]
+            if users <= 1:
+                del self._gates[address]
+            else:
+                self._gates[address] = (lock, users - 1)
 
-    async def _record_failure(self, username: str, client_ip: str) -> None:
+    def _record_failure(self, username: str, address: str) -> None:
         now = self._clock()
         limit = self._limits.auth_failures_before_throttle
-        by_address = self._by_address.add(client_ip, now)
+        by_address = self._by_address.add(address, now)
         by_username = self._by_username.add(username, now)
-        self._by_pair.add(f"{client_ip}\x00{username}", now)
         shown_user = username.encode("unicode_escape").decode("ascii")[:64]
+        window = self._limits.auth_throttle_window_s
         if by_address == limit:
-            self._announce(f"address {client_ip}", now,
-                           f"{by_address} failed logins from {client_ip} (last user '{shown_user}')")
+            self._announce(f"address {address}", now,
+                           f"throttling logins from {address}: {by_address} failed logins within "
+                           f"{window:.0f} s (last user '{shown_user}'); refusing it until the window passes")
         if by_username == limit:
             self._announce(f"user {username}", now,
-                           f"{by_username} failed logins for user '{shown_user}' from several addresses")
-        await self._sleep(self._limits.auth_failure_delay_s)
+                           f"slowing down logins for user '{shown_user}': {by_username} failed logins "
+                           f"within {window:.0f} s (last from {address})")
 
     def _announce(self, key: str, now: float, text: str) -> None:
+        """Log ``text`` once per key and window (never with a password)."""
         last = self._announced.get(key)
-        if last is None or now - last > self._limits.auth_throttle_window_s:
-            self._announced[key] = now
-            if len(self._announced) > TRACKED_KEYS:
+        if last is None or now - last >= self._limits.auth_throttle_window_s:
+            if len(self._announced) >= TRACKED_KEYS:
                 self._announced.clear()
-            log.warning("throttling logins: %s within %.0f s", text, self._limits.auth_throttle_window_s)
+            self._announced[key] = now
+            log.warning("%s", text)
+
+
+def _address_key(client_ip: str) -> str:
+    """The key failures of a client address are counted under (IPv4-mapped folded to IPv4)."""
+    ip = _ip(client_ip)
+    return str(ip) if ip is not None else client_ip

@@ -33,12 +33,16 @@ def run_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for path, message in exc.problems:
-            print(f"  {path}: {message}" if path else f"  {message}", file=sys.stderr)
+            print(f"{path}: {message}" if path else message, file=sys.stderr)
         return exc.exit_code
-    print(f"OK: {args.config}: {len(config.accounts)} account(s), {len(config.credentials)} credentials")
+    print(f"OK: {_count(len(config.accounts), 'account')}, "
+          f"{_count(len(config.credentials), 'credential')}")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _read_password() -> str:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -14,19 +14,28 @@ class ExpansionError(ValueError):
     """A reference could not be expanded; the message names the variable or file and the fix."""
 
 
-def expand_value(text: str, env: Mapping[str, str]) -> str:
-    """Expand every ``${NAME}`` / ``${file:PATH}`` in ``text``; ``$${`` stands for a literal ``${``."""
+def expand_value(text: str, env: Mapping[str, str], base_dir: Path | None = None) -> str:
+    """Expand every ``${NAME}`` / ``${file:PATH}`` in ``text``; ``$${`` stands for a literal ``${``.
+
+    A relative ``file:`` path is taken relative to ``base_dir`` (the YAML file's directory). The
+    result is not expanded again, so a secret containing ``${`` stays as it is.
+    """
 
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$${":
             return "${"
+        if match.group(1) is None:
+            raise ExpansionError("'${' without a closing '}' (write $${ for a literal ${)")
         ref = match.group(1).strip()
         if ref.startswith("file:"):
             path = Path(ref[5:].strip()).expanduser()
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
             try:
                 content = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                # Never str(exc) of a decode error: it quotes bytes of the secret.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
                 raise ExpansionError(f"cannot read ${{file:{path}}}: {reason}; create the file or fix "
                                      "the path") from None
             return content.rstrip("\r\n")

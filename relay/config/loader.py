@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -44,6 +45,27 @@ DEFAULT_STORE_FILE = "relay-tokens.enc"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAILBOX = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
 _MISSING = object()
+# Limits where 0 is meaningful (no delay); every other limit must be > 0.
+_ZERO_ALLOWED_LIMITS = frozenset({"auth_failure_delay_s"})
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys (the second would silently win otherwise)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable key: SafeLoader reports it below
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key '{key}' (remove one of them)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> RelayConfig:
@@ -57,12 +79,12 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Relay
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"cannot read configuration file {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError("", f"{path}: YAML syntax error{where}: {problem}") from None
+        raise ConfigError("", f"{path}: invalid YAML{where}: {problem}") from None
     config = parse_config(data, source=str(path), env=env, base_dir=path.resolve().parent)
     return dataclasses.replace(config, source_path=path)
 
@@ -127,7 +149,7 @@ class _Builder:
             return None
         text = str(value)
         try:
-            text = expand_value(text, self.env)
+            text = expand_value(text, self.env, self.base_dir)
         except ExpansionError as exc:
             self.problem(path, str(exc))
             return None
@@ -182,6 +204,9 @@ class _Builder:
                 integer and not isinstance(value, int)):
             self.problem(path, f"must be a {kind} (got {value!r})")
             return default
+        if not math.isfinite(value):
+            self.problem(path, f"must be a finite {kind} (got {value})")
+            return default
         if value < 0 or (value == 0 and not allow_zero):
             self.problem(path, f"must be {'>= 0' if allow_zero else '> 0'} (got {value})")
             return default
@@ -193,9 +218,19 @@ class _Builder:
                 self.problem(path, "is required")
                 return 0
             return default
-        port = self.number(value, path, -1, integer=True, allow_zero=True)
-        if port == -1:
+        if isinstance(value, str):
+            value = self.string(value, path)
+            if value is None:
+                return default or 0
+            try:
+                value = int(value)
+            except ValueError:
+                self.problem(path, f"must be a whole number (got '{value}')")
+                return default or 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(path, f"must be a whole number (got {value!r})")
             return default or 0
+        port = value
         low = 0 if allow_zero else 1
         if not low <= port <= 65535:
             extra = " (0 means any free port)" if allow_zero else ""
@@ -252,13 +287,17 @@ class _Builder:
 
     def listen(self, value: object) -> ListenConfig:
         data = self.mapping(value, "listen", ("smtp", "pop3")) or {}
-        return ListenConfig(smtp=self.listener(data.get("smtp", _MISSING), "smtp"),
-                            pop3=self.listener(data.get("pop3", _MISSING), "pop3"))
+        smtp = self.listener(data.get("smtp", _MISSING), "smtp")
+        pop3 = self.listener(data.get("pop3", _MISSING), "pop3")
+        if smtp.enabled and pop3.enabled and smtp.port and (smtp.host, smtp.port) == (pop3.host, pop3.port):
+            self.problem("listen.pop3.port", f"{pop3.host}:{pop3.port} is already the SMTP listener's "
+                         "address; give POP3 another port")
+        return ListenConfig(smtp=smtp, pop3=pop3)
 
     def listener(self, value: object, name: str) -> ListenerConfig:
         path = f"listen.{name}"
         host, port = DEFAULT_LISTEN[name]
-        if value is _MISSING or value is None:
+        if value is _MISSING or value is None or value is True:
             return ListenerConfig(enabled=True, host=host, port=port)
         if value is False:
             return ListenerConfig(enabled=False, host=host, port=port)
@@ -304,7 +343,8 @@ class _Builder:
             if field.name in data:
                 integer = isinstance(field.default, int) and not isinstance(field.default, bool)
                 values[field.name] = self.number(data[field.name], f"{path}.{field.name}", field.default,
-                                                 integer=integer)
+                                                 integer=integer,
+                                                 allow_zero=field.name in _ZERO_ALLOWED_LIMITS)
         return cls(**values)
 
     def all_credentials(self, value: object) -> tuple[dict[str, CredentialsConfig], dict[str, type]]:
@@ -448,9 +488,9 @@ class _Builder:
             name=name, username=username, password_hash=password_hash or None, mailbox=mailbox,
             credentials=creds_name,
             smtp=self.endpoint(data.get("smtp", _MISSING), f"{path}.smtp",
-                               getattr(provider_class, "default_smtp", None), creds_name in credentials),
+                               getattr(provider_class, "default_smtp", None), provider_class is not None),
             pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3",
-                               getattr(provider_class, "default_pop3", None), creds_name in credentials),
+                               getattr(provider_class, "default_pop3", None), provider_class is not None),
             allow_without_auth_from=trusted,
             envelope_sender=self.choice(data.get("envelope_sender"), f"{path}.envelope_sender",  # type: ignore[arg-type]
                                         SENDER_POLICIES, "keep"),
@@ -460,7 +500,7 @@ class _Builder:
                  check_default: bool) -> UpstreamEndpoint | None:
         if value is False:
             return None
-        if value is _MISSING or value is None:
+        if value is _MISSING or value is None or value is True:
             if default is None and check_default:
                 self.problem(path, "the provider has no default server: give host, port and tls, "
                              "or false to turn this service off")
@@ -473,12 +513,15 @@ class _Builder:
             self.problem(f"{path}.host", "is required")
             host = ""
         tls_default = default.tls if default else "starttls"
+        ca_file = self.file_path(data.get("ca_file"), f"{path}.ca_file")
+        if ca_file is not None and not ca_file.is_file():
+            self.problem(f"{path}.ca_file", f"file {ca_file} does not exist")
         return UpstreamEndpoint(
             host=host,
             port=self.port(data.get("port"), f"{path}.port", default.port if default else None,
                            allow_zero=False),
             tls=self.choice(data.get("tls"), f"{path}.tls", TLS_MODES, tls_default),  # type: ignore[arg-type]
-            ca_file=self.file_path(data.get("ca_file"), f"{path}.ca_file"),
+            ca_file=ca_file,
             verify_tls=self.boolean(data.get("verify_tls"), f"{path}.verify_tls", True),
         )
 

@@ -66,7 +66,9 @@ def test_unknown_key_is_an_error_with_suggestion() -> None:
     data["accounts"]["sales"]["pasword_hash"] = "x"
     [(path, message)] = problems(data)
     assert path == "accounts.sales.pasword_hash"
-    assert "did you mean 'password_hash'" in message
+    assert message == ("unknown key 'pasword_hash'; did you mean 'password_hash'? (known: username, "
+                       "password_hash, mailbox, credentials, smtp, pop3, allow_without_auth_from, "
+                       "envelope_sender)")
 
 
 def test_bad_credentials_reference_names_known_ones() -> None:
@@ -107,7 +109,17 @@ def test_bad_port(port: object) -> None:
     """Ports outside 0..65535 or not numbers are errors at their path."""
     data = base()
     data["listen"] = {"smtp": {"port": port}}
-    assert [p for p, _ in problems(data)] == ["listen.smtp.port"]
+    [(path, message)] = problems(data)
+    assert path == "listen.smtp.port"
+    assert message in (f"port must be between 0 and 65535 (0 means any free port) (got {port})",
+                       f"must be a whole number (got {port!r})", f"must be a whole number (got '{port}')")
+
+
+def test_upstream_port_zero_is_refused() -> None:
+    """Port 0 means "any free port" only for listeners, never for an upstream server."""
+    data = base()
+    data["accounts"]["sales"]["smtp"] = {"port": 0}
+    assert problems(data) == [("accounts.sales.smtp.port", "port must be between 1 and 65535 (got 0)")]
 
 
 def test_missing_tenant_for_microsoft() -> None:
@@ -131,8 +143,21 @@ def test_bad_tls_mode_and_listener_tls_without_cert() -> None:
     """A TLS mode outside none/starttls/implicit, and listener TLS without cert/key, are errors."""
     data = base()
     data["listen"] = {"smtp": {"tls": "ssl"}, "pop3": {"tls": "implicit"}}
-    paths = [p for p, _ in problems(data)]
-    assert paths == ["listen.smtp.tls", "listen.pop3.cert_file", "listen.pop3.key_file"]
+    assert problems(data) == [("listen.smtp.tls", "'ssl' is not one of none, starttls, implicit"),
+                              ("listen.pop3.cert_file", "is required with tls: implicit"),
+                              ("listen.pop3.key_file", "is required with tls: implicit")]
+
+
+def test_listeners_can_be_switched_off_and_must_not_collide() -> None:
+    """`pop3: false` disables a listener; two enabled listeners on one address are an error."""
+    data = base()
+    data["listen"] = {"pop3": False}
+    config = parse_config(data, env={"SECRET": "s"})
+    assert config.listen.smtp.enabled and not config.listen.pop3.enabled
+    data["listen"] = {"smtp": {"port": 2600}, "pop3": {"port": 2600}}
+    assert [p for p, _ in problems(data)] == ["listen.pop3.port"]
+    data["listen"] = {"smtp": {"port": 0}, "pop3": {"port": 0}}  # two free ports, no clash
+    assert parse_config(data, env={"SECRET": "s"}).listen.pop3.port == 0
 
 
 def test_duplicate_usernames_and_account_without_login() -> None:
@@ -141,8 +166,10 @@ def test_duplicate_usernames_and_account_without_login() -> None:
     data["accounts"]["twin"] = dict(data["accounts"]["sales"])
     data["accounts"]["nopw"] = {"username": "n", "mailbox": "n@contoso.com", "credentials": "contoso"}
     found = problems(data)
-    assert any(p == "accounts.twin.username" and "already the username" in m for p, m in found)
-    assert any(p == "accounts.nopw" and "password_hash" in m for p, m in found)
+    assert ("accounts.twin.username", "'erp' is already the username of account 'sales'; local usernames "
+            "must be unique") in found
+    assert ("accounts.nopw", "needs password_hash (from `relay hash-password`) or "
+            "allow_without_auth_from") in found
 
 
 def test_bad_hash_network_mailbox_and_all_problems_reported_together() -> None:
@@ -182,11 +209,14 @@ def test_relative_paths_resolve_against_the_yaml_file(tmp_path: Path) -> None:
     """token_store.path, cert files and ca_file are relative to the YAML file's directory."""
     (tmp_path / "c.pem").write_text("x")
     (tmp_path / "k.pem").write_text("x")
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "secret.txt").write_text("rel\n")
     data = base()
     data["token_store"]["path"] = "store/tokens.enc"
     data["listen"] = {"smtp": {"tls": "starttls", "cert_file": "c.pem", "key_file": "k.pem",
                                "host": "0.0.0.0", "allow_plaintext_auth_from": ["172.16.0.0/12"]}}
     data["accounts"]["sales"]["smtp"] = {"ca_file": "ca.pem"}
+    data["credentials"]["contoso"]["client_secret"] = "${file:secret.txt}"
     path = tmp_path / "relay.yaml"
     path.write_text(yaml.safe_dump(data))
     config = load_config(path, env={"SECRET": "s"})
@@ -195,7 +225,60 @@ def test_relative_paths_resolve_against_the_yaml_file(tmp_path: Path) -> None:
     assert config.accounts["sales"].smtp.ca_file == tmp_path / "ca.pem"
     assert config.accounts["sales"].smtp.host == "smtp.office365.com"  # partial override keeps defaults
     assert config.listen.smtp.allow_plaintext_auth_from == (ipaddress.ip_network("172.16.0.0/12"),)
+    assert config.credentials["contoso"].client_secret.reveal() == "rel"
     assert config.source_path == path
+
+
+def test_missing_ca_file_is_reported() -> None:
+    """An upstream ca_file that does not exist is an error at its path."""
+    data = base()
+    data["accounts"]["sales"]["pop3"] = {"ca_file": "/nonexistent/ca.pem"}
+    assert problems(data) == [("accounts.sales.pop3.ca_file", "file /nonexistent/ca.pem does not exist")]
+
+
+def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
+    """A key given twice in one mapping is an error with its line, not a silent override."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("accounts:\n  a: {username: x}\n  a: {username: y}\n")
+    with pytest.raises(ConfigError, match=r"line 3, column 3: duplicate key 'a'"):
+        load_config(path)
+
+
+def test_unterminated_reference_is_an_error() -> None:
+    """A '${' without '}' is reported instead of being passed on literally."""
+    data = base()
+    data["credentials"]["contoso"]["client_secret"] = "${SECRET"
+    [(path, message)] = problems(data)
+    assert path == "credentials.contoso.client_secret" and "without a closing" in message
+
+
+def test_unknown_provider_gives_one_problem_only() -> None:
+    """An account on credentials whose provider fails to load gets no extra default-server errors."""
+    data = base()
+    data["credentials"]["contoso"]["provider"] = "nosuch"
+    [(path, message)] = problems(data)
+    assert path == "credentials.contoso.provider" and "unknown provider 'nosuch'" in message
+
+
+def test_zero_failure_delay_is_allowed_but_negative_is_not() -> None:
+    """auth_failure_delay_s may be 0 (tests, trusted setups); other limits must be > 0."""
+    data = base()
+    data["limits"] = {"auth_failure_delay_s": 0}
+    assert parse_config(data, env={"SECRET": "s"}).limits.auth_failure_delay_s == 0
+    data["limits"] = {"auth_failure_delay_s": -1, "auth_throttle_window_s": 0,
+                      "shutdown_grace_s": float("nan")}
+    assert problems(data) == [("limits.auth_failure_delay_s", "must be >= 0 (got -1)"),
+                              ("limits.auth_throttle_window_s", "must be > 0 (got 0)"),
+                              ("limits.shutdown_grace_s", "must be a finite number (got nan)")]
+
+
+def test_values_expand_from_the_environment_everywhere() -> None:
+    """${VAR} works in any string value, also numbers and lists, with os.environ as the default."""
+    data = base()
+    data["listen"] = {"smtp": {"port": "${PORT}", "allow_plaintext_auth_from": ["${NET}"]}}
+    config = parse_config(data, env={"SECRET": "s", "PORT": "2600", "NET": "10.0.0.0/8"})
+    assert config.listen.smtp.port == 2600
+    assert config.listen.smtp.allow_plaintext_auth_from == (ipaddress.ip_network("10.0.0.0/8"),)
 
 
 def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:

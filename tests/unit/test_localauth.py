@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -12,7 +13,7 @@ import pytest
 from relay.config.loader import parse_config
 from relay.config.model import ListenerConfig, RelayConfig
 from relay.localauth import LocalAuthenticator, is_loopback
-from relay.passwords import hash_password, verify_password
+from relay.passwords import hash_password, parse_hash, verify_password
 
 HASH = hash_password("right", log2_n=4)
 
@@ -91,23 +92,88 @@ async def test_address_is_throttled_but_login_from_elsewhere_works(h: Harness,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """After N failures an address is refused even with the right password; others still log in."""
     caplog.set_level(logging.WARNING, logger="relay.auth")
-    for _ in range(3):
-        assert await h.auth.authenticate("erp", "guess", "192.0.2.9") is None
+    for guess in ("guess1", "guess2", "guess3"):
+        assert await h.auth.authenticate("erp", guess, "192.0.2.9") is None
     calls = h.kdf_calls
     assert await h.auth.authenticate("erp", "right", "192.0.2.9") is None
+    assert await h.auth.authenticate("erp", "right", "::ffff:192.0.2.9") is None  # same address
     assert h.kdf_calls == calls  # refused without checking
+    assert h.sleeps == [0.25] * 5  # every refusal is delayed too
     assert await h.auth.authenticate("erp", "right", "192.0.2.10") is not None
-    assert "throttling logins" in caplog.text and "192.0.2.9" in caplog.text and "guess" not in caplog.text
+    warnings = [r for r in caplog.records if "throttling logins from 192.0.2.9" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "guess" not in caplog.text and "right" not in caplog.text
     h.now += 61  # the window passes
     assert await h.auth.authenticate("erp", "right", "192.0.2.9") is not None
 
 
-async def test_username_attacked_from_many_addresses(h: Harness) -> None:
-    """Failures against one username from many addresses throttle it there, not for a clean address."""
+async def test_repeating_one_wrong_password_also_throttles(h: Harness) -> None:
+    """Every failure counts, also the same stale password again; each one is delayed."""
+    for _ in range(3):
+        assert await h.auth.authenticate("erp", "stale", "127.0.0.1") is None
+    assert h.sleeps == [0.25] * 3
+    assert await h.auth.authenticate("erp", "right", "127.0.0.1") is None
+
+
+async def test_successful_login_does_not_reset_the_address_count(h: Harness) -> None:
+    """A known-good login between guesses does not buy an attacker more guesses."""
+    for guess in ("g1", "g2"):
+        assert await h.auth.authenticate("erp", guess, "192.0.2.50") is None
+    assert await h.auth.authenticate("erp", "right", "192.0.2.50") is not None
+    assert await h.auth.authenticate("erp", "g3", "192.0.2.50") is None
+    calls = h.kdf_calls
+    assert await h.auth.authenticate("nobody", "g4", "192.0.2.50") is None
+    assert h.kdf_calls == calls
+
+
+async def test_username_attacked_from_many_addresses_is_slowed_not_locked(h: Harness,
+                                                                          caplog: pytest.LogCaptureFixture
+                                                                          ) -> None:
+    """Failures for one username from many addresses delay its checks; a correct login still works."""
+    caplog.set_level(logging.WARNING, logger="relay.auth")
     for i in range(3):
-        assert await h.auth.authenticate("erp", "guess", f"198.51.100.{i}") is None
-    assert await h.auth.authenticate("erp", "right", "198.51.100.0") is None
+        assert await h.auth.authenticate("erp", f"guess{i}", f"198.51.100.{i}") is None
+    assert h.sleeps == [0.25] * 3
+    assert "slowing down logins for user 'erp'" in caplog.text
     assert await h.auth.authenticate("erp", "right", "203.0.113.7") is not None
+    assert h.sleeps == [0.25] * 4  # the correct login waited once before its check
+    assert await h.auth.authenticate("erp", "right", "198.51.100.0") is not None  # cached: no wait
+    assert h.sleeps == [0.25] * 4
+
+
+async def test_parallel_guesses_from_one_address_stop_at_the_limit() -> None:
+    """Concurrent attempts from one address are checked one at a time, so at most N run the KDF."""
+    calls = 0
+
+    def verifier(password: str, encoded: str) -> bool:
+        nonlocal calls
+        calls += 1
+        return verify_password(password, encoded)
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    auth = LocalAuthenticator(make_config(), sleep=no_sleep, verifier=verifier)
+    results = await asyncio.gather(*(auth.authenticate("erp", f"guess{i}", "192.0.2.77")
+                                     for i in range(12)))
+    assert results == [None] * 12
+    assert calls == 3
+
+
+async def test_unknown_user_is_checked_against_a_hash_of_the_same_cost(h: Harness) -> None:
+    """The dummy hash for unknown users has the cost of the configured hashes."""
+    seen: list[str] = []
+
+    def verifier(password: str, encoded: str) -> bool:
+        seen.append(encoded)
+        return verify_password(password, encoded)
+
+    auth = LocalAuthenticator(make_config(), sleep=h.auth._sleep, verifier=verifier)
+    assert await auth.authenticate("nobody", "right", "127.0.0.1") is None
+    assert await auth.authenticate("scan", "right", "127.0.0.1") is None  # account without password
+    costs = [(c.log2_n, c.r, c.p, len(c.digest)) for c in map(parse_hash, [*seen, HASH])]
+    assert costs == [costs[-1]] * 3
+    assert HASH not in seen
 
 
 def listener(host: str, nets: tuple[str, ...] = ()) -> ListenerConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.passwords import hash_password, parse_hash, verify_password
+from relay.passwords import dummy_hash, hash_password, parse_hash, verify_password
 
 
 def test_round_trip_and_rejection() -> None:
@@ -37,3 +37,28 @@ def test_empty_password_cannot_be_hashed() -> None:
     """Empty passwords are refused."""
     with pytest.raises(ValueError):
         hash_password("")
+
+
+@pytest.mark.parametrize(("ln", "r", "p"), [(4, 8, 1), (10, 4, 2), (15, 8, 1)])
+def test_other_cost_variants_verify(ln: int, r: int, p: int) -> None:
+    """Hashes with other scrypt costs in the string parse and verify."""
+    encoded = hash_password("pw", log2_n=ln, r=r, p=p)
+    assert encoded.startswith(f"scrypt$ln={ln},r={r},p={p}$")
+    assert verify_password("pw", encoded) and not verify_password("pW", encoded)
+
+
+def test_memory_hungry_parameters_are_refused() -> None:
+    """A hash asking scrypt for more than 256 MiB is rejected instead of exhausting memory."""
+    with pytest.raises(ValueError, match="256 MiB"):
+        parse_hash("scrypt$ln=20,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAA==")
+
+
+def test_dummy_hash_copies_the_cost_and_matches_nothing() -> None:
+    """dummy_hash has the cost of the hash it imitates and fresh random bytes each time."""
+    like = hash_password("pw", log2_n=5, r=4, p=1)
+    first, second = dummy_hash(like), dummy_hash(like)
+    parsed, model = parse_hash(first), parse_hash(like)
+    assert (parsed.log2_n, parsed.r, parsed.p, len(parsed.digest)) == (5, 4, 1, len(model.digest))
+    assert first != second and not verify_password("pw", first)
+    assert parse_hash(dummy_hash(None)).log2_n == 14
+    assert parse_hash(dummy_hash("garbage")).log2_n == 14
