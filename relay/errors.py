@@ -16,6 +16,7 @@ cryptography's InvalidTag, binascii.Error ...) are translated into these at modu
     │       └── AuthorizeStateMismatch  the redirect's state did not match (possible CSRF)
     ├── UpstreamError               talking to the upstream SMTP/POP3 server failed
     │   ├── UpstreamUnavailable     connect, TLS, timeout, dropped connection (temporary)
+    │   │   └── UpstreamBusy        every pooled session of the account stayed busy (the cap)
     │   ├── UpstreamAuthRejected    the upstream refused the XOAUTH2 login
     │   └── UpstreamProtocolError   the upstream said something we cannot parse
     └── ProtocolInputError          a client sent bad input (bad base64, control characters ...)
@@ -114,6 +115,10 @@ class UpstreamError(RelayError):
 
 class UpstreamUnavailable(UpstreamError):
     """Connect failure, TLS failure, timeout or dropped connection: temporary."""
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """Every upstream session the pool allows for the account stayed in use: try again later."""
 
 
 class UpstreamAuthRejected(UpstreamError):

@@ -190,7 +190,11 @@ class LoopbackServer:
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
         self._writers.add(writer)
-        self.count("connections")
+        with self.lock:  # "open_connections" is a gauge; "peak_open_connections" its maximum
+            self._counters["connections"] += 1
+            self._counters["open_connections"] += 1
+            self._counters["peak_open_connections"] = max(self._counters["peak_open_connections"],
+                                                          self._counters["open_connections"])
         try:
             await self.handle(reader, writer)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
@@ -200,9 +204,24 @@ class LoopbackServer:
             # (which calls task.exception()) from logging the cancellation as an error.
             pass
         finally:
+            self.count("open_connections", -1)
             self._writers.discard(writer)
             self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
+
+    def drop_connections(self) -> int:
+        """Abort every open connection (the listener stays): like a server restart. Returns how many."""
+        loop_thread = self._loop_thread
+        if loop_thread is None:
+            return 0
+
+        async def drop() -> int:
+            writers = list(self._writers)
+            for writer in writers:
+                writer.transport.abort()
+            return len(writers)
+
+        return loop_thread.run(drop())
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection (subclasses)."""

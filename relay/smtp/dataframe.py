@@ -5,6 +5,12 @@ unstuffs exactly what the client stuffed: byte-exact end to end) and only needs 
 terminating ``CRLF.CRLF`` and enforce two limits: the message size and the RFC 5321 line length
 (998 octets of text + CRLF, plus one stuffing dot on the wire). No I/O; every chunk split is
 equivalent, which the unit tests prove.
+
+Against SMTP smuggling (CVE-2023-51764 and kin): any bare LF, and a bare CR next to a dot, is
+refused (RFC 5321 2.3.8 allows CR and LF only together as CRLF). Forwarded unchanged, ``\n.\n``,
+``\n.\r\n``, ``\r\n.\n`` or ``\r.\r`` could end DATA early at a lenient upstream and let the
+rest be read as commands. Other bare CRs (old Mac text) stay allowed, as Postfix allows them. The
+chunk holding a refused byte is never forwarded and the caller abandons the upstream transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ _END = b"\r\n.\r\n"
 # octets followed by a 999th text octet (anything but CR/LF, or a CR not followed by LF). The
 # possessive '?+' stops the dot from being re-counted as text on backtracking.
 _TOO_LONG = re.compile(rb"^\.?+[^\n]{%d}(?:[^\r\n]|\r[^\n])" % MAX_LINE_TEXT, re.M)
+# An LF not preceded by CR, or a bare CR before or after a dot. A trailing CR is held back (see feed),
+# so content never ends in CR and the byte before it is never a CR.
+_BARE = re.compile(rb"(?<!\r)\n|\r(?=\.)|(?<=\.)\r(?=[^\n])")
 
 
 class DataProblem(enum.Enum):
@@ -28,6 +37,7 @@ class DataProblem(enum.Enum):
 
     TOO_BIG = "too big"
     LINE_TOO_LONG = "line too long"
+    BARE_LINE_END = "bare LF, or bare CR next to a dot"
 
 
 @dataclass
@@ -43,8 +53,9 @@ class DataFramer:
     """Feed client DATA chunks; get the dot-stuffed content to forward and the end of DATA.
 
     The final ``.CRLF`` is never forwarded (the caller sends its own terminator), the CRLF before it
-    is. A possible terminator start (``.`` or ``.\\r`` at a line start) is held back until the next
-    chunk decides. Once a limit is exceeded, nothing more is forwarded but the end is still found.
+    is. A possible terminator start (``.`` or ``.\\r`` at a line start) or a trailing CR is held
+    back until the next chunk decides. Once a limit is exceeded, nothing more is forwarded but the end
+    is still found.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -55,6 +66,7 @@ class DataFramer:
         self._pending = b""  # held back: maybe the start of the terminator
         self._last2 = b"\r\n"  # the two bytes before _pending; DATA's own CRLF at the start
         self._line = b""  # the current unfinished line (< ~1000 bytes), for the length check
+        self._prev = b"\n"  # the last content byte accounted (DATA's own CRLF at the start)
 
     @property
     def ok(self) -> bool:
@@ -75,23 +87,30 @@ class DataFramer:
         else:
             if search.endswith(b"\r\n.\r"):
                 hold = 2
-            elif search.endswith(b"\r\n."):
-                hold = 1
+            elif search.endswith((b"\r\n.", b"\r")):
+                hold = 1  # a lone trailing CR too: only the next byte tells whether it is bare
             else:
                 hold = 0
             content, leftover = data[: len(data) - hold], b""
             self._pending = data[len(data) - hold:]
             self._last2 = search[: len(search) - hold][-2:]
-        return FeedResult(self._account(content), self.done, leftover)
+        return FeedResult(self._account(content, self._pending[:1]), self.done, leftover)
 
-    def _account(self, content: bytes) -> bytes:
-        """Apply the limits to content about to be forwarded; return what may be forwarded."""
+    def _account(self, content: bytes, lookahead: bytes = b"") -> bytes:
+        """Apply the limits to content about to be forwarded; return what may be forwarded.
+
+        ``lookahead`` is the held-back byte that follows ``content`` (it decides a trailing CR).
+        """
         self.received_bytes += len(content)
         if self.problem is not None:
             return b""
         if self.received_bytes > self.max_bytes:
             self.problem = DataProblem.TOO_BIG
             return b""
+        if content and _BARE.search(self._prev + content + lookahead, 1):
+            self.problem = DataProblem.BARE_LINE_END
+            return b""
+        self._prev = content[-1:] or self._prev
         text = self._line + content
         if _TOO_LONG.search(text):
             self.problem = DataProblem.LINE_TOO_LONG

@@ -16,6 +16,7 @@ from relay.errors import (
     RelayError,
     TokenRefreshFailed,
     UpstreamAuthRejected,
+    UpstreamBusy,
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
@@ -24,17 +25,21 @@ from relay.smtp.reply import SmtpReply
 TEMP_AUTH_FAILURE = SmtpReply.make(454, "4.7.0", "Temporary authentication failure upstream, try again later")
 UPSTREAM_UNREACHABLE = SmtpReply.make(451, "4.4.1", "Upstream mail server unreachable, try again later")
 UPSTREAM_CONNECTION_LOST = SmtpReply.make(451, "4.4.2", "Connection to the upstream mail server failed")
+UPSTREAM_BUSY = SmtpReply.make(451, "4.3.2", "Too many concurrent upstream sessions, try again later")
 LOCAL_ERROR = SmtpReply.make(451, "4.3.0", "Local error in processing, try again later")
 
 
 def reply_for_error(error: BaseException, *, connected: bool = False) -> SmtpReply:
     """Return the client reply for a failure; ``connected`` says whether the upstream had answered.
 
-    Always a 4xx: token problems and upstream refusal of our login are 454 4.7.0, an unreachable or
-    failing upstream 451 4.4.x, anything else 451 4.3.0.
+    Always a 4xx: token problems and upstream refusal of our login are 454 4.7.0, every pooled
+    upstream session busy 451 4.3.2, an unreachable or failing upstream 451 4.4.x, anything else
+    451 4.3.0.
     """
     if isinstance(error, AuthorizationNeeded | TokenRefreshFailed | UpstreamAuthRejected):
         return TEMP_AUTH_FAILURE
+    if isinstance(error, UpstreamBusy):
+        return UPSTREAM_BUSY
     if isinstance(error, UpstreamUnavailable | UpstreamProtocolError | OSError | TimeoutError):
         return UPSTREAM_CONNECTION_LOST if connected else UPSTREAM_UNREACHABLE
     return LOCAL_ERROR

@@ -4,7 +4,8 @@ Local logins (AUTH PLAIN/LOGIN, or a trusted client address) select an account; 
 upstream session is opened lazily at the first MAIL and reused for later messages. MAIL, RCPT and
 DATA are forwarded as they arrive and the client gets the upstream's own reply, so it sees 250 only
 when the upstream accepted. Every failure of ours or of the upstream is a 4xx, logged once with
-the account, the upstream reply and the fix.
+the account, the upstream reply and the fix. With ``upstream_pool.enabled`` the session is instead
+lent by `relay.smtp.pool.UpstreamPool` at MAIL and given back when the transaction is over.
 """
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from relay.config.model import AccountConfig, RelayConfig
-from relay.errors import ProtocolInputError, RelayError, UpstreamAuthRejected, UpstreamUnavailable
+from relay.errors import (
+    ProtocolInputError,
+    RelayError,
+    UpstreamAuthRejected,
+    UpstreamBusy,
+    UpstreamUnavailable,
+)
 from relay.sasl import decode_login_field, decode_plain
+from relay.secret import Secret
 from relay.smtp.dataframe import DataFramer, DataProblem
 from relay.smtp.failures import (
     UPSTREAM_CONNECTION_LOST,
@@ -24,6 +32,7 @@ from relay.smtp.failures import (
     describe_failure,
     reply_for_error,
 )
+from relay.smtp.pool import UpstreamPool
 from relay.smtp.protocol import ConnectionState, RelaySMTP
 from relay.smtp.reply import SmtpReply
 from relay.smtp.upstream import UpstreamSmtpSession
@@ -56,6 +65,15 @@ class RelayHandler:
         self.authenticator = authenticator
         self.hostname = hostname
         self.limits = config.limits
+        self.pool: UpstreamPool | None = None
+        if config.upstream_pool.enabled:
+            self.pool = UpstreamPool(config.upstream_pool, tokens,
+                                     wait_timeout_s=self.limits.upstream_connect_timeout_s)
+
+    async def close(self) -> None:
+        """Close the pooled upstream sessions (QUIT), if pooling is on."""
+        if self.pool is not None:
+            await self.pool.close()
 
     # --- greeting and capabilities --------------------------------------------------------------
 
@@ -167,16 +185,20 @@ class RelayHandler:
             for attempt in (1, 2):
                 reused = state.upstream is not None
                 try:
-                    up = await self._upstream(state, account)
+                    up = await self._upstream(state, account, fresh=attempt == 2)
+                    reused = reused or (self.pool is not None and self.pool.was_reused(up))
                     refusal = self._check_capabilities(up, options)
                     if refusal:
+                        self._release_upstream(state)
                         return refusal
                     reply = await up.mail(sender, self._mail_params(up, options))
                 except ProtocolInputError as exc:
+                    self._release_upstream(state)
                     return f"501 5.5.2 {exc}"
                 except (RelayError, OSError) as exc:
                     self._drop_upstream(state)
-                    if reused and attempt == 1 and isinstance(exc, UpstreamUnavailable):
+                    if (reused and attempt == 1 and isinstance(exc, UpstreamUnavailable)
+                            and not isinstance(exc, UpstreamBusy)):
                         continue  # the kept session died while idle: one fresh try is safe
                     return self._failure(state, account, exc).render()
                 if reused and attempt == 1 and reply.code in (421, 530, 535):
@@ -189,6 +211,10 @@ class RelayHandler:
             state.upstream_broken = False
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
+        elif reply.code == 421 and self.pool is not None:
+            self._drop_upstream(state)
+        else:
+            self._release_upstream(state)  # pooling: no transaction opened, lend the session back
         return client_reply_for_upstream(reply).render()
 
     async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope,
@@ -236,7 +262,9 @@ class RelayHandler:
         return "250 2.0.0 OK"
 
     async def handle_QUIT(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
-        """Close the upstream session politely, then say goodbye."""
+        """Close the upstream session politely (pooling: give it back), then say goodbye."""
+        if self.pool is not None:
+            await self._reset_transaction(server)
         up, server.state.upstream = server.state.upstream, None
         if up is not None:
             with server.busy():
@@ -251,6 +279,7 @@ class RelayHandler:
     def connection_closed(self, server: RelaySMTP) -> None:
         """The client is gone: abandon any upstream transaction, log the session summary."""
         state = server.state
+        self._release_upstream(state)  # pooling: a session without an open transaction is reusable
         self._drop_upstream(state)
         account = state.account.name if state.account else "-"
         log.info("smtp session %s end: account=%s client=%s messages=%d bytes=%d last_upstream=%r",
@@ -259,14 +288,25 @@ class RelayHandler:
 
     # --- upstream plumbing ----------------------------------------------------------------------
 
-    async def _upstream(self, state: ConnectionState, account: AccountConfig) -> UpstreamSmtpSession:
-        """The connected, authenticated upstream session for the account (opened if needed)."""
+    async def _upstream(self, state: ConnectionState, account: AccountConfig, *,
+                        fresh: bool = False) -> UpstreamSmtpSession:
+        """The connected, authenticated upstream session for the account: the connection's own, else
+        one lent by the pool (``fresh``: not an idle one), else a new one."""
         if state.upstream is not None and state.upstream.connected:
             if state.in_transaction:
                 state.in_transaction = False
                 await state.upstream.rset()
             return state.upstream
         self._drop_upstream(state)
+        if self.pool is not None:
+            up = await self.pool.acquire(account, self._open_upstream, fresh=fresh)
+        else:
+            up, _ = await self._open_upstream(account)
+        state.upstream = up
+        return up
+
+    async def _open_upstream(self, account: AccountConfig) -> tuple[UpstreamSmtpSession, Secret]:
+        """Log in upstream with the account's token (refreshed once if refused); return the token."""
         token = await self.tokens.get_token(account.name)
         try:
             up = await self._login(account, token)
@@ -275,8 +315,7 @@ class RelayHandler:
                       account.name, first.reply)
             token = await self.tokens.force_refresh(account.name, rejected=token)
             up = await self._login(account, token)
-        state.upstream = up
-        return up
+        return up, token
 
     async def _login(self, account: AccountConfig, token: Any) -> UpstreamSmtpSession:
         assert account.smtp is not None
@@ -324,9 +363,11 @@ class RelayHandler:
             state.in_transaction = False
             try:
                 with server.busy():
-                    await state.upstream.rset()
+                    if (await state.upstream.rset()).code != 250 and self.pool is not None:
+                        self._drop_upstream(state)  # not known to be clean: never pooled
             except (RelayError, OSError):
                 self._drop_upstream(state)
+        self._release_upstream(state)
 
     def _failure(self, state: ConnectionState, account: AccountConfig, exc: BaseException) -> SmtpReply:
         """Log one line naming the account, the upstream reply and the fix; return the 4xx."""
@@ -343,12 +384,20 @@ class RelayHandler:
         self._failure(state, state.account, exc)
         return reply_for_error(exc, connected=True)
 
-    @staticmethod
-    def _drop_upstream(state: ConnectionState) -> None:
+    def _drop_upstream(self, state: ConnectionState) -> None:
         up, state.upstream = state.upstream, None
         state.in_transaction = False
         if up is not None:
-            up.abort()
+            if self.pool is not None:
+                self.pool.discard(up)  # aborts it and frees its slot
+            else:
+                up.abort()
+
+    def _release_upstream(self, state: ConnectionState) -> None:
+        """Pooling: the transaction is over, lend the session back (no-op while one is open)."""
+        if self.pool is not None and state.upstream is not None and not state.in_transaction:
+            up, state.upstream = state.upstream, None
+            self.pool.release(up)
 
     @staticmethod
     def _note(state: ConnectionState, reply: SmtpReply) -> None:
@@ -384,7 +433,7 @@ class UpstreamDataSink:
             self.abandoned = True
             state = self.server.state
             if state.upstream is self.up:
-                RelayHandler._drop_upstream(state)
+                self.handler._drop_upstream(state)
             else:
                 self.up.abort()
 
@@ -409,7 +458,8 @@ class UpstreamDataSink:
             state.messages += 1
             state.bytes += framer.received_bytes
         elif reply.code == 421:
-            RelayHandler._drop_upstream(state)
+            self.handler._drop_upstream(state)
+        self.handler._release_upstream(state)  # pooling: the transaction is over
         return client_reply_for_upstream(reply).render()
 
 

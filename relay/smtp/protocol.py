@@ -50,7 +50,7 @@ def add_enhanced_code(status: str) -> str:
         return _REWRITES[status]
     if len(status) < 4 or status[3] != " " or _HAS_ENHANCED.match(status):
         return status
-    code = int(status[:3]) if status[:3].isdigit() else 0
+    code = int(status[:3]) if status[:3].isascii() and status[:3].isdigit() else 0
     enhanced = _ENHANCED_FOR_CODE.get(code)
     return f"{status[:4]}{enhanced} {status[4:]}" if enhanced else status
 
@@ -159,6 +159,26 @@ class RelaySMTP(SMTP):
         if isinstance(status, str):
             status = add_enhanced_code(status)
         await super().push(status)
+
+    # --- addresses ----------------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, plus the null reverse-path ``<>`` (RFC 5321 4.5.5: bounces
+        and DSNs), returned as the non-empty marker ``"<>"`` so aiosmtpd's MAIL/RCPT checks (which
+        treat an empty sender as "no MAIL yet") keep working; the handler forwards it as ``<>``."""
+        stripped = arg.lstrip()
+        if stripped.startswith("<>"):
+            return "<>", stripped[2:]
+        return super()._getaddr(arg)
+
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        """aiosmtpd's MAIL/RCPT parameter parser; a non-ASCII SIZE value (``SIZE=¹`` passes
+        str.isdigit() but not int()) is a syntax error instead of an unhandled ValueError."""
+        result = super()._getparams(params)
+        size = result.get("SIZE") if result else None
+        if isinstance(size, str) and not size.isascii():
+            return None
+        return result
 
     # --- AUTH helper --------------------------------------------------------------------------
 

@@ -84,7 +84,8 @@ class ReplyParser:
         Raises UpstreamProtocolError on a malformed line or a code that changes mid-reply.
         """
         line = raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
-        if len(line) < 3 or not line[:3].isdigit() or line[0] not in "2345":
+        # isascii(): str.isdigit() also accepts digits like '¹' that int() refuses.
+        if len(line) < 3 or not (line[:3].isascii() and line[:3].isdigit()) or line[0] not in "2345":
             raise UpstreamProtocolError(f"malformed SMTP reply line: {line[:80]!r}")
         if len(line) > 3 and line[3] not in " -":
             raise UpstreamProtocolError(f"malformed SMTP reply line: {line[:80]!r}")
@@ -158,7 +159,7 @@ class EhloCapabilities:
             keyword = words[0].upper()
             keywords.add(keyword)
             if keyword == "SIZE":
-                size = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+                size = int(words[1]) if len(words) > 1 and words[1].isascii() and words[1].isdigit() else 0
             elif keyword == "AUTH":
                 auth.update(w.upper() for w in words[1:])
         # Some old servers also offer "AUTH=LOGIN PLAIN", caught by the '=' replacement above.

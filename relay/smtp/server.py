@@ -83,7 +83,8 @@ class SmtpRelayServer:
         log.info("smtp: listening on %s:%d (tls: %s)", self.listener.host, self.port, self.listener.tls)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop accepting, let running sessions finish for up to ``grace_s``, then close them."""
+        """Stop accepting, let running sessions finish for up to ``grace_s``, then close them (and
+        the pooled upstream sessions)."""
         if grace_s is None:
             grace_s = self.config.limits.shutdown_grace_s
         if self._server is not None:
@@ -99,6 +100,7 @@ class SmtpRelayServer:
                 log.info("smtp: closed %d session(s) still open after %.1fs grace", len(still), grace_s)
                 await asyncio.wait([asyncio.ensure_future(s.closed.wait()) for s in list(self._sessions)],
                                    timeout=5)
+        await self.handler.close()  # QUIT the pooled upstream sessions, once no client can use them
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

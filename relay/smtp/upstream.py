@@ -89,6 +89,14 @@ class UpstreamSmtpSession:
         return self._writer is not None and not self._writer.is_closing()
 
     @property
+    def looks_idle(self) -> bool:
+        """True when nothing arrived since the last reply: no EOF and no unsolicited reply (like a
+        ``421`` idle timeout) buffered. A cheap check, without a round trip, before reusing."""
+        reader = self._reader
+        # StreamReader has no public "bytes buffered" accessor; _buffer is stable since 3.4.
+        return reader is not None and not reader.at_eof() and not reader._buffer
+
+    @property
     def where(self) -> str:
         """host:port, for messages."""
         return f"{self.endpoint.host}:{self.endpoint.port}"

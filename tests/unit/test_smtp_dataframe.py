@@ -38,7 +38,6 @@ def _run(wire: bytes, splits: list[int], max_bytes: int = 10**9) -> tuple[bytes,
         b"..\r\n.x\r\n",
         b"\r\n",
         b"line\r\n.\r\nafter\r\n",
-        b"bare\nlf and bare\rcr\r\n",
         "8-bit: Gr\u00fc\u00dfe \u2603\r\n".encode(),
         b"x" * 998 + b"\r\n" + b"." + b"y" * 997 + b"\r\n",
     ],
@@ -55,7 +54,8 @@ def test_forwarded_bytes_are_the_clients_wire_bytes_for_every_split(content):
 
 @settings(max_examples=300, deadline=None)
 @given(
-    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+                   max_size=12),
     cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=6),
 )
 def test_framing_is_independent_of_chunk_boundaries(lines, cuts):
