@@ -2,7 +2,8 @@
 
 - Tokens come from the store (re-read when another process, e.g. `relay authorize`, wrote it).
 - Refreshes are single flight per account: any number of concurrent callers share one request.
-- A rotated refresh token is persisted before the new access token is handed out.
+- A rotated refresh token is persisted before the new access token is handed out; if the write
+  fails it is kept in memory (the old one may be revoked already) and saved at the next check.
 - Transient failures are retried with exponential backoff and jitter, then TokenRefreshFailed.
 - A dead grant (invalid_grant ...) marks the account, in memory and in the store, and is logged
   once as an ERROR naming `relay authorize ACCOUNT`; later calls fail fast without a request.
@@ -81,6 +82,7 @@ class TokenManager:
         self._inflight: dict[str, asyncio.Task[TokenSet]] = {}
         self._errors: dict[str, str] = {}
         self._reported: dict[str, str] = {}
+        self._unsaved: set[str] = set()  # accounts whose newest tokens live only in memory
         self._task: asyncio.Task[None] | None = None
 
     # --- TokenSource ---------------------------------------------------------------------------
@@ -128,6 +130,15 @@ class TokenManager:
         Returns the accounts refreshed. Failures are logged, never raised.
         """
         refreshed: list[str] = []
+        for name in sorted(self._unsaved):
+            try:
+                await self.store.put(self._memory[name])
+            except TokenStoreError as exc:
+                log.error("account '%s': tokens still cannot be saved: %s", name, exc)
+                continue
+            self._unsaved.discard(name)
+            self._errors.pop(name, None)
+            log.info("account '%s': tokens kept in memory are saved now", name)
         ahead_s = 2 * self._margin_s() + self._check_interval_s
         for acc in self.config.accounts.values():
             try:
@@ -211,7 +222,11 @@ class TokenManager:
             self._report(name, f"the token store cannot be read: {exc}")
             raise TokenRefreshFailed(f"account '{name}': the token store cannot be read",
                                      account=name) from None
-        return _newer(stored, self._memory.get(name))
+        memory = self._memory.get(name)
+        unsaved = name in self._unsaved and memory is not None
+        if unsaved and (stored is None or stored.obtained_at <= memory.obtained_at):  # type: ignore[union-attr]
+            return memory  # not saved yet: the store holds the older (possibly revoked) tokens
+        return _newer(stored, memory)
 
     async def _single_flight(self, acc: AccountConfig, *, force: bool, margin_s: float,
                              rejected: Secret | None = None) -> TokenSet:
@@ -278,14 +293,19 @@ class TokenManager:
             self._report(name, str(exc))
             raise AuthorizationNeeded(str(exc), account=name) from None
         fresh = self._token_set(acc, response, current)
+        # Kept in memory before saving: the provider may have rotated (and so revoked) the old refresh
+        # token, so dropping the new one on a failed write would leave the account needing authorize.
+        self._memory[name] = fresh
         try:
             await self.store.put(fresh)
         except TokenStoreError as exc:
-            log.error("account '%s': new tokens could not be saved, the old store file is kept: %s",
-                      name, exc)
+            log.error("account '%s': new tokens could not be saved, the old store file is kept; using "
+                      "them from memory and saving again at the next refresh check (a restart before "
+                      "then may need `relay authorize %s`): %s", name, name, exc)
             self._errors[name] = str(exc)
-            raise
-        self._memory[name] = fresh
+            self._unsaved.add(name)
+            return fresh
+        self._unsaved.discard(name)
         self._errors.pop(name, None)
         self._reported.pop(name, None)
         log.info("account '%s': token refreshed, valid until %s", name, fresh.expires_at.isoformat())

@@ -120,8 +120,9 @@ class FailingPutStore(EncryptedFileStore):
         await super().put(tokens)
 
 
-async def test_failed_persist_raises_and_hands_out_nothing(sandbox, tmp_path, clock, key):
-    """If rotated tokens cannot be persisted, get_token raises TokenStoreError instead of returning."""
+async def test_failed_persist_keeps_rotated_tokens_in_memory_and_saves_later(sandbox, tmp_path, clock, key):
+    """If rotated tokens cannot be persisted, the old file stays intact, the new tokens are used from
+    memory (the old refresh token is already revoked) and saved at the next refresh check."""
     sandbox.rotate_refresh_tokens = True
     failing = FailingPutStore(tmp_path / "store" / "tokens.enc", key).open()
     seeded = seed(sandbox, clock, expires_in_s=-1)
@@ -130,10 +131,15 @@ async def test_failed_persist_raises_and_hands_out_nothing(sandbox, tmp_path, cl
     manager = await manager_for(sandbox, tmp_path, failing, clock)
     failing.fail = True
     try:
-        with pytest.raises(TokenStoreError, match="old file is unchanged"):
-            await manager.get_token("sales")
+        token = await manager.get_token("sales")
         assert failing.path.read_bytes() == before
+        assert await manager.get_token("sales") == token
         assert sandbox.counters["refresh_requests"] == 1
+        failing.fail = False
+        await manager.refresh_due()
+        saved = await failing.get("sales")
+        assert saved is not None and saved.access_token == token
+        assert saved.refresh_token != seeded.refresh_token
     finally:
         await manager.close()
 

@@ -1,0 +1,275 @@
+"""Fixtures for the reliability and security tests: one relay (SMTP + POP3) in front of the sandbox.
+
+The relay runs the production code (SmtpRelayServer, Pop3ProxyServer, TokenManager over an
+encrypted store seeded as after `relay authorize`) on its own loop thread. Helpers here are shared
+by the live tests; the fuzz tests need none of them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import poplib
+import smtplib
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.config.model import (
+    AccountConfig,
+    CredentialsConfig,
+    LimitsConfig,
+    ListenConfig,
+    ListenerConfig,
+    RelayConfig,
+    TokenStoreConfig,
+    UpstreamEndpoint,
+)
+from relay.pop3.server import Pop3ProxyServer
+from relay.sandbox.loop import LoopThread
+from relay.sandbox.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE
+from relay.sandbox.world import SandboxWorld
+from relay.secret import Secret
+from relay.smtp.server import SmtpRelayServer
+from relay.tokens.manager import TokenManager, new_http_client
+from relay.tokens.model import TokenSet
+from relay.tokens.store import EncryptedFileStore, decode_key, generate_key
+
+USERNAME = "rel-app"
+PASSWORD = "rel pass phrase 42"
+MAILBOX = "rel@sandbox.test"
+TIMEOUT_S = 30.0
+
+try:  # the real local authenticator, once its module is in the tree
+    from relay.localauth import LocalAuthenticator
+    from relay.passwords import hash_password
+except ImportError:  # pragma: no cover - only while relay/localauth.py is being written
+    LocalAuthenticator = None  # type: ignore[assignment,misc]
+    hash_password = None  # type: ignore[assignment]
+
+
+class FallbackAuthenticator:
+    """Used only until relay.localauth exists: same interface, plain compare, loopback rule."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+
+    async def authenticate(self, username: str, password: str, client_ip: str) -> AccountConfig | None:
+        account = self.config.account_by_username(username)
+        return account if account is not None and password == PASSWORD else None
+
+    def plaintext_auth_allowed(self, listener: ListenerConfig, client_ip: str, tls_active: bool) -> bool:
+        ip = ipaddress.ip_address(client_ip)
+        return tls_active or ip.is_loopback or any(ip in n for n in listener.allow_plaintext_auth_from)
+
+    def trusted_account_for(self, client_ip: str) -> AccountConfig | None:
+        return None
+
+
+def make_authenticator(config: RelayConfig) -> Any:
+    """The real LocalAuthenticator when available, else the fallback above."""
+    return LocalAuthenticator(config) if LocalAuthenticator is not None else FallbackAuthenticator(config)
+
+
+def fast_limits(**changes: Any) -> LimitsConfig:
+    """Limits for tests: short failure delay and bounded upstream timeouts, with ``changes``."""
+    base = LimitsConfig(auth_failure_delay_s=0.05, upstream_connect_timeout_s=5,
+                        upstream_command_timeout_s=10, upstream_data_timeout_s=10)
+    return replace(base, **changes)
+
+
+def build_config(sandbox: SandboxWorld, store_path: Path, *, limits: LimitsConfig | None = None,
+                 smtp: UpstreamEndpoint | None = None, pop3: UpstreamEndpoint | None = None,
+                 smtp_listener: ListenerConfig | None = None,
+                 pop3_listener: ListenerConfig | None = None) -> RelayConfig:
+    """One account ``rel`` (login rel-app) sending and reading through the sandbox."""
+    pw_hash = hash_password(PASSWORD) if hash_password is not None else None
+    smtp = smtp or UpstreamEndpoint(sandbox.host, sandbox.smtp_port, "starttls", ca_file=sandbox.ca_file)
+    pop3 = pop3 or UpstreamEndpoint(sandbox.host, sandbox.pop3_port, "implicit", ca_file=sandbox.ca_file)
+    account = AccountConfig(name="rel", username=USERNAME, password_hash=pw_hash, mailbox=MAILBOX,
+                            credentials="sandbox", smtp=smtp, pop3=pop3)
+    creds = CredentialsConfig(name="sandbox", provider="generic", client_id=DEFAULT_CLIENT_ID,
+                              client_secret=Secret(DEFAULT_CLIENT_SECRET),
+                              scopes=tuple(DEFAULT_SCOPE.split()), token_url=sandbox.oauth.token_url,
+                              authorize_url=sandbox.oauth.authorize_url)
+    return RelayConfig(
+        listen=ListenConfig(smtp=smtp_listener or ListenerConfig(True, "127.0.0.1", 0),
+                            pop3=pop3_listener or ListenerConfig(True, "127.0.0.1", 0)),
+        token_store=TokenStoreConfig(path=store_path),
+        credentials={"sandbox": creds},
+        accounts={"rel": account},
+        limits=limits or fast_limits(),
+    )
+
+
+def seed_store(sandbox: SandboxWorld, path: Path, key: bytes, *, expired: bool = False,
+               access_lifetime_s: float | None = None) -> TokenSet:
+    """Write an authorized token set for ``rel`` (as `relay authorize` would) and return it."""
+    store = EncryptedFileStore(path, key)
+    now = datetime.now(UTC)
+    lifetime = -60 if expired else (access_lifetime_s or 3600)
+    tokens = TokenSet(
+        account="rel", credentials="sandbox",
+        access_token=Secret(sandbox.oauth.issue_access_token(MAILBOX)),
+        expires_at=now + timedelta(seconds=lifetime),
+        refresh_token=Secret(sandbox.oauth.issue_refresh_token(MAILBOX)),
+        scopes=tuple(DEFAULT_SCOPE.split()), obtained_at=now - timedelta(hours=1))
+    store._modify("rel", tokens)
+    return tokens
+
+
+@dataclass
+class Relay:
+    """A running SMTP + POP3 relay on its own loop thread."""
+
+    config: RelayConfig
+    sandbox: SandboxWorld
+    smtp_server: SmtpRelayServer
+    pop3_server: Pop3ProxyServer
+    tokens: TokenManager
+    thread: LoopThread
+    key: bytes
+    stopped: bool = field(default=False)
+
+    @property
+    def smtp_port(self) -> int:
+        """The relay's SMTP port."""
+        return self.smtp_server.port
+
+    @property
+    def pop3_port(self) -> int:
+        """The relay's POP3 port."""
+        return self.pop3_server.port
+
+    def smtp(self, *, login: bool = True) -> smtplib.SMTP:
+        """An smtplib client (logged in by default)."""
+        client = smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=TIMEOUT_S)
+        if login:
+            client.login(USERNAME, PASSWORD)
+        return client
+
+    def pop(self, *, login: bool = True) -> poplib.POP3:
+        """A poplib client (logged in by default)."""
+        client = poplib.POP3("127.0.0.1", self.pop3_port, timeout=TIMEOUT_S)
+        if login:
+            client.user(USERNAME)
+            client.pass_(PASSWORD)
+        return client
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        """Stop both servers and the token manager, then the loop thread."""
+        if not self.stopped:
+            self.stopped = True
+            self.thread.run(self.smtp_server.stop(grace_s), timeout_s=grace_s + 20)
+            self.thread.run(self.pop3_server.stop(grace_s), timeout_s=grace_s + 20)
+            self.thread.run(self.tokens.close())
+            self.thread.stop()
+
+
+StartRelay = Callable[..., Relay]
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[SandboxWorld]:
+    """A started SandboxWorld (OAuth provider, SMTP with STARTTLS, POP3 with TLS); stopped afterwards."""
+    with SandboxWorld.start(tmp_path / "sandbox") as world:
+        yield world
+
+
+@pytest.fixture
+def rel_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
+    """Factory: ``rel_relay(limits=..., smtp=..., pop3=..., seed=True, expired=False, retry_attempts=1)``."""
+    started: list[Relay] = []
+
+    def start(*, seed: bool = True, expired: bool = False, retry_attempts: int = 1,
+              retry_base_delay_s: float = 0.01, authenticator: Any = None, http_timeout_s: float = 20.0,
+              check_interval_s: float | None = None, **options: Any) -> Relay:
+        store_dir = tmp_path / f"relay{len(started)}"
+        store_dir.mkdir(mode=0o700)
+        config = build_config(sandbox, store_dir / "tokens.enc", **options)
+        key = decode_key(generate_key(), "test")
+        if seed:
+            seed_store(sandbox, config.token_store.path, key, expired=expired)
+        thread = LoopThread(f"rel-relay-{len(started)}").start()
+
+        async def make() -> tuple[SmtpRelayServer, Pop3ProxyServer, TokenManager]:
+            store = EncryptedFileStore(config.token_store.path, key).open()
+            tokens = TokenManager(config, store, retry_attempts=retry_attempts,
+                                  retry_base_delay_s=retry_base_delay_s,
+                                  http=new_http_client(http_timeout_s),
+                                  check_interval_s=check_interval_s or 30.0)
+            if check_interval_s is not None:
+                await tokens.start()
+            auth = authenticator or make_authenticator(config)
+            smtp_server = SmtpRelayServer(config, tokens, auth, hostname="relay.test")
+            pop3_server = Pop3ProxyServer(config, tokens, auth)
+            await smtp_server.start()
+            await pop3_server.start()
+            return smtp_server, pop3_server, tokens
+
+        smtp_server, pop3_server, tokens = thread.run(make())
+        relay = Relay(config, sandbox, smtp_server, pop3_server, tokens, thread, key)
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+class Raw:
+    """A line-level client over a plain socket (SMTP or POP3), for exact bytes and bad input."""
+
+    def __init__(self, port: int, timeout_s: float = TIMEOUT_S) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        """Send raw bytes."""
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        """Read one line with its line end; b'' on EOF."""
+        while b"\n" not in self.buffer:
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                rest, self.buffer = self.buffer, b""
+                return rest
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"
+
+    def smtp_reply(self) -> str:
+        """Read one (possibly multi-line) SMTP reply as text; '' on EOF."""
+        lines = []
+        while True:
+            raw = self.line()
+            if not raw:
+                return "\r\n".join(lines)
+            text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            lines.append(text)
+            if len(text) < 4 or text[3] != "-":
+                return "\r\n".join(lines)
+
+    def smtp(self, line: bytes | str) -> str:
+        """Send an SMTP command line (CRLF added) and return the reply."""
+        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.smtp_reply()
+
+    def closed_by_peer(self) -> bool:
+        """True when the peer closed (EOF or reset) and nothing is left unread."""
+        try:
+            return self.buffer == b"" and self.sock.recv(1) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
