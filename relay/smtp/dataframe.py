@@ -27,9 +27,23 @@ _END = b"\r\n.\r\n"
 # octets followed by a 999th text octet (anything but CR/LF, or a CR not followed by LF). The
 # possessive '?+' stops the dot from being re-counted as text on backtracking.
 _TOO_LONG = re.compile(rb"^\.?+[^\n]{%d}(?:[^\r\n]|\r[^\n])" % MAX_LINE_TEXT, re.M)
-# An LF not preceded by CR, or a bare CR before or after a dot. A trailing CR is held back (see feed),
-# so content never ends in CR and the byte before it is never a CR.
-_BARE = re.compile(rb"(?<!\r)\n|\r(?=\.)|(?<=\.)\r(?=[^\n])")
+# A bare CR after a dot (the dot's CR not followed by LF). A trailing CR is held back (see feed), so
+# content never ends in CR and the byte before it is never a CR.
+_DOT_BARE_CR = re.compile(rb"\.\r[^\n]")
+# A piece between LFs of up to 999 bytes is always valid (998 text octets + CR, or a stuffing dot +
+# 998 text octets still waiting for its CR); only longer pieces need the exact regex.
+_MAX_WIRE_LINE = MAX_LINE_TEXT + 1
+
+
+def has_bare_line_end(window: bytes) -> bool:
+    """True when ``window[1:]`` holds a bare LF, or a bare CR before or after a dot.
+
+    ``window[0]`` is the byte before (already checked; never a CR). Counting and literal searches
+    run at C speed; a regex with look-behind would cost more than everything else per byte.
+    """
+    if window.count(b"\n", 1) != window.count(b"\r\n"):
+        return True
+    return b"\r." in window or _DOT_BARE_CR.search(window) is not None
 
 
 class DataProblem(enum.Enum):
@@ -107,12 +121,15 @@ class DataFramer:
         if self.received_bytes > self.max_bytes:
             self.problem = DataProblem.TOO_BIG
             return b""
-        if content and _BARE.search(self._prev + content + lookahead, 1):
+        if content and has_bare_line_end(self._prev + content + lookahead):
             self.problem = DataProblem.BARE_LINE_END
             return b""
         self._prev = content[-1:] or self._prev
         text = self._line + content
-        if _TOO_LONG.search(text):
+        # Cheap pre-check: only when some piece between LFs is longer than any valid line does the
+        # exact (slower) regex run.
+        if (len(text) > _MAX_WIRE_LINE and max(map(len, text.split(b"\n"))) > _MAX_WIRE_LINE
+                and _TOO_LONG.search(text)):
             self.problem = DataProblem.LINE_TOO_LONG
             return b""
         self._line = text[text.rfind(b"\n") + 1:]
