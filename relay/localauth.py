@@ -132,6 +132,8 @@ class LocalAuthenticator:
         if self._by_username.count(username, self._clock()) >= limit:
             await self._sleep(self._limits.auth_failure_delay_s)  # this username is under attack
         async with self._gate(address):
+            if cache_key is not None and cache_key in self._cache:
+                return account  # verified by a login that held the gate before us
             if self._by_address.count(address, self._clock()) >= limit:
                 ok = False  # throttled while waiting for the gate: refuse without checking
             else:

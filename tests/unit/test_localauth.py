@@ -160,6 +160,21 @@ async def test_parallel_guesses_from_one_address_stop_at_the_limit() -> None:
     assert calls == 3
 
 
+async def test_burst_of_correct_logins_from_one_address_runs_the_kdf_once() -> None:
+    """1000 apps logging in at once from one address wait for one KDF run, not one each."""
+    calls = 0
+
+    def verifier(password: str, encoded: str) -> bool:
+        nonlocal calls
+        calls += 1
+        return verify_password(password, encoded)
+
+    auth = LocalAuthenticator(make_config(), verifier=verifier)
+    results = await asyncio.gather(*(auth.authenticate("erp", "right", "127.0.0.1") for _ in range(1000)))
+    assert all(r is not None and r.name == "sales" for r in results)
+    assert calls == 1
+
+
 async def test_unknown_user_is_checked_against_a_hash_of_the_same_cost(h: Harness) -> None:
     """The dummy hash for unknown users has the cost of the configured hashes."""
     seen: list[str] = []
