@@ -34,6 +34,7 @@ from relay.config.model import (
     UpstreamEndpoint,
 )
 from relay.errors import ConfigError
+from relay.localauth import is_loopback
 from relay.passwords import parse_hash
 from relay.secret import Secret
 
@@ -516,11 +517,16 @@ class _Builder:
         ca_file = self.file_path(data.get("ca_file"), f"{path}.ca_file")
         if ca_file is not None and not ca_file.is_file():
             self.problem(f"{path}.ca_file", f"file {ca_file} does not exist")
+        tls = self.choice(data.get("tls"), f"{path}.tls", TLS_MODES, tls_default)
+        if tls == "none" and host and not is_loopback(host):
+            # XOAUTH2 carries the bearer token itself: in clear text anyone on the path could use it.
+            self.problem(f"{path}.tls", f"'none' would send the access token unencrypted to {host}; "
+                         "use starttls or implicit (plaintext is allowed only to loopback hosts)")
         return UpstreamEndpoint(
             host=host,
             port=self.port(data.get("port"), f"{path}.port", default.port if default else None,
                            allow_zero=False),
-            tls=self.choice(data.get("tls"), f"{path}.tls", TLS_MODES, tls_default),  # type: ignore[arg-type]
+            tls=tls,  # type: ignore[arg-type]
             ca_file=ca_file,
             verify_tls=self.boolean(data.get("verify_tls"), f"{path}.verify_tls", True),
         )

@@ -311,3 +311,13 @@ def test_example_config_in_the_repository_loads(tmp_path: Path) -> None:
     config = load_config(path, env=env)
     assert set(config.accounts) == {"sales", "bounces", "printer", "ticketing"}
     assert config.accounts["printer"].password_hash is None
+
+
+def test_plaintext_upstream_is_refused_unless_loopback() -> None:
+    """tls: none to a non-loopback upstream would expose the bearer token and is an error."""
+    data = base()
+    data["accounts"]["sales"]["smtp"] = {"host": "mail.example.net", "port": 25, "tls": "none"}
+    [(path, message)] = problems(data)
+    assert path == "accounts.sales.smtp.tls" and "unencrypted" in message
+    data["accounts"]["sales"]["smtp"] = {"host": "127.0.0.1", "port": 2525, "tls": "none"}
+    assert parse_config(data, env={"SECRET": "s"}).accounts["sales"].smtp.tls == "none"

@@ -7,7 +7,6 @@ The relay runs on its own event loop thread, so tests can drive it with blocking
 from __future__ import annotations
 
 import base64
-import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,8 @@ from relay.config.model import (
     TokenStoreConfig,
     UpstreamEndpoint,
 )
+from relay.localauth import LocalAuthenticator
+from relay.passwords import hash_password
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.oauth import DEFAULT_CLIENT_ID, SandboxOAuthProvider
 from relay.secret import Secret
@@ -34,40 +35,11 @@ LOCAL_PASSWORD = "correct horse battery staple"
 ACCOUNT = "real"
 
 
-class LoopbackOnlyAuthenticator:
-    """Stand-in with LocalAuthenticator's documented interface, used only while relay.localauth
-    does not exist yet: one user, one password, plaintext allowed on loopback."""
-
-    def __init__(self, config: RelayConfig) -> None:
-        self._account = config.accounts[ACCOUNT]
-
-    async def authenticate(self, username: str, password: str, client_ip: str) -> AccountConfig | None:
-        """Return the account for the right login, else None."""
-        ok = username == LOCAL_USER and password == LOCAL_PASSWORD
-        return self._account if ok else None
-
-    def plaintext_auth_allowed(self, listener: str, client_ip: str, tls_active: bool) -> bool:
-        """Allowed with TLS or from loopback."""
-        return tls_active or ipaddress.ip_address(client_ip).is_loopback
-
-    def trusted_account_for(self, client_ip: str) -> AccountConfig | None:
-        """No trusted networks."""
-        return None
+def _password_hash(password: str) -> str:
+    return hash_password(password, log2_n=10)
 
 
-def _password_hash(password: str) -> str | None:
-    try:
-        from relay.passwords import hash_password  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return str(hash_password(password))
-
-
-def _authenticator(config: RelayConfig) -> Any:
-    try:
-        from relay.localauth import LocalAuthenticator  # type: ignore[import-not-found]
-    except ImportError:
-        return LoopbackOnlyAuthenticator(config)
+def _authenticator(config: RelayConfig) -> LocalAuthenticator:
     return LocalAuthenticator(config)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import smtplib
 import socket
 from collections.abc import Callable, Iterator
@@ -23,6 +22,8 @@ from relay.config.model import (
     TokenStoreConfig,
     UpstreamEndpoint,
 )
+from relay.localauth import LocalAuthenticator
+from relay.passwords import hash_password
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.oauth import DEFAULT_CLIENT_ID, DEFAULT_SCOPE
 from relay.sandbox.world import SandboxWorld
@@ -36,49 +37,15 @@ PASSWORD = "correct horse"
 MAILBOX = "sales@sandbox.test"
 USERNAME = "sales-app"
 
-try:  # the real local authenticator, once its module is in the tree
-    from relay.localauth import LocalAuthenticator
-    from relay.passwords import hash_password
-except ImportError:  # pragma: no cover - only while relay/localauth.py is being written
-    LocalAuthenticator = None  # type: ignore[assignment,misc]
-    hash_password = None  # type: ignore[assignment]
-
-
-class FallbackAuthenticator:
-    """Used only until relay.localauth exists: same interface, plain password compare, loopback rule."""
-
-    def __init__(self, config: RelayConfig, passwords: dict[str, str]) -> None:
-        self.config = config
-        self.passwords = passwords
-
-    async def authenticate(self, username: str, password: str, client_ip: str) -> AccountConfig | None:
-        account = self.config.account_by_username(username)
-        if account is None or self.passwords.get(username) != password:
-            return None
-        return account
-
-    def plaintext_auth_allowed(self, listener: ListenerConfig, client_ip: str, tls_active: bool) -> bool:
-        return tls_active or ipaddress.ip_address(client_ip).is_loopback
-
-    def trusted_account_for(self, client_ip: str) -> AccountConfig | None:
-        ip = ipaddress.ip_address(client_ip)
-        for account in self.config.accounts.values():
-            if any(ip in net for net in account.allow_without_auth_from):
-                return account
-        return None
-
-
-def make_authenticator(config: RelayConfig) -> Any:
-    """The real LocalAuthenticator when available, else the fallback above."""
-    if LocalAuthenticator is not None:
-        return LocalAuthenticator(config)
-    return FallbackAuthenticator(config, {USERNAME: PASSWORD, "other-app": PASSWORD})
+def make_authenticator(config: RelayConfig) -> LocalAuthenticator:
+    """The real local authenticator for ``config``."""
+    return LocalAuthenticator(config)
 
 
 def build_config(sandbox: SandboxWorld, tmp_path: Path, *, limits: LimitsConfig | None = None,
                  listener: ListenerConfig | None = None, **account_changes: Any) -> RelayConfig:
     """A RelayConfig with account 'sales' (login sales-app) sending through the sandbox."""
-    pw_hash = hash_password(PASSWORD) if hash_password is not None else None
+    pw_hash = hash_password(PASSWORD, log2_n=10)
     endpoint = UpstreamEndpoint(sandbox.host, sandbox.smtp_port, "starttls", ca_file=sandbox.ca_file)
     account = AccountConfig(name="sales", username=USERNAME, password_hash=pw_hash, mailbox=MAILBOX,
                             credentials="sandbox", smtp=endpoint, pop3=None)
