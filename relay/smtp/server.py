@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 from relay.config.model import RelayConfig
+from relay.listening import listen_backlog
 from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import RelaySMTP
 from relay.tlsutil import listener_context
@@ -73,11 +74,16 @@ class SmtpRelayServer:
 
     async def start(self) -> None:
         """Bind and start accepting; ``.port`` is the bound port afterwards."""
+        for account in self.config.accounts.values():
+            if account.smtp is not None and not account.smtp.verify_tls:
+                log.warning("accounts.%s.smtp.verify_tls is false: the upstream certificate is "
+                            "NOT verified (tests only)", account.name)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._make_protocol, host=self.listener.host, port=self.listener.port,
             ssl=self._tls if self.listener.tls == "implicit" else None,
             reuse_address=True,
+            backlog=listen_backlog(self.config.limits.max_connections),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("smtp: listening on %s:%d (tls: %s)", self.listener.host, self.port, self.listener.tls)
