@@ -14,6 +14,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from relay.config.model import RelayConfig
+from relay.listening import listen_backlog
 from relay.pop3.replies import err
 from relay.pop3.session import Pop3ProxySession, SessionContext
 from relay.tlsutil import listener_context
@@ -56,6 +57,7 @@ class Pop3ProxyServer:
             self._handle, listener.host, listener.port,
             ssl=self._ctx.tls_context if listener.tls == "implicit" else None,
             limit=128 * 1024,
+            backlog=listen_backlog(self._config.limits.max_connections),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("pop3 proxy listening on %s:%d (tls: %s)", listener.host, self.port, listener.tls)
