@@ -1,0 +1,232 @@
+"""`python -m bench run`: the matrix side by side (direct vs relay, alternating), then relay metrics.
+
+Every cell runs once per repeat against each target, the order flipping each repeat so drift in a
+shared, noisy machine hits both targets alike. Results go to a Markdown table (bench/report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+if not __package__:  # `python bench/run.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import LoadSpec, Target, close_all, open_idle_smtp, run_pop3, run_smtp, verify_smtp
+from bench.matrix import FULL, FULL_SPECIALS, QUICK, QUICK_SPECIALS, Cell, Specials, with_tag
+from bench.relay_target import MAILBOX, PASSWORD, USERNAME, RelayProcess
+from bench.stats import LoadResult
+from bench.upstream import raise_fd_limit
+from bench.upstream_proc import UpstreamProcess
+
+Log = Callable[..., None]
+SETTLE_S = 0.3  # between runs: lets closed sessions leave the servers' books
+
+
+@dataclass
+class BenchRun:
+    """Everything one `bench run` measured."""
+
+    cells: list[Cell]
+    repeats: int
+    results: dict[str, dict[str, list[LoadResult]]] = field(default_factory=dict)  # cell -> target -> runs
+    relay: dict[str, object] = field(default_factory=dict)  # relay-only metrics
+    pool: dict[str, LoadResult] = field(default_factory=dict)  # target -> result
+    notes: list[str] = field(default_factory=list)
+    started_at: str = ""
+    duration_s: float = 0.0
+
+
+def direct_target(up: UpstreamProcess) -> Target:
+    """Log in to the bench upstream itself with XOAUTH2, as an OAuth-capable app would."""
+    ctx = ssl.create_default_context(cafile=str(up.cert))
+    return Target("direct", "direct", "127.0.0.1", up.ports["smtp"], up.ports["pop3"], MAILBOX,
+                  up.issue_token(), ctx)
+
+
+def relay_target(relay: RelayProcess, name: str = "relay") -> Target:
+    """Log in to the relay with the local password, as a legacy app does."""
+    return Target(name, "relay", "127.0.0.1", relay.smtp_port, relay.pop3_port, USERNAME, PASSWORD)
+
+
+async def run_once(spec: LoadSpec, target: Target, up: UpstreamProcess, digests: list[str],
+                   relay: RelayProcess | None) -> LoadResult:
+    """One load run with verification, relay CPU and upstream counters attached."""
+    up.reset()
+    cpu0 = relay.cpu_s() if relay else 0.0
+    if spec.protocol == "smtp":
+        result = await run_smtp(target, spec)
+    else:
+        result = await run_pop3(target, spec, digests)
+    if relay is not None:
+        result.extra["relay_cpu_s"] = relay.cpu_s() - cpu0
+        result.extra["relay_rss_mb"] = relay.memory()["rss"]
+    counts = up.stats()
+    result.extra.update({f"up_{k}": float(v) for k, v in counts.items()})
+    if spec.protocol == "smtp":
+        verify_smtp(result, up.delivered())
+    await asyncio.sleep(SETTLE_S)
+    return result
+
+
+async def warm_up(target: Target, up: UpstreamProcess) -> None:
+    """One message through the relay: token fetched, password hash cached, code paths loaded."""
+    await run_smtp(target, LoadSpec("smtp", 1, 1, 1024, tag="warmup"))
+    up.reset()
+
+
+async def run_matrix(run: BenchRun, up: UpstreamProcess, relay: RelayProcess, log: Log) -> None:
+    """All cells x repeats x {direct, relay}, alternating the order per repeat."""
+    targets = [(direct_target(up), None), (relay_target(relay), relay)]
+    for repeat in range(run.repeats):
+        for cell in run.cells:
+            digests = up.load_mailbox(cell.mailbox, cell.spec.size) if cell.spec.protocol == "pop3" else []
+            order = targets if repeat % 2 == 0 else list(reversed(targets))
+            for target, rel in order:
+                spec = with_tag(cell, f"{cell.key}-{target.name}-{repeat}")
+                result = await run_once(spec, target, up, digests, rel)
+                run.results.setdefault(cell.key, {}).setdefault(target.name, []).append(result)
+                log(f"repeat {repeat + 1}/{run.repeats} {cell.key:14} {target.name:6} "
+                    f"{result.msg_per_s:9.1f} msg/s {result.mb_per_s:7.1f} MiB/s "
+                    f"fail {result.failed_sessions} hung {result.hung_sessions} verify {result.verify}")
+
+
+async def run_cold_burst(run: BenchRun, up: UpstreamProcess, workdir: Path, sp: Specials, log: Log) -> None:
+    """A fresh relay: startup, idle RSS, then a burst of sessions with no token cached yet."""
+    up.reset()
+    relay = RelayProcess(up, workdir, "relay-cold")
+    startup = relay.start()
+    try:
+        await asyncio.sleep(1.0)
+        idle = relay.memory()
+        before = up.stats().get("token_requests", 0)
+        spec = LoadSpec("smtp", sp.cold_burst_sessions, 1, 1024, tag="cold")
+        result = await run_smtp(relay_target(relay), spec)
+        verify_smtp(result, up.delivered())
+        run.relay.update({
+            "startup_s": startup, "idle_rss_mb": idle["rss"],
+            "cold_burst_sessions": sp.cold_burst_sessions,
+            "cold_burst_token_requests": up.stats().get("token_requests", 0),
+            "token_requests_before_burst": before,
+            "cold_burst_ok": result.messages_ok, "cold_burst_failed": result.failed_sessions,
+            "cold_burst_hung": result.hung_sessions, "cold_burst_verify": result.verify,
+        })
+        log(f"cold burst: startup {startup * 1000:.0f} ms, idle RSS {idle['rss']:.1f} MiB, "
+            f"token requests {run.relay['cold_burst_token_requests']}, verify {result.verify}")
+    finally:
+        relay.stop()
+
+
+async def run_idle_sessions(run: BenchRun, up: UpstreamProcess, workdir: Path, sp: Specials,
+                            log: Log) -> None:
+    """A fresh relay holding ``idle_sessions`` logged-in, idle SMTP sessions: its peak RSS."""
+    relay = RelayProcess(up, workdir, "relay-idle")
+    startup = relay.start()
+    try:
+        await warm_up(relay_target(relay), up)
+        writers, result = await open_idle_smtp(relay_target(relay), sp.idle_sessions)
+        await asyncio.sleep(sp.idle_hold_s)
+        held = relay.memory()
+        close_all(writers)
+        await asyncio.sleep(SETTLE_S)
+        run.relay.update({
+            "startup2_s": startup, "idle_sessions": sp.idle_sessions, "idle_sessions_open": len(writers),
+            "idle_sessions_failed": result.failed_sessions + result.hung_sessions,
+            "idle_sessions_rss_mb": held["rss"], "idle_sessions_hwm_mb": held["hwm"],
+            "idle_sessions_setup_p50_ms": result.setup_ms(0.5),
+        })
+        log(f"idle sessions: {len(writers)}/{sp.idle_sessions} open, RSS {held['rss']:.1f} MiB, "
+            f"HWM {held['hwm']:.1f} MiB")
+    finally:
+        relay.stop()
+
+
+async def run_pool(run: BenchRun, up: UpstreamProcess, relay: RelayProcess, workdir: Path, sp: Specials,
+                   log: Log) -> None:
+    """Upstream latency + one connection per message: direct vs relay vs relay with upstream_pool."""
+    pooled = RelayProcess(up, workdir, "relay-pool", pool=True)
+    pooled.start()
+    try:
+        await warm_up(relay_target(pooled, "relay+pool"), up)
+        up.set_latency_ms(sp.pool_latency_ms)
+        run.relay["pool_latency_ms"] = sp.pool_latency_ms
+        spec = LoadSpec("smtp", sp.pool_clients, sp.pool_messages, 1024, one_connection_per_message=True,
+                        session_timeout_s=120)
+        for target, rel in ((direct_target(up), None), (relay_target(relay), relay),
+                            (relay_target(pooled, "relay+pool"), pooled)):
+            result = await run_once(replace(spec, tag=f"pool-{target.name}"), target, up, [], rel)
+            run.pool[target.name] = result
+            log(f"pool: {target.name:10} {result.msg_per_s:7.2f} msg/s p50 {result.latency_ms(0.5)} ms "
+                f"upstream connections {result.extra.get('up_smtp_connections')}")
+    finally:
+        up.set_latency_ms(0)
+        pooled.stop()
+
+
+async def bench(quick: bool, repeats: int, log: Log) -> BenchRun:
+    """Run the whole benchmark; return what it measured."""
+    raise_fd_limit()
+    run = BenchRun(cells=list(QUICK if quick else FULL), repeats=repeats,
+                   started_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+    sp = QUICK_SPECIALS if quick else FULL_SPECIALS
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    up = UpstreamProcess(workdir)
+    up.start()
+    try:
+        await run_cold_burst(run, up, workdir, sp, log)
+        relay = RelayProcess(up, workdir, "relay-main")
+        run.relay["startup3_s"] = relay.start()
+        try:
+            await warm_up(relay_target(relay), up)
+            await run_matrix(run, up, relay, log)
+            run.relay["main_hwm_mb"] = relay.memory()["hwm"]
+            await run_pool(run, up, relay, workdir, sp, log)
+        finally:
+            relay.stop()
+        await run_idle_sessions(run, up, workdir, sp, log)
+        run.relay["login_cell"] = sp.login_cell
+    finally:
+        up.stop()
+    run.duration_s = time.perf_counter() - started
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    from bench.report import render, to_json  # noqa: PLC0415 - keeps import errors near their use
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the benchmark matrix and write a Markdown table")
+    p.add_argument("--quick", action="store_true", help="a tiny matrix (seconds; used by the smoke test)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per cell and target (default 3)")
+    p.add_argument("--out", type=Path, default=None, help="write the Markdown table here (default: stdout)")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON")
+    args = parser.parse_args(argv)
+
+    def log(*parts: object) -> None:
+        print(*parts, file=sys.stderr, flush=True)
+
+    run = asyncio.run(bench(args.quick, max(1, args.repeats), log))
+    table = render(run)
+    if args.out:
+        args.out.write_text(table)
+        log(f"wrote {args.out}")
+    else:
+        print(table)
+    if args.json:
+        args.json.write_text(json.dumps(to_json(run), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
