@@ -233,8 +233,10 @@ async def _start_with_retries(server: object, attempts: int) -> None:
 
 def _log_listener(name: str, listener: ListenerConfig, port: int) -> None:
     # Mirrors LocalAuthenticator.plaintext_auth_allowed: TLS, a loopback-bound listener, or a listed network.
+    from relay.localauth import is_loopback  # noqa: PLC0415 - keeps `relay --help` fast
+
     nets = ", ".join(str(n) for n in listener.allow_plaintext_auth_from)
-    if listener.host in ("127.0.0.1", "::1", "localhost"):
+    if is_loopback(listener.host):
         plain = "any client (bound to loopback)"
     else:
         plain = f"clients in {nets}" if nets else "nobody (set allow_plaintext_auth_from or use TLS)"
