@@ -68,7 +68,9 @@ class UpstreamPop3Session:
 
     async def _read_chunk(self, timeout_s: float) -> bytes:
         try:
-            data = await asyncio.wait_for(self._reader.read(READ_CHUNK_BYTES), timeout_s)
+            # asyncio.timeout, not wait_for: no new Task per read (Python 3.11).
+            async with asyncio.timeout(timeout_s):
+                data = await self._reader.read(READ_CHUNK_BYTES)
         except TimeoutError:
             raise UpstreamUnavailable(f"upstream POP3 server {self.where} did not answer within "
                                       f"{timeout_s:g} s") from None
@@ -95,7 +97,8 @@ class UpstreamPop3Session:
         """Write one command line (with CRLF)."""
         try:
             self._writer.write(line)
-            await asyncio.wait_for(self._writer.drain(), self._limits.upstream_command_timeout_s)
+            async with asyncio.timeout(self._limits.upstream_command_timeout_s):
+                await self._writer.drain()
         except (OSError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"sending to upstream POP3 server {self.where} failed: "
                                       f"{exc or 'timeout'}") from None

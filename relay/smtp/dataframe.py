@@ -33,6 +33,8 @@ _DOT_BARE_CR = re.compile(rb"\.\r[^\n]")
 # A piece between LFs of up to 999 bytes is always valid (998 text octets + CR, or a stuffing dot +
 # 998 text octets still waiting for its CR); only longer pieces need the exact regex.
 _MAX_WIRE_LINE = MAX_LINE_TEXT + 1
+_CRLF = re.compile(rb"\r\n")
+_END_RE = re.compile(re.escape(_END))  # sre's literal search beats bytes.find for 5-byte needles
 
 
 def has_bare_line_end(window: bytes) -> bool:
@@ -91,23 +93,35 @@ class DataFramer:
         """Consume a chunk of client bytes received after the 354 reply."""
         if self.done:
             raise ValueError("DATA already ended")
-        data = self._pending + chunk
-        search = self._last2 + data
-        idx = search.find(_END)
+        # Avoid copying the (up to hundreds of KiB) chunk: only the few bytes around the previous
+        # chunk's end are joined; the body is searched in place.
+        data = self._pending + chunk if self._pending else chunk
+        last2 = self._last2
+        # A terminator starting in last2 ends within data's first 3 bytes; else search data itself.
+        head = (last2 + data[:3]).find(_END)
+        if head != -1:
+            idx = head - 2
+        else:
+            match = _END_RE.search(data)
+            idx = match.start() if match else -1
         if idx != -1:
-            content, leftover = data[:idx], data[idx + 3:]
+            content, leftover = data[:idx + 2], data[idx + 5:]
             self.done = True
             self._pending = b""
         else:
-            if search.endswith(b"\r\n.\r"):
+            tail = (last2 + data[-4:])[-4:]  # the last 4 bytes of last2 + data
+            if tail.endswith(b"\r\n.\r"):
                 hold = 2
-            elif search.endswith((b"\r\n.", b"\r")):
+            elif tail.endswith((b"\r\n.", b"\r")):
                 hold = 1  # a lone trailing CR too: only the next byte tells whether it is bare
             else:
                 hold = 0
-            content, leftover = data[: len(data) - hold], b""
-            self._pending = data[len(data) - hold:]
-            self._last2 = search[: len(search) - hold][-2:]
+            leftover = b""
+            if hold:
+                content, self._pending = data[:-hold], data[-hold:]
+            else:
+                content, self._pending = data, b""
+            self._last2 = (last2 + content[-2:])[-2:]
         return FeedResult(self._account(content, self._pending[:1]), self.done, leftover)
 
     def _account(self, content: bytes, lookahead: bytes = b"") -> bytes:
@@ -121,16 +135,73 @@ class DataFramer:
         if self.received_bytes > self.max_bytes:
             self.problem = DataProblem.TOO_BIG
             return b""
-        if content and has_bare_line_end(self._prev + content + lookahead):
+        if not content:
+            return content
+        if _bare_line_end(self._prev, content, lookahead):
             self.problem = DataProblem.BARE_LINE_END
             return b""
-        self._prev = content[-1:] or self._prev
-        text = self._line + content
+        self._prev = content[-1:]
+        line = self._line
+        last_lf = content.rfind(b"\n")
+        if last_lf == -1:
+            if len(line) + len(content) > _MAX_WIRE_LINE:
+                text = line + content
+                if _TOO_LONG.search(text):
+                    self.problem = DataProblem.LINE_TOO_LONG
+                    return b""
+                self._line = text
+            else:
+                self._line = line + content
+            return content
         # Cheap pre-check: only when some piece between LFs is longer than any valid line does the
-        # exact (slower) regex run.
-        if (len(text) > _MAX_WIRE_LINE and max(map(len, text.split(b"\n"))) > _MAX_WIRE_LINE
-                and _TOO_LONG.search(text)):
+        # exact (slower) regex run, on the current line plus this chunk (a copy, but rare).
+        if _has_long_piece(line, content) and _TOO_LONG.search(line + content):
             self.problem = DataProblem.LINE_TOO_LONG
             return b""
-        self._line = text[text.rfind(b"\n") + 1:]
+        self._line = content[last_lf + 1:]
         return content
+
+
+def _has_long_piece(line: bytes, content: bytes) -> bool:
+    """True when some LF-separated piece of ``line + content`` is longer than `_MAX_WIRE_LINE`.
+
+    Without copying or splitting: from a line start, the last LF within the next
+    ``_MAX_WIRE_LINE + 1`` bytes jumps ~1000 bytes at a time (C-speed rfind per step); a window
+    without an LF is a too-long piece. ``line`` is the unfinished line before ``content`` (no LF).
+    """
+    first_lf = content.find(b"\n")
+    if first_lf != -1 and len(line) + first_lf > _MAX_WIRE_LINE:
+        return True
+    pos = first_lf + 1 if first_lf != -1 else 0
+    end = len(content)
+    window = _MAX_WIRE_LINE + 1
+    while end - pos > _MAX_WIRE_LINE:
+        lf = content.rfind(b"\n", pos, pos + window)
+        if lf == -1:
+            return True
+        pos = lf + 1
+    return False
+
+
+def _bare_line_end(prev: bytes, content: bytes, lookahead: bytes) -> bool:
+    """`has_bare_line_end` of ``prev + content + lookahead`` without building that copy.
+
+    Relies on the framer's invariants: ``prev`` (one byte) is never a CR, ``content`` never ends in
+    CR (a trailing CR is held back) and ``lookahead`` is "", "." or CR, never LF. So a CRLF or a
+    ".CR" never straddles the edges, and only a dot in ``prev`` can pair with content's first bytes.
+    Single-byte counts and a literal regex run several times faster than multi-byte ``bytes``
+    searches (~1.3 GB/s in CPython 3.11), and the usual CRLF-only text needs nothing else.
+    """
+    n_lf = content.count(b"\n")
+    n_cr = content.count(b"\r")
+    if n_lf > n_cr:
+        return True  # more LFs than CRs: at least one LF is bare
+    n_crlf = len(_CRLF.findall(content))
+    if n_crlf != n_lf:
+        return True
+    if n_cr == n_crlf:
+        return False  # every CR is in a CRLF: no bare CR, so none next to a dot
+    # Bare CRs (old Mac text) are allowed, except next to a dot.
+    if b"\r." in content or content.count(b".\r") != content.count(b".\r\n"):
+        return True  # every ".CR" inside content must be followed by LF (content never ends in CR)
+    return prev == b"." and content[:1] == b"\r" and content[1:2] != b"\n"

@@ -240,20 +240,22 @@ class RelayHandler:
         return client_reply_for_upstream(reply).render()
 
     async def open_data(self, server: RelaySMTP) -> str | UpstreamDataSink:
-        """Send DATA upstream; on 354 return the sink the content streams into."""
+        """Send DATA upstream and return the sink the content streams into, at once.
+
+        The client gets our 354 without waiting for the upstream's (one upstream round trip less
+        per message); the sink reads the upstream's reply to DATA before it forwards any content.
+        If the upstream refused DATA, the content is read and dropped and the client gets that
+        refusal as its reply to the final dot (RFC 5321 4.2.5 / 3.3: the reply after the data
+        decides). The client still sees 250 only when the upstream accepted the content.
+        """
         state = server.state
         up = state.upstream
         if state.upstream_broken or up is None or not state.in_transaction:
             return UPSTREAM_CONNECTION_LOST.render()
         try:
-            with server.busy():
-                reply = await up.data_start()
+            up.data_send()
         except (RelayError, OSError) as exc:
             return self._broken(state, exc).render()
-        self._note(state, reply)
-        if reply.code != 354:
-            # The upstream refused DATA; its transaction is over for us: RSET before the next MAIL.
-            return client_reply_for_upstream(reply).render()
         return UpstreamDataSink(self, server, up, self._size_limit(state))
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
@@ -415,10 +417,34 @@ class UpstreamDataSink:
         self.max_bytes = max_bytes
         self.error: BaseException | None = None
         self.abandoned = False
+        self.refusal: SmtpReply | None = None  # the upstream's non-354 reply to DATA
+        self._go_ahead_read = False
+
+    async def _upstream_ready(self) -> bool:
+        """Read the upstream's reply to DATA once; True when it was 354 (content may go)."""
+        if not self._go_ahead_read:
+            self._go_ahead_read = True
+            try:
+                with self.server.busy():
+                    reply = await self.up.data_reply()
+            except (RelayError, OSError) as exc:
+                self.error = exc
+                self.abandon()
+                return False
+            RelayHandler._note(self.server.state, reply)
+            if reply.code != 354:
+                # The upstream's transaction stays open for us: RSET before the next MAIL.
+                self.refusal = reply
+        return self.refusal is None and self.error is None and not self.abandoned
 
     async def write(self, wire_bytes: bytes) -> None:
-        """Forward content; after an upstream failure keep reading the client but drop the bytes."""
-        if self.error is not None or self.abandoned:
+        """Forward content; after an upstream failure keep reading the client but drop the bytes.
+
+        Until the upstream's 354 has been read this waits for it (and so stops reading the
+        client: what the client sent meanwhile stays in the socket buffers, bounded by TCP)."""
+        if self.error is not None or self.abandoned or self.refusal is not None:
+            return
+        if not self._go_ahead_read and not await self._upstream_ready():
             return
         try:
             with self.server.busy():
@@ -438,11 +464,16 @@ class UpstreamDataSink:
                 self.up.abort()
 
     async def finish(self, framer: DataFramer) -> str:
-        """Send the final dot and pass the upstream's reply on, or refuse (size, line, failure)."""
+        """Send the final dot and pass the upstream's reply on, or refuse (size, line, failure,
+        or the upstream's refusal of DATA)."""
         state = self.server.state
         if framer.problem is not None:
             self.abandon()
             return _DATA_PROBLEM_REPLY[framer.problem]
+        if self.error is None and not self.abandoned:
+            await self._upstream_ready()  # an empty message: no write() read it yet
+        if self.refusal is not None:
+            return client_reply_for_upstream(self.refusal).render()
         if self.error is None:
             try:
                 with self.server.busy():

@@ -5,7 +5,10 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
 
 * ``smtp_DATA``: aiosmtpd reads DATA line by line into memory (3-5x slower than bulk reads) and
   only then calls the handler; we read in bulk, frame with `DataFramer` and stream the wire bytes
-  to the upstream as they arrive, so the client's final reply is the upstream's final reply;
+  to the upstream as they arrive, so the client's final reply is the upstream's final reply (our
+  354 goes out without waiting for the upstream's; an upstream refusal of DATA becomes the reply
+  after the final dot, see `RelayHandler.open_data`);
+* ``_getaddr``: a fast path for plain ``<local@domain>`` (same result as aiosmtpd's parser);
 * ``push``: aiosmtpd's built-in error replies lack RFC 3463 enhanced status codes; the one exit
   point adds them (``503 5.5.1``, ``500 5.5.2`` ...);
 * ``_timeout_cb``: the idle timer must not close a client while *we* wait for the upstream;
@@ -53,6 +56,11 @@ def add_enhanced_code(status: str) -> str:
     code = int(status[:3]) if status[:3].isascii() and status[:3].isdigit() else 0
     enhanced = _ENHANCED_FOR_CODE.get(code)
     return f"{status[:4]}{enhanced} {status[4:]}" if enhanced else status
+
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_ANGLE_ADDR = re.compile(
+    rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^\s(][^\r\n]*)?\Z")
 
 
 @dataclass
@@ -169,6 +177,16 @@ class RelaySMTP(SMTP):
         stripped = arg.lstrip()
         if stripped.startswith("<>"):
             return "<>", stripped[2:]
+        # The usual <local@domain> (dot-atoms, no comments or quoting) gets the same result as
+        # aiosmtpd's RFC 5322 parser (email._header_value_parser), which costs ~0.1 ms per MAIL
+        # and per RCPT; anything else still goes to that parser.
+        match = _SIMPLE_ANGLE_ADDR.match(arg)
+        if match is not None:
+            address, rest = match.group(1), match.group(2) or ""
+            local_part = address.rpartition("@")[0]
+            if self.local_part_limit and len(local_part) > self.local_part_limit:
+                return None, None
+            return address, rest
         return super()._getaddr(arg)
 
     def _getparams(self, params: Any) -> dict[str, str | bool] | None:

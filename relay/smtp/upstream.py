@@ -216,8 +216,18 @@ class UpstreamSmtpSession:
 
     async def data_start(self) -> SmtpReply:
         """DATA; 354 means content may follow."""
+        self.data_send()
+        return await self.data_reply()
+
+    def data_send(self) -> None:
+        """Send DATA without waiting for its reply (read it with `data_reply`), so the relay can
+        let its client start sending content during the upstream round trip."""
         self._needs_crlf = False
-        return await self._guard(self._command("DATA"), "DATA")
+        self._require_writer().write(b"DATA\r\n")
+
+    async def data_reply(self) -> SmtpReply:
+        """The reply to `data_send`'s DATA; 354 means content may follow."""
+        return await self._guard(self._read_reply(), "DATA")
 
     async def data_write(self, wire_bytes: bytes) -> None:
         """Send already dot-stuffed content bytes (waits while the upstream is slower)."""

@@ -57,13 +57,21 @@ def test_upstream_refusing_mail_from_is_passed_on(start_relay, sandbox):
 
 
 def test_upstream_451_at_data_reaches_client_and_nothing_is_stored(start_relay, sandbox):
-    """Upstream 451 to DATA: the client sees 451 (not 354/250) and nothing is stored."""
+    """Upstream 451 to DATA: the client sees 451 (never 250) and nothing is stored.
+
+    The relay answers the client's DATA with its own 354 without waiting for the upstream's, so
+    the upstream's refusal arrives as the reply after the final dot; the content is dropped. The
+    next message in the same session goes through (the upstream transaction was reset)."""
     sandbox.smtp.data_reply = "451 4.3.0 Try again later"
     relay = start_relay()
-    with relay.smtp() as client, pytest.raises(smtplib.SMTPDataError) as info:
-        client.sendmail("app@example.com", ["a@example.com"], b"hi\r\n")
-    assert (info.value.smtp_code, info.value.smtp_error) == (451, b"4.3.0 Try again later")
-    assert sandbox.smtp.messages() == []
+    with relay.smtp() as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("app@example.com", ["a@example.com"], b"hi\r\n")
+        assert (info.value.smtp_code, info.value.smtp_error) == (451, b"4.3.0 Try again later")
+        assert sandbox.smtp.messages() == []
+        sandbox.smtp.data_reply = None
+        client.sendmail("app@example.com", ["a@example.com"], b"again\r\n")
+    assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [b"again\r\n"]
 
 
 def test_upstream_final_reply_is_the_clients_final_reply(start_relay, sandbox):
