@@ -13,27 +13,25 @@ import smtplib
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from relay.config.model import (
-    AccountConfig,
-    CredentialsConfig,
-    LimitsConfig,
-    ListenConfig,
-    ListenerConfig,
-    RelayConfig,
-    TokenStoreConfig,
-    UpstreamEndpoint,
+from support.relay_harness import (
+    LineClient,
+    authorized_token_set,
+    loopback,
+    relay_config,
+    sandbox_credentials,
+    sandbox_pop3_upstream,
+    sandbox_smtp_upstream,
+    stop_on_loop,
 )
+
+from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.pop3.server import Pop3ProxyServer
 from relay.sandbox.loop import LoopThread
-from relay.sandbox.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE
 from relay.sandbox.world import SandboxWorld
-from relay.secret import Secret
 from relay.smtp.server import SmtpRelayServer
 from relay.tokens.manager import TokenManager, new_http_client
 from relay.tokens.model import TokenSet
@@ -88,21 +86,14 @@ def build_config(sandbox: SandboxWorld, store_path: Path, *, limits: LimitsConfi
                  pop3_listener: ListenerConfig | None = None) -> RelayConfig:
     """One account ``rel`` (login rel-app) sending and reading through the sandbox."""
     pw_hash = hash_password(PASSWORD) if hash_password is not None else None
-    smtp = smtp or UpstreamEndpoint(sandbox.host, sandbox.smtp_port, "starttls", ca_file=sandbox.ca_file)
-    pop3 = pop3 or UpstreamEndpoint(sandbox.host, sandbox.pop3_port, "implicit", ca_file=sandbox.ca_file)
+    smtp = smtp or sandbox_smtp_upstream(sandbox)
+    pop3 = pop3 or sandbox_pop3_upstream(sandbox)
     account = AccountConfig(name="rel", username=USERNAME, password_hash=pw_hash, mailbox=MAILBOX,
                             credentials="sandbox", smtp=smtp, pop3=pop3)
-    creds = CredentialsConfig(name="sandbox", provider="generic", client_id=DEFAULT_CLIENT_ID,
-                              client_secret=Secret(DEFAULT_CLIENT_SECRET),
-                              scopes=tuple(DEFAULT_SCOPE.split()), token_url=sandbox.oauth.token_url,
-                              authorize_url=sandbox.oauth.authorize_url)
-    return RelayConfig(
-        listen=ListenConfig(smtp=smtp_listener or ListenerConfig(True, "127.0.0.1", 0),
-                            pop3=pop3_listener or ListenerConfig(True, "127.0.0.1", 0)),
-        token_store=TokenStoreConfig(path=store_path),
-        credentials={"sandbox": creds},
-        accounts={"rel": account},
-        limits=limits or fast_limits(),
+    return relay_config(
+        accounts=[account], credentials=sandbox_credentials(sandbox, with_secret=True),
+        token_store=store_path, smtp_listener=smtp_listener or loopback(),
+        pop3_listener=pop3_listener or loopback(), limits=limits or fast_limits(),
     )
 
 
@@ -110,14 +101,8 @@ def seed_store(sandbox: SandboxWorld, path: Path, key: bytes, *, expired: bool =
                access_lifetime_s: float | None = None) -> TokenSet:
     """Write an authorized token set for ``rel`` (as `relay authorize` would) and return it."""
     store = EncryptedFileStore(path, key)
-    now = datetime.now(UTC)
     lifetime = -60 if expired else (access_lifetime_s or 3600)
-    tokens = TokenSet(
-        account="rel", credentials="sandbox",
-        access_token=Secret(sandbox.oauth.issue_access_token(MAILBOX)),
-        expires_at=now + timedelta(seconds=lifetime),
-        refresh_token=Secret(sandbox.oauth.issue_refresh_token(MAILBOX)),
-        scopes=tuple(DEFAULT_SCOPE.split()), obtained_at=now - timedelta(hours=1))
+    tokens = authorized_token_set(sandbox.oauth, "rel", MAILBOX, expires_in_s=lifetime)
     store._modify("rel", tokens)
     return tokens
 
@@ -164,10 +149,7 @@ class Relay:
         """Stop both servers and the token manager, then the loop thread."""
         if not self.stopped:
             self.stopped = True
-            self.thread.run(self.smtp_server.stop(grace_s), timeout_s=grace_s + 20)
-            self.thread.run(self.pop3_server.stop(grace_s), timeout_s=grace_s + 20)
-            self.thread.run(self.tokens.close())
-            self.thread.stop()
+            stop_on_loop(self.thread, [self.smtp_server, self.pop3_server], self.tokens, grace_s)
 
 
 StartRelay = Callable[..., Relay]
@@ -221,30 +203,16 @@ def rel_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
         relay.stop()
 
 
-class Raw:
-    """A line-level client over a plain socket (SMTP or POP3), for exact bytes and bad input."""
+class Raw(LineClient):
+    """A line-level client over a plain socket (SMTP or POP3), for exact bytes and bad input.
+
+    A connection reset while reading counts as EOF.
+    """
+
+    eof_on_reset = True
 
     def __init__(self, port: int, timeout_s: float = TIMEOUT_S) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-        self.buffer = b""
-
-    def send(self, data: bytes) -> None:
-        """Send raw bytes."""
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        """Read one line with its line end; b'' on EOF."""
-        while b"\n" not in self.buffer:
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                rest, self.buffer = self.buffer, b""
-                return rest
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line + b"\n"
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=timeout_s))
 
     def smtp_reply(self) -> str:
         """Read one (possibly multi-line) SMTP reply as text; '' on EOF."""
@@ -269,7 +237,3 @@ class Raw:
             return self.buffer == b"" and self.sock.recv(1) == b""
         except (ConnectionResetError, BrokenPipeError):
             return True
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()

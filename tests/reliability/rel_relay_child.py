@@ -14,14 +14,15 @@ import signal
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests folder, for support/
+
+from support.relay_harness import loopback, relay_config
+
 from relay.config.model import (
     AccountConfig,
     CredentialsConfig,
     LimitsConfig,
-    ListenConfig,
     ListenerConfig,
-    RelayConfig,
-    TokenStoreConfig,
     UpstreamEndpoint,
 )
 from relay.pop3.server import Pop3ProxyServer
@@ -58,11 +59,10 @@ async def main() -> int:
         pop3=UpstreamEndpoint("127.0.0.1", spec["pop3_port"], "implicit", ca_file=ca))
     creds = CredentialsConfig(name="sandbox", provider="generic", client_id=spec["client_id"],
                               scopes=tuple(spec["scopes"]), token_url=spec["token_url"])
-    config = RelayConfig(
-        listen=ListenConfig(smtp=ListenerConfig(True, "127.0.0.1", spec.get("listen_smtp", 0)),
-                            pop3=ListenerConfig(True, "127.0.0.1", spec.get("listen_pop3", 0))),
-        token_store=TokenStoreConfig(path=Path(spec["store"])),
-        credentials={"sandbox": creds}, accounts={"rel": account},
+    config = relay_config(
+        accounts=[account], credentials=creds, token_store=Path(spec["store"]),
+        smtp_listener=loopback(port=spec.get("listen_smtp", 0)),
+        pop3_listener=loopback(port=spec.get("listen_pop3", 0)),
         limits=LimitsConfig(auth_failure_delay_s=0.05, upstream_connect_timeout_s=5,
                             upstream_command_timeout_s=10, upstream_data_timeout_s=10,
                             smtp_command_timeout_s=spec.get("command_timeout_s", 300.0),

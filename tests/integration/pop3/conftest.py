@@ -11,33 +11,29 @@ import poplib
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from relay.config.model import (
-    AccountConfig,
-    CredentialsConfig,
-    LimitsConfig,
-    ListenConfig,
-    ListenerConfig,
-    RelayConfig,
-    TokenStoreConfig,
-    UpstreamEndpoint,
+from support.relay_harness import (
+    LineClient,
+    LoopRelay,
+    authorized_token_set,
+    fresh_store,
+    loopback,
+    relay_config,
+    sandbox_credentials,
+    sandbox_pop3_upstream,
 )
+
+from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.pop3.server import Pop3ProxyServer
 from relay.sandbox.loop import LoopThread
-from relay.sandbox.oauth import DEFAULT_CLIENT_ID, DEFAULT_SCOPE
 from relay.sandbox.world import SandboxWorld
-from relay.secret import Secret
 from relay.tokens.manager import TokenManager
-from relay.tokens.model import TokenSet
-from relay.tokens.store import EncryptedFileStore, decode_key, generate_key
 
 PASSWORD = "pop3 horse battery"
 TIMEOUT_S = 30.0
@@ -70,22 +66,15 @@ def build_config(sandbox: SandboxWorld, tmp_path: Path, *, accounts: int = 1,
                  upstream: UpstreamEndpoint | None = None) -> RelayConfig:
     """A RelayConfig with accounts ``acct0..`` (login ``app<i>``) reading from the sandbox POP3."""
     pw_hash = password_hash()
-    endpoint = upstream or UpstreamEndpoint(sandbox.host, sandbox.pop3_port, "implicit",
-                                            ca_file=sandbox.ca_file)
-    accts = {
-        f"acct{i}": AccountConfig(name=f"acct{i}", username=username(i), password_hash=pw_hash,
-                                  mailbox=mailbox(i), credentials="sandbox", smtp=None, pop3=endpoint)
+    endpoint = upstream or sandbox_pop3_upstream(sandbox)
+    accts = [
+        AccountConfig(name=f"acct{i}", username=username(i), password_hash=pw_hash,
+                      mailbox=mailbox(i), credentials="sandbox", smtp=None, pop3=endpoint)
         for i in range(accounts)
-    }
-    creds = CredentialsConfig(name="sandbox", provider="generic", client_id=DEFAULT_CLIENT_ID,
-                              scopes=tuple(DEFAULT_SCOPE.split()), token_url=sandbox.oauth.token_url,
-                              authorize_url=sandbox.oauth.authorize_url)
-    return RelayConfig(
-        listen=ListenConfig(smtp=ListenerConfig(False, "127.0.0.1", 0),
-                            pop3=listener or ListenerConfig(True, "127.0.0.1", 0)),
-        token_store=TokenStoreConfig(path=tmp_path / "tokens.enc"),
-        credentials={"sandbox": creds},
-        accounts=accts,
+    ]
+    return relay_config(
+        accounts=accts, credentials=sandbox_credentials(sandbox), token_store=tmp_path / "tokens.enc",
+        smtp_listener=loopback(enabled=False), pop3_listener=listener or loopback(),
         limits=limits or with_limits(),
     )
 
@@ -94,34 +83,16 @@ async def seeded_token_manager(sandbox: SandboxWorld, config: RelayConfig, *,
                                expired: bool = False) -> TokenManager:
     """A TokenManager over a fresh store with authorized tokens for every account (as after
     `relay authorize`); with ``expired`` the stored access tokens are past their expiry."""
-    store = EncryptedFileStore(config.token_store.path, decode_key(generate_key(), "test"))
-    now = datetime.now(UTC)
-    expires_at = now - timedelta(minutes=1) if expired else now + timedelta(hours=1)
+    store = fresh_store(config.token_store.path)
     for account in config.accounts.values():
-        await store.put(TokenSet(
-            account=account.name, credentials="sandbox",
-            access_token=Secret(sandbox.oauth.issue_access_token(account.mailbox)),
-            expires_at=expires_at,
-            refresh_token=Secret(sandbox.oauth.issue_refresh_token(account.mailbox)),
-            scopes=tuple(DEFAULT_SCOPE.split()), obtained_at=now - timedelta(hours=1)))
+        await store.put(authorized_token_set(sandbox.oauth, account.name, account.mailbox,
+                                             expires_in_s=-60 if expired else 3600))
     return TokenManager(config, store, retry_attempts=2, retry_base_delay_s=0.01)
 
 
 @dataclass
-class RunningPop3Relay:
+class RunningPop3Relay(LoopRelay[Pop3ProxyServer]):
     """A started Pop3ProxyServer with the real TokenManager, on its own loop thread."""
-
-    config: RelayConfig
-    sandbox: SandboxWorld
-    server: Pop3ProxyServer
-    tokens: TokenManager
-    thread: LoopThread
-    stopped: bool = field(default=False)
-
-    @property
-    def port(self) -> int:
-        """The relay's bound port."""
-        return self.server.port
 
     def pop(self, i: int = 0, *, login: bool = True) -> poplib.POP3:
         """A poplib client connected to the relay (logged in as account ``i`` by default)."""
@@ -142,37 +113,13 @@ class RunningPop3Relay:
             assert time.monotonic() < deadline, "upstream maildrop still locked"
             time.sleep(0.02)
 
-    def stop(self, grace_s: float = 5.0) -> None:
-        """Stop the server and the token manager, then the loop thread."""
-        if not self.stopped:
-            self.stopped = True
-            self.thread.run(self.server.stop(grace_s), timeout_s=grace_s + 20)
-            self.thread.run(self.tokens.close())
-            self.thread.stop()
 
-
-class RawPop3:
+class RawPop3(LineClient):
     """Line-level POP3 over a plain socket, for bad input and exact bytes."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
+        super().__init__(sock)
         self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        """Send raw bytes."""
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        """Read one line including CRLF; b'' when the server closed the connection."""
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                rest, self.buffer = self.buffer, b""
-                return rest
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line + b"\n"
 
     def cmd(self, line: bytes) -> bytes:
         """Send one command line (CRLF added), return the status line."""
@@ -195,10 +142,6 @@ class RawPop3:
             return self.buffer == b"" and self.sock.recv(1) == b""
         except ConnectionResetError:
             return True
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
 
 
 StartPop3Relay = Callable[..., RunningPop3Relay]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from support.relay_harness import authorized_token_set, relay_config
 
 from relay.config.model import (
     AccountConfig,
     CredentialsConfig,
     LimitsConfig,
-    ListenConfig,
     ListenerConfig,
     RelayConfig,
     TokenStoreConfig,
@@ -26,8 +26,6 @@ from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.oauth import DEFAULT_CLIENT_ID, SandboxOAuthProvider
-from relay.secret import Secret
-from relay.tokens.model import TokenSet
 from relay.tokens.store import EncryptedFileStore, generate_key
 
 LOCAL_USER = "legacy-app"
@@ -87,23 +85,19 @@ def start_relay(*, oauth: SandboxOAuthProvider, base: Path, mailbox: str, cert_f
         smtp=UpstreamEndpoint(host="127.0.0.1", port=postfix_port, tls="starttls", ca_file=cert_file),
         pop3=UpstreamEndpoint(host="127.0.0.1", port=dovecot_pop3s_port, tls="implicit",
                               ca_file=cert_file))
-    config = RelayConfig(
-        listen=ListenConfig(
-            smtp=ListenerConfig(enabled=True, host="127.0.0.1", port=0, tls="starttls",
-                                cert_file=cert_file, key_file=key_file),
-            pop3=ListenerConfig(enabled=True, host="127.0.0.1", port=0, tls="none")),
+    config = relay_config(
+        accounts=[account], credentials=creds,
         token_store=TokenStoreConfig(path=base / "tokens.enc", key_env=None),
-        credentials={"sandbox": creds}, accounts={ACCOUNT: account},
+        smtp_listener=ListenerConfig(enabled=True, host="127.0.0.1", port=0, tls="starttls",
+                                     cert_file=cert_file, key_file=key_file),
+        pop3_listener=ListenerConfig(enabled=True, host="127.0.0.1", port=0, tls="none"),
         limits=LimitsConfig(auth_failure_delay_s=0.0, token_refresh_margin_s=1.0,
                             upstream_connect_timeout_s=5.0))
     store = EncryptedFileStore(base / "tokens.enc", base64.urlsafe_b64decode(generate_key())).open()
     grant_for = token_mailbox or mailbox
     lifetime = access_lifetime_s or 3600.0
-    seed = TokenSet(account=ACCOUNT, credentials="sandbox",
-                    access_token=Secret(oauth.issue_access_token(grant_for, lifetime)),
-                    expires_at=datetime.now(UTC) + timedelta(seconds=lifetime),
-                    refresh_token=Secret(oauth.issue_refresh_token(grant_for)),
-                    scopes=("mail", "offline_access"))
+    seed = authorized_token_set(oauth, ACCOUNT, grant_for, expires_in_s=lifetime, obtained_ago_s=0,
+                                access_lifetime_s=lifetime)
     loop = LoopThread("relay-under-test").start()
 
     async def _start() -> tuple[Any, Any, Any]:
