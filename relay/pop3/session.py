@@ -30,6 +30,7 @@ from relay.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from relay.flow import needs_drain
 from relay.pop3.protocol import (
     NEED_DATA,
     PAUSED,
@@ -109,10 +110,12 @@ class Pop3ProxySession:
         self.stats.bytes_out += len(data)
         try:
             self._writer.write(data)
-            # asyncio.timeout, not wait_for: wait_for wraps the coroutine in a new Task per call
-            # (Python 3.11), a measurable cost per chunk and per reply.
-            async with asyncio.timeout(self._ctx.limits.pop3_idle_timeout_s):
-                await self._writer.drain()
+            # Drain (and arm its timer) only when the buffer is at its high-water mark or the
+            # connection is closing (relay.flow): a timer per reply and per chunk is measurable.
+            # asyncio.timeout, not wait_for: wait_for wraps the coroutine in a new Task per call.
+            if needs_drain(self._writer):
+                async with asyncio.timeout(self._ctx.limits.pop3_idle_timeout_s):
+                    await self._writer.drain()
         except (OSError, TimeoutError) as exc:
             raise _ClientGone(f"client write failed: {exc or 'timeout'}") from None
 
@@ -266,12 +269,21 @@ class Pop3ProxySession:
             self.stats.outcome = f"upstream failed: {exc}"
             await self._write(err("Upstream mail server connection lost", "SYS/TEMP"))
             raise _ClientGone(self.stats.outcome) from None
-        await self._write(status.raw)
         if not (status.ok and command.multiline):
+            await self._write(status.raw)
             return
+        # The status line goes out with the first body part in one send when that part is
+        # already buffered (the usual RETR: status and body arrive together); otherwise at once.
+        pending: bytes | None = status.raw if upstream.has_buffered_data else None
+        if pending is None:
+            await self._write(status.raw)
         try:
             async for part in upstream.stream_body():
-                await self._write(part)
+                if pending is not None:
+                    await self._write(pending + part)
+                    pending = None
+                else:
+                    await self._write(part)
         except UpstreamError as exc:
             # Mid-body: close without the terminating "." so the client sees an incomplete reply.
             self.stats.outcome = f"upstream failed mid-reply: {exc}"

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
 from relay.errors import UpstreamAuthRejected, UpstreamProtocolError, UpstreamUnavailable
+from relay.flow import needs_drain
 from relay.pop3.replies import MultilineEndScanner, StatusLine, parse_status
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
@@ -97,8 +98,11 @@ class UpstreamPop3Session:
         """Write one command line (with CRLF)."""
         try:
             self._writer.write(line)
-            async with asyncio.timeout(self._limits.upstream_command_timeout_s):
-                await self._writer.drain()
+            # A command line never fills the buffer: skip the drain and its timer (relay.flow);
+            # the reply read that follows has its own timeout.
+            if needs_drain(self._writer):
+                async with asyncio.timeout(self._limits.upstream_command_timeout_s):
+                    await self._writer.drain()
         except (OSError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"sending to upstream POP3 server {self.where} failed: "
                                       f"{exc or 'timeout'}") from None
@@ -107,6 +111,12 @@ class UpstreamPop3Session:
         """Send a command and return its status line (a multi-line body is left to read)."""
         await self.send(line)
         return parse_status(await self.read_line())
+
+    @property
+    def has_buffered_data(self) -> bool:
+        """True when bytes after the last status line are already read (``stream_body`` yields
+        its first part without waiting for the network)."""
+        return bool(self._buf)
 
     async def stream_body(self) -> AsyncIterator[bytes]:
         """Yield a multi-line body as wire bytes (dot-stuffed), ending with the terminator.

@@ -463,9 +463,10 @@ class UpstreamDataSink:
             else:
                 self.up.abort()
 
-    async def finish(self, framer: DataFramer) -> str:
-        """Send the final dot and pass the upstream's reply on, or refuse (size, line, failure,
-        or the upstream's refusal of DATA)."""
+    async def finish(self, framer: DataFramer, tail: bytes = b"") -> str:
+        """Send ``tail`` (the content of the chunk that held the end of DATA) with the final dot
+        and pass the upstream's reply on, or refuse (size, line, failure, or the upstream's
+        refusal of DATA)."""
         state = self.server.state
         if framer.problem is not None:
             self.abandon()
@@ -477,7 +478,7 @@ class UpstreamDataSink:
         if self.error is None:
             try:
                 with self.server.busy():
-                    reply = await self.up.data_finish()
+                    reply = await self.up.data_finish(tail)
             except (RelayError, OSError) as exc:
                 self.error = exc
         if self.error is not None:

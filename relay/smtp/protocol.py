@@ -93,8 +93,9 @@ class DataSink(Protocol):
         """Give the transaction up: close the upstream without the final dot."""
         ...
 
-    async def finish(self, framer: DataFramer) -> str:
-        """Return the client's final reply (the upstream's, or ours if we refused)."""
+    async def finish(self, framer: DataFramer, tail: bytes = b"") -> str:
+        """Forward ``tail`` with the terminator; return the client's final reply (the
+        upstream's, or ours if we refused)."""
         ...
 
 
@@ -231,11 +232,17 @@ class RelaySMTP(SMTP):
         sink: DataSink = opened
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         framer = DataFramer(sink.max_bytes)
+        tail = b""
         try:
-            while not framer.done:
+            while True:
                 chunk = await self._read_data_chunk()
                 self._reset_timeout()
                 result = framer.feed(chunk)
+                if framer.done:
+                    # The last chunk goes out with the terminating dot in one upstream write
+                    # (one TLS record and send less per message; a 1 KB message is one chunk).
+                    tail = result.forward
+                    break
                 if result.forward:
                     await sink.write(result.forward)
                 elif not framer.ok:
@@ -244,7 +251,7 @@ class RelaySMTP(SMTP):
         except BaseException:
             sink.abandon()  # client vanished mid-DATA: nothing may be delivered
             raise
-        status = await sink.finish(framer)
+        status = await sink.finish(framer, tail)
         self._set_post_data_state()
         await self.push(status)
 

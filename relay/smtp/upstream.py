@@ -31,6 +31,7 @@ from relay.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from relay.flow import needs_drain
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
 from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply
@@ -236,12 +237,19 @@ class UpstreamSmtpSession:
         writer = self._require_writer()
         writer.write(wire_bytes)
         self._needs_crlf = not wire_bytes.endswith(b"\r\n")
-        await self._guard(writer.drain(), "DATA content", self.data_timeout_s)
+        # Drain (with its timer) only when the buffer is full or the connection closing: per
+        # chunk it otherwise returns at once but the timeout wrapper still costs a timer handle.
+        if needs_drain(writer):
+            await self._guard(writer.drain(), "DATA content", self.data_timeout_s)
 
-    async def data_finish(self) -> SmtpReply:
-        """Send the terminating dot and return the upstream's final reply."""
+    async def data_finish(self, tail: bytes = b"") -> SmtpReply:
+        """Send ``tail`` (the last content bytes, may be empty) and the terminating dot in one
+        write, and return the upstream's final reply."""
         writer = self._require_writer()
-        writer.write(b"\r\n.\r\n" if self._needs_crlf else b".\r\n")
+        if tail:
+            self._needs_crlf = not tail.endswith(b"\r\n")
+        # One write (one TLS record, one send) instead of two for a message's last chunk + dot.
+        writer.write(tail + (b"\r\n.\r\n" if self._needs_crlf else b".\r\n"))
         return await self._guard(self._read_reply(), "end of DATA", self.data_timeout_s)
 
     async def send_data(self, content: bytes) -> SmtpReply:
@@ -266,7 +274,8 @@ class UpstreamSmtpSession:
             raise ProtocolInputError(f"control character in SMTP command {what}")
         writer = self._require_writer()
         writer.write(line.encode("utf-8") + b"\r\n")
-        await writer.drain()
+        if needs_drain(writer):  # a command line never fills the buffer; see relay.flow
+            await writer.drain()
         return await self._read_reply()
 
     async def _read_reply(self) -> SmtpReply:
