@@ -102,6 +102,19 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(0.05)
 
 
+def wait_for_exit(pid: int, what: str, timeout_s: float = 15.0) -> None:
+    """Wait until process ``pid`` (a daemon we told to stop) has exited."""
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(gone, timeout_s, f"{what} to stop")
+
+
 def make_base_dir(prefix: str) -> Path:
     """Make a world-traversable temp dir (pytest's tmp dirs are 0700, which vmail cannot enter)."""
     import tempfile
@@ -255,14 +268,7 @@ class DovecotServer:
         except ProcessLookupError:
             return
 
-        def gone() -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        wait_until(gone, 15.0, "dovecot to stop")
+        wait_for_exit(pid, "dovecot")
 
     def log_text(self) -> str:
         """Return Dovecot's log so far (empty if none)."""
@@ -431,14 +437,7 @@ class PostfixServer:
             pid = 0
         self._postfix("abort")
         if pid:
-            def gone() -> bool:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return True
-                return False
-
-            wait_until(gone, 15.0, "postfix to stop")
+            wait_for_exit(pid, "postfix")
 
     def log_text(self) -> str:
         """Return Postfix's maillog so far."""
