@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 
+from relay import eventloop
 from relay.commands._ops import add_config_argument, load_config_file
 from relay.logging_setup import add_logging_arguments, configure_logging
 
@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_argument(p)
     add_logging_arguments(p)
+    p.add_argument("--event-loop", choices=eventloop.CHOICES, default=None,
+                   help="auto (default; uvloop when installed), uvloop or asyncio; "
+                        f"also ${eventloop.ENV_VAR}")
     p.set_defaults(func=cmd_serve)
 
 
@@ -38,10 +41,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level, args.log_format)
     config = load_config_file(args.config)
-    log.info("configuration %s: %d account(s)", args.config, len(config.accounts))
+    loop_kind = eventloop.resolve(args.event_loop)
+    log.info("configuration %s: %d account(s); event loop: %s", args.config, len(config.accounts),
+             eventloop.describe(loop_kind))
     app = RelayApp(config, loader=load_config_file)
     try:
-        return asyncio.run(app.run())
+        return eventloop.run(app.run(), loop_kind)
     except OSError as exc:
         # Typically a listener port already in use or not permitted.
         log.error("cannot start the listeners: %s (check listen.smtp / listen.pop3 host and port)", exc)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests folder
 
 from support.relay_harness import loopback, relay_config
 
+from relay import eventloop
 from relay.config.model import (
     AccountConfig,
     CredentialsConfig,
@@ -84,4 +85,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(eventloop.run(main(), eventloop.resolve(None)))  # the loop `relay serve` runs on
