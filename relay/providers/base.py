@@ -17,15 +17,18 @@ from __future__ import annotations
 import json
 from abc import ABC
 from dataclasses import dataclass
-from typing import ClassVar
-from urllib.parse import urlencode
-
-import httpx
+from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import urlencode, urlsplit
 
 from relay.config.model import CredentialsConfig, OAuthFlow, UpstreamEndpoint
 from relay.errors import AuthorizeDenied, AuthorizeTimeout, OAuthError, TokenRefreshFailed
 from relay.providers.token_errors import map_token_error
 from relay.secret import Secret
+
+if TYPE_CHECKING:
+    # httpx (~4 MiB resident) is imported by the first token request, not at start-up: a relay
+    # whose tokens are still valid after a restart does not need it yet.
+    import httpx
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
@@ -320,6 +323,8 @@ class OAuthProvider(ABC):
     async def _post(self, http: httpx.AsyncClient, url: str, data: dict[str, str], *,
                     account: str | None = None) -> tuple[int, object]:
         """POST a form; return (status, parsed JSON or None). Network failures -> TokenRefreshFailed."""
+        import httpx  # noqa: PLC0415 - see the TYPE_CHECKING import above
+
         who = f"account '{account}'" if account else f"credentials '{self.credentials.name}'"
         try:
             response = await http.post(url, data=data, headers={"Accept": "application/json"})
@@ -338,6 +343,9 @@ class OAuthProvider(ABC):
 
 def _host(url: str) -> str:
     """Return scheme://host of a URL for messages (never a query string)."""
-    parsed = httpx.URL(url)
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}"
+    parsed = urlsplit(url)
+    try:
+        port = f":{parsed.port}" if parsed.port else ""
+    except ValueError:  # a port that is not a number: show the host only
+        port = ""
+    return f"{parsed.scheme}://{parsed.hostname or ''}{port}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import httpx
+from typing import TYPE_CHECKING, ClassVar
 
 from relay.config.model import CredentialsConfig, OAuthFlow
 from relay.providers.base import Endpoints, OAuthProvider, TokenResponse
 from relay.providers.google import jwt_bearer_token
+
+if TYPE_CHECKING:  # imported where a request is made: a relay that needs none stays smaller
+    import httpx
 
 
 class GenericProvider(OAuthProvider):

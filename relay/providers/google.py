@@ -7,9 +7,8 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -23,6 +22,9 @@ from relay.providers.base import (
     UnsupportedGrant,
 )
 from relay.providers.token_errors import map_token_error
+
+if TYPE_CHECKING:
+    import httpx
 from relay.secret import Secret
 
 GMAIL_SCOPE = "https://mail.google.com/"

@@ -18,8 +18,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import httpx
+from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, RelayConfig
 from relay.errors import AuthorizationNeeded, ConfigError, OAuthError, TokenRefreshFailed, TokenStoreError
@@ -28,6 +27,9 @@ from relay.providers.registry import load_provider_class
 from relay.secret import Secret
 from relay.tokens.model import TokenSet, expiry_from
 from relay.tokens.store import TokenStore
+
+if TYPE_CHECKING:
+    import httpx  # imported by new_http_client(), at the first token request
 
 log = logging.getLogger("relay.tokens")
 
@@ -59,6 +61,8 @@ def _utc_now() -> datetime:
 
 def new_http_client(timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> httpx.AsyncClient:
     """Return the HTTP client used for token requests (TLS verified, bounded timeouts)."""
+    import httpx  # noqa: PLC0415 - not at start-up; see relay.providers.base
+
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
 
 
