@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -58,8 +59,11 @@ def _ip(text: str) -> IPAddress | None:
     return ip
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host_or_ip: str) -> bool:
-    """True for loopback addresses (127/8, ::1, IPv4-mapped loopback) and the name localhost."""
+    """True for loopback addresses (127/8, ::1, IPv4-mapped loopback) and the name localhost.
+
+    Cached: it runs for every EHLO and AUTH, mostly on the same few listener and client addresses."""
     if host_or_ip.lower() in LOOPBACK_NAMES:
         return True
     ip = _ip(host_or_ip)

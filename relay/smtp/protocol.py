@@ -31,6 +31,7 @@ from aiosmtpd.smtp import SMTP
 
 from relay.config.model import AccountConfig
 from relay.smtp.dataframe import DataFramer
+from relay.smtp.fastinit import cheap_introspection
 from relay.smtp.upstream import UpstreamSmtpSession, set_nodelay
 
 # Built-in aiosmtpd replies without an enhanced status code get this one (by reply code). Only the
@@ -107,7 +108,8 @@ class RelaySMTP(SMTP):
     line_length_limit = 32 * 1024
 
     def __init__(self, handler: Any, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+        with cheap_introspection():  # aiosmtpd's per-connection getmembers, see fastinit.py
+            super().__init__(handler, **kwargs)
         self.state = ConnectionState()
         self.closed = asyncio.Event()
         self._busy = 0
