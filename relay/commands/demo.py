@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from relay import eventloop
 from relay.errors import RelayError
 from relay.logging_setup import add_logging_arguments, configure_logging, register_secret
 
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when the round trip worked (and, without --once, after Ctrl-C)."""
     configure_logging(args.log_level, args.log_format)
-    return asyncio.run(Demo(args).run())
+    return eventloop.run(Demo(args).run(), eventloop.resolve(None))  # the loop `relay serve` uses
 
 
 def say(text: str) -> None:

@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Self, TypeVar
 
+from relay import eventloop
+
 T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
@@ -22,7 +24,10 @@ START_TIMEOUT_S = 10.0
 
 
 class LoopThread:
-    """An asyncio event loop running forever in one daemon thread."""
+    """An asyncio event loop running forever in one daemon thread.
+
+    The loop is the kind `relay serve` runs on (uvloop when installed, see relay.eventloop), so
+    servers started here in tests and in `relay demo` run as they do in production."""
 
     def __init__(self, name: str = "sandbox-loop") -> None:
         self.name = name
@@ -41,7 +46,7 @@ class LoopThread:
         if self._thread is not None:
             return self
         ready = threading.Event()
-        loop = asyncio.new_event_loop()
+        loop = (eventloop.loop_factory(eventloop.resolve(None)) or asyncio.new_event_loop)()
         self._loop = loop
 
         def run() -> None:

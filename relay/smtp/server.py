@@ -21,8 +21,8 @@ class _Refuse(asyncio.Protocol):
     """Answers 421 and closes: used when limits.max_connections sessions are already open."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+        # Duck-typed: uvloop's transports are not asyncio.WriteTransport subclasses.
+        transport.write(b"421 4.7.0 Too many connections, try again later\r\n")  # type: ignore[attr-defined]
         transport.close()
 
 
