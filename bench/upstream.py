@@ -1,9 +1,11 @@
 """A fast TLS + XOAUTH2 upstream for benchmarks: SMTP (STARTTLS), POP3 (TLS on connect), token HTTP.
 
-Built so it is never the bottleneck: DATA is read in bulk with ``readuntil``, RETR answers are
-pre-built and written in one call. Runs in its own process (``python -m bench.upstream``), prints
-its ports as one JSON line, and serves until its stdin closes. Optional latency per reply
-(``/control/config``) emulates a distant provider.
+Built so it is never the bottleneck: DATA is read in bulk with ``readuntil``, BDAT chunks (RFC 3030
+CHUNKING) by count with ``readexactly``, RETR answers are pre-built and written in one call. Runs in
+its own process (``python -m bench.upstream``), prints its ports as one JSON line, and serves until
+its stdin closes. Optional latency (``/control/config``) emulates a distant provider: each reply is
+written that much later while the server goes on reading, so a client pays it once per round trip
+however many commands it pipelines (as over a real network).
 """
 
 from __future__ import annotations
@@ -39,19 +41,51 @@ def raise_fd_limit() -> None:
 
 
 class _Session:
-    """Shared I/O helpers: one reply = one write, after the configured latency."""
+    """Shared I/O helpers: one reply = one write, the configured latency after the command."""
 
     def __init__(self, state: UpstreamState, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.state = state
         self.reader = reader
         self.writer = writer
+        self._delayed: asyncio.Queue[tuple[float, bytes]] | None = None
+        self._sender: asyncio.Task[None] | None = None
 
     async def send(self, data: bytes) -> None:
-        if self.state.latency_s:
-            await asyncio.sleep(self.state.latency_s)
-        self.writer.write(data)
-        await self.writer.drain()
+        """Write a reply; with latency set, a sender task writes it that much later (in order)."""
+        if not self.state.latency_s and self._delayed is None:
+            self.writer.write(data)
+            await self.writer.drain()
+            return
+        loop = asyncio.get_running_loop()
+        if self._delayed is None:
+            self._delayed = asyncio.Queue()
+            self._sender = loop.create_task(self._send_delayed(self._delayed))
+        self._delayed.put_nowait((loop.time() + self.state.latency_s, data))
+
+    async def flush(self) -> None:
+        """Wait until every delayed reply is written (before STARTTLS and before closing)."""
+        if self._delayed is not None:
+            await self._delayed.join()
+
+    def stop(self) -> None:
+        """Stop the delayed-reply sender, if any."""
+        if self._sender is not None:
+            self._sender.cancel()
+
+    async def _send_delayed(self, queue: asyncio.Queue[tuple[float, bytes]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due, data = await queue.get()
+            try:
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                self.writer.write(data)
+                await self.writer.drain()
+            except (ConnectionError, ssl.SSLError):
+                self.writer.transport.abort()  # the session's next read fails and ends it
+            finally:
+                queue.task_done()
 
     async def line(self) -> bytes:
         return await self.reader.readuntil(b"\n")
@@ -65,7 +99,7 @@ class _Session:
 
 
 class SmtpSession(_Session):
-    """One SMTP connection: EHLO, STARTTLS, AUTH XOAUTH2, MAIL/RCPT/DATA, RSET, NOOP, QUIT."""
+    """One SMTP connection: EHLO, STARTTLS, AUTH XOAUTH2, MAIL/RCPT/DATA or BDAT, RSET, NOOP, QUIT."""
 
     def __init__(self, state: UpstreamState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  tls: ssl.SSLContext) -> None:
@@ -75,9 +109,13 @@ class SmtpSession(_Session):
         self.authed = False
         self.mail_from: str | None = None
         self.rcpts: list[str] = []
+        self.chunks: list[bytes] = []  # BDAT content of the current transaction
+
+    def reset(self) -> None:
+        self.mail_from, self.rcpts, self.chunks = None, [], []
 
     def ehlo(self) -> bytes:
-        caps = [b"bench.upstream", b"PIPELINING", b"SIZE %d" % MAX_MESSAGE_BYTES, b"8BITMIME",
+        caps = [b"bench.upstream", b"PIPELINING", b"CHUNKING", b"SIZE %d" % MAX_MESSAGE_BYTES, b"8BITMIME",
                 b"ENHANCEDSTATUSCODES", b"SMTPUTF8"]
         caps.append(b"AUTH XOAUTH2" if self.tls else b"STARTTLS")
         return b"".join(b"250-" + c + b"\r\n" for c in caps[:-1]) + b"250 " + caps[-1] + b"\r\n"
@@ -89,13 +127,14 @@ class SmtpSession(_Session):
             line = await self.line()
             verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
-                self.mail_from, self.rcpts = None, []
+                self.reset()
                 await self.send(self.ehlo() if verb == b"EHLO" else b"250 bench.upstream\r\n")
             elif verb == b"STAR":
                 if self.tls:
                     await self.send(b"503 5.5.1 TLS already active\r\n")
                     continue
                 await self.send(b"220 2.0.0 Ready to start TLS\r\n")
+                await self.flush()
                 await self.writer.start_tls(self.tls_context)
                 self.tls, self.authed = True, False
             elif verb == b"AUTH":
@@ -106,12 +145,15 @@ class SmtpSession(_Session):
                 await self.rcpt(line)
             elif verb == b"DATA":
                 await self.data()
+            elif verb == b"BDAT":
+                await self.bdat(line)
             elif verb in (b"RSET", b"NOOP"):
                 if verb == b"RSET":
-                    self.mail_from, self.rcpts = None, []
+                    self.reset()
                 await self.send(b"250 2.0.0 OK\r\n")
             elif verb == b"QUIT":
                 await self.send(b"221 2.0.0 Bye\r\n")
+                await self.flush()
                 return
             else:
                 await self.send(b"500 5.5.1 Unknown command\r\n")
@@ -146,7 +188,8 @@ class SmtpSession(_Session):
         elif match is None:
             await self.send(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
         else:
-            self.mail_from, self.rcpts = match.group(1).decode(), []
+            self.reset()
+            self.mail_from = match.group(1).decode()
             await self.send(b"250 2.1.0 OK\r\n")
 
     async def rcpt(self, line: bytes) -> None:
@@ -163,11 +206,30 @@ class SmtpSession(_Session):
             return
         await self.send(b"354 End data with <CR><LF>.<CR><LF>\r\n")
         wire = await read_dot_terminated(self.reader)
-        content = unstuff(wire)
+        await self.deliver(unstuff(wire))
+
+    async def bdat(self, line: bytes) -> None:
+        """``BDAT <size> [LAST]``: read exactly <size> octets; LAST delivers the chunks joined."""
+        parts = line.split()
+        if not 2 <= len(parts) <= 3 or not parts[1].isdigit() or parts[2:] not in ([], [b"LAST"]):
+            raise ConnectionError("malformed BDAT: the chunk cannot be told from commands")
+        chunk = await self.reader.readexactly(int(parts[1]))
+        if self.mail_from is None or not self.rcpts:
+            await self.send(b"503 5.5.1 RCPT first\r\n")
+            return
+        self.chunks.append(chunk)
+        if len(parts) == 2:
+            await self.send(b"250 2.0.0 %d octets received\r\n" % len(chunk))
+            return
+        await self.deliver(b"".join(self.chunks))
+
+    async def deliver(self, content: bytes) -> None:
+        """Record the message (digest over envelope and unstuffed content) and say 250."""
+        assert self.mail_from is not None
         self.state.delivered.append(envelope_digest(self.mail_from, self.rcpts, content))
         self.state.counts["smtp_messages"] += 1
         self.state.counts["smtp_bytes"] += len(content)
-        self.mail_from, self.rcpts = None, []
+        self.reset()
         await self.send(b"250 2.0.0 OK queued as %d\r\n" % len(self.state.delivered))
 
 
@@ -191,6 +253,7 @@ class Pop3Session(_Session):
                 authed = await self.auth(parts)
             elif verb == b"QUIT":
                 await self.send(b"+OK Bye\r\n")
+                await self.flush()
                 return
             elif verb == b"NOOP":
                 await self.send(b"+OK\r\n")
@@ -270,6 +333,7 @@ async def _run_session(session: SmtpSession | Pop3Session) -> None:
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError):
         session.state.counts["dropped_sessions"] += 1
     finally:
+        session.stop()
         session.writer.transport.abort()
 
 

@@ -1,8 +1,10 @@
 """`SandboxSmtpServer`: an upstream submission server that behaves like Exchange Online / Gmail.
 
 STARTTLS (587-style) by default, AUTH XOAUTH2 / OAUTHBEARER checked against the sandbox OAuth
-provider, every accepted message stored byte-exact with its envelope. Fault switches are plain
-attributes, safe to set from any thread.
+provider, PIPELINING and CHUNKING (RFC 3030 BDAT), every accepted message stored byte-exact with its
+envelope. Fault switches are plain attributes, safe to set from any thread. Each connection's
+commands are recorded with the client turn they arrived in (`SandboxSmtpServer.transcripts`), so
+tests can count the round trips a client needed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +43,30 @@ class StoredMessage:
     user: str | None  # the authenticated mailbox (XOAUTH2 user=)
     mail_options: tuple[str, ...] = ()
     received_at: float = 0.0
+
+
+MESSAGE_ENDS = (".", "BDAT LAST")
+"""Transcript entries that end a message: the DATA content with its final dot, a BDAT LAST."""
+
+
+@dataclass
+class Transcript:
+    """One connection's commands in order, each with the client turn it arrived in (a turn starts
+    whenever the server has answered everything it read and waits for the client). ``BDAT`` with
+    LAST is recorded as ``"BDAT LAST"``; DATA content up to its final dot as ``"."``."""
+
+    commands: list[tuple[int, str]] = field(default_factory=list)  # (turn, verb)
+
+    def verbs(self) -> list[str]:
+        """The verbs in order."""
+        return [verb for _, verb in self.commands]
+
+    def message_turns(self) -> int:
+        """Client turns (round trips) from the first MAIL to the end of the first message."""
+        verbs = self.verbs()
+        start = verbs.index("MAIL")
+        end = next(i for i, verb in enumerate(verbs) if i > start and verb in MESSAGE_ENDS)
+        return len({turn for turn, _ in self.commands[start:end + 1]})
 
 
 def token_matcher(validate_token: Callable[[str], str | None]) -> Callable[[str, str], bool]:
@@ -93,6 +119,7 @@ class SandboxSmtpServer(LoopbackServer):
         self.auth_failure_style: AuthFailureStyle = auth_failure_style
         self.authorize = authorize or token_matcher(validate_token)
         self._messages: list[StoredMessage] = []
+        self._transcripts: list[Transcript] = []
         self._seq = itertools.count(1)
         self._arrived = threading.Condition(self.lock)
         self.clear_faults()
@@ -101,8 +128,12 @@ class SandboxSmtpServer(LoopbackServer):
         """Reset every fault switch to normal behaviour."""
         self.reject_rcpt: dict[str, str] = {}
         self.mail_reply: str | None = None
+        self.next_mail_replies: list[str] = []  # one-shot replies to the next MAILs, before mail_reply
         self.data_reply: str | None = None
-        self.final_reply: str | None = None
+        self.final_reply: str | None = None  # after the final dot or BDAT LAST
+        self.bdat_replies: dict[int, str] = {}  # BDAT chunk number (1-based) -> reply instead of 250
+        self.advertise_pipelining = True
+        self.advertise_chunking = True
         self.greeting_reply: str | None = None
         self.drop_after_data_bytes: int | None = None
         self.never_greet = False
@@ -116,9 +147,30 @@ class SandboxSmtpServer(LoopbackServer):
             return list(self._messages)
 
     def clear(self) -> None:
-        """Forget the stored messages."""
+        """Forget the stored messages and the transcripts."""
         with self.lock:
             self._messages.clear()
+            self._transcripts.clear()
+
+    def take_mail_reply(self) -> str | None:
+        """The reply for the next MAIL: a queued one-shot reply, else ``mail_reply`` (None: 250)."""
+        with self.lock:
+            return self.next_mail_replies.pop(0) if self.next_mail_replies else self.mail_reply
+
+    def transcripts(self) -> list[Transcript]:
+        """Every connection's commands so far, oldest connection first (copies)."""
+        with self.lock:
+            return [Transcript(list(t.commands)) for t in self._transcripts]
+
+    def _new_transcript(self) -> Transcript:
+        with self.lock:
+            transcript = Transcript()
+            self._transcripts.append(transcript)
+            return transcript
+
+    def _record(self, transcript: Transcript, turn: int, verb: str) -> None:
+        with self.lock:
+            transcript.commands.append((turn, verb))
 
     def wait_for_messages(self, count: int, timeout_s: float = 10.0) -> list[StoredMessage]:
         """Block until at least ``count`` messages are stored (or the timeout passes); return them."""
@@ -151,18 +203,32 @@ class _SmtpSession:
         self.tls = server.tls_mode == "implicit"
         self.helo: str | None = None
         self.user: str | None = None
+        self.transcript = server._new_transcript()
+        self.turn = 0
+        self.replied = True  # the greeting
         self.reset()
 
     def reset(self) -> None:
         self.mail_from: str | None = None
         self.mail_options: list[str] = []
         self.rcpts: list[str] = []
+        self.chunks: bytearray | None = None  # BDAT content so far (None: no BDAT yet)
+        self.chunk_count = 0
+        self.chunks_failed = False  # a BDAT was refused: the rest of the transaction is discarded
 
     async def reply(self, text: str) -> None:
         if (delay_s := self.server.delay_s) > 0:
             await asyncio.sleep(delay_s)
         self.writer.write(text.encode("utf-8") + b"\r\n")
+        self.replied = True
         await self.writer.drain()
+
+    def next_read(self) -> None:
+        """Called before reading client input: a new client turn starts when everything read so
+        far was answered and nothing more is buffered."""
+        if self.replied and not self.lines.buf:
+            self.turn += 1
+        self.replied = False
 
     async def run(self) -> None:
         srv = self.server
@@ -175,6 +241,7 @@ class _SmtpSession:
             return
         await self.reply(f"220 {srv.hostname} ESMTP sandbox ready")
         while True:
+            self.next_read()
             try:
                 raw = await self.lines.readline(MAX_LINE_BYTES)
             except LineTooLong:
@@ -189,11 +256,13 @@ class _SmtpSession:
 
     async def dispatch(self, verb: str, arg: str) -> bool:
         """Handle one command; False ends the session."""
+        last = verb == "BDAT" and arg.upper().endswith("LAST")
+        self.server._record(self.transcript, self.turn, "BDAT LAST" if last else verb)
         if verb == "QUIT":
             await self.reply("221 2.0.0 closing connection")
             return False
         handler = {"EHLO": self.ehlo, "HELO": self.helo_cmd, "STARTTLS": self.starttls, "AUTH": self.auth,
-                   "MAIL": self.mail, "RCPT": self.rcpt, "DATA": self.data}.get(verb)
+                   "MAIL": self.mail, "RCPT": self.rcpt, "DATA": self.data, "BDAT": self.bdat}.get(verb)
         if handler is not None:
             return await handler(arg)
         if verb == "RSET":
@@ -218,8 +287,11 @@ class _SmtpSession:
             exts.append("STARTTLS")
         else:
             exts.append("AUTH XOAUTH2 OAUTHBEARER")
-        exts += [f"SIZE {self.server.max_message_bytes}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
-                 "PIPELINING"]
+        exts += [f"SIZE {self.server.max_message_bytes}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+        if self.server.advertise_chunking:
+            exts.append("CHUNKING")
+        if self.server.advertise_pipelining:
+            exts.append("PIPELINING")
         text = "\r\n".join(f"250-{e}" for e in exts[:-1]) + f"\r\n250 {exts[-1]}"
         await self.reply(text)
         return True
@@ -321,11 +393,11 @@ class _SmtpSession:
             if key.upper() == "SIZE" and value.isdigit() and int(value) > self.server.max_message_bytes:
                 await self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
                 return True
-        mail_reply = self.server.mail_reply  # read once: tests may flip switches between commands
+        mail_reply = self.server.take_mail_reply()  # read once: tests flip switches between commands
         if mail_reply is not None:
             await self.reply(mail_reply)
             if not mail_reply.startswith("2"):
-                return True
+                return not mail_reply.startswith("421")  # 421: closing the channel (RFC 5321 3.8)
         else:
             await self.reply("250 2.1.0 Sender OK")
         self.mail_from, self.mail_options = addr, params
@@ -353,6 +425,9 @@ class _SmtpSession:
         if self.mail_from is None or not self.rcpts:
             await self.reply("503 5.5.1 Need MAIL and RCPT first")
             return True
+        if self.chunks is not None:
+            await self.reply("503 5.5.1 DATA after BDAT in the same transaction; RSET first")
+            return True
         data_reply = srv.data_reply
         if data_reply is not None:
             await self.reply(data_reply)
@@ -366,17 +441,99 @@ class _SmtpSession:
         def keep_going(received: int) -> bool:
             return limit is None or received < limit
 
+        self.next_read()
         body, oversize = await self.lines.read_dot_terminated(srv.max_message_bytes, keep_going)
         if body is None:
             self.writer.transport.abort()
             return False
+        srv._record(self.transcript, self.turn, ".")
+        await self.finish_message(None if oversize else body)
+        return True
+
+    async def finish_message(self, body: bytes | None) -> None:
+        """End the transaction: store ``body`` and say 250 (or ``final_reply``); None: too big."""
+        srv = self.server
         mail_from, rcpts, options = self.mail_from, tuple(self.rcpts), tuple(self.mail_options)
         self.reset()
-        if oversize:
+        if body is None:
             await self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
         elif (final_reply := srv.final_reply) is not None:
             await self.reply(final_reply)
         else:
+            assert mail_from is not None
             msg = srv._store(mail_from, rcpts, body, self.user, options)
             await self.reply(f"250 2.0.0 OK queued as sandbox-{msg.seq}")
+
+    async def bdat(self, arg: str) -> bool:
+        """RFC 3030: ``BDAT <size> [LAST]``, then exactly <size> octets (read even when refused)."""
+        parsed = _bdat_args(arg)
+        if parsed is None:
+            await self.reply("501 5.5.4 Syntax: BDAT <size> [LAST]")
+            return False  # the octets that follow cannot be told from commands: give up
+        size, last = parsed
+        chunk = await self.read_chunk(size)
+        if chunk is None:
+            self.writer.transport.abort()
+            return False
+        if self.mail_from is None or not self.rcpts:
+            await self.reply("503 5.5.1 Need MAIL and RCPT first")
+            return True
+        self.chunk_count += 1
+        if self.chunks is None:
+            self.chunks = bytearray()
+        if not self.chunks_failed:
+            await self.take_chunk(chunk, last)
+        elif last:
+            self.reset()
+            await self.reply("554 5.5.0 Message discarded: an earlier BDAT failed")
+        else:
+            await self.reply("503 5.5.1 An earlier BDAT failed; RSET first")
         return True
+
+    async def take_chunk(self, chunk: bytes, last: bool) -> None:
+        """Keep a chunk (or refuse it by fault switch or size); LAST ends the transaction."""
+        srv = self.server
+        assert self.chunks is not None
+        refusal = srv.bdat_replies.get(self.chunk_count)
+        if refusal is None and len(self.chunks) + len(chunk) > srv.max_message_bytes:
+            refusal = "552 5.3.4 Message size exceeds fixed maximum message size"
+        if refusal is not None and not refusal.startswith("2"):
+            if last:
+                self.reset()
+            else:
+                self.chunks_failed = True
+            await self.reply(refusal)
+            return
+        self.chunks += chunk
+        if last:
+            await self.finish_message(bytes(self.chunks))
+        else:
+            await self.reply(refusal or f"250 2.0.0 {len(chunk)} octets received")
+
+    async def read_chunk(self, size: int) -> bytes | None:
+        """Exactly ``size`` octets (None at EOF, or when ``drop_after_data_bytes`` strikes)."""
+        limit = self.server.drop_after_data_bytes
+        before = len(self.chunks or b"")
+        buf = self.lines.buf
+        data = bytearray(buf[:size])
+        del buf[:size]
+        while len(data) < size:
+            if limit is not None and before + len(data) >= limit:
+                return None
+            more = await self.lines.reader.read(min(size - len(data), 1 << 20))
+            if not more:
+                return None
+            data += more
+        if limit is not None and before + size >= limit:
+            return None
+        return bytes(data)
+
+
+def _bdat_args(arg: str) -> tuple[int, bool] | None:
+    """``"<size> [LAST]"`` -> (size, last); None on a syntax error."""
+    words = arg.split()
+    if not 1 <= len(words) <= 2 or not (words[0].isascii() and words[0].isdigit()):
+        return None
+    if len(words) == 2 and words[1].upper() != "LAST":
+        return None
+    return int(words[0]), len(words) == 2

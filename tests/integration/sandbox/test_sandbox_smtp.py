@@ -225,3 +225,73 @@ def test_delay_s_slows_every_reply(sandbox: SandboxWorld) -> None:
         assert c.read_reply()[0] == 220
         assert c.command("NOOP")[0] == 250
     assert time.monotonic() - start >= 0.4
+
+
+def test_ehlo_advertises_pipelining_and_chunking_unless_switched_off(sandbox: SandboxWorld) -> None:
+    """PIPELINING and CHUNKING are offered by default; the fault switches remove them."""
+    with tls_client(sandbox) as client:
+        assert client.has_extn("pipelining") and client.has_extn("chunking")
+    sandbox.smtp.advertise_pipelining = sandbox.smtp.advertise_chunking = False
+    with tls_client(sandbox) as client:
+        assert not client.has_extn("pipelining") and not client.has_extn("chunking")
+
+
+def test_bdat_chunks_are_stored_byte_exact_without_unstuffing(sandbox: SandboxWorld) -> None:
+    """BDAT content is raw (no dot-stuffing): dots at line starts and a CRLF.CRLF inside are kept;
+    chunk replies come in order, pipelined with the chunks."""
+    first, last = b"Subject: b\r\n\r\n.dot\r\n.\r\n", b"..two\r\nend\r\n"
+    with authed_line_client(sandbox) as c:
+        c.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nBDAT %d\r\n%sBDAT %d LAST\r\n%s"
+               % (len(first), first, len(last), last))
+        replies = [c.read_reply() for _ in range(4)]
+    assert [code for code, _ in replies] == [250, 250, 250, 250]
+    assert replies[2][1] == f"2.0.0 {len(first)} octets received"
+    [msg] = sandbox.smtp.wait_for_messages(1)
+    assert (msg.data, msg.rcpt_tos) == (first + last, ("c@d.test",))
+    [transcript] = sandbox.smtp.transcripts()
+    assert transcript.verbs()[-4:] == ["MAIL", "RCPT", "BDAT", "BDAT LAST"]
+    assert transcript.message_turns() == 1  # everything in one client write
+
+
+def test_bdat_out_of_sequence_is_refused_and_its_octets_skipped(sandbox: SandboxWorld) -> None:
+    """BDAT without MAIL/RCPT: 503 and the chunk is read and dropped (the next command works);
+    DATA after BDAT in one transaction: 503; a malformed BDAT closes the connection."""
+    with authed_line_client(sandbox) as c:
+        c.send(b"BDAT 6 LAST\r\nNOOP\r\n")
+        assert c.read_reply()[0] == 503
+        assert c.command("NOOP")[0] == 250
+        c.command("MAIL FROM:<a@b.test>")
+        c.command("RCPT TO:<c@d.test>")
+        c.send(b"BDAT 3\r\nabc")
+        assert c.read_reply()[0] == 250
+        assert c.command("DATA")[0] == 503
+        assert c.command("RSET")[0] == 250
+        assert c.command("BDAT x")[0] == 501
+        assert c.read_until_eof() == b""
+    assert sandbox.smtp.messages() == []
+
+
+def test_bdat_chunk_refusal_discards_the_message(sandbox: SandboxWorld) -> None:
+    """bdat_replies refuses chunk 2: later chunks are discarded (503), LAST stores nothing."""
+    sandbox.smtp.bdat_replies = {2: "452 4.3.1 Insufficient system storage"}
+    with authed_line_client(sandbox) as c:
+        c.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nBDAT 2\r\nabBDAT 2\r\ncdBDAT 2\r\nef"
+               b"BDAT 2 LAST\r\ngh")
+        codes = [c.read_reply()[0] for _ in range(6)]
+        assert codes == [250, 250, 250, 452, 503, 554]
+        sandbox.smtp.bdat_replies = {}
+        c.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nBDAT 4 LAST\r\nok\r\n")
+        assert [c.read_reply()[0] for _ in range(3)] == [250, 250, 250]
+    assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [b"ok\r\n"]
+
+
+def test_transcript_counts_client_turns_of_a_classic_transaction(sandbox: SandboxWorld) -> None:
+    """MAIL, RCPT, DATA and the content each waited for: four turns for one message."""
+    with authed_line_client(sandbox) as c:
+        c.command("MAIL FROM:<a@b.test>")
+        c.command("RCPT TO:<c@d.test>")
+        assert c.command("DATA")[0] == 354
+        assert c.command("hi\r\n.")[0] == 250
+    [transcript] = sandbox.smtp.transcripts()
+    assert transcript.verbs()[-4:] == ["MAIL", "RCPT", "DATA", "."]
+    assert transcript.message_turns() == 4
