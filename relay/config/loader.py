@@ -506,7 +506,9 @@ class _Builder:
                 self.problem(path, "the provider has no default server: give host, port and tls, "
                              "or false to turn this service off")
             return default
-        data = self.mapping(value, path, _field_names(UpstreamEndpoint))
+        smtp = path.endswith(".smtp")  # `pipelining` is an SMTP setting: unknown under pop3
+        keys = tuple(k for k in _field_names(UpstreamEndpoint) if smtp or k != "pipelining")
+        data = self.mapping(value, path, keys)
         if data is None:
             return default
         host = self.string(data.get("host"), f"{path}.host") or (default.host if default else None)
@@ -529,6 +531,7 @@ class _Builder:
             tls=tls,  # type: ignore[arg-type]
             ca_file=ca_file,
             verify_tls=self.boolean(data.get("verify_tls"), f"{path}.verify_tls", True),
+            pipelining=self.boolean(data.get("pipelining"), f"{path}.pipelining", True),
         )
 
 

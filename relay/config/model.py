@@ -73,6 +73,9 @@ class UpstreamEndpoint:
     ca_file: Path | None = None
     # Turning this off is only for tests and is logged loudly at start.
     verify_tls: bool = True
+    # SMTP only: pipeline commands (RFC 2920) and send content as BDAT chunks (RFC 3030) when the
+    # upstream offers PIPELINING / CHUNKING. Off: one command per round trip, content with DATA.
+    pipelining: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,18 @@
 """The SMTP relay policy, as aiosmtpd handler hooks.
 
 Local logins (AUTH PLAIN/LOGIN, or a trusted client address) select an account; the account's
-upstream session is opened lazily at the first MAIL and reused for later messages. MAIL, RCPT and
-DATA are forwarded as they arrive and the client gets the upstream's own reply, so it sees 250 only
-when the upstream accepted. Every failure of ours or of the upstream is a 4xx, logged once with
-the account, the upstream reply and the fix. With ``upstream_pool.enabled`` the session is instead
-lent by `relay.smtp.pool.UpstreamPool` at MAIL and given back when the transaction is over.
+upstream session is opened lazily at the first MAIL and reused for later messages. RCPT and the
+message are forwarded as they arrive and the client gets the upstream's own reply, so it sees 250
+for a message only when the upstream accepted it. Every failure of ours or of the upstream is a
+4xx, logged once with the account, the upstream reply and the fix. With ``upstream_pool.enabled``
+the session is instead lent by `relay.smtp.pool.UpstreamPool` at MAIL and given back when the
+transaction is over.
+
+Delayed sender verdict (like Postfix's ``smtpd_delay_reject``): when the upstream offers
+PIPELINING (and the endpoint's ``pipelining`` setting is on), MAIL is checked and answered locally
+and goes upstream in one write with the first RCPT; an upstream refusal of MAIL is then the reply
+to every RCPT of the transaction. The message content goes with DATA, or as BDAT chunks when the
+upstream also offers CHUNKING (`relay.smtp.datasink`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from relay.errors import (
 )
 from relay.sasl import decode_login_field, decode_plain
 from relay.secret import Secret
-from relay.smtp.dataframe import DataFramer, DataProblem
+from relay.smtp.datasink import UpstreamBdatSink, UpstreamDataSink, note
 from relay.smtp.failures import (
     UPSTREAM_CONNECTION_LOST,
     client_reply_for_upstream,
@@ -33,9 +40,9 @@ from relay.smtp.failures import (
     reply_for_error,
 )
 from relay.smtp.pool import UpstreamPool
-from relay.smtp.protocol import ConnectionState, RelaySMTP
+from relay.smtp.protocol import ConnectionState, PendingMail, RelaySMTP
 from relay.smtp.reply import SmtpReply
-from relay.smtp.upstream import UpstreamSmtpSession
+from relay.smtp.upstream import UpstreamSmtpSession, mail_command, rcpt_command
 from relay.tokens.source import TokenSource
 
 log = logging.getLogger("relay.smtp")
@@ -45,11 +52,8 @@ AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
-LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 998 octets + CRLF)"
-BARE_LINE_END = ("554 5.6.0 Message refused: bare LF or bare CR in the content (RFC 5321 2.3.8); "
-                 "end every line with CRLF")
-_DATA_PROBLEM_REPLY = {DataProblem.TOO_BIG: TOO_BIG, DataProblem.LINE_TOO_LONG: LINE_TOO_LONG,
-                       DataProblem.BARE_LINE_END: BARE_LINE_END}
+SENDER_OK = "250 2.1.0 Sender OK"  # a delayed MAIL: the upstream's verdict comes at the first RCPT
+_LOGGED_OUT = (421, 530, 535)  # MAIL replies of a kept session that lost its login
 NULL_SENDER = "<>"  # RelaySMTP's form of the null reverse-path MAIL FROM:<> (bounces, DSNs)
 _USERNAME_B64 = "VXNlcm5hbWU6"  # "Username:"
 _PASSWORD_B64 = "UGFzc3dvcmQ6"  # noqa: S105 - the base64 of the prompt "Password:"
@@ -111,7 +115,7 @@ class RelayHandler:
         """RFC 3207: after TLS starts everything learnt before is forgotten (login, upstream)."""
         state = server.state
         state.account = None
-        self._drop_upstream(state)
+        self.drop_upstream(state)
         return True
 
     def _size_limit(self, state: ConnectionState) -> int:
@@ -166,97 +170,88 @@ class RelayHandler:
 
     async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        """Forward MAIL FROM to the account's upstream (opened here if needed)."""
+        """Check MAIL locally and get the account's upstream session (opened here if needed). With
+        PIPELINING answer 250 at once and send MAIL with the first RCPT, else forward it now."""
         state = server.state
-        account = state.account
-        if account is None:
-            account = self.authenticator.trusted_account_for(state.client_ip)
-            if account is None:
-                return AUTH_REQUIRED
-            state.account = account
-        if account.smtp is None:
-            return f"550 5.7.1 Account {account.name} is not configured to send mail"
+        account = self._sending_account(state)
+        if isinstance(account, str):
+            return account
         options = _parse_mail_options(mail_options)
         if account.envelope_sender == "rewrite":
             sender = account.mailbox
         else:
-            sender = "" if address == NULL_SENDER else address  # upstream.mail() adds the <>
+            sender = "" if address == NULL_SENDER else address  # mail_command() adds the <>
+        state.mail_refused = None
         with server.busy():
-            for attempt in (1, 2):
-                reused = state.upstream is not None
-                try:
-                    up = await self._upstream(state, account, fresh=attempt == 2)
-                    reused = reused or (self.pool is not None and self.pool.was_reused(up))
-                    refusal = self._check_capabilities(up, options)
-                    if refusal:
-                        self._release_upstream(state)
-                        return refusal
-                    reply = await up.mail(sender, self._mail_params(up, options))
-                except ProtocolInputError as exc:
-                    self._release_upstream(state)
-                    return f"501 5.5.2 {exc}"
-                except (RelayError, OSError) as exc:
-                    self._drop_upstream(state)
-                    if (reused and attempt == 1 and isinstance(exc, UpstreamUnavailable)
-                            and not isinstance(exc, UpstreamBusy)):
-                        continue  # the kept session died while idle: one fresh try is safe
-                    return self._failure(state, account, exc).render()
-                if reused and attempt == 1 and reply.code in (421, 530, 535):
-                    self._drop_upstream(state)  # the kept session lost its login: start over
-                    continue
-                break
-        self._note(state, reply)
+            pending = await self._prepare_mail(state, account, sender, options)
+            if isinstance(pending, str):
+                return pending
+            assert state.upstream is not None
+            if state.upstream.pipelining:
+                state.pending_mail = pending
+                state.upstream_broken = False
+                _accept_sender(envelope, address, mail_options)
+                return SENDER_OK
+            result = await self._send_mail(state, account, pending)
+        if isinstance(result, str):
+            return result
+        reply = result[0]
+        note(state, reply)
         if reply.is_positive:
-            state.in_transaction = True
             state.upstream_broken = False
-            envelope.mail_from = address
-            envelope.mail_options.extend(mail_options)
-        elif reply.code == 421 and self.pool is not None:
-            self._drop_upstream(state)
+            _accept_sender(envelope, address, mail_options)
         else:
-            self._release_upstream(state)  # pooling: no transaction opened, lend the session back
+            self._mail_refused(state, reply, None)
         return client_reply_for_upstream(reply).render()
 
     async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        """Forward RCPT TO; the client gets this recipient's upstream reply."""
+        """Forward RCPT TO (the first one together with the delayed MAIL); the client gets this
+        recipient's upstream reply, or the upstream's refusal of the delayed MAIL."""
         if address == NULL_SENDER:
             return "501 5.1.3 The null address <> is not a valid recipient"
         state = server.state
-        up = state.upstream
-        if state.upstream_broken or up is None or not state.in_transaction:
-            return UPSTREAM_CONNECTION_LOST.render()
+        if state.mail_refused is not None:
+            return state.mail_refused
         try:
-            with server.busy():
-                reply = await up.rcpt(address)
+            line = rcpt_command(address)
         except ProtocolInputError as exc:
             return f"501 5.5.2 {exc}"
-        except (RelayError, OSError) as exc:
-            return self._broken(state, exc).render()
-        self._note(state, reply)
+        with server.busy():
+            if state.pending_mail is not None:
+                reply = await self._first_rcpt(state, line)
+            else:
+                reply = await self._rcpt(state, line)
+        if isinstance(reply, str):
+            return reply
+        note(state, reply)
         if reply.is_positive:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
         return client_reply_for_upstream(reply).render()
 
-    async def open_data(self, server: RelaySMTP) -> str | UpstreamDataSink:
-        """Send DATA upstream and return the sink the content streams into, at once.
+    async def open_data(self, server: RelaySMTP) -> str | UpstreamDataSink | UpstreamBdatSink:
+        """Return the sink the content streams into, at once: the client gets our 354 without
+        waiting for the upstream (one upstream round trip less per message).
 
-        The client gets our 354 without waiting for the upstream's (one upstream round trip less
-        per message); the sink reads the upstream's reply to DATA before it forwards any content.
-        If the upstream refused DATA, the content is read and dropped and the client gets that
+        With CHUNKING nothing goes upstream yet: the content follows as BDAT chunks. Otherwise DATA
+        is sent now and the sink reads the upstream's reply to it before it forwards any content;
+        if the upstream refused DATA, the content is read and dropped and the client gets that
         refusal as its reply to the final dot (RFC 5321 4.2.5 / 3.3: the reply after the data
-        decides). The client still sees 250 only when the upstream accepted the content.
+        decides). Either way the client sees 250 only when the upstream accepted the content.
         """
         state = server.state
         up = state.upstream
         if state.upstream_broken or up is None or not state.in_transaction:
             return UPSTREAM_CONNECTION_LOST.render()
+        limit = self._size_limit(state)
+        if up.chunking:
+            return UpstreamBdatSink(self, server, up, limit)
         try:
             up.data_send()
         except (RelayError, OSError) as exc:
-            return self._broken(state, exc).render()
-        return UpstreamDataSink(self, server, up, self._size_limit(state))
+            return self.broken(state, exc).render()
+        return UpstreamDataSink(self, server, up, limit)
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         """Forward RSET when an upstream transaction is open."""
@@ -281,12 +276,120 @@ class RelayHandler:
     def connection_closed(self, server: RelaySMTP) -> None:
         """The client is gone: abandon any upstream transaction, log the session summary."""
         state = server.state
-        self._release_upstream(state)  # pooling: a session without an open transaction is reusable
-        self._drop_upstream(state)
+        state.pending_mail = None  # never sent upstream: it leaves the session clean
+        self.release_upstream(state)  # pooling: a session without an open transaction is reusable
+        self.drop_upstream(state)
         account = state.account.name if state.account else "-"
         log.info("smtp session %s end: account=%s client=%s messages=%d bytes=%d last_upstream=%r",
                  state.session_id, account, state.client_address, state.messages, state.bytes,
                  state.last_upstream_reply)
+
+    # --- MAIL and RCPT upstream -----------------------------------------------------------------
+
+    def _sending_account(self, state: ConnectionState) -> AccountConfig | str:
+        """The logged-in (or trusted-client) account that may send, or the client's refusal."""
+        account = state.account
+        if account is None:
+            account = self.authenticator.trusted_account_for(state.client_ip)
+            if account is None:
+                return AUTH_REQUIRED
+            state.account = account
+        if account.smtp is None:
+            return f"550 5.7.1 Account {account.name} is not configured to send mail"
+        return account
+
+    async def _prepare_mail(self, state: ConnectionState, account: AccountConfig, sender: str,
+                            options: dict[str, str], *, fresh: bool = False) -> PendingMail | str:
+        """Get the upstream session (``fresh``: a new one; a kept one that died is replaced once),
+        check the MAIL options against its capabilities and the MAIL line itself. Returns the MAIL
+        to send, or the client's refusal (connection and login failures included)."""
+        reused = state.upstream is not None
+        try:
+            up = await self._upstream(state, account, fresh=fresh)
+        except (RelayError, OSError) as exc:
+            self.drop_upstream(state)
+            if reused and not fresh and _died_while_idle(exc):
+                return await self._prepare_mail(state, account, sender, options, fresh=True)
+            return self._failure(state, account, exc).render()
+        reused = reused or (self.pool is not None and self.pool.was_reused(up))
+        refusal = self._check_capabilities(up, options)
+        if refusal is None:
+            try:
+                mail_command(sender, self._mail_params(up, options))
+            except ProtocolInputError as exc:
+                refusal = f"501 5.5.2 {exc}"
+        if refusal is not None:
+            self.release_upstream(state)
+            return refusal
+        return PendingMail(sender, options, reused=reused and not fresh)
+
+    async def _send_mail(self, state: ConnectionState, account: AccountConfig, pending: PendingMail,
+                         rcpt: bytes | None = None) -> tuple[SmtpReply, SmtpReply | None] | str:
+        """Send MAIL (with the first RCPT line pipelined, when given) on the connection's session.
+
+        A reused session that turns out dead or logged out (a kept session's login can expire) is
+        replaced by a fresh one and the commands are sent once more. Returns the MAIL and RCPT
+        replies, or the client's reply for a failure.
+        """
+        retry = pending.reused
+        while True:
+            up = state.upstream
+            assert up is not None
+            mail = mail_command(pending.sender, self._mail_params(up, pending.options))
+            state.in_transaction = True  # from here on the upstream may hold an open transaction
+            try:
+                replies = (await up.send_command(mail, "MAIL"), None) if rcpt is None \
+                    else await up.mail_rcpt(mail, rcpt)
+            except (RelayError, OSError) as exc:
+                self.drop_upstream(state)
+                if not (retry and _died_while_idle(exc)):
+                    return self._failure(state, account, exc).render()
+            else:
+                state.in_transaction = replies[0].is_positive
+                if not (retry and replies[0].code in _LOGGED_OUT):
+                    return replies
+                self.drop_upstream(state)  # the kept session lost its login: start over
+            retry = False
+            prepared = await self._prepare_mail(state, account, pending.sender, pending.options, fresh=True)
+            if isinstance(prepared, str):
+                return prepared
+
+    async def _first_rcpt(self, state: ConnectionState, rcpt: bytes) -> SmtpReply | str:
+        """Send the delayed MAIL with this RCPT; a refused MAIL becomes every RCPT's reply."""
+        pending, state.pending_mail = state.pending_mail, None
+        assert pending is not None and state.account is not None
+        result = await self._send_mail(state, state.account, pending, rcpt)
+        if isinstance(result, str):
+            state.mail_refused = result
+            return result
+        mail, rcpt_reply = result
+        if mail.is_positive:
+            assert rcpt_reply is not None
+            return rcpt_reply
+        note(state, mail)
+        self._mail_refused(state, mail, rcpt_reply)
+        state.mail_refused = client_reply_for_upstream(mail).render()
+        return state.mail_refused
+
+    async def _rcpt(self, state: ConnectionState, rcpt: bytes) -> SmtpReply | str:
+        """A later RCPT, alone: its reply is this recipient's upstream verdict."""
+        up = state.upstream
+        if state.upstream_broken or up is None or not state.in_transaction:
+            return UPSTREAM_CONNECTION_LOST.render()
+        try:
+            return await up.send_command(rcpt, "RCPT")
+        except (RelayError, OSError) as exc:
+            return self.broken(state, exc).render()
+
+    def _mail_refused(self, state: ConnectionState, mail: SmtpReply, rcpt: SmtpReply | None) -> None:
+        """The upstream refused MAIL, so no transaction is open: give the session back, unless it
+        closed (421, or no RCPT reply came) or accepted the pipelined RCPT anyway (state unknown)."""
+        state.in_transaction = False
+        up = state.upstream
+        if mail.code == 421 or up is None or not up.connected or (rcpt is not None and rcpt.is_positive):
+            self.drop_upstream(state)
+        else:
+            self.release_upstream(state)
 
     # --- upstream plumbing ----------------------------------------------------------------------
 
@@ -294,12 +397,13 @@ class RelayHandler:
                         fresh: bool = False) -> UpstreamSmtpSession:
         """The connected, authenticated upstream session for the account: the connection's own, else
         one lent by the pool (``fresh``: not an idle one), else a new one."""
+        state.pending_mail = None
         if state.upstream is not None and state.upstream.connected:
             if state.in_transaction:
-                state.in_transaction = False
                 await state.upstream.rset()
+                state.in_transaction = False
             return state.upstream
-        self._drop_upstream(state)
+        self.drop_upstream(state)
         if self.pool is not None:
             up = await self.pool.acquire(account, self._open_upstream, fresh=fresh)
         else:
@@ -361,15 +465,19 @@ class RelayHandler:
     async def _reset_transaction(self, server: RelaySMTP) -> None:
         state = server.state
         state.upstream_broken = False
+        state.pending_mail = None  # never sent upstream: nothing to reset there
+        state.mail_refused = None
         if state.upstream is not None and state.in_transaction:
-            state.in_transaction = False
             try:
                 with server.busy():
-                    if (await state.upstream.rset()).code != 250 and self.pool is not None:
-                        self._drop_upstream(state)  # not known to be clean: never pooled
+                    reply = await state.upstream.rset()
             except (RelayError, OSError):
-                self._drop_upstream(state)
-        self._release_upstream(state)
+                self.drop_upstream(state)
+            else:
+                state.in_transaction = False
+                if reply.code != 250 and self.pool is not None:
+                    self.drop_upstream(state)  # not known to be clean: never pooled
+        self.release_upstream(state)
 
     def _failure(self, state: ConnectionState, account: AccountConfig, exc: BaseException) -> SmtpReply:
         """Log one line naming the account, the upstream reply and the fix; return the 4xx."""
@@ -378,121 +486,44 @@ class RelayHandler:
         state.last_upstream_reply = getattr(exc, "reply", None) or reply.one_line()
         return reply
 
-    def _broken(self, state: ConnectionState, exc: BaseException) -> SmtpReply:
+    def broken(self, state: ConnectionState, exc: BaseException) -> SmtpReply:
         """The upstream failed mid-transaction: drop it and answer 4xx until the next MAIL."""
         assert state.account is not None
-        self._drop_upstream(state)
+        self.drop_upstream(state)
         state.upstream_broken = True
         self._failure(state, state.account, exc)
         return reply_for_error(exc, connected=True)
 
-    def _drop_upstream(self, state: ConnectionState) -> None:
+    def drop_upstream(self, state: ConnectionState) -> None:
+        """Close the connection's upstream session (pooling: free its slot); never reused."""
         up, state.upstream = state.upstream, None
         state.in_transaction = False
+        state.pending_mail = None
         if up is not None:
             if self.pool is not None:
                 self.pool.discard(up)  # aborts it and frees its slot
             else:
                 up.abort()
 
-    def _release_upstream(self, state: ConnectionState) -> None:
+    def release_upstream(self, state: ConnectionState) -> None:
         """Pooling: the transaction is over, lend the session back (no-op while one is open)."""
-        if self.pool is not None and state.upstream is not None and not state.in_transaction:
+        if (self.pool is not None and state.upstream is not None and not state.in_transaction
+                and state.pending_mail is None):
             up, state.upstream = state.upstream, None
             self.pool.release(up)
 
-    @staticmethod
-    def _note(state: ConnectionState, reply: SmtpReply) -> None:
-        state.last_upstream_reply = reply.one_line()
+
+def _accept_sender(envelope: Envelope, address: str, mail_options: list[str]) -> None:
+    """What aiosmtpd records for an accepted MAIL (a hook returning a reply must do it itself)."""
+    envelope.mail_from = address
+    envelope.mail_options.extend(mail_options)
 
 
-class UpstreamDataSink:
-    """Streams one message's content to the upstream; the client's final reply comes from here."""
+def _died_while_idle(exc: BaseException) -> bool:
+    """A failure that on a reused session means it died while idle: one fresh try is safe."""
+    return isinstance(exc, UpstreamUnavailable) and not isinstance(exc, UpstreamBusy)
 
-    def __init__(self, handler: RelayHandler, server: RelaySMTP, up: UpstreamSmtpSession,
-                 max_bytes: int) -> None:
-        self.handler = handler
-        self.server = server
-        self.up = up
-        self.max_bytes = max_bytes
-        self.error: BaseException | None = None
-        self.abandoned = False
-        self.refusal: SmtpReply | None = None  # the upstream's non-354 reply to DATA
-        self._go_ahead_read = False
 
-    async def _upstream_ready(self) -> bool:
-        """Read the upstream's reply to DATA once; True when it was 354 (content may go)."""
-        if not self._go_ahead_read:
-            self._go_ahead_read = True
-            try:
-                with self.server.busy():
-                    reply = await self.up.data_reply()
-            except (RelayError, OSError) as exc:
-                self.error = exc
-                self.abandon()
-                return False
-            RelayHandler._note(self.server.state, reply)
-            if reply.code != 354:
-                # The upstream's transaction stays open for us: RSET before the next MAIL.
-                self.refusal = reply
-        return self.refusal is None and self.error is None and not self.abandoned
-
-    async def write(self, wire_bytes: bytes) -> None:
-        """Forward content; after an upstream failure keep reading the client but drop the bytes.
-
-        Until the upstream's 354 has been read this waits for it (and so stops reading the
-        client: what the client sent meanwhile stays in the socket buffers, bounded by TCP)."""
-        if self.error is not None or self.abandoned or self.refusal is not None:
-            return
-        if not self._go_ahead_read and not await self._upstream_ready():
-            return
-        try:
-            with self.server.busy():
-                await self.up.data_write(wire_bytes)
-        except (RelayError, OSError) as exc:
-            self.error = exc
-            self.abandon()
-
-    def abandon(self) -> None:
-        """Close the upstream without the final dot: the message is never delivered."""
-        if not self.abandoned:
-            self.abandoned = True
-            state = self.server.state
-            if state.upstream is self.up:
-                self.handler._drop_upstream(state)
-            else:
-                self.up.abort()
-
-    async def finish(self, framer: DataFramer, tail: bytes = b"") -> str:
-        """Send ``tail`` (the content of the chunk that held the end of DATA) with the final dot
-        and pass the upstream's reply on, or refuse (size, line, failure, or the upstream's
-        refusal of DATA)."""
-        state = self.server.state
-        if framer.problem is not None:
-            self.abandon()
-            return _DATA_PROBLEM_REPLY[framer.problem]
-        if self.error is None and not self.abandoned:
-            await self._upstream_ready()  # an empty message: no write() read it yet
-        if self.refusal is not None:
-            return client_reply_for_upstream(self.refusal).render()
-        if self.error is None:
-            try:
-                with self.server.busy():
-                    reply = await self.up.data_finish(tail)
-            except (RelayError, OSError) as exc:
-                self.error = exc
-        if self.error is not None:
-            self.abandon()
-            return self.handler._broken(state, self.error).render()
-        state.in_transaction = False
-        RelayHandler._note(state, reply)
-        if reply.is_positive:
-            state.messages += 1
-            state.bytes += framer.received_bytes
-        elif reply.code == 421:
-            self.handler._drop_upstream(state)
-        self.handler._release_upstream(state)  # pooling: the transaction is over
-        return client_reply_for_upstream(reply).render()
 
 
 def _parse_mail_options(mail_options: list[str]) -> dict[str, str]:

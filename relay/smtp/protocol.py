@@ -4,10 +4,11 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
 `relay.smtp.handler.RelayHandler`. We override:
 
 * ``smtp_DATA``: aiosmtpd reads DATA line by line into memory (3-5x slower than bulk reads) and
-  only then calls the handler; we read in bulk, frame with `DataFramer` and stream the wire bytes
-  to the upstream as they arrive, so the client's final reply is the upstream's final reply (our
-  354 goes out without waiting for the upstream's; an upstream refusal of DATA becomes the reply
-  after the final dot, see `RelayHandler.open_data`);
+  only then calls the handler; we read in bulk, frame with `DataFramer` and stream the content
+  to the upstream as it arrives (with DATA, or as BDAT chunks: `relay.smtp.datasink`), so the
+  client's final reply is the upstream's final reply (our 354 goes out without waiting for the
+  upstream; an upstream refusal of DATA becomes the reply after the final dot, see
+  `RelayHandler.open_data`);
 * ``_getaddr``: a fast path for plain ``<local@domain>`` (same result as aiosmtpd's parser);
 * ``push``: aiosmtpd's built-in error replies lack RFC 3463 enhanced status codes; the one exit
   point adds them (``503 5.5.1``, ``500 5.5.2`` ...);
@@ -23,7 +24,7 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +65,15 @@ _SIMPLE_ANGLE_ADDR = re.compile(
     rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^\s(][^\r\n]*)?\Z")
 
 
+@dataclass(frozen=True)
+class PendingMail:
+    """A MAIL checked and answered locally, sent upstream together with the first RCPT."""
+
+    sender: str  # as it goes upstream ("" for the null reverse-path)
+    options: Mapping[str, str]  # the client's MAIL parameters, ``{"SIZE": "12", ...}``
+    reused: bool  # on a kept or pooled session: if that turns out dead, retry once on a fresh one
+
+
 @dataclass
 class ConnectionState:
     """Per-connection relay state; unlike aiosmtpd's Session it survives STARTTLS."""
@@ -74,8 +84,10 @@ class ConnectionState:
     started: float = field(default_factory=time.monotonic)
     account: AccountConfig | None = None
     upstream: UpstreamSmtpSession | None = None
-    in_transaction: bool = False  # the upstream accepted MAIL and has no final DATA reply yet
+    in_transaction: bool = False  # MAIL went upstream and was not refused; no final reply yet
     upstream_broken: bool = False  # the upstream failed mid-transaction: answer 4xx until RSET/MAIL
+    pending_mail: PendingMail | None = None  # delayed sender verdict: MAIL not sent upstream yet
+    mail_refused: str | None = None  # the upstream refused the delayed MAIL: every RCPT's reply
     messages: int = 0
     bytes: int = 0
     last_upstream_reply: str | None = None
@@ -91,7 +103,7 @@ class DataSink(Protocol):
         ...
 
     def abandon(self) -> None:
-        """Give the transaction up: close the upstream without the final dot."""
+        """Give the transaction up: close the upstream before the end (final dot or BDAT LAST)."""
         ...
 
     async def finish(self, framer: DataFramer, tail: bytes = b"") -> str:

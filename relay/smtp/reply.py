@@ -143,6 +143,7 @@ class EhloCapabilities:
     smtputf8: bool = False
     starttls: bool = False
     pipelining: bool = False
+    chunking: bool = False  # RFC 3030 BDAT
     auth_mechanisms: frozenset[str] = frozenset()
     keywords: frozenset[str] = frozenset()
 
@@ -169,6 +170,7 @@ class EhloCapabilities:
             smtputf8="SMTPUTF8" in keywords,
             starttls="STARTTLS" in keywords,
             pipelining="PIPELINING" in keywords,
+            chunking="CHUNKING" in keywords,
             auth_mechanisms=frozenset(auth),
             keywords=frozenset(keywords),
         )

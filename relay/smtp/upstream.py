@@ -55,8 +55,10 @@ def set_nodelay(sock: socket.socket | None) -> None:
 class UpstreamSmtpSession:
     """A client session with one upstream SMTP server for one account.
 
-    Use: ``await connect()``, ``await authenticate(mailbox, token)``, then per message ``mail``,
-    ``rcpt``..., ``data_start``, ``data_write``..., ``data_finish``; ``quit()`` or ``abort()``.
+    Use: ``await connect()``, ``await authenticate(mailbox, token)``, then per message ``mail``
+    (or ``mail_rcpt``, pipelined), ``rcpt``..., then ``data_start``, ``data_write``...,
+    ``data_finish`` (or BDAT chunks through `relay.smtp.bdat.BdatTransfer`); ``quit()`` or
+    ``abort()``.
     """
 
     def __init__(
@@ -96,6 +98,23 @@ class UpstreamSmtpSession:
         reader = self._reader
         # StreamReader has no public "bytes buffered" accessor; _buffer is stable since 3.4.
         return reader is not None and not reader.at_eof() and not reader._buffer
+
+    @property
+    def pipelining(self) -> bool:
+        """True when commands may be pipelined (RFC 2920): the upstream offered PIPELINING and the
+        endpoint's ``pipelining`` setting is on."""
+        return self.endpoint.pipelining and self.capabilities.pipelining
+
+    @property
+    def chunking(self) -> bool:
+        """True when content may go as BDAT chunks (RFC 3030): `pipelining` and CHUNKING offered."""
+        return self.pipelining and self.capabilities.chunking
+
+    @property
+    def reply_waiting(self) -> bool:
+        """True when a reply line has already arrived (reading it will not wait)."""
+        reader = self._reader
+        return reader is not None and b"\n" in reader._buffer
 
     @property
     def where(self) -> str:
@@ -200,12 +219,33 @@ class UpstreamSmtpSession:
 
     async def mail(self, address: str, params: Iterable[str] = ()) -> SmtpReply:
         """MAIL FROM:<address> [params]."""
-        extra = "".join(f" {p}" for p in params)
-        return await self._guard(self._command(f"MAIL FROM:<{address}>{extra}"), "MAIL")
+        return await self.send_command(mail_command(address, params), "MAIL")
 
     async def rcpt(self, address: str) -> SmtpReply:
         """RCPT TO:<address>."""
-        return await self._guard(self._command(f"RCPT TO:<{address}>"), "RCPT")
+        return await self.send_command(rcpt_command(address), "RCPT")
+
+    async def send_command(self, line: bytes, what: str) -> SmtpReply:
+        """Send one checked command line (`mail_command`, `rcpt_command`) and read its reply."""
+        return await self._guard(self._send_line(line), what)
+
+    async def mail_rcpt(self, mail: bytes, rcpt: bytes) -> tuple[SmtpReply, SmtpReply | None]:
+        """MAIL and the first RCPT (checked lines): in one write when `pipelining`, else one after
+        the other. Returns both replies; the RCPT's is None when MAIL was refused and no RCPT reply
+        came (not sent, or the upstream closed after refusing MAIL: the session is then closed)."""
+        if not self.pipelining:
+            mail_reply = await self.send_command(mail, "MAIL")
+            if not mail_reply.is_positive:
+                return mail_reply, None
+            return mail_reply, await self.send_command(rcpt, "RCPT")
+        mail_reply = await self._guard(self._send_line(mail + rcpt), "MAIL")
+        try:
+            rcpt_reply = await self.read_reply("RCPT")
+        except (UpstreamUnavailable, UpstreamProtocolError):
+            if mail_reply.is_positive:
+                raise
+            return mail_reply, None
+        return mail_reply, rcpt_reply
 
     async def rset(self) -> SmtpReply:
         """RSET."""
@@ -234,13 +274,22 @@ class UpstreamSmtpSession:
         """Send already dot-stuffed content bytes (waits while the upstream is slower)."""
         if not wire_bytes:
             return
-        writer = self._require_writer()
-        writer.write(wire_bytes)
         self._needs_crlf = not wire_bytes.endswith(b"\r\n")
+        await self.send_bytes(wire_bytes, "DATA content")
+
+    async def send_bytes(self, data: bytes, what: str) -> None:
+        """Write raw bytes (content, or a BDAT command with its chunk) without reading a reply;
+        waits (up to the data timeout) only while the upstream is slower."""
+        writer = self._require_writer()
+        writer.write(data)
         # Drain (with its timer) only when the buffer is full or the connection closing: per
         # chunk it otherwise returns at once but the timeout wrapper still costs a timer handle.
         if needs_drain(writer):
-            await self._guard(writer.drain(), "DATA content", self.data_timeout_s)
+            await self._guard(writer.drain(), what, self.data_timeout_s)
+
+    async def read_reply(self, what: str, timeout_s: float | None = None) -> SmtpReply:
+        """Read the next reply (of a command sent earlier without waiting for it)."""
+        return await self._guard(self._read_reply(), what, timeout_s)
 
     async def data_finish(self, tail: bytes = b"") -> SmtpReply:
         """Send ``tail`` (the last content bytes, may be empty) and the terminating dot in one
@@ -269,11 +318,12 @@ class UpstreamSmtpSession:
 
     async def _command(self, line: str, *, sensitive: bool = False) -> SmtpReply:
         """Send one command line and read its reply (no timeout of its own)."""
-        if _CONTROL.search(line):
-            what = "credentials" if sensitive else repr(line[:60])
-            raise ProtocolInputError(f"control character in SMTP command {what}")
+        return await self._send_line(command_line(line, sensitive=sensitive))
+
+    async def _send_line(self, lines: bytes) -> SmtpReply:
+        """Write checked command line(s) in one write and read the (first) reply."""
         writer = self._require_writer()
-        writer.write(line.encode("utf-8") + b"\r\n")
+        writer.write(lines)
         if needs_drain(writer):  # a command line never fills the buffer; see relay.flow
             await writer.drain()
         return await self._read_reply()
@@ -322,3 +372,22 @@ class UpstreamSmtpSession:
             return UpstreamUnavailable(f"upstream {self.where} connection failed during {what}: {exc}",
                                        account=self.account)
         return exc
+
+
+def command_line(line: str, *, sensitive: bool = False) -> bytes:
+    """``line`` + CRLF as bytes; ProtocolInputError if it holds a control character (CR, LF ...)."""
+    if _CONTROL.search(line):
+        what = "credentials" if sensitive else repr(line[:60])
+        raise ProtocolInputError(f"control character in SMTP command {what}")
+    return line.encode("utf-8") + b"\r\n"
+
+
+def mail_command(address: str, params: Iterable[str] = ()) -> bytes:
+    """The checked ``MAIL FROM:<address> [params]`` line."""
+    extra = "".join(f" {p}" for p in params)
+    return command_line(f"MAIL FROM:<{address}>{extra}")
+
+
+def rcpt_command(address: str) -> bytes:
+    """The checked ``RCPT TO:<address>`` line."""
+    return command_line(f"RCPT TO:<{address}>")

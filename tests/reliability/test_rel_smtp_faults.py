@@ -42,6 +42,7 @@ def test_upstream_reply_at_each_stage_reaches_client_and_nothing_is_stored(rel_r
     elif stage == "rcpt":
         up.reject_rcpt = {"to@x.test": reply}
     elif stage == "data":
+        up.advertise_chunking = False  # a reply to DATA needs the DATA path
         up.data_reply = reply
     else:
         up.final_reply = reply
@@ -133,8 +134,10 @@ def test_null_reverse_path_is_forwarded_as_null(rel_relay, sandbox):
 
 
 @pytest.mark.parametrize("separator", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"], ids=repr)
-def test_smtp_smuggling_is_refused_and_nothing_delivered(rel_relay, sandbox, separator):
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_smtp_smuggling_is_refused_and_nothing_delivered(rel_relay, sandbox, separator, chunking):
     """A smuggled end-of-data plus a second transaction: 554 5.6.0, nothing delivered, session usable."""
+    sandbox.smtp.advertise_chunking = chunking  # content by BDAT or by DATA
     relay = rel_relay()
     raw = Raw(relay.smtp_port)
     _login(raw)

@@ -321,3 +321,20 @@ def test_plaintext_upstream_is_refused_unless_loopback() -> None:
     assert path == "accounts.sales.smtp.tls" and "unencrypted" in message
     data["accounts"]["sales"]["smtp"] = {"host": "127.0.0.1", "port": 2525, "tls": "none"}
     assert parse_config(data, env={"SECRET": "s"}).accounts["sales"].smtp.tls == "none"
+
+
+def test_smtp_pipelining_defaults_on_and_can_be_switched_off_alone() -> None:
+    """`smtp.pipelining` is true by default; `smtp: {pipelining: false}` keeps the provider's
+    server; it is an SMTP setting, so under pop3 it is an unknown key; it must be a boolean."""
+    assert parse_config(base(), env={"SECRET": "s"}).accounts["sales"].smtp.pipelining is True
+    data = base()
+    data["accounts"]["sales"]["smtp"] = {"pipelining": False}
+    smtp = parse_config(data, env={"SECRET": "s"}).accounts["sales"].smtp
+    assert (smtp.host, smtp.port, smtp.tls, smtp.pipelining) == ("smtp.office365.com", 587, "starttls", False)
+    data = base()
+    data["accounts"]["sales"]["pop3"] = {"pipelining": False}
+    [(path, message)] = problems(data)
+    assert path == "accounts.sales.pop3.pipelining" and message.startswith("unknown key 'pipelining'")
+    data = base()
+    data["accounts"]["sales"]["smtp"] = {"pipelining": "sometimes"}
+    assert [path for path, _ in problems(data)] == ["accounts.sales.smtp.pipelining"]

@@ -118,7 +118,7 @@ def test_ehlo_capabilities_of_exchange_online():
     """A typical Exchange Online EHLO (after STARTTLS) is read completely."""
     caps = EhloCapabilities.parse(parse_reply(EXCHANGE_EHLO))
     assert caps.size == 157286400
-    assert caps.eight_bit_mime and caps.smtputf8 and caps.pipelining
+    assert caps.eight_bit_mime and caps.smtputf8 and caps.pipelining and caps.chunking
     assert not caps.starttls
     assert caps.auth_mechanisms == {"LOGIN", "XOAUTH2"}
     assert "CHUNKING" in caps.keywords

@@ -68,9 +68,11 @@ class RelayStack:
 
 def start_relay(*, oauth: SandboxOAuthProvider, base: Path, mailbox: str, cert_file: Path,
                 key_file: Path, postfix_port: int, dovecot_pop3s_port: int,
-                access_lifetime_s: float | None = None, token_mailbox: str | None = None) -> RelayStack:
+                access_lifetime_s: float | None = None, token_mailbox: str | None = None,
+                smtp_pipelining: bool = True) -> RelayStack:
     """Build the config, seed the token store with a grant for ``token_mailbox`` (default the
-    account's mailbox) and start the relay's SMTP (STARTTLS offered) and POP3 listeners."""
+    account's mailbox) and start the relay's SMTP (STARTTLS offered) and POP3 listeners.
+    ``smtp_pipelining`` is the account's ``smtp.pipelining`` setting."""
     from relay.pop3.server import Pop3ProxyServer
     from relay.smtp.server import SmtpRelayServer
     from relay.tokens.manager import TokenManager
@@ -82,7 +84,8 @@ def start_relay(*, oauth: SandboxOAuthProvider, base: Path, mailbox: str, cert_f
     account = AccountConfig(
         name=ACCOUNT, username=LOCAL_USER, password_hash=_password_hash(LOCAL_PASSWORD), mailbox=mailbox,
         credentials="sandbox",
-        smtp=UpstreamEndpoint(host="127.0.0.1", port=postfix_port, tls="starttls", ca_file=cert_file),
+        smtp=UpstreamEndpoint(host="127.0.0.1", port=postfix_port, tls="starttls", ca_file=cert_file,
+                              pipelining=smtp_pipelining),
         pop3=UpstreamEndpoint(host="127.0.0.1", port=dovecot_pop3s_port, tls="implicit",
                               ca_file=cert_file))
     config = relay_config(

@@ -228,3 +228,36 @@ def test_upstream_down_gives_4xx_then_works_after_restart(relay, real_world) -> 
     finally:
         pop.quit()
 
+
+
+async def test_postfix_offers_pipelining_and_chunking_so_the_relay_uses_bdat(relay, real_world) -> None:
+    """Postfix's EHLO after STARTTLS offers PIPELINING and CHUNKING: the relay's upstream session
+    pipelines MAIL+RCPT and sends content as BDAT against it (every relay test here uses that path)."""
+    from relay.secret import Secret
+    from relay.smtp.upstream import UpstreamSmtpSession
+
+    endpoint = relay.config.accounts["real"].smtp
+    assert endpoint is not None
+    up = UpstreamSmtpSession(endpoint, account="real", connect_timeout_s=10, command_timeout_s=10)
+    await up.connect()
+    try:
+        await up.authenticate(relay.mailbox, Secret(real_world.token(relay.mailbox)))
+        assert up.pipelining and up.chunking
+    finally:
+        await up.quit()
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["bdat", "classic"])
+def test_postfix_recipient_refusal_is_passed_on_exactly_and_the_rest_delivered(relay_factory, real_world,
+                                                                               pipelining: bool) -> None:
+    """First RCPT unknown (with PIPELINING it goes in one write with MAIL): the client gets
+    Postfix's own 550 5.1.1 text; the accepted recipient gets the message (BDAT or DATA)."""
+    relay = relay_factory(smtp_pipelining=pipelining)
+    message = make_message(f"partial {pipelining}", body_lines=50_000, to=relay.mailbox)  # several chunks
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=120) as smtp:
+        smtp.login(LOCAL_USER, LOCAL_PASSWORD)
+        refused = smtp.sendmail(relay.mailbox, ["nobody@example.com", relay.mailbox], message)
+    assert refused == {"nobody@example.com": (550, b"5.1.1 <nobody@example.com>: Recipient address "
+                                                   b"rejected: User unknown in virtual mailbox table")}
+    [stored] = real_world.dovecot.wait_for_messages(relay.mailbox, 1, timeout_s=60)
+    assert strip_trace_headers(stored) == strip_trace_headers(message)

@@ -159,7 +159,8 @@ def test_upstream_dropping_pooled_sessions_is_invisible_to_clients(start_pooled,
 
 def test_dead_session_found_only_at_mail_is_retried_once_on_a_fresh_one(start_pooled, sandbox,
                                                                       monkeypatch):
-    """A dead pooled session that passes the idle checks fails at MAIL; one fresh retry delivers."""
+    """A dead pooled session that passes the idle checks fails when MAIL goes upstream (with the
+    first RCPT, PIPELINING); one fresh retry delivers."""
     monkeypatch.setattr(UpstreamSmtpSession, "looks_idle", property(lambda self: True))
     relay = start_pooled()
     pool_of(relay).probe_after_idle_s = float("inf")  # no RSET check: MAIL is the first to notice

@@ -90,8 +90,10 @@ def test_commands_out_of_order_are_503(start_relay):
     assert raw.cmd("MAIL FROM:<a@example.com>").startswith("503 5.5.1")
 
 
-def test_too_long_line_in_data_is_500_and_session_stays_usable(start_relay, sandbox):
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_too_long_line_in_data_is_500_and_session_stays_usable(start_relay, sandbox, chunking):
     """A 999-octet line in DATA: 500 5.5.2 after the end, nothing delivered, next message works."""
+    sandbox.smtp.advertise_chunking = chunking  # content by BDAT or by DATA
     raw = _logged_in(start_relay())
     raw.cmd("MAIL FROM:<a@example.com>")
     raw.cmd("RCPT TO:<b@example.com>")
@@ -113,8 +115,10 @@ def test_too_long_command_line_is_500_and_session_stays_usable(start_relay):
     assert raw.cmd("NOOP").startswith("250")
 
 
-def test_client_vanishing_mid_data_delivers_nothing(start_relay, sandbox):
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_client_vanishing_mid_data_delivers_nothing(start_relay, sandbox, chunking):
     """The client closes during DATA: the upstream transaction is abandoned, nothing stored."""
+    sandbox.smtp.advertise_chunking = chunking  # content by BDAT or by DATA
     relay = start_relay()
     raw = _logged_in(relay)
     raw.cmd("MAIL FROM:<a@example.com>")

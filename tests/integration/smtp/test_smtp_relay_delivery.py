@@ -14,8 +14,10 @@ from relay.smtp.server import SmtpRelayServer
 from .conftest import MAILBOX, PASSWORD, USERNAME
 
 
-def test_message_arrives_upstream_byte_exact_with_envelope(start_relay, sandbox):
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_message_arrives_upstream_byte_exact_with_envelope(start_relay, sandbox, chunking):
     """8-bit text, 998-octet lines and lines starting with '.' arrive unchanged, with the envelope."""
+    sandbox.smtp.advertise_chunking = chunking  # content by BDAT or by DATA
     relay = start_relay()
     body = (b"From: a@example.com\r\nSubject: exact\r\n\r\n"
             b".leading dot\r\n..two dots\r\n.\r\n"
@@ -46,9 +48,13 @@ def test_one_rejected_recipient_gets_its_550_and_the_others_the_message(start_re
     assert msg.rcpt_tos == ("a@example.com", "c@example.com")
 
 
-def test_upstream_refusing_mail_from_is_passed_on(start_relay, sandbox):
-    """A 550 5.7.60 from the upstream at MAIL reaches the client unchanged."""
-    sandbox.smtp.mail_reply = "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+SEND_AS_DENIED = "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+
+
+def test_upstream_refusing_mail_from_is_passed_on_at_mail_without_pipelining(start_relay, sandbox):
+    """Upstream without PIPELINING: its 550 5.7.60 to MAIL reaches the client unchanged, at MAIL."""
+    sandbox.smtp.advertise_pipelining = False
+    sandbox.smtp.mail_reply = SEND_AS_DENIED
     relay = start_relay()
     with relay.smtp() as client:
         code, text = client.mail("someone@else.example")
@@ -56,12 +62,32 @@ def test_upstream_refusing_mail_from_is_passed_on(start_relay, sandbox):
     assert sandbox.smtp.messages() == []
 
 
+def test_upstream_refusing_mail_from_is_passed_on_at_every_rcpt_with_pipelining(start_relay, sandbox):
+    """Delayed sender verdict: MAIL gets a local 250, every RCPT the upstream's 550 5.7.60 unchanged,
+    DATA a 503 (no recipient), nothing is stored; after RSET the same session delivers."""
+    sandbox.smtp.next_mail_replies = [SEND_AS_DENIED]
+    relay = start_relay()
+    with relay.smtp() as client:
+        assert client.mail("someone@else.example") == (250, b"2.1.0 Sender OK")
+        for rcpt in ("a@example.com", "b@example.com"):
+            assert client.rcpt(rcpt) == (550, SEND_AS_DENIED[4:].encode())
+        assert client.docmd("DATA")[0] == 503
+        assert sandbox.smtp.messages() == []
+        client.rset()
+        assert client.sendmail("app@example.com", ["a@example.com"], b"after\r\n") == {}
+    assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [b"after\r\n"]
+    [transcript] = sandbox.smtp.transcripts()  # one upstream connection; MAIL sent once per message
+    assert transcript.verbs().count("MAIL") == 2
+
+
 def test_upstream_451_at_data_reaches_client_and_nothing_is_stored(start_relay, sandbox):
-    """Upstream 451 to DATA: the client sees 451 (never 250) and nothing is stored.
+    """Upstream 451 to DATA (no CHUNKING: content goes with DATA): the client sees 451 (never 250)
+    and nothing is stored.
 
     The relay answers the client's DATA with its own 354 without waiting for the upstream's, so
     the upstream's refusal arrives as the reply after the final dot; the content is dropped. The
     next message in the same session goes through (the upstream transaction was reset)."""
+    sandbox.smtp.advertise_chunking = False
     sandbox.smtp.data_reply = "451 4.3.0 Try again later"
     relay = start_relay()
     with relay.smtp() as client:
@@ -87,8 +113,10 @@ def test_upstream_final_reply_is_the_clients_final_reply(start_relay, sandbox):
     assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [b"ham\r\n"]
 
 
-def test_upstream_dropping_mid_data_gives_4xx_and_session_recovers(start_relay, sandbox):
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_upstream_dropping_mid_data_gives_4xx_and_session_recovers(start_relay, sandbox, chunking):
     """Upstream connection lost during DATA: the client gets 451 4.4.2, never 250; the next works."""
+    sandbox.smtp.advertise_chunking = chunking  # content by BDAT or by DATA
     sandbox.smtp.drop_after_data_bytes = 1000
     relay = start_relay()
     with relay.smtp() as client:
@@ -146,8 +174,10 @@ def test_declared_size_over_limit_is_refused_before_upstream(start_relay, sandbo
     assert sandbox.smtp.counters.get("connections", 0) == 0
 
 
-def test_message_over_limit_while_receiving_is_refused_and_not_delivered(start_relay, sandbox):
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_message_over_limit_while_receiving_is_refused_and_not_delivered(start_relay, sandbox, chunking):
     """A message bigger than max_message_bytes without SIZE= gets 552 5.3.4 and is never stored."""
+    sandbox.smtp.advertise_chunking = chunking  # content by BDAT or by DATA
     from relay.config.model import LimitsConfig
 
     relay = start_relay(limits=LimitsConfig(max_message_bytes=2000, auth_failure_delay_s=0.05))

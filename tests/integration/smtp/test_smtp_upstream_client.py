@@ -1,4 +1,5 @@
-"""UpstreamSmtpSession against the sandbox upstream: TLS, XOAUTH2 failure shapes, DATA stuffing."""
+"""UpstreamSmtpSession against the sandbox upstream: TLS, XOAUTH2 failure shapes, DATA stuffing,
+pipelined MAIL+RCPT and BDAT."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from relay.config.model import UpstreamEndpoint
 from relay.errors import ProtocolInputError, UpstreamAuthRejected, UpstreamUnavailable
 from relay.sandbox.smtp_upstream import SandboxSmtpServer
 from relay.secret import Secret
-from relay.smtp.upstream import UpstreamSmtpSession
+from relay.smtp.bdat import BdatTransfer
+from relay.smtp.upstream import UpstreamSmtpSession, mail_command, rcpt_command
 from relay.tlsutil import generate_self_signed
 
 MAILBOX = "user@sandbox.test"
@@ -94,3 +96,67 @@ async def test_control_characters_in_an_address_never_reach_the_upstream(sandbox
         await up.mail("a@example.com>\r\nRCPT TO:<evil@example.com")
     assert (await up.mail("a@example.com")).code == 250
     await up.quit()
+
+
+async def _logged_in(sandbox, **kw) -> UpstreamSmtpSession:
+    up = _session(_endpoint(sandbox, **kw))
+    await up.connect()
+    await up.authenticate(MAILBOX, Secret(sandbox.oauth.issue_access_token(MAILBOX)))
+    return up
+
+
+@pytest.mark.parametrize(("advertised", "setting", "expected"), [
+    ((True, True), True, (True, True)), ((True, False), True, (True, False)),
+    ((False, True), True, (False, False)), ((True, True), False, (False, False)),
+])
+async def test_pipelining_and_chunking_need_the_upstream_offer_and_the_setting(sandbox, advertised, setting,
+                                                                                expected):
+    """`pipelining` needs PIPELINING and the endpoint setting; `chunking` needs those and CHUNKING."""
+    sandbox.smtp.advertise_pipelining, sandbox.smtp.advertise_chunking = advertised
+    up = await _logged_in(sandbox, pipelining=setting)
+    assert (up.pipelining, up.chunking) == expected
+    await up.quit()
+
+
+async def test_mail_rcpt_goes_in_one_write_and_a_refused_mail_leaves_the_session_usable(sandbox):
+    """MAIL+RCPT pipelined: both replies; a refused MAIL gives its reply and the upstream's 503 to
+    the RCPT, and the session still works."""
+    up = await _logged_in(sandbox)
+    mail, rcpt = await up.mail_rcpt(mail_command("a@example.com"), rcpt_command("b@example.com"))
+    assert (mail.code, rcpt.code if rcpt else None) == (250, 250)
+    assert (await up.rset()).code == 250
+    sandbox.smtp.next_mail_replies = ["550 5.7.60 SendAsDenied"]
+    mail, rcpt = await up.mail_rcpt(mail_command("x@example.com"), rcpt_command("b@example.com"))
+    assert (mail.one_line(), rcpt.code if rcpt else None) == ("550 5.7.60 SendAsDenied", 503)
+    assert (await up.noop()).code == 250
+    await up.quit()
+    [transcript] = sandbox.smtp.transcripts()
+    assert len({turn for turn, verb in transcript.commands if verb in ("MAIL", "RCPT")}) == 2
+
+
+async def test_mail_rcpt_after_421_returns_the_refusal_and_closes(sandbox):
+    """A 421 to the pipelined MAIL (the upstream hangs up): the 421, no RCPT reply, session closed."""
+    sandbox.smtp.next_mail_replies = ["421 4.3.2 going down"]
+    up = await _logged_in(sandbox)
+    mail, rcpt = await up.mail_rcpt(mail_command("a@example.com"), rcpt_command("b@example.com"))
+    assert (mail.one_line(), rcpt) == ("421 4.3.2 going down", None)
+    assert not up.connected
+
+
+async def test_bdat_transfer_stores_the_unstuffed_content_in_chunks(sandbox):
+    """Dot-stuffed wire content through BdatTransfer (small chunks): stored unstuffed, byte-exact,
+    in several chunks and one LAST."""
+    content = b"Subject: s\r\n\r\n" + b"".join(b".line %d\r\n" % i for i in range(300))
+    wire = content.replace(b"\r\n.", b"\r\n..")
+    up = await _logged_in(sandbox)
+    await up.mail_rcpt(mail_command("a@example.com"), rcpt_command("b@example.com"))
+    transfer = BdatTransfer(up, chunk_bytes=1000)
+    for i in range(0, len(wire), 333):
+        if transfer.add(wire[i:i + 333]):
+            assert await transfer.send_chunk() is None
+    reply, sent = await transfer.finish()
+    await up.quit()
+    assert (reply.code, sent) == (250, True)
+    assert sandbox.smtp.wait_for_messages(1)[0].data == content
+    verbs = sandbox.smtp.transcripts()[0].verbs()
+    assert verbs.count("BDAT") >= 2 and verbs.count("BDAT LAST") == 1
