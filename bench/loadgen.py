@@ -1,16 +1,19 @@
 """Asyncio load generator on raw streams: SMTP submission and POP3 retrieval sessions.
 
 A `Target` says how to reach a server and log in: ``direct`` (the upstream: STARTTLS/TLS and
-AUTH XOAUTH2 with a bearer token) or ``relay`` (the relay: AUTH PLAIN / USER+PASS with the local
-password). `run_smtp` / `run_pop3` start C sessions at once and collect a `LoadResult`;
+AUTH XOAUTH2 with a bearer token) or ``relay`` (a local proxy, the relay or emailproxy: AUTH PLAIN /
+USER+PASS with a local login). `run_smtp` / `run_pop3` start C sessions at once and collect a `LoadResult`;
 `verify_smtp` then checks at the upstream that every acknowledged message arrived exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import socket
 import ssl
+import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -37,7 +40,7 @@ class Target:
     host: str
     smtp_port: int
     pop3_port: int
-    user: str  # direct: the XOAUTH2 mailbox; relay: the local login
+    user: str  # direct: the XOAUTH2 mailbox; relay: the local login (emailproxy: the mailbox)
     secret: str  # direct: the access token; relay: the local password
     tls: ssl.SSLContext | None = None  # direct: trusts the upstream's certificate
     smtp_starttls: bool = False  # relay: also use STARTTLS towards the relay
@@ -79,27 +82,45 @@ async def _status(reader: asyncio.StreamReader, stage: str, prefix: bytes = b"+O
     return line
 
 
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Abort with a TCP RST (SO_LINGER 0) instead of a FIN.
+
+    For sessions that failed or timed out. A FIN would linger and be retransmitted, and a server
+    whose listen queue overflowed (SYN cookies) takes a retransmitted FIN as the handshake's last
+    ACK: it would accept the dead connection seconds later, in the middle of the next run.
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
 # --- SMTP --------------------------------------------------------------------------------------
 
 async def _smtp_login(target: Target, limit: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection(target.host, target.smtp_port, limit=limit)
-    set_nodelay(writer)
-    await _reply(reader, "greeting", 220)
-    writer.write(b"EHLO bench.client\r\n")
-    await _reply(reader, "EHLO", 250)
-    if target.mode == "direct" or target.smtp_starttls:
-        writer.write(b"STARTTLS\r\n")
-        await _reply(reader, "STARTTLS", 220)
-        await writer.start_tls(target.tls or ssl.create_default_context(), server_hostname=target.host)
+    try:
+        set_nodelay(writer)
+        await _reply(reader, "greeting", 220)
         writer.write(b"EHLO bench.client\r\n")
-        await _reply(reader, "EHLO after TLS", 250)
-    if target.mode == "direct":
-        writer.write(b"AUTH XOAUTH2\r\n")
-        await _reply(reader, "AUTH", 334)
-        writer.write(encode_xoauth2(target.user, target.secret).encode() + b"\r\n")
-    else:
-        writer.write(b"AUTH PLAIN " + encode_plain(target.user, target.secret).encode() + b"\r\n")
-    await _reply(reader, "AUTH", 235)
+        await _reply(reader, "EHLO", 250)
+        if target.mode == "direct" or target.smtp_starttls:
+            writer.write(b"STARTTLS\r\n")
+            await _reply(reader, "STARTTLS", 220)
+            await writer.start_tls(target.tls or ssl.create_default_context(), server_hostname=target.host)
+            writer.write(b"EHLO bench.client\r\n")
+            await _reply(reader, "EHLO after TLS", 250)
+        if target.mode == "direct":
+            writer.write(b"AUTH XOAUTH2\r\n")
+            await _reply(reader, "AUTH", 334)
+            writer.write(encode_xoauth2(target.user, target.secret).encode() + b"\r\n")
+        else:
+            writer.write(b"AUTH PLAIN " + encode_plain(target.user, target.secret).encode() + b"\r\n")
+        await _reply(reader, "AUTH", 235)
+    except BaseException:  # failed, or timed out (cancelled): a hung session must not keep its connection
+        _reset(writer)
+        raise
     return reader, writer
 
 
@@ -136,6 +157,9 @@ async def _smtp_session(target: Target, spec: LoadSpec, factory: MessageFactory,
                 await _smtp_send(reader, writer, factory, f"{spec.tag}-{sid}-{c}-{m}", result)
             writer.write(b"QUIT\r\n")
             await _reply(reader, "QUIT", 221)
+        except BaseException:
+            _reset(writer)
+            raise
         finally:
             writer.transport.abort()
 
@@ -184,6 +208,9 @@ async def _pop3_session(target: Target, spec: LoadSpec, digests: list[str], sid:
             result.bytes_ok += len(content)
         writer.write(b"QUIT\r\n")
         await _status(reader, "QUIT")
+    except BaseException:
+        _reset(writer)
+        raise
     finally:
         writer.transport.abort()
 

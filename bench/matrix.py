@@ -56,7 +56,7 @@ QUICK = (
 
 @dataclass(frozen=True)
 class Specials:
-    """Sizes of the relay-only experiments."""
+    """Sizes of the relay-only (and emailproxy-only) experiments."""
 
     cold_burst_sessions: int = 100
     idle_sessions: int = 1000
@@ -65,11 +65,14 @@ class Specials:
     pool_messages: int = 5  # per client, one connection per message
     pool_latency_ms: float = 50.0
     login_cell: str = "smtp-1k-c200"  # whose setup p50 is the "login at C=200" figure
+    cpu_sessions: int = 20  # emailproxy: sequential one-message sessions for its CPU per session
+    emailproxy_timeout_s: float | None = None  # emailproxy runs: session timeout instead of the cells'
 
 
 FULL_SPECIALS = Specials()
 QUICK_SPECIALS = Specials(cold_burst_sessions=10, idle_sessions=20, idle_hold_s=0.2, pool_clients=2,
-                          pool_messages=2, pool_latency_ms=5.0, login_cell="smtp-1k-c5")
+                          pool_messages=2, pool_latency_ms=5.0, login_cell="smtp-1k-c5", cpu_sessions=3,
+                          emailproxy_timeout_s=10.0)  # its bursts hang sessions: keep the smoke test short
 
 
 def with_tag(cell: Cell, tag: str) -> LoadSpec:

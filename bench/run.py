@@ -1,7 +1,9 @@
-"""`python -m bench run`: the matrix side by side (direct vs relay, alternating), then relay metrics.
+"""`python -m bench run`: the matrix side by side (direct vs relay [vs emailproxy]), then relay metrics.
 
-Every cell runs once per repeat against each target, the order flipping each repeat so drift in a
-shared, noisy machine hits both targets alike. Results go to a Markdown table (bench/report.py).
+Every cell runs once per repeat against each target, the order rotating each repeat so drift in a
+shared, noisy machine hits every target alike. emailproxy (bench/emailproxy_target.py) is the
+optional third target, run when it is installed unless ``--no-emailproxy`` is given. Results go to
+a Markdown table (bench/report.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 if not __package__:  # `python bench/run.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import emailproxy_target
+from bench.emailproxy_target import EmailProxyProcess
+from bench.forwarder import FLOOR, ForwarderProcess
 from bench.loadgen import LoadSpec, Target, close_all, open_idle_smtp, run_pop3, run_smtp, verify_smtp
 from bench.matrix import FULL, FULL_SPECIALS, QUICK, QUICK_SPECIALS, Cell, Specials, with_tag
 from bench.relay_target import MAILBOX, PASSWORD, USERNAME, RelayProcess
@@ -31,6 +37,27 @@ Log = Callable[..., None]
 SETTLE_S = 0.3  # between runs: lets closed sessions leave the servers' books
 
 
+class Proxy(Protocol):
+    """A proxy process under test (RelayProcess, EmailProxyProcess): its CPU time and memory."""
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far."""
+        ...
+
+    def memory(self) -> dict[str, float]:
+        """Current (rss) and peak (hwm) resident memory in MiB."""
+        ...
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One target of the matrix: how to log in, the process behind it, its session timeout cap."""
+
+    target: Target
+    proc: Proxy | None = None
+    timeout_s: float | None = None  # replaces the cells' session timeout when set
+
+
 @dataclass
 class BenchRun:
     """Everything one `bench run` measured."""
@@ -39,6 +66,8 @@ class BenchRun:
     repeats: int
     results: dict[str, dict[str, list[LoadResult]]] = field(default_factory=dict)  # cell -> target -> runs
     relay: dict[str, object] = field(default_factory=dict)  # relay-only metrics
+    emailproxy: dict[str, object] = field(default_factory=dict)  # emailproxy-only metrics (empty: not run)
+    targets: list[str] = field(default_factory=lambda: ["direct", "relay", FLOOR])
     pool: dict[str, LoadResult] = field(default_factory=dict)  # target -> result
     notes: list[str] = field(default_factory=list)
     started_at: str = ""
@@ -57,22 +86,34 @@ def relay_target(relay: RelayProcess, name: str = "relay") -> Target:
     return Target(name, "relay", "127.0.0.1", relay.smtp_port, relay.pop3_port, USERNAME, PASSWORD)
 
 
+def floor_target(up: UpstreamProcess, fw: ForwarderProcess) -> Target:
+    """The direct client, through the do-nothing byte forwarder (bench/forwarder.py)."""
+    return replace(direct_target(up), name=FLOOR, smtp_port=fw.smtp_port, pop3_port=fw.pop3_port)
+
+
+def emailproxy_target_of(ep: EmailProxyProcess) -> Target:
+    """Log in to emailproxy as its users do: the account (mailbox) name and a password."""
+    return Target(emailproxy_target.NAME, "relay", "127.0.0.1", ep.smtp_port, ep.pop3_port, MAILBOX, PASSWORD)
+
+
 async def run_once(spec: LoadSpec, target: Target, up: UpstreamProcess, digests: list[str],
-                   relay: RelayProcess | None) -> LoadResult:
-    """One load run with verification, relay CPU and upstream counters attached."""
+                   proc: Proxy | None) -> LoadResult:
+    """One load run with verification, proxy CPU and upstream counters attached."""
     up.reset()
-    cpu0 = relay.cpu_s() if relay else 0.0
+    cpu0 = proc.cpu_s() if proc else 0.0
     if spec.protocol == "smtp":
         result = await run_smtp(target, spec)
     else:
         result = await run_pop3(target, spec, digests)
-    if relay is not None:
-        result.extra["relay_cpu_s"] = relay.cpu_s() - cpu0
-        result.extra["relay_rss_mb"] = relay.memory()["rss"]
+    if proc is not None:
+        result.extra["proxy_cpu_s"] = proc.cpu_s() - cpu0
+        result.extra["proxy_rss_mb"] = proc.memory()["rss"]
     counts = up.stats()
     result.extra.update({f"up_{k}": float(v) for k, v in counts.items()})
     if spec.protocol == "smtp":
         verify_smtp(result, up.delivered())
+    if isinstance(proc, EmailProxyProcess):  # it may still be busy with sessions the client gave up on
+        result.extra["quiesce_s"] = await proc.quiesce()
     await asyncio.sleep(SETTLE_S)
     return result
 
@@ -83,18 +124,27 @@ async def warm_up(target: Target, up: UpstreamProcess) -> None:
     up.reset()
 
 
-async def run_matrix(run: BenchRun, up: UpstreamProcess, relay: RelayProcess, log: Log) -> None:
-    """All cells x repeats x {direct, relay}, alternating the order per repeat."""
-    targets = [(direct_target(up), None), (relay_target(relay), relay)]
+async def run_matrix(run: BenchRun, up: UpstreamProcess, legs: list[Leg], log: Log,
+                     limited: dict[str, int] | None = None) -> None:
+    """All cells x repeats x targets, rotating the order of the targets per repeat.
+
+    ``limited``: target name -> the number of (first) repeats it runs in.
+    """
+    limited = limited or {}
     for repeat in range(run.repeats):
+        active = [leg for leg in legs if repeat < limited.get(leg.target.name, run.repeats)]
+        shift = repeat % len(active)
+        order = active[shift:] + active[:shift]
         for cell in run.cells:
             digests = up.load_mailbox(cell.mailbox, cell.spec.size) if cell.spec.protocol == "pop3" else []
-            order = targets if repeat % 2 == 0 else list(reversed(targets))
-            for target, rel in order:
+            for leg in order:
+                target = leg.target
                 spec = with_tag(cell, f"{cell.key}-{target.name}-{repeat}")
-                result = await run_once(spec, target, up, digests, rel)
+                if leg.timeout_s is not None:
+                    spec = replace(spec, session_timeout_s=leg.timeout_s)
+                result = await run_once(spec, target, up, digests, leg.proc)
                 run.results.setdefault(cell.key, {}).setdefault(target.name, []).append(result)
-                log(f"repeat {repeat + 1}/{run.repeats} {cell.key:14} {target.name:6} "
+                log(f"repeat {repeat + 1}/{run.repeats} {cell.key:14} {target.name:10} "
                     f"{result.msg_per_s:9.1f} msg/s {result.mb_per_s:7.1f} MiB/s "
                     f"fail {result.failed_sessions} hung {result.hung_sessions} verify {result.verify}")
 
@@ -111,8 +161,10 @@ async def run_cold_burst(run: BenchRun, up: UpstreamProcess, workdir: Path, sp: 
         spec = LoadSpec("smtp", sp.cold_burst_sessions, 1, 1024, tag="cold")
         result = await run_smtp(relay_target(relay), spec)
         verify_smtp(result, up.delivered())
+        await asyncio.sleep(1.0)  # sessions closed; the token client (httpx) is loaded now
+        after = relay.memory()
         run.relay.update({
-            "startup_s": startup, "idle_rss_mb": idle["rss"],
+            "startup_s": startup, "idle_rss_mb": idle["rss"], "idle_rss_after_burst_mb": after["rss"],
             "cold_burst_sessions": sp.cold_burst_sessions,
             "cold_burst_token_requests": up.stats().get("token_requests", 0),
             "token_requests_before_burst": before,
@@ -123,6 +175,46 @@ async def run_cold_burst(run: BenchRun, up: UpstreamProcess, workdir: Path, sp: 
             f"token requests {run.relay['cold_burst_token_requests']}, verify {result.verify}")
     finally:
         relay.stop()
+
+
+async def run_emailproxy_cold(run: BenchRun, up: UpstreamProcess, workdir: Path, sp: Specials,
+                              log: Log) -> None:
+    """A fresh emailproxy: startup, idle RSS, a cold burst, then CPU per sequential session."""
+    up.reset()
+    ep = EmailProxyProcess(up, workdir, "emailproxy-cold")
+    startup = ep.start()
+    try:
+        await asyncio.sleep(1.0)
+        idle = ep.memory()
+        before = up.stats().get("token_requests", 0)
+        spec = LoadSpec("smtp", sp.cold_burst_sessions, 1, 1024, tag="ep-cold")
+        if sp.emailproxy_timeout_s is not None:
+            spec = replace(spec, session_timeout_s=sp.emailproxy_timeout_s)
+        target = emailproxy_target_of(ep)
+        result = await run_smtp(target, spec)
+        verify_smtp(result, up.delivered())
+        tokens = up.stats().get("token_requests", 0)
+        await ep.quiesce()
+        # Token cached now: each session pays connect, login (its key derivation), 1 message, QUIT.
+        seq = await run_once(LoadSpec("smtp", 1, sp.cpu_sessions, 1024, one_connection_per_message=True,
+                                      tag="ep-seq"), target, up, [], ep)
+        run.emailproxy.update({
+            "version": emailproxy_target.version(), "startup_s": startup, "idle_rss_mb": idle["rss"],
+            "cold_burst_sessions": sp.cold_burst_sessions, "cold_burst_token_requests": tokens,
+            "token_requests_before_burst": before, "cold_burst_ok": result.messages_ok,
+            "cold_burst_failed": result.failed_sessions, "cold_burst_hung": result.hung_sessions,
+            "cold_burst_verify": result.verify, "cold_burst_wall_s": result.wall_s,
+            "seq_sessions": sp.cpu_sessions, "seq_ok": seq.messages_ok,
+            "seq_failed": seq.failed_sessions + seq.hung_sessions,
+            "seq_cpu_ms_per_session": seq.extra["proxy_cpu_s"] * 1000 / max(1, sp.cpu_sessions),
+            "seq_setup_p50_ms": seq.setup_ms(0.5),
+        })
+        log(f"emailproxy {run.emailproxy['version']} cold burst: startup {startup * 1000:.0f} ms, idle RSS "
+            f"{idle['rss']:.1f} MiB, token requests {tokens}, delivered {result.messages_ok}, "
+            f"hung {result.hung_sessions}; CPU per sequential session "
+            f"{run.emailproxy['seq_cpu_ms_per_session']:.0f} ms")
+    finally:
+        ep.stop()
 
 
 async def run_idle_sessions(run: BenchRun, up: UpstreamProcess, workdir: Path, sp: Specials,
@@ -150,8 +242,9 @@ async def run_idle_sessions(run: BenchRun, up: UpstreamProcess, workdir: Path, s
 
 
 async def run_pool(run: BenchRun, up: UpstreamProcess, relay: RelayProcess, workdir: Path, sp: Specials,
-                   log: Log) -> None:
-    """Upstream latency + one connection per message: direct vs relay vs relay with upstream_pool."""
+                   log: Log, ep: EmailProxyProcess | None = None) -> None:
+    """Upstream latency + one connection per message: direct vs relay vs relay with upstream_pool
+    (vs emailproxy)."""
     pooled = RelayProcess(up, workdir, "relay-pool", pool=True)
     pooled.start()
     try:
@@ -160,9 +253,12 @@ async def run_pool(run: BenchRun, up: UpstreamProcess, relay: RelayProcess, work
         run.relay["pool_latency_ms"] = sp.pool_latency_ms
         spec = LoadSpec("smtp", sp.pool_clients, sp.pool_messages, 1024, one_connection_per_message=True,
                         session_timeout_s=120)
-        for target, rel in ((direct_target(up), None), (relay_target(relay), relay),
-                            (relay_target(pooled, "relay+pool"), pooled)):
-            result = await run_once(replace(spec, tag=f"pool-{target.name}"), target, up, [], rel)
+        legs: list[tuple[Target, Proxy | None]] = [(direct_target(up), None), (relay_target(relay), relay),
+                                                   (relay_target(pooled, "relay+pool"), pooled)]
+        if ep is not None:
+            legs.append((emailproxy_target_of(ep), ep))
+        for target, proc in legs:
+            result = await run_once(replace(spec, tag=f"pool-{target.name}"), target, up, [], proc)
             run.pool[target.name] = result
             log(f"pool: {target.name:10} {result.msg_per_s:7.2f} msg/s p50 {result.latency_ms(0.5)} ms "
                 f"upstream connections {result.extra.get('up_smtp_connections')}")
@@ -171,27 +267,57 @@ async def run_pool(run: BenchRun, up: UpstreamProcess, relay: RelayProcess, work
         pooled.stop()
 
 
-async def bench(quick: bool, repeats: int, log: Log) -> BenchRun:
-    """Run the whole benchmark; return what it measured."""
+async def bench(quick: bool, repeats: int, log: Log, *, emailproxy: bool = True,
+                emailproxy_repeats: int | None = None) -> BenchRun:
+    """Run the whole benchmark; return what it measured.
+
+    ``emailproxy``: add it as a third target when it is installed; ``emailproxy_repeats``: run it
+    only in that many (first) repeats (default: all).
+    """
     raise_fd_limit()
     run = BenchRun(cells=list(QUICK if quick else FULL), repeats=repeats,
                    started_at=time.strftime("%Y-%m-%d %H:%M:%S"))
     sp = QUICK_SPECIALS if quick else FULL_SPECIALS
+    use_ep = emailproxy and emailproxy_target.available()
+    if emailproxy and not use_ep:
+        run.notes.append("emailproxy is not installed (`pip install emailproxy`): the third target was "
+                         "skipped.")
+    if use_ep:
+        run.targets.append(emailproxy_target.NAME)
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     up = UpstreamProcess(workdir)
     up.start()
     try:
         await run_cold_burst(run, up, workdir, sp, log)
+        if use_ep:
+            await run_emailproxy_cold(run, up, workdir, sp, log)
         relay = RelayProcess(up, workdir, "relay-main")
-        run.relay["startup3_s"] = relay.start()
+        fw = ForwarderProcess(up.ports["smtp"], up.ports["pop3"])
+        ep = EmailProxyProcess(up, workdir, "emailproxy-main") if use_ep else None
         try:
+            run.relay["startup3_s"] = relay.start()
             await warm_up(relay_target(relay), up)
-            await run_matrix(run, up, relay, log)
+            legs = [Leg(direct_target(up)), Leg(relay_target(relay), relay), Leg(floor_target(up, fw))]
+            limited: dict[str, int] = {}
+            if ep is not None:
+                run.emailproxy["startup2_s"] = ep.start()
+                await warm_up(emailproxy_target_of(ep), up)
+                legs.append(Leg(emailproxy_target_of(ep), ep, sp.emailproxy_timeout_s))
+                run.emailproxy["session_timeout_s"] = sp.emailproxy_timeout_s
+                if emailproxy_repeats is not None and emailproxy_repeats < repeats:
+                    limited[emailproxy_target.NAME] = max(1, emailproxy_repeats)
+                run.emailproxy["repeats"] = limited.get(emailproxy_target.NAME, repeats)
+            await run_matrix(run, up, legs, log, limited)
             run.relay["main_hwm_mb"] = relay.memory()["hwm"]
-            await run_pool(run, up, relay, workdir, sp, log)
+            if ep is not None:
+                run.emailproxy["main_hwm_mb"] = ep.memory()["hwm"]
+            await run_pool(run, up, relay, workdir, sp, log, ep)
         finally:
             relay.stop()
+            fw.stop()
+            if ep is not None:
+                ep.stop()
         await run_idle_sessions(run, up, workdir, sp, log)
         run.relay["login_cell"] = sp.login_cell
     finally:
@@ -211,12 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per cell and target (default 3)")
     p.add_argument("--out", type=Path, default=None, help="write the Markdown table here (default: stdout)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON")
+    p.add_argument("--no-emailproxy", action="store_true",
+                   help="do not run emailproxy as a third target even when it is installed")
+    p.add_argument("--emailproxy-repeats", type=int, default=1, metavar="N",
+                   help="run emailproxy only in the first N repeats (default 1: its hung sessions wait "
+                        "out the session timeout, ~9 min per repeat)")
     args = parser.parse_args(argv)
 
     def log(*parts: object) -> None:
         print(*parts, file=sys.stderr, flush=True)
 
-    run = asyncio.run(bench(args.quick, max(1, args.repeats), log))
+    run = asyncio.run(bench(args.quick, max(1, args.repeats), log, emailproxy=not args.no_emailproxy,
+                            emailproxy_repeats=args.emailproxy_repeats))
     table = render(run)
     if args.out:
         args.out.write_text(table)
