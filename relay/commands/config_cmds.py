@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from pathlib import Path
@@ -47,6 +46,8 @@ def _count(n: int, noun: str) -> str:
 
 def _read_password() -> str:
     if sys.stdin.isatty():
+        import getpass  # noqa: PLC0415 - only this command prompts; `relay serve` imports this module too
+
         first = getpass.getpass("Password: ")
         second = getpass.getpass("Repeat password: ")
         if first != second:

@@ -13,18 +13,13 @@ import asyncio
 import contextlib
 import io
 import os
-import poplib
 import secrets
 import shutil
 import signal
-import smtplib
 import socket
 import sys
 import tempfile
 import threading
-from email import message_from_bytes
-from email.message import EmailMessage
-from email.utils import make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -237,6 +232,11 @@ class Demo:
 
     def send(self, port: int) -> tuple[str, str]:
         """Send the test message through the relay with smtplib; return (subject, Message-ID)."""
+        # Mail clients are imported here: every command module is imported by `relay serve` too.
+        import smtplib  # noqa: PLC0415
+        from email.message import EmailMessage  # noqa: PLC0415
+        from email.utils import make_msgid  # noqa: PLC0415
+
         msg = EmailMessage()
         msg["From"] = DEMO_MAILBOX
         msg["To"] = DEMO_MAILBOX
@@ -253,6 +253,9 @@ class Demo:
 
     def fetch(self, port: int, msgid: str) -> int:
         """Find the message by Message-ID over the relay's POP3 with poplib; return its number."""
+        import poplib  # noqa: PLC0415 - see send()
+        from email import message_from_bytes  # noqa: PLC0415
+
         deadline_polls = 50
         for _ in range(deadline_polls):
             try:

@@ -8,18 +8,19 @@ delivery. The relay's reply (the upstream's own) is printed.
 from __future__ import annotations
 
 import argparse
-import getpass
-import smtplib
 import socket
 import ssl
 import sys
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from typing import TYPE_CHECKING
 
 from relay.commands._ops import add_config_argument, connect_host, load_config_file
 from relay.config.model import ListenerConfig
 from relay.errors import ConfigError
+
+if TYPE_CHECKING:  # every command module is imported by `relay serve` too: no mail client there
+    import smtplib
+    from email.message import EmailMessage
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def build_message(sender: str, recipient: str, subject: str) -> EmailMessage:
     """The test message: plain text saying where it came from and when."""
+    from email.message import EmailMessage  # noqa: PLC0415 - see TYPE_CHECKING above
+    from email.utils import format_datetime, make_msgid  # noqa: PLC0415
+
     now = datetime.now(UTC)
     msg = EmailMessage()
     msg["From"] = sender
@@ -51,6 +55,8 @@ def build_message(sender: str, recipient: str, subject: str) -> EmailMessage:
 
 def open_smtp(listener: ListenerConfig, timeout_s: float) -> smtplib.SMTP:
     """Connect to the relay's SMTP listener (with TLS when the listener uses it)."""
+    import smtplib  # noqa: PLC0415 - see TYPE_CHECKING above
+
     host = connect_host(listener.host)
     # The local hop to our own listener, often with a self-signed certificate.
     ctx = ssl.create_default_context()
@@ -66,6 +72,9 @@ def open_smtp(listener: ListenerConfig, timeout_s: float) -> smtplib.SMTP:
 
 def cmd_send_test(args: argparse.Namespace) -> int:
     """Send one message as ACCOUNT to --to via the running relay; 0 when the relay says 250."""
+    import getpass  # noqa: PLC0415 - see TYPE_CHECKING above
+    import smtplib  # noqa: PLC0415
+
     config = load_config_file(args.config)
     account = config.accounts.get(args.account)
     if account is None:

@@ -7,7 +7,6 @@ installed under the entry-point group ``relay.providers``; or ``package.module:C
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from relay.errors import ConfigError
 from relay.providers.base import OAuthProvider
@@ -41,6 +40,10 @@ def load_provider_class(spec: str) -> type[OAuthProvider]:
         return _check(_import_target(_BUILTINS[spec], spec), spec)
     if ":" in spec:
         return _check(_import_target(spec, spec), spec)
+    # Only for plug-in names: importlib.metadata (and the email package it parses metadata with)
+    # stays out of a relay that uses the built-in providers.
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
             try:
