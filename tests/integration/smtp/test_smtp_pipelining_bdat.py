@@ -14,6 +14,7 @@ from support.relay_harness import sandbox_smtp_upstream
 
 from relay.config.model import LimitsConfig, PoolConfig
 from relay.sasl import encode_plain
+from relay.smtp import datasink
 from relay.smtp.bdat import CHUNK_BYTES
 from relay.smtp.upstream import UpstreamSmtpSession
 
@@ -29,6 +30,12 @@ def big_message(size: int) -> bytes:
     chunk boundaries somewhere."""
     lines = [(b"." if i % 7 == 0 else b"") + b"%07d " % i + b"x" * 70 + b"\r\n" for i in range(size // 80)]
     return b"Subject: big\r\n\r\n" + b"".join(lines)
+
+
+@pytest.fixture
+def multi_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large messages stay on BDAT (several chunks) instead of switching to DATA."""
+    monkeypatch.setattr(datasink, "LARGE_BY_DATA", False)
 
 
 def login(raw: RawClient) -> None:
@@ -109,7 +116,8 @@ def test_mail_without_rcpt_sends_nothing_upstream(start_relay, sandbox):
     assert "MAIL" not in transcript.verbs() and "RSET" not in transcript.verbs()
 
 
-def test_chunk_refused_mid_message_gives_its_reply_and_nothing_is_delivered(start_relay, sandbox):
+def test_chunk_refused_mid_message_gives_its_reply_and_nothing_is_delivered(start_relay, sandbox,
+                                                                           multi_chunk):
     """The upstream refuses the second BDAT chunk of a ~1 MB message: the client's reply to the
     final dot is that refusal, LAST is never sent, nothing is stored; the next message works."""
     sandbox.smtp.bdat_replies = {2: "452 4.3.1 Insufficient system storage"}
@@ -128,7 +136,7 @@ def test_chunk_refused_mid_message_gives_its_reply_and_nothing_is_delivered(star
     assert first.count("BDAT") >= 2 and "BDAT LAST" not in first
 
 
-def test_ten_megabyte_message_through_bdat_is_byte_exact(start_relay, sandbox):
+def test_ten_megabyte_message_through_bdat_is_byte_exact(start_relay, sandbox, multi_chunk):
     """10 MB with dot lines: several coalesced chunks (each at least CHUNK_BYTES but the last), the
     stored bytes equal what the client meant."""
     relay = start_relay()
@@ -147,10 +155,14 @@ def test_ten_megabyte_message_through_bdat_is_byte_exact(start_relay, sandbox):
     (b"y" * 1200 + b"\r\n", LIMITS, "500 5.5.2"),
     (b"", replace(LIMITS, max_message_bytes=700_000), "552 5.3.4"),
 ], ids=["bare-lf", "line-too-long", "too-big"])
+@pytest.mark.parametrize("large_by_data", [False, True], ids=["bdat-chunks", "switched-to-data"])
 def test_refused_content_after_chunks_went_upstream_is_never_delivered(start_relay, sandbox, problem,
-                                                                       limits, reply):
-    """A problem found after several BDAT chunks were sent (smuggling, line length, size): our
-    refusal, the upstream connection closed without LAST, nothing stored; the session goes on."""
+                                                                       limits, reply, large_by_data,
+                                                                       monkeypatch):
+    """A problem found after part of a large message went upstream, as BDAT chunks or (switched)
+    with DATA (smuggling, line length, size): our refusal, the upstream connection closed without
+    LAST or the final dot, nothing stored; the session goes on."""
+    monkeypatch.setattr(datasink, "LARGE_BY_DATA", large_by_data)
     relay = start_relay(limits=limits)
     raw = relay.raw()
     login(raw)
@@ -168,10 +180,27 @@ def test_refused_content_after_chunks_went_upstream_is_never_delivered(start_rel
     time.sleep(0.1)
     assert len(sandbox.smtp.messages()) == 1
     first = sandbox.smtp.transcripts()[0].verbs()
-    assert "BDAT" in first and "BDAT LAST" not in first
+    if large_by_data:
+        assert "DATA" in first and "." not in first and "BDAT" not in first
+    else:
+        assert "BDAT" in first and "BDAT LAST" not in first
 
 
-def test_upstream_dropping_mid_bdat_gives_4xx_and_nothing_is_stored(start_relay, sandbox):
+@pytest.mark.parametrize("size", [CHUNK_BYTES // 2, 2 * CHUNK_BYTES, 3 * 1024 * 1024])
+def test_a_message_larger_than_one_chunk_goes_by_data(start_relay, sandbox, size):
+    """With CHUNKING, a message that fits one chunk is one BDAT LAST; a larger one is streamed
+    with DATA (switched before anything of it went upstream). Both byte-exact."""
+    relay = start_relay()
+    body = big_message(size)
+    with relay.smtp() as client:
+        assert client.sendmail("app@example.com", ["a@example.com"], body) == {}
+    [msg] = sandbox.smtp.wait_for_messages(1, timeout_s=60)
+    assert msg.data == body
+    verbs = [v for v in sandbox.smtp.transcripts()[0].verbs() if v in ("DATA", ".", "BDAT", "BDAT LAST")]
+    assert verbs == (["BDAT LAST"] if size < CHUNK_BYTES else ["DATA", "."])
+
+
+def test_upstream_dropping_mid_bdat_gives_4xx_and_nothing_is_stored(start_relay, sandbox, multi_chunk):
     """The upstream connection dies after ~300 KB of a 1 MB message: 451, nothing stored; the next
     message in the session is delivered over a new connection."""
     sandbox.smtp.drop_after_data_bytes = 300_000
@@ -279,7 +308,7 @@ def test_pool_gets_the_session_back_after_a_refused_mail_and_a_held_one(pooled, 
     assert pool is not None and pool.sessions("sales") == 1
 
 
-def test_pool_never_keeps_a_session_after_a_refused_chunk(pooled, sandbox):
+def test_pool_never_keeps_a_session_after_a_refused_chunk(pooled, sandbox, multi_chunk):
     """A BDAT chunk refusal leaves the upstream transaction unknown: that session is closed, not
     pooled; the next message uses a new one."""
     sandbox.smtp.bdat_replies = {1: "452 4.3.1 Insufficient system storage"}
