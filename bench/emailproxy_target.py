@@ -17,14 +17,12 @@ import asyncio
 import configparser
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.procstat import cpu_seconds, memory_mb
-from bench.relay_target import MAILBOX, STARTUP_TIMEOUT_S, _greets, free_port
+from bench.child import ChildServer, free_port
+from bench.relay_target import MAILBOX
 from bench.upstream_proc import UpstreamProcess
 from bench.upstream_state import CLIENT_ID, CLIENT_SECRET
 
@@ -60,29 +58,24 @@ def emailproxy_config(upstream: UpstreamProcess, smtp_port: int, pop3_port: int)
     return config
 
 
-class EmailProxyProcess:
+class EmailProxyProcess(ChildServer):
     """One headless emailproxy child process with its own config, token cache and log file."""
+
+    label = "emailproxy"
+    stop_grace_s = 10.0  # SIGTERM: it saves its cache and exits
 
     def __init__(self, upstream: UpstreamProcess, workdir: Path, name: str) -> None:
         self.upstream = upstream
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.smtp_port = free_port()
+        # stdout/stderr (it also prints each log line)
+        super().__init__(self.workdir / "emailproxy.out", free_port())
         self.pop3_port = free_port()
         self.config_path = self.workdir / "emailproxy.config"
         with self.config_path.open("w") as fh:
             emailproxy_config(upstream, self.smtp_port, self.pop3_port).write(fh)
         self.cache_path = self.workdir / "emailproxy.cache"  # encrypted tokens; empty at start
         self.log_path = self.workdir / "emailproxy.log"  # its --log-file
-        self.out_path = self.workdir / "emailproxy.out"  # stdout/stderr (it also prints each log line)
-        self.startup_s: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        """The emailproxy process id."""
-        assert self._proc is not None
-        return self._proc.pid
 
     def start(self) -> float:
         """Spawn emailproxy; return seconds from spawn to the first SMTP greeting.
@@ -91,32 +84,9 @@ class EmailProxyProcess:
         greeting also proves it can reach the bench upstream.
         """
         env = {**os.environ, "SSL_CERT_FILE": str(self.upstream.cert)}
-        started = time.perf_counter()
-        with self.out_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "emailproxy", "--no-gui", "--config-file", str(self.config_path),
-                 "--cache-store", str(self.cache_path), "--log-file", str(self.log_path)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=self.workdir, env=env)
-        while time.perf_counter() - started < STARTUP_TIMEOUT_S:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"emailproxy exited with {self._proc.returncode}; see {self.out_path}:\n"
-                                   + self.log_tail())
-            if _greets(self.smtp_port):
-                self.startup_s = time.perf_counter() - started
-                return self.startup_s
-            time.sleep(0.005)
-        tail = self.log_tail()
-        self.stop()
-        raise RuntimeError(f"emailproxy did not greet within {STARTUP_TIMEOUT_S:g} s; see {self.out_path}:\n"
-                           + tail)
-
-    def cpu_s(self) -> float:
-        """CPU seconds emailproxy used so far (all its threads)."""
-        return cpu_seconds(self.pid)
-
-    def memory(self) -> dict[str, float]:
-        """Current (rss) and peak (hwm) resident memory in MiB."""
-        return memory_mb(self.pid)
+        return self.spawn([sys.executable, "-m", "emailproxy", "--no-gui", "--config-file",
+                           str(self.config_path), "--cache-store", str(self.cache_path), "--log-file",
+                           str(self.log_path)], env=env, cwd=self.workdir)
 
     def threads(self) -> int:
         """Its current thread count (one per open proxied connection, plus a few)."""
@@ -142,22 +112,3 @@ class EmailProxyProcess:
             if quiet and (self.threads() <= IDLE_THREADS or quiet * window_s >= 1.0):
                 break
         return time.perf_counter() - started
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The end of emailproxy's output (for error messages)."""
-        try:
-            return "\n".join(self.out_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """SIGTERM (it saves its cache and exits), then SIGKILL after 10 s."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
