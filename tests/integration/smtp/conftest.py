@@ -21,7 +21,7 @@ from support.relay_harness import (
     sandbox_smtp_upstream,
 )
 
-from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, RelayConfig
+from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, PoolConfig, RelayConfig
 from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.sandbox.loop import LoopThread
@@ -122,8 +122,10 @@ def start_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
     started: list[RunningRelay] = []
 
     def start(*, authenticator: Any = None, seed: bool = True, retry_attempts: int = 1,
-              **config_changes: Any) -> RunningRelay:
+              upstream_pool: PoolConfig | None = None, **config_changes: Any) -> RunningRelay:
         config = build_config(sandbox, tmp_path / f"relay{len(started)}", **config_changes)
+        if upstream_pool is not None:
+            config = replace(config, upstream_pool=upstream_pool)
         thread = LoopThread(f"relay-smtp-{len(started)}").start()
 
         async def make() -> tuple[SmtpRelayServer, TokenManager]:

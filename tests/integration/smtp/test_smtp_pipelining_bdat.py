@@ -262,26 +262,9 @@ def test_fresh_session_failing_at_the_first_rcpt_is_4xx_without_retry(start_rela
 
 
 @pytest.fixture
-def pooled(sandbox, tmp_path):
-    """A relay with upstream_pool enabled in front of the sandbox."""
-    from relay.sandbox.loop import LoopThread
-    from relay.smtp.server import SmtpRelayServer
-
-    from .conftest import RunningRelay, build_config, make_authenticator, seed_tokens_async
-
-    config = replace(build_config(sandbox, tmp_path / "pooled", limits=LIMITS),
-                     upstream_pool=PoolConfig(enabled=True, max_sessions_per_account=1))
-    thread = LoopThread("relay-pool-pipelining").start()
-
-    async def make() -> RunningRelay:
-        tokens = await seed_tokens_async(sandbox, config)
-        server = SmtpRelayServer(config, tokens, make_authenticator(config), hostname="relay.test")
-        await server.start()
-        return RunningRelay(config, sandbox, server, tokens, thread)
-
-    relay = thread.run(make())
-    yield relay
-    relay.stop()
+def pooled(start_relay):
+    """A relay with upstream_pool enabled (one session per account) in front of the sandbox."""
+    return start_relay(limits=LIMITS, upstream_pool=PoolConfig(enabled=True, max_sessions_per_account=1))
 
 
 def test_pool_gets_the_session_back_after_a_refused_mail_and_a_held_one(pooled, sandbox):

@@ -6,21 +6,17 @@ from __future__ import annotations
 import smtplib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.config.model import LimitsConfig, PoolConfig
-from relay.sandbox.loop import LoopThread
-from relay.sandbox.world import SandboxWorld
 from relay.smtp.pool import UpstreamPool
-from relay.smtp.server import SmtpRelayServer
 from relay.smtp.upstream import UpstreamSmtpSession
 
-from .conftest import RunningRelay, build_config, make_authenticator, seed_tokens_async
+from .conftest import RunningRelay
 
 LIMITS = LimitsConfig(auth_failure_delay_s=0.05, upstream_connect_timeout_s=20,
                       upstream_command_timeout_s=20, upstream_data_timeout_s=20)
@@ -29,28 +25,13 @@ StartPooled = Callable[..., RunningRelay]
 
 
 @pytest.fixture
-def start_pooled(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartPooled]:
+def start_pooled(start_relay: Callable[..., RunningRelay]) -> StartPooled:
     """Factory: a relay in front of the sandbox with ``upstream_pool`` set from keyword arguments."""
-    started: list[RunningRelay] = []
 
     def start(*, limits: LimitsConfig = LIMITS, **pool: Any) -> RunningRelay:
-        config = build_config(sandbox, tmp_path / f"pooled{len(started)}", limits=limits)
-        config = replace(config, upstream_pool=PoolConfig(**{"enabled": True, **pool}))
-        thread = LoopThread(f"relay-pool-{len(started)}").start()
+        return start_relay(limits=limits, upstream_pool=PoolConfig(**{"enabled": True, **pool}))
 
-        async def make() -> RunningRelay:
-            tokens = await seed_tokens_async(sandbox, config)
-            server = SmtpRelayServer(config, tokens, make_authenticator(config), hostname="relay.test")
-            await server.start()
-            return RunningRelay(config, sandbox, server, tokens, thread)
-
-        relay = thread.run(make())
-        started.append(relay)
-        return relay
-
-    yield start
-    for relay in started:
-        relay.stop()
+    return start
 
 
 def pool_of(relay: RunningRelay) -> UpstreamPool:
