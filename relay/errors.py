@@ -24,6 +24,8 @@ cryptography's InvalidTag, binascii.Error ...) are translated into these at modu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class RelayError(Exception):
     """Root of every error the relay raises on purpose."""
@@ -101,13 +103,38 @@ class AuthorizeStateMismatch(AuthorizeFlowError):
     exit_code = 9
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """An upstream server's reply as a value, for any protocol.
+
+    ``code`` is the SMTP reply code (``"535"``) or the POP3 status (``"-ERR"``); ``enhanced_code``
+    the RFC 3463 code (``"5.7.8"``) or the RFC 2449 response code (``"SYS/TEMP"``); ``text`` the
+    reply's text (for POP3 the whole text after the status, response code included).
+    """
+
+    code: str
+    enhanced_code: str | None
+    text: str
+
+    def one_line(self) -> str:
+        """The reply on one line, as the upstream sent it (for logs and messages)."""
+        if self.code.startswith(("+", "-")) or self.enhanced_code is None:
+            return f"{self.code} {self.text}".rstrip()
+        return f"{self.code} {self.enhanced_code} {self.text}".rstrip()
+
+    def __str__(self) -> str:
+        return self.one_line()
+
+
 class UpstreamError(RelayError):
     """Base for errors talking to the upstream mail server.
 
-    ``reply`` is the upstream's own reply text when there was one, so it can be passed on.
+    ``reply`` is the upstream's own reply (an `UpstreamReply`) when there was one, so it can be
+    passed on and matched without parsing a message string.
     """
 
-    def __init__(self, message: str, *, account: str | None = None, reply: str | None = None):
+    def __init__(self, message: str, *, account: str | None = None,
+                 reply: UpstreamReply | None = None):
         self.account = account
         self.reply = reply
         super().__init__(message)

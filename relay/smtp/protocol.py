@@ -24,16 +24,21 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP
 
 from relay.config.model import AccountConfig
+from relay.smtp import replies
 from relay.smtp.dataframe import DataFramer
 from relay.smtp.fastinit import cheap_introspection
-from relay.smtp.upstream import UpstreamSmtpSession, set_nodelay
+from relay.smtp.reply import SmtpReply
+from relay.upstream.stream import set_nodelay
+
+if TYPE_CHECKING:
+    from relay.smtp.delivery import ContentSink, Delivery
 
 # Built-in aiosmtpd replies without an enhanced status code get this one (by reply code). Only the
 # codes aiosmtpd uses for errors and the exact plain "250 OK"/"221 Bye": EHLO lines must stay bare.
@@ -65,15 +70,6 @@ _SIMPLE_ANGLE_ADDR = re.compile(
     rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^\s(][^\r\n]*)?\Z")
 
 
-@dataclass(frozen=True)
-class PendingMail:
-    """A MAIL checked and answered locally, sent upstream together with the first RCPT."""
-
-    sender: str  # as it goes upstream ("" for the null reverse-path)
-    options: Mapping[str, str]  # the client's MAIL parameters, ``{"SIZE": "12", ...}``
-    reused: bool  # on a kept or pooled session: if that turns out dead, retry once on a fresh one
-
-
 @dataclass
 class ConnectionState:
     """Per-connection relay state; unlike aiosmtpd's Session it survives STARTTLS."""
@@ -83,33 +79,10 @@ class ConnectionState:
     client_ip: str = ""
     started: float = field(default_factory=time.monotonic)
     account: AccountConfig | None = None
-    upstream: UpstreamSmtpSession | None = None
-    in_transaction: bool = False  # MAIL went upstream and was not refused; no final reply yet
-    upstream_broken: bool = False  # the upstream failed mid-transaction: answer 4xx until RSET/MAIL
-    pending_mail: PendingMail | None = None  # delayed sender verdict: MAIL not sent upstream yet
-    mail_refused: str | None = None  # the upstream refused the delayed MAIL: every RCPT's reply
-    messages: int = 0
+    delivery: Delivery | None = None  # the account's transactions (relay.smtp.delivery)
+    messages: int = 0  # of deliveries already ended (STARTTLS, another login), for the summary
     bytes: int = 0
     last_upstream_reply: str | None = None
-
-
-class DataSink(Protocol):
-    """Where `RelaySMTP.smtp_DATA` streams content (the handler's upstream transaction)."""
-
-    max_bytes: int
-
-    async def write(self, wire_bytes: bytes) -> None:
-        """Forward dot-stuffed content; upstream failures are remembered, not raised."""
-        ...
-
-    def abandon(self) -> None:
-        """Give the transaction up: close the upstream before the end (final dot or BDAT LAST)."""
-        ...
-
-    async def finish(self, framer: DataFramer, tail: bytes = b"") -> str:
-        """Forward ``tail`` with the terminator; return the client's final reply (the
-        upstream's, or ours if we refused)."""
-        ...
 
 
 class RelaySMTP(SMTP):
@@ -239,12 +212,12 @@ class RelaySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         opened = await self.event_handler.open_data(self)
-        if isinstance(opened, str):
+        if isinstance(opened, SmtpReply):  # refused
             self._set_post_data_state()
-            await self.push(opened)
+            await self.push(opened.wire)
             return
-        sink: DataSink = opened
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        sink: ContentSink = opened
+        await self.push(replies.START_DATA.wire)
         framer = DataFramer(sink.max_bytes)
         tail = b""
         try:
@@ -265,9 +238,10 @@ class RelaySMTP(SMTP):
         except BaseException:
             sink.abandon()  # client vanished mid-DATA: nothing may be delivered
             raise
-        status = await sink.finish(framer, tail)
+        with self.busy():
+            status = await sink.finish(framer, tail)
         self._set_post_data_state()
-        await self.push(status)
+        await self.push(status.wire)
 
     async def _read_data_chunk(self) -> bytes:
         """Read the next block of DATA in bulk, never past a ``.CRLF``.

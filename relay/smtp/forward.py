@@ -1,0 +1,247 @@
+"""Live forwarding: the first `relay.smtp.delivery.Delivery`, today's relay behaviour.
+
+`LiveSmtpDelivery` executes the commands of the pure transaction core
+(`relay.smtp.transaction.RelayTransaction`) against the account's upstream SMTP session and feeds
+their outcomes back; it holds the session object, the core holds every decision. The session is
+opened at the first MAIL (`open_upstream_session`, logging in with `login_with_refresh`) and kept
+for later messages, or with ``upstream_pool.enabled`` lent by `relay.smtp.pool.UpstreamPool` for
+one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from relay.config.model import AccountConfig, LimitsConfig
+from relay.errors import RelayError
+from relay.secret import Secret
+from relay.smtp.datasink import UpstreamBdatSink, UpstreamDataSink
+from relay.smtp.dataframe import DataFramer
+from relay.smtp.delivery import ConnectionInfo, ContentSink
+from relay.smtp.failures import describe_failure
+from relay.smtp.pool import UpstreamPool
+from relay.smtp.reply import EhloCapabilities, SmtpReply
+from relay.smtp.transaction import (
+    Acquire,
+    Answer,
+    Command,
+    ContentResult,
+    Failed,
+    MailRequest,
+    Outcome,
+    Quit,
+    RelayTransaction,
+    Release,
+    Replied,
+    SendMail,
+    SendRcpt,
+    SendRset,
+    SessionInfo,
+    SessionReady,
+    StartContent,
+)
+from relay.smtp.upstream import UpstreamSmtpSession
+from relay.tokens.source import TokenSource
+from relay.upstream.login import login_with_refresh
+
+log = logging.getLogger("relay.smtp")
+
+
+async def open_upstream_session(account: AccountConfig, tokens: TokenSource, limits: LimitsConfig,
+                                hostname: str) -> tuple[UpstreamSmtpSession, Secret]:
+    """A connected session logged in with the account's token (refreshed once if refused)."""
+    endpoint = account.smtp
+    assert endpoint is not None
+
+    async def login(token: Secret) -> UpstreamSmtpSession:
+        up = UpstreamSmtpSession(
+            endpoint, account=account.name, local_hostname=hostname,
+            connect_timeout_s=limits.upstream_connect_timeout_s,
+            command_timeout_s=limits.upstream_command_timeout_s,
+            data_timeout_s=limits.upstream_data_timeout_s)
+        await up.connect()
+        try:
+            await up.authenticate(account.mailbox, token)
+        except BaseException:
+            up.abort()
+            raise
+        return up
+
+    return await login_with_refresh(tokens, account.name, login)
+
+
+class LiveSmtpDelivery:
+    """Forwards one connection's transactions to the account's upstream (see module docstring)."""
+
+    def __init__(self, account: AccountConfig, conn: ConnectionInfo, *, tokens: TokenSource,
+                 limits: LimitsConfig, pool: UpstreamPool | None) -> None:
+        self.account = account
+        self.conn = conn
+        self.tokens = tokens
+        self.limits = limits
+        self.pool = pool
+        self.core = RelayTransaction(max_message_bytes=limits.max_message_bytes,
+                                     pooled=pool is not None)
+        self.up: UpstreamSmtpSession | None = None
+        self.messages = 0
+        self.bytes = 0
+        self._failure_reply: str | None = None
+
+    # --- Delivery -------------------------------------------------------------------------------
+
+    def size_limit(self) -> int:
+        """Ours, or the held upstream's SIZE if lower."""
+        return self.core.size_limit()
+
+    def path_capabilities(self) -> EhloCapabilities | None:
+        """The held upstream's capabilities (None before the first MAIL, or with pooling)."""
+        return self.core.session.capabilities if self.core.session is not None else None
+
+    async def mail(self, sender: str, options: Mapping[str, str]) -> SmtpReply:
+        """MAIL: the held session if alive, else a kept/pooled/new one (see the core)."""
+        up = self.up
+        alive = up is not None and up.connected
+        return await self._run(self.core.mail(MailRequest(sender, options), session_alive=alive))
+
+    async def rcpt(self, address: str) -> SmtpReply:
+        """RCPT: this recipient's upstream reply, or the refusal of the held MAIL."""
+        return await self._run(self.core.rcpt(address))
+
+    async def open_content(self) -> ContentSink | SmtpReply:
+        """DATA: a sink at once (our 354 does not wait for the upstream), or the 4xx."""
+        commands = self.core.data()
+        command = commands[-1]
+        if isinstance(command, Answer):
+            return command.reply
+        assert isinstance(command, StartContent) and self.up is not None
+        up, limit = self.up, self.core.size_limit()
+        if command.chunking:
+            return _ForwardedContent(self, UpstreamBdatSink(up, limit, self.conn.busy))
+        try:
+            up.data_send()
+        except (RelayError, OSError) as exc:
+            return await self.content_done(ContentResult(error=exc), None)
+        return _ForwardedContent(self, UpstreamDataSink(up, limit, self.conn.busy))
+
+    async def content_done(self, result: ContentResult, framer: DataFramer | None) -> SmtpReply:
+        """The end of a message: count it when accepted; the client's final reply."""
+        if result.reply is not None and result.reply.is_positive and framer is not None:
+            self.messages += 1
+            self.bytes += framer.received_bytes
+        return await self._run(self.core.content_done(result))
+
+    async def reset(self) -> None:
+        """RSET upstream when a transaction is open there; pooling: give the session back."""
+        await self._run(self.core.reset())
+
+    async def quit(self) -> None:
+        """QUIT upstream (pooling: give the session back instead)."""
+        await self._run(self.core.quit())
+
+    def close(self) -> None:
+        """Client gone: a clean session goes back to the pool, any other is aborted."""
+        for command in self.core.connection_lost():
+            self._now(command)
+
+    def forget_session(self) -> None:
+        """STARTTLS or a new login: the held session is never used again."""
+        for command in self.core.forget_session():
+            self._now(command)
+
+    def summary(self) -> tuple[int, int, str | None]:
+        """(messages, bytes, last upstream reply) for the session log line."""
+        last = self.core.last_upstream_reply
+        return self.messages, self.bytes, self._failure_reply or (last.one_line() if last else None)
+
+    # --- executing the core's commands ----------------------------------------------------------
+
+    async def _run(self, commands: list[Command]) -> SmtpReply:
+        """Do the commands; feed each request's outcome back until the core answers."""
+        while True:
+            *now, last = commands
+            for command in now:
+                if isinstance(command, Quit):
+                    await self._quit()
+                else:
+                    self._now(command)
+            if isinstance(last, Answer):
+                if last.failure is not None:
+                    self._log_failure(last.failure, last.reply)
+                return last.reply
+            with self.conn.busy():
+                outcome = await self._request(last)
+            if isinstance(outcome, Replied):
+                self._failure_reply = None
+            commands = self.core.handle(outcome)
+
+    async def _request(self, command: Command) -> Outcome:
+        try:
+            if isinstance(command, Acquire):
+                return SessionReady(await self._acquire(command.fresh))
+            up = self.up
+            assert up is not None
+            if isinstance(command, SendMail):
+                if command.rcpt is None:
+                    return Replied(await up.send_command(command.mail, "MAIL"), None, up.connected)
+                mail, rcpt = await up.mail_rcpt(command.mail, command.rcpt)
+                return Replied(mail, rcpt, up.connected)
+            if isinstance(command, SendRcpt):
+                return Replied(await up.send_command(command.rcpt, "RCPT"))
+            assert isinstance(command, SendRset), command
+            return Replied(await up.rset())
+        except (RelayError, OSError) as exc:
+            return Failed(exc)
+
+    async def _acquire(self, fresh: bool) -> SessionInfo:
+        if self.pool is not None:
+            up = await self.pool.acquire(self.account, self._open, fresh=fresh)
+            reused = self.pool.was_reused(up)
+        else:
+            up, _ = await self._open(self.account)
+            reused = False
+        self.up = up
+        return SessionInfo(up.capabilities, up.pipelining, up.chunking, reused)
+
+    async def _open(self, account: AccountConfig) -> tuple[UpstreamSmtpSession, Secret]:
+        return await open_upstream_session(account, self.tokens, self.limits, self.conn.hostname)
+
+    def _now(self, command: Command) -> None:
+        """Drop, Release or (client gone) Quit: at once, no outcome."""
+        up, self.up = self.up, None
+        if up is None:
+            return
+        if isinstance(command, Release):
+            assert self.pool is not None
+            self.pool.release(up)
+        elif self.pool is not None:
+            self.pool.discard(up)  # aborts it and frees its slot
+        else:
+            up.abort()
+
+    async def _quit(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            with self.conn.busy():
+                await up.quit()
+
+    def _log_failure(self, exc: BaseException, reply: SmtpReply) -> None:
+        """One line naming the account, the upstream reply and the fix."""
+        log.warning("smtp session %s: %s", self.conn.session_id, describe_failure(exc, self.account))
+        upstream_reply = getattr(exc, "reply", None)
+        self._failure_reply = (upstream_reply or reply).one_line()
+
+
+class _ForwardedContent:
+    """The client's content into an upstream sink; its end goes through the core."""
+
+    def __init__(self, delivery: LiveSmtpDelivery, sink: UpstreamDataSink | UpstreamBdatSink) -> None:
+        self.delivery = delivery
+        self.sink = sink
+        self.max_bytes = sink.max_bytes
+        self.write = sink.write  # the per-chunk path: no extra call layer
+        self.abandon = sink.abandon
+
+    async def finish(self, framer: DataFramer, tail: bytes = b"") -> SmtpReply:
+        """The upstream's final reply (or ours), after the core's session rules."""
+        return await self.delivery.content_done(await self.sink.finish(framer, tail), framer)
