@@ -397,6 +397,7 @@ class RelayTransaction:
         # came) or accepted the pipelined RCPT anyway (its state is unknown).
         unknown = mail.code == 421 or not outcome.connected or (
             outcome.second is not None and outcome.second.is_positive)
+        self.phase = Phase.IDLE
         out = self._drop_list() if unknown else self._release_if_clean()
         return self._mail_final(Answer(client_reply_for_upstream(mail)), held, out)
 
