@@ -41,7 +41,7 @@ from relay.pop3.protocol import (
     UpstreamCommand,
 )
 from relay.pop3.replies import err, ok
-from relay.pop3.upstream import UpstreamPop3Session, open_upstream, response_code
+from relay.pop3.upstream import UpstreamPop3Session, open_upstream
 from relay.tokens.source import TokenSource
 
 if TYPE_CHECKING:
@@ -232,10 +232,10 @@ class Pop3ProxySession:
                                     f"under accounts.{account.name}.pop3")
             return err("Upstream mail server unavailable; try again later", "SYS/TEMP")
         except UpstreamAuthRejected as exc:
-            code = response_code(exc.reply or "")
-            if code in _PASSED_THROUGH_CODES:
+            code = exc.reply.enhanced_code if exc.reply else None
+            if exc.reply is not None and code in _PASSED_THROUGH_CODES:
                 self._log_login_failure(account, exc, "the upstream mailbox refused the session")
-                return f"-ERR {exc.reply}\r\n".encode()
+                return f"-ERR {exc.reply.text}\r\n".encode()
             self._log_login_failure(account, exc, f"the token was rejected after a refresh: check "
                                     f"that POP access is enabled for {account.mailbox} and the "
                                     f"app has POP permission, then run `relay authorize "

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from relay.config.model import AccountConfig, LimitsConfig
 from relay.errors import RelayError
 from relay.secret import Secret
-from relay.smtp.datasink import UpstreamBdatSink, UpstreamDataSink
 from relay.smtp.dataframe import DataFramer
+from relay.smtp.datasink import UpstreamBdatSink, UpstreamDataSink
 from relay.smtp.delivery import ConnectionInfo, ContentSink
 from relay.smtp.failures import describe_failure
 from relay.smtp.pool import UpstreamPool

@@ -224,9 +224,10 @@ def trusted_and_ops(sandbox, tmp_path):  # type: ignore[no-untyped-def]
     """A relay where 127.0.0.0/8 is trusted as 'sales' and 'ops' (ops-app / "ops pass") logs in."""
     from dataclasses import replace as dc_replace
 
+    from support.relay_harness import authorized_token_set
+
     from relay.passwords import hash_password
     from relay.sandbox.loop import LoopThread
-    from support.relay_harness import authorized_token_set
 
     from .conftest import RunningRelay, build_config, make_authenticator, seed_tokens_async
 
