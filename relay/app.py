@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay.config.model import AccountConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
+from relay.config.model import ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.errors import RelayError
 from relay.tokens.manager import AccountTokenStatus, TokenManager
 from relay.tokens.store import TokenStore, open_store
@@ -274,11 +274,4 @@ async def _log_accounts(config: RelayConfig, tokens: TokenManager) -> None:
         log.log(level, "account %s: login %s -> %s via %s; smtp %s; pop3 %s; token %s",
                 account.name, account.username, account.mailbox, account.credentials,
                 _endpoint(account.smtp), _endpoint(account.pop3), describe_token(status))
-        _warn_unverified(account)
-
-
-def _warn_unverified(account: AccountConfig) -> None:
-    # The POP3 server warns about its own endpoints at start.
-    if account.smtp is not None and not account.smtp.verify_tls:
-        log.warning("accounts.%s.smtp.verify_tls is false: the upstream certificate is NOT verified "
-                    "(tests only)", account.name)
+    # verify_tls: false is warned about by each listener for its own endpoints, once, at start.

@@ -3,7 +3,7 @@
 `LiveSmtpDelivery` executes the commands of the pure transaction core
 (`relay.smtp.transaction.RelayTransaction`) against the account's upstream SMTP session and feeds
 their outcomes back; it holds the session object, the core holds every decision. The session is
-opened at the first MAIL (`open_upstream_session`, logging in with `login_with_refresh`) and kept
+opened at the first MAIL (`relay.smtp.upstream.open_logged_in`) and kept
 for later messages, or with ``upstream_pool.enabled`` lent by `relay.smtp.pool.UpstreamPool` for
 one transaction.
 """
@@ -41,34 +41,10 @@ from relay.smtp.transaction import (
     SessionReady,
     StartContent,
 )
-from relay.smtp.upstream import UpstreamSmtpSession
+from relay.smtp.upstream import UpstreamSmtpSession, open_logged_in
 from relay.tokens.source import TokenSource
-from relay.upstream.login import login_with_refresh
 
 log = logging.getLogger("relay.smtp")
-
-
-async def open_upstream_session(account: AccountConfig, tokens: TokenSource, limits: LimitsConfig,
-                                hostname: str) -> tuple[UpstreamSmtpSession, Secret]:
-    """A connected session logged in with the account's token (refreshed once if refused)."""
-    endpoint = account.smtp
-    assert endpoint is not None
-
-    async def login(token: Secret) -> UpstreamSmtpSession:
-        up = UpstreamSmtpSession(
-            endpoint, account=account.name, local_hostname=hostname,
-            connect_timeout_s=limits.upstream_connect_timeout_s,
-            command_timeout_s=limits.upstream_command_timeout_s,
-            data_timeout_s=limits.upstream_data_timeout_s)
-        await up.connect()
-        try:
-            await up.authenticate(account.mailbox, token)
-        except BaseException:
-            up.abort()
-            raise
-        return up
-
-    return await login_with_refresh(tokens, account.name, login)
 
 
 class LiveSmtpDelivery:
@@ -204,7 +180,7 @@ class LiveSmtpDelivery:
         return SessionInfo(up.capabilities, up.pipelining, up.chunking, reused)
 
     async def _open(self, account: AccountConfig) -> tuple[UpstreamSmtpSession, Secret]:
-        return await open_upstream_session(account, self.tokens, self.limits, self.conn.hostname)
+        return await open_logged_in(account, self.tokens, self.limits, hostname=self.conn.hostname)
 
     def _now(self, command: Command) -> None:
         """Drop, Release or (client gone) Quit: at once, no outcome."""

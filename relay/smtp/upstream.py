@@ -21,7 +21,7 @@ import re
 from collections.abc import Awaitable, Iterable
 from typing import TypeVar
 
-from relay.config.model import UpstreamEndpoint
+from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
 from relay.errors import (
     ProtocolInputError,
     UpstreamAuthRejected,
@@ -32,6 +32,8 @@ from relay.flow import needs_drain
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
 from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply
+from relay.tokens.source import TokenSource
+from relay.upstream.login import login_with_refresh
 from relay.upstream.stream import open_stream, start_tls, translate_failure
 
 T = TypeVar("T")
@@ -343,6 +345,30 @@ class UpstreamSmtpSession:
 
     def _translate(self, exc: BaseException, what: str) -> BaseException:
         return translate_failure(exc, server=f"upstream {self.where}", step=what, account=self.account)
+
+
+async def open_logged_in(account: AccountConfig, tokens: TokenSource, limits: LimitsConfig, *,
+                         hostname: str = "localhost") -> tuple[UpstreamSmtpSession, Secret]:
+    """A connected session logged in with the account's token (refreshed once if refused, see
+    `relay.upstream.login.login_with_refresh`); returns it and the token it used."""
+    endpoint = account.smtp
+    assert endpoint is not None
+
+    async def login(token: Secret) -> UpstreamSmtpSession:
+        up = UpstreamSmtpSession(
+            endpoint, account=account.name, local_hostname=hostname,
+            connect_timeout_s=limits.upstream_connect_timeout_s,
+            command_timeout_s=limits.upstream_command_timeout_s,
+            data_timeout_s=limits.upstream_data_timeout_s)
+        await up.connect()
+        try:
+            await up.authenticate(account.mailbox, token)
+        except BaseException:
+            up.abort()
+            raise
+        return up
+
+    return await login_with_refresh(tokens, account.name, login)
 
 
 def command_line(line: str, *, sensitive: bool = False) -> bytes:

@@ -458,7 +458,8 @@ def test_null_and_bad_recipients_are_refused_locally() -> None:
     relay = Relay()
     relay.say("MAIL FROM:<a@x>", PIPELINING)
     relay.took()
-    assert relay.core.rcpt("<>")[-1] == Answer(_reply("501 5.1.3 The null address <> is not a valid recipient"))
+    [answer] = relay.core.rcpt("<>")
+    assert isinstance(answer, Answer) and answer.reply.one_line().startswith("501 5.1.3")
     [answer] = relay.core.rcpt("a\x01@y")
     assert isinstance(answer, Answer) and answer.reply.code == 501
     assert relay.took() == []
