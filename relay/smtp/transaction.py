@@ -17,23 +17,68 @@ forwarding lives here and is unit-tested as a transcript (tests/unit/test_smtp_t
 * **Loss and refusal at every step** end in a 4xx (never 250 for what the upstream did not
   accept) and, for a failure mid-transaction, 4xx to every command until RSET or the next MAIL.
 
-The driver: each call returns a list of commands; all but the last are done at once (`Drop`,
-`Release`, `Quit`); the last is either `Answer` (the client's reply, the step is over) or a
-request whose outcome (`SessionReady`, `Replied`, `Failed`) goes to `handle`, which again
-returns commands.
+The driver: each call returns a list of commands (`relay.smtp.events`); all but the last are
+done at once (`Drop`, `Release`, `Quit`); the last is either `Answer` (the client's reply, the
+step is over) or a request whose outcome (`SessionReady`, `Replied`, `Failed`) goes to `handle`,
+which again returns commands.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from relay.errors import ProtocolInputError, UpstreamBusy, UpstreamUnavailable
 from relay.smtp import replies
+from relay.smtp.events import (
+    DROP,
+    QUIT,
+    RELEASE,
+    SEND_RSET,
+    Acquire,
+    Answer,
+    Command,
+    ContentResult,
+    Drop,
+    Failed,
+    MailRequest,
+    Outcome,
+    Quit,
+    Release,
+    Replied,
+    SendMail,
+    SendRcpt,
+    SendRset,
+    SessionInfo,
+    SessionReady,
+    StartContent,
+)
 from relay.smtp.failures import client_reply_for_upstream, reply_for_error
 from relay.smtp.reply import EhloCapabilities, SmtpReply
 from relay.smtp.upstream import mail_command, rcpt_command
+
+__all__ = [
+    "LOGGED_OUT",
+    "Acquire",
+    "Answer",
+    "Command",
+    "ContentResult",
+    "Drop",
+    "Failed",
+    "MailRequest",
+    "Outcome",
+    "Phase",
+    "Quit",
+    "RelayTransaction",
+    "Release",
+    "Replied",
+    "SendMail",
+    "SendRcpt",
+    "SendRset",
+    "SessionInfo",
+    "SessionReady",
+    "StartContent",
+]
 
 LOGGED_OUT = frozenset({421, 530, 535})
 """MAIL replies of a reused session that lost its login (or is closing): retry on a fresh one."""
@@ -48,126 +93,6 @@ class Phase(enum.Enum):
     OPEN = "open"  # MAIL accepted upstream: RCPTs, then the content
     CONTENT = "content"  # the content is on its way upstream
     BROKEN = "broken"  # the upstream failed mid-transaction: 4xx until RSET or MAIL
-
-
-@dataclass(frozen=True, slots=True)
-class MailRequest:
-    """A client's MAIL as it goes upstream: ``sender`` ("" for ``<>``) and its parameters
-    (``{"SIZE": "12", "BODY": "8BITMIME", "SMTPUTF8": ""}``)."""
-
-    sender: str
-    options: Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """What the core needs to know of a connected, logged-in upstream session."""
-
-    capabilities: EhloCapabilities
-    pipelining: bool  # offered and allowed by the endpoint's setting
-    chunking: bool  # BDAT may be used (implies pipelining)
-    reused: bool  # lent by the pool after an earlier transaction (it may be stale)
-
-
-# --- commands (out) -----------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The client's reply; ``failure`` is logged (account, upstream reply, fix) when set."""
-
-    reply: SmtpReply
-    failure: BaseException | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Acquire:
-    """Get a connected, logged-in session (``fresh``: not a pooled idle one). -> SessionReady/Failed"""
-
-    fresh: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SendMail:
-    """Send MAIL, with the first RCPT when ``rcpt`` is set (one write when the session pipelines,
-    else RCPT only after a 2xx to MAIL). -> Replied(mail, rcpt or None)/Failed"""
-
-    mail: bytes
-    rcpt: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SendRcpt:
-    """Send one RCPT. -> Replied/Failed"""
-
-    rcpt: bytes
-
-
-class SendRset:
-    """Send RSET. -> Replied/Failed"""
-
-
-@dataclass(frozen=True, slots=True)
-class StartContent:
-    """Open the content path: BDAT (``chunking``) or DATA. -> nothing (the sink reports later)"""
-
-    chunking: bool
-
-
-class Drop:
-    """Abort the held session (pooling: free its slot); it is never reused."""
-
-
-class Release:
-    """Pooling: give the held session back, clean (no upstream transaction open)."""
-
-
-class Quit:
-    """Close the held session politely (QUIT)."""
-
-
-DROP, RELEASE, QUIT, SEND_RSET = Drop(), Release(), Quit(), SendRset()
-Command = Answer | Acquire | SendMail | SendRcpt | SendRset | StartContent | Drop | Release | Quit
-
-
-# --- outcomes (in) ------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class SessionReady:
-    """`Acquire` succeeded."""
-
-    info: SessionInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Replied:
-    """The upstream's reply to `Send` (``second``: the pipelined RCPT's, when one came);
-    ``connected``: the session is still open after it."""
-
-    first: SmtpReply
-    second: SmtpReply | None = None
-    connected: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """A request failed (connect, login, token, dropped connection, timeout ...)."""
-
-    error: BaseException
-
-
-Outcome = SessionReady | Replied | Failed
-
-
-@dataclass(frozen=True, slots=True)
-class ContentResult:
-    """How the content ended: ``reply`` the upstream's final reply, or ``refused`` our own refusal
-    (the sink abandoned the upstream), or ``error`` an upstream failure. ``open_after``: the
-    upstream still holds the transaction (RSET due before the next MAIL)."""
-
-    reply: SmtpReply | None = None
-    refused: SmtpReply | None = None
-    error: BaseException | None = None
-    open_after: bool = False
 
 
 class _Step(enum.Enum):
@@ -380,6 +305,7 @@ class RelayTransaction:
                 return [*out, *self._retry_fresh()]
             return self._mail_final(Answer(reply_for_error(outcome.error), failure=outcome.error),
                                     held, out)
+        assert isinstance(outcome, Replied)
         mail = outcome.first
         self.upstream_open = mail.is_positive
         if self._retry and mail.code in LOGGED_OUT:
@@ -424,12 +350,14 @@ class RelayTransaction:
             self.phase = Phase.BROKEN
             return [*self._drop_list(), Answer(reply_for_error(outcome.error, connected=True),
                                                failure=outcome.error)]
+        assert isinstance(outcome, Replied)
         self.last_upstream_reply = outcome.first
         return [Answer(client_reply_for_upstream(outcome.first))]
 
     def _rset_outcome(self, outcome: Outcome) -> list[Command]:
         if isinstance(outcome, Failed):
             return [*self._drop_list(), Answer(replies.OK)]
+        assert isinstance(outcome, Replied)
         self.upstream_open = False
         if outcome.first.code != 250 and self.pooled:
             return [*self._drop_list(), Answer(replies.OK)]  # not known to be clean: never pooled

@@ -48,7 +48,7 @@ class UpstreamSmtpSession:
 
     Use: ``await connect()``, ``await authenticate(mailbox, token)``, then per message ``mail``
     (or ``mail_rcpt``, pipelined), ``rcpt``..., then ``data_start``, ``data_write``...,
-    ``data_finish`` (or BDAT chunks through `relay.smtp.bdat.BdatTransfer`); ``quit()`` or
+    ``data_finish`` (or one BDAT LAST chunk: `relay.smtp.bdat.send_last_chunk`); ``quit()`` or
     ``abort()``.
     """
 
@@ -88,7 +88,7 @@ class UpstreamSmtpSession:
         ``421`` idle timeout) buffered. A cheap check, without a round trip, before reusing."""
         reader = self._reader
         # StreamReader has no public "bytes buffered" accessor; _buffer is stable since 3.4.
-        return reader is not None and not reader.at_eof() and not reader._buffer
+        return reader is not None and not reader.at_eof() and not reader._buffer  # type: ignore[attr-defined]
 
     @property
     def pipelining(self) -> bool:
@@ -100,12 +100,6 @@ class UpstreamSmtpSession:
     def chunking(self) -> bool:
         """True when content may go as BDAT chunks (RFC 3030): `pipelining` and CHUNKING offered."""
         return self.pipelining and self.capabilities.chunking
-
-    @property
-    def reply_waiting(self) -> bool:
-        """True when a reply line has already arrived (reading it will not wait)."""
-        reader = self._reader
-        return reader is not None and b"\n" in reader._buffer
 
     @property
     def where(self) -> str:
