@@ -9,12 +9,15 @@ from typing import Any
 
 from relay.config.model import RelayConfig
 from relay.listening import listen_backlog
+from relay.smtp.delivery import DeliveryFactory
 from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import RelaySMTP
+from relay.smtp.replies import TOO_MANY_CONNECTIONS
 from relay.tlsutil import listener_context
 from relay.tokens.source import TokenSource
 
 log = logging.getLogger("relay.smtp")
+_TOO_MANY = TOO_MANY_CONNECTIONS.wire.encode() + b"\r\n"
 
 
 class _Refuse(asyncio.Protocol):
@@ -22,7 +25,7 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Duck-typed: uvloop's transports are not asyncio.WriteTransport subclasses.
-        transport.write(b"421 4.7.0 Too many connections, try again later\r\n")  # type: ignore[attr-defined]
+        transport.write(_TOO_MANY)  # type: ignore[attr-defined]
         transport.close()
 
 
@@ -30,11 +33,12 @@ class SmtpRelayServer:
     """Listens on ``config.listen.smtp`` and relays each session to the account's upstream."""
 
     def __init__(self, config: RelayConfig, tokens: TokenSource, authenticator: Any,
-                 *, hostname: str | None = None) -> None:
+                 *, hostname: str | None = None, deliveries: DeliveryFactory | None = None) -> None:
         self.config = config
         self.listener = config.listen.smtp
         self.hostname = hostname or socket.getfqdn()
-        self.handler = RelayHandler(config, tokens, authenticator, hostname=self.hostname)
+        self.handler = RelayHandler(config, tokens, authenticator, hostname=self.hostname,
+                                    deliveries=deliveries)
         self._tls = listener_context(self.listener, "listen.smtp")
         self._server: asyncio.Server | None = None
         self._sessions: set[RelaySMTP] = set()
