@@ -48,15 +48,27 @@ def unstuff(wire: bytes) -> bytes:
     return Unstuffer().feed(wire)
 
 
-def last_chunk(content: bytes) -> bytes:
-    """``BDAT <n> LAST`` and the whole unstuffed content, as one write. Content that does not end
-    with CRLF gets one, as the DATA path adds it before the final dot."""
-    if content and not content.endswith(b"\r\n"):
-        content += b"\r\n"
-    return b"BDAT %d LAST\r\n" % len(content) + content
+def last_chunk(content: list[bytes]) -> bytes:
+    """``BDAT <n> LAST`` and the whole unstuffed content (given in parts), as one write. Content
+    that does not end with CRLF gets one, as the DATA path adds it before the final dot."""
+    size = sum(map(len, content))
+    if size and _last_two(content) != b"\r\n":
+        content = [*content, b"\r\n"]
+        size += 2
+    return b"".join([b"BDAT %d LAST\r\n" % size, *content])
 
 
-async def send_last_chunk(up: UpstreamSmtpSession, content: bytes) -> SmtpReply:
-    """Send the whole message as one ``BDAT LAST`` chunk and return the upstream's reply."""
+def _last_two(parts: list[bytes]) -> bytes:
+    """The last two bytes of the concatenation of ``parts`` (some may be empty)."""
+    out = b""
+    for part in reversed(parts):
+        out = part[-2:] + out
+        if len(out) >= 2:
+            return out[-2:]
+    return out
+
+
+async def send_last_chunk(up: UpstreamSmtpSession, content: list[bytes]) -> SmtpReply:
+    """Send the whole message (unstuffed, in parts) as one ``BDAT LAST`` chunk; return the reply."""
     await up.send_bytes(last_chunk(content), "BDAT")
     return await up.read_reply("end of BDAT", up.data_timeout_s)

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 
 from relay.errors import RelayError
 from relay.smtp import replies
-from relay.smtp.bdat import CHUNK_BYTES, send_last_chunk, unstuff
+from relay.smtp.bdat import CHUNK_BYTES, Unstuffer, send_last_chunk
 from relay.smtp.dataframe import DataFramer, DataProblem
 from relay.smtp.reply import SmtpReply
 from relay.smtp.transaction import ContentResult
@@ -114,6 +114,8 @@ class UpstreamBdatSink:
         self.busy = busy
         self.abandoned = False
         self._wire: list[bytes] = []  # kept until the end, or until the message outgrows a chunk
+        self._content: list[bytes] = []  # the same, unstuffed as it arrives
+        self._unstuffer = Unstuffer()
         self._buffered = 0
         self._data: UpstreamDataSink | None = None  # the DATA sink once the message went that way
 
@@ -125,13 +127,14 @@ class UpstreamBdatSink:
         if self.abandoned:
             return
         self._wire.append(wire_bytes)
+        self._content.append(self._unstuffer.feed(wire_bytes))
         self._buffered += len(wire_bytes)
         if self._buffered > CHUNK_BYTES:
             await self._switch_to_data()
 
     async def _switch_to_data(self) -> None:
         """Send DATA and the wire bytes kept so far; the rest of the message follows them."""
-        wire, self._wire = b"".join(self._wire), []
+        wire, self._wire, self._content = b"".join(self._wire), [], []
         self._data = UpstreamDataSink(self.up, self.max_bytes, self.busy)
         try:
             self.up.data_send()
@@ -157,9 +160,8 @@ class UpstreamBdatSink:
         if framer.problem is not None:
             self.abandon()
             return ContentResult(refused=_PROBLEM_REPLY[framer.problem])
-        self._wire.append(tail)
-        content = unstuff(b"".join(self._wire))
-        self._wire = []
+        self._content.append(self._unstuffer.feed(tail))
+        content, self._content, self._wire = self._content, [], []
         try:  # the caller waits inside its busy(): no client idle timeout meanwhile
             reply = await send_last_chunk(self.up, content)
         except (RelayError, OSError) as exc:

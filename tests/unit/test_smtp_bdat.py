@@ -100,10 +100,12 @@ def test_small_message_is_one_last_chunk_with_the_unstuffed_content() -> None:
     """A whole message: a single 'BDAT n LAST' write with the unstuffed content."""
     content = unstuff(b"Subject: x\r\n\r\n..dot\r\nend\r\n")
     assert content == b"Subject: x\r\n\r\n.dot\r\nend\r\n"
-    assert last_chunk(content) == b"BDAT %d LAST\r\n" % len(content) + content
+    assert last_chunk([content[:5], b"", content[5:]]) == b"BDAT %d LAST\r\n" % len(content) + content
 
 
 def test_empty_message_and_missing_final_crlf() -> None:
     """An empty message is 'BDAT 0 LAST'; content not ending in CRLF gets one (as DATA adds it)."""
-    assert last_chunk(b"") == b"BDAT 0 LAST\r\n"
-    assert last_chunk(b"no newline") == b"BDAT 12 LAST\r\nno newline\r\n"
+    assert last_chunk([b"", b""]) == b"BDAT 0 LAST\r\n"
+    assert last_chunk([b"no newline"]) == b"BDAT 12 LAST\r\nno newline\r\n"
+    assert last_chunk([b"split\r", b"", b"\n"]) == b"BDAT 7 LAST\r\nsplit\r\n"
+    assert last_chunk([b"lf only", b"\n", b""]) == b"BDAT 10 LAST\r\nlf only\n\r\n"

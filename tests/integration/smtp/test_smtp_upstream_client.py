@@ -150,7 +150,7 @@ async def test_bdat_last_chunk_stores_the_unstuffed_content(sandbox):
     wire = content.replace(b"\r\n.", b"\r\n..")
     up = await _logged_in(sandbox)
     await up.mail_rcpt(mail_command("a@example.com"), rcpt_command("b@example.com"))
-    reply = await send_last_chunk(up, unstuff(wire))
+    reply = await send_last_chunk(up, [unstuff(wire)])
     await up.quit()
     assert reply.code == 250
     assert sandbox.smtp.wait_for_messages(1)[0].data == content
