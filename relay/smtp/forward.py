@@ -145,8 +145,7 @@ class LiveSmtpDelivery:
                 if last.failure is not None:
                     self._log_failure(last.failure, last.reply)
                 return last.reply
-            with self.conn.busy():
-                outcome = await self._request(last)
+            outcome = await self._request(last)  # the handler's busy() covers the wait
             if isinstance(outcome, Replied):
                 self._failure_reply = None
             commands = self.core.handle(outcome)
@@ -198,8 +197,7 @@ class LiveSmtpDelivery:
     async def _quit(self) -> None:
         up, self.up = self.up, None
         if up is not None:
-            with self.conn.busy():
-                await up.quit()
+            await up.quit()
 
     def _log_failure(self, exc: BaseException, reply: SmtpReply) -> None:
         """One line naming the account, the upstream reply and the fix."""

@@ -87,7 +87,7 @@ class RelayHandler:
         """Plain HELO: no extensions, same policy."""
         session.host_name = hostname
         await self._reset(server)
-        return f"250 {self.hostname}"
+        return replies.helo(self.hostname).wire
 
     def handle_STARTTLS(self, server: RelaySMTP, session: Session, envelope: Envelope) -> bool:
         """RFC 3207: after TLS starts everything learnt before is forgotten (login, upstream)."""

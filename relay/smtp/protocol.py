@@ -193,7 +193,7 @@ class RelaySMTP(SMTP):
 
         Raises ValueError when the line is longer than the stream buffer.
         """
-        await self.push(f"334 {challenge_b64}")
+        await self.push(replies.auth_challenge(challenge_b64).wire)
         line = await self._reader.readline()
         if not line.endswith(b"\n"):
             raise ConnectionResetError("client closed the connection during AUTH")
@@ -206,10 +206,10 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+            await self.push(replies.NEED_RCPT.wire)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(replies.DATA_SYNTAX.wire)
             return
         opened = await self.event_handler.open_data(self)
         if isinstance(opened, SmtpReply):  # refused

@@ -17,6 +17,11 @@ TOO_MANY_CONNECTIONS = SmtpReply.make(421, "4.7.0", "Too many connections, try a
 LOCAL_ERROR = SmtpReply.make(451, "4.3.0", "Local error in processing, try again later")
 LINE_TOO_LONG_COMMAND = SmtpReply.make(500, "5.5.2", "Line too long")
 
+def helo(hostname: str) -> SmtpReply:
+    """The reply to HELO (no extensions)."""
+    return SmtpReply.make(250, None, hostname)
+
+
 # --- AUTH -----------------------------------------------------------------------------------
 AUTH_OK = SmtpReply.make(235, "2.7.0", "Authentication successful")
 AUTH_INVALID = SmtpReply.make(535, "5.7.8", "Authentication credentials invalid")
@@ -26,6 +31,11 @@ AUTH_MECHANISM_UNKNOWN = SmtpReply.make(504, "5.5.4", "Unrecognized authenticati
 AUTH_IN_TRANSACTION = SmtpReply.make(503, "5.5.1", "AUTH is not permitted during a mail transaction")
 ENCRYPTION_REQUIRED = SmtpReply.make(538, "5.7.11",
                                      "Encryption required for requested authentication mechanism")
+
+
+def auth_challenge(challenge_b64: str) -> SmtpReply:
+    """``334 <base64 challenge>`` (an empty challenge for AUTH PLAIN's prompt)."""
+    return SmtpReply.make(334, None, challenge_b64)
 
 # --- MAIL / RCPT ----------------------------------------------------------------------------
 SENDER_OK = SmtpReply.make(250, "2.1.0", "Sender OK")
@@ -39,6 +49,8 @@ EIGHTBITMIME_UNSUPPORTED = SmtpReply.make(554, "5.6.3",
 
 # --- content --------------------------------------------------------------------------------
 START_DATA = SmtpReply.make(354, None, "End data with <CR><LF>.<CR><LF>")
+NEED_RCPT = SmtpReply.make(503, "5.5.1", "Error: need RCPT command")
+DATA_SYNTAX = SmtpReply.make(501, "5.5.4", "Syntax: DATA")
 TOO_BIG = SmtpReply.make(552, "5.3.4", "Message size exceeds fixed maximum message size")
 LINE_TOO_LONG = SmtpReply.make(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6: 998 octets + CRLF)")
 BARE_LINE_END = SmtpReply.make(554, "5.6.0", "Message refused: bare LF or bare CR in the content "

@@ -31,7 +31,8 @@ def tls_context(endpoint: UpstreamEndpoint) -> ssl.SSLContext | None:
 
 
 def set_nodelay(sock: socket.socket | None) -> None:
-    """Disable Nagle: mail protocols are request/reply, small writes must leave at once."""
+    """Disable Nagle: mail protocols are request/reply, small writes must leave at once (used for
+    upstream connections and for the clients of both local listeners)."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     with contextlib.suppress(OSError):  # not fatal: only latency
