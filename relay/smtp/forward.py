@@ -120,11 +120,6 @@ class LiveSmtpDelivery:
         for command in self.core.connection_lost():
             self._now(command)
 
-    def forget_session(self) -> None:
-        """STARTTLS or a new login: the held session is never used again."""
-        for command in self.core.forget_session():
-            self._now(command)
-
     def summary(self) -> tuple[int, int, str | None]:
         """(messages, bytes, last upstream reply) for the session log line."""
         last = self.core.last_upstream_reply
@@ -135,12 +130,13 @@ class LiveSmtpDelivery:
     async def _run(self, commands: list[Command]) -> SmtpReply:
         """Do the commands; feed each request's outcome back until the core answers."""
         while True:
-            *now, last = commands
-            for command in now:
-                if isinstance(command, Quit):
-                    await self._quit()
-                else:
-                    self._now(command)
+            last = commands[-1]
+            if len(commands) > 1:  # the usual single command needs no slice
+                for command in commands[:-1]:
+                    if isinstance(command, Quit):
+                        await self._quit()
+                    else:
+                        self._now(command)
             if isinstance(last, Answer):
                 if last.failure is not None:
                     self._log_failure(last.failure, last.reply)

@@ -222,11 +222,6 @@ class RelayTransaction:
         out = self._release_if_clean()
         return out or self._drop_list()
 
-    def forget_session(self) -> list[Command]:
-        """STARTTLS or a login to another account: the held session is never used again."""
-        self.phase, self.refusal = Phase.IDLE, None
-        return self._drop_list()
-
     # --- outcomes -----------------------------------------------------------------------------
 
     def handle(self, outcome: Outcome) -> list[Command]:
