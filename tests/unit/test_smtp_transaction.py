@@ -463,3 +463,38 @@ def test_null_and_bad_recipients_are_refused_locally() -> None:
     [answer] = relay.core.rcpt("a\x01@y")
     assert isinstance(answer, Answer) and answer.reply.code == 501
     assert relay.took() == []
+
+
+def test_loss_at_rset_drops_the_session_and_still_answers_250() -> None:
+    """RSET with a transaction open upstream and the upstream gone: the client's RSET is 250 (its
+    transaction is gone either way), the session is dropped, the next MAIL opens a new one."""
+    relay = Relay()
+    open_transaction(relay)
+    assert relay.say("RSET", DEAD) == "250 2.0.0 OK"
+    assert relay.took() == ["RSET", "drop"]
+    assert relay.say("MAIL FROM:<a@x>", PIPELINING) == "250 2.1.0 Sender OK"
+    assert relay.took() == ["acquire"]
+
+
+def test_loss_at_the_rset_before_a_mail_is_retried_on_a_fresh_session() -> None:
+    """The kept session still holds a refused message's transaction; the RSET sent before the next
+    MAIL finds it dead: dropped, one fresh session, the MAIL is held as usual."""
+    relay = Relay()
+    open_transaction(relay)
+    relay.say("DATA")
+    relay.say(".", content=ContentResult(reply=_reply("451 4.3.0 later"), open_after=True))
+    relay.took()
+    assert relay.say("MAIL FROM:<a@x>", DEAD, PIPELINING) == "250 2.1.0 Sender OK"
+    assert relay.took() == ["RSET", "drop", "acquire fresh"]
+
+
+def test_loss_when_the_data_command_cannot_be_sent() -> None:
+    """DATA cannot even be written (the connection closed after RCPT): the content path reports the
+    failure at once; 451 4.4.2 and the session is dropped."""
+    relay = Relay()
+    relay.say("MAIL FROM:<a@x>", CLASSIC, "250 2.1.0 ok")
+    relay.say("RCPT TO:<b@y>", "250 2.1.5 ok")
+    relay.took()
+    assert relay.say("DATA") == "354"
+    assert relay.say(".", content=ContentResult(error=DEAD)).startswith("451 4.4.2")
+    assert relay.took() == ["DATA", "drop"]
