@@ -20,6 +20,9 @@ cryptography's InvalidTag, binascii.Error ...) are translated into these at modu
     │   ├── UpstreamAuthRejected    the upstream refused the XOAUTH2 login
     │   └── UpstreamProtocolError   the upstream said something we cannot parse
     └── ProtocolInputError          a client sent bad input (bad base64, control characters ...)
+
+`UpstreamError.reply` carries the upstream's own reply as an `UpstreamReply` value (code, enhanced
+code, text), so it is passed on and matched without parsing a message string.
 """
 
 from __future__ import annotations
