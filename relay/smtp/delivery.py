@@ -105,5 +105,14 @@ class Delivery(Protocol):
         ...
 
 
-DeliveryFactory = Callable[[AccountConfig, ConnectionInfo], Delivery]
-"""Makes the delivery for an account on a new connection (or after a login)."""
+class DeliveryFactory(Protocol):
+    """Makes the delivery for an account on a new connection (or after a login); one per
+    listener. `close` runs when the listener has stopped (QUIT pooled sessions, stop a sender)."""
+
+    def __call__(self, account: AccountConfig, conn: ConnectionInfo) -> Delivery:
+        """The delivery for ``account`` on the connection ``conn``."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the deliveries share; no connection uses them any more."""
+        ...

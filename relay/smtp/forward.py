@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from relay.config.model import AccountConfig, LimitsConfig
+from relay.config.model import AccountConfig, LimitsConfig, RelayConfig
 from relay.errors import RelayError
 from relay.secret import Secret
 from relay.smtp.dataframe import DataFramer
@@ -45,6 +45,28 @@ from relay.smtp.upstream import UpstreamSmtpSession, open_logged_in
 from relay.tokens.source import TokenSource
 
 log = logging.getLogger("relay.smtp")
+
+
+class LiveForwarding:
+    """The default `DeliveryFactory`: live forwarding, with the per-account session pool when
+    ``upstream_pool.enabled``."""
+
+    def __init__(self, config: RelayConfig, tokens: TokenSource) -> None:
+        self.tokens = tokens
+        self.limits = config.limits
+        self.pool: UpstreamPool | None = None
+        if config.upstream_pool.enabled:
+            self.pool = UpstreamPool(config.upstream_pool, tokens,
+                                     wait_timeout_s=self.limits.upstream_connect_timeout_s)
+
+    def __call__(self, account: AccountConfig, conn: ConnectionInfo) -> LiveSmtpDelivery:
+        """A delivery forwarding ``account``'s transactions on this connection."""
+        return LiveSmtpDelivery(account, conn, tokens=self.tokens, limits=self.limits, pool=self.pool)
+
+    async def close(self) -> None:
+        """QUIT the pooled upstream sessions, if pooling is on."""
+        if self.pool is not None:
+            await self.pool.close()
 
 
 class LiveSmtpDelivery:

@@ -2,7 +2,7 @@
 
 Local logins (AUTH PLAIN/LOGIN, or a trusted client address at MAIL) select an account; from then
 on each hook hands the client's command to the connection's `relay.smtp.delivery.Delivery` (made
-per account by a `DeliveryFactory`; by default `relay.smtp.forward.LiveSmtpDelivery`, which runs
+per account by a `DeliveryFactory`; by default `relay.smtp.forward.LiveForwarding`, which runs
 the pure transaction core `relay.smtp.transaction` against the upstream) and sends the reply
 value it gets back. What stays here is what belongs to the local side: who may log in and send,
 EHLO keywords, address syntax, and aiosmtpd's envelope bookkeeping.
@@ -20,7 +20,7 @@ from relay.errors import ProtocolInputError
 from relay.sasl import decode_login_field, decode_plain
 from relay.smtp import replies
 from relay.smtp.delivery import ConnectionInfo, ContentSink, Delivery, DeliveryFactory
-from relay.smtp.forward import LiveSmtpDelivery
+from relay.smtp.forward import LiveForwarding
 from relay.smtp.pool import UpstreamPool
 from relay.smtp.protocol import ConnectionState, RelaySMTP
 from relay.smtp.reply import SmtpReply
@@ -39,24 +39,19 @@ class RelayHandler:
     def __init__(self, config: RelayConfig, tokens: TokenSource, authenticator: Any,
                  *, hostname: str = "localhost", deliveries: DeliveryFactory | None = None) -> None:
         self.config = config
-        self.tokens = tokens
         self.authenticator = authenticator
         self.hostname = hostname
         self.limits = config.limits
-        self.pool: UpstreamPool | None = None
-        if config.upstream_pool.enabled:
-            self.pool = UpstreamPool(config.upstream_pool, tokens,
-                                     wait_timeout_s=self.limits.upstream_connect_timeout_s)
-        self.deliveries: DeliveryFactory = deliveries or self.live_delivery
+        self.deliveries: DeliveryFactory = deliveries or LiveForwarding(config, tokens)
 
-    def live_delivery(self, account: AccountConfig, conn: ConnectionInfo) -> Delivery:
-        """The default delivery: live forwarding to the account's upstream SMTP server."""
-        return LiveSmtpDelivery(account, conn, tokens=self.tokens, limits=self.limits, pool=self.pool)
+    @property
+    def pool(self) -> UpstreamPool | None:
+        """Live forwarding's upstream session pool (None: pooling off, or another delivery)."""
+        return self.deliveries.pool if isinstance(self.deliveries, LiveForwarding) else None
 
     async def close(self) -> None:
-        """Close the pooled upstream sessions (QUIT), if pooling is on."""
-        if self.pool is not None:
-            await self.pool.close()
+        """The listener stopped: let the deliveries release what they share (pooled sessions)."""
+        await self.deliveries.close()
 
     # --- greeting and capabilities --------------------------------------------------------------
 

@@ -109,8 +109,16 @@ def store_relay(sandbox, tmp_path):  # type: ignore[no-untyped-def]
     config = build_config(sandbox, tmp_path)
     box: list[Stored] = []
 
-    def deliveries(account: AccountConfig, conn: ConnectionInfo) -> Delivery:
-        return StoreDelivery(account, box)
+    class Deliveries:
+        closed = False
+
+        def __call__(self, account: AccountConfig, conn: ConnectionInfo) -> Delivery:
+            return StoreDelivery(account, box)
+
+        async def close(self) -> None:
+            self.closed = True
+
+    deliveries = Deliveries()
 
     thread = LoopThread("relay-smtp-store-delivery").start()
 
@@ -126,6 +134,7 @@ def store_relay(sandbox, tmp_path):  # type: ignore[no-untyped-def]
     relay.box = box  # type: ignore[attr-defined]
     yield relay
     relay.stop()
+    assert deliveries.closed, "the factory is closed when the listener stops"
 
 
 def test_another_delivery_plugs_in_without_touching_the_smtp_side(store_relay, sandbox):
