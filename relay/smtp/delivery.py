@@ -85,7 +85,8 @@ class Delivery(Protocol):
         ...
 
     async def open_content(self) -> ContentSink | SmtpReply:
-        """DATA: the sink the content goes to (the client hears 354), or the refusal."""
+        """DATA: the sink the content goes to (the client hears 354), or the refusal. Meant to
+        answer at once; a delivery that must wait wraps the wait in ``ConnectionInfo.busy``."""
         ...
 
     async def reset(self) -> None:

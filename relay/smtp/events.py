@@ -5,6 +5,10 @@ Commands that need no answer (`Drop`, `Release`, `Quit`) are done at once; a req
 `SendMail`, `SendRcpt`, `SendRset`) is answered with an `Outcome`; `Answer` carries the client's
 reply and ends the step; `StartContent` hands the content to a sink, which reports a
 `ContentResult` at its end.
+
+They are values (never changed after construction) but not ``frozen``: a frozen dataclass's
+``__init__`` goes through ``object.__setattr__`` per field, twice the cost, and several of these
+are made per SMTP command on the relay's hottest path.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from relay.smtp.reply import EhloCapabilities, SmtpReply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MailRequest:
     """A client's MAIL as it goes upstream: ``sender`` ("" for ``<>``) and its parameters
     (``{"SIZE": "12", "BODY": "8BITMIME", "SMTPUTF8": ""}``)."""
@@ -24,7 +28,7 @@ class MailRequest:
     options: Mapping[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionInfo:
     """What the core needs to know of a connected, logged-in upstream session."""
 
@@ -36,7 +40,7 @@ class SessionInfo:
 
 # --- commands (out) -----------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """The client's reply; ``failure`` is logged (account, upstream reply, fix) when set."""
 
@@ -44,14 +48,14 @@ class Answer:
     failure: BaseException | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Acquire:
     """Get a connected, logged-in session (``fresh``: not a pooled idle one). -> SessionReady/Failed"""
 
     fresh: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendMail:
     """Send MAIL, with the first RCPT when ``rcpt`` is set (one write when the session pipelines,
     else RCPT only after a 2xx to MAIL). -> Replied(mail, rcpt or None)/Failed"""
@@ -60,7 +64,7 @@ class SendMail:
     rcpt: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendRcpt:
     """Send one RCPT. -> Replied/Failed"""
 
@@ -71,7 +75,7 @@ class SendRset:
     """Send RSET. -> Replied/Failed"""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartContent:
     """Open the content path: BDAT (``chunking``) or DATA. -> nothing (the sink reports later)"""
 
@@ -96,14 +100,14 @@ Command = Answer | Acquire | SendMail | SendRcpt | SendRset | StartContent | Dro
 
 # --- outcomes (in) ------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionReady:
     """`Acquire` succeeded."""
 
     info: SessionInfo
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Replied:
     """The upstream's reply to `Send` (``second``: the pipelined RCPT's, when one came);
     ``connected``: the session is still open after it."""
@@ -113,7 +117,7 @@ class Replied:
     connected: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     """A request failed (connect, login, token, dropped connection, timeout ...)."""
 
@@ -123,7 +127,7 @@ class Failed:
 Outcome = SessionReady | Replied | Failed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContentResult:
     """How the content ended: ``reply`` the upstream's final reply, or ``refused`` our own refusal
     (the sink abandoned the upstream), or ``error`` an upstream failure. ``open_after``: the

@@ -169,19 +169,21 @@ class LiveSmtpDelivery:
             commands = self.core.handle(outcome)
 
     async def _request(self, command: Command) -> Outcome:
-        try:
-            if isinstance(command, Acquire):
-                return SessionReady(await self._acquire(command.fresh))
-            up = self.up
-            assert up is not None
+        up = self.up
+        try:  # the most frequent first: MAIL+RCPT, then a later RCPT
             if isinstance(command, SendMail):
+                assert up is not None
                 if command.rcpt is None:
                     return Replied(await up.send_command(command.mail, "MAIL"), None, up.connected)
                 mail, rcpt = await up.mail_rcpt(command.mail, command.rcpt)
-                return Replied(mail, rcpt, up.connected)
+                # connected matters only after a refused MAIL (is the session reusable?)
+                return Replied(mail, rcpt, mail.code < 300 or up.connected)
             if isinstance(command, SendRcpt):
+                assert up is not None
                 return Replied(await up.send_command(command.rcpt, "RCPT"))
-            assert isinstance(command, SendRset), command
+            if isinstance(command, Acquire):
+                return SessionReady(await self._acquire(command.fresh))
+            assert isinstance(command, SendRset) and up is not None, command
             return Replied(await up.rset())
         except (RelayError, OSError) as exc:
             return Failed(exc)

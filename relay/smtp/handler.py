@@ -152,13 +152,13 @@ class RelayHandler:
         account = self._sending_account(state)
         if isinstance(account, SmtpReply):
             return account.wire
-        if not _is_utf8(address):
+        if not address.isascii() and not _is_utf8(address):
             return replies.BAD_SENDER_ADDRESS.wire
         if account.envelope_sender == "rewrite":
             sender = account.mailbox
         else:
             sender = "" if address == NULL_SENDER else address  # mail_command() adds the <>
-        delivery = self._delivery(server, account)
+        delivery = state.delivery or self._delivery(server, account)
         with server.busy():
             reply = await delivery.mail(sender, _parse_mail_options(mail_options))
         if reply.is_positive:
@@ -171,7 +171,7 @@ class RelayHandler:
         """RCPT: this recipient's reply from the delivery."""
         if address == NULL_SENDER:
             return replies.NULL_RECIPIENT.wire
-        if not _is_utf8(address):
+        if not address.isascii() and not _is_utf8(address):
             return replies.BAD_RECIPIENT_ADDRESS.wire
         delivery = server.state.delivery
         if delivery is None:
@@ -189,8 +189,7 @@ class RelayHandler:
         delivery = server.state.delivery
         if delivery is None:
             return replies.UPSTREAM_CONNECTION_LOST
-        with server.busy():
-            return await delivery.open_content()
+        return await delivery.open_content()  # answers at once (ConnectionInfo.busy for waits)
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         """RSET: the delivery abandons its transaction."""
@@ -261,8 +260,6 @@ class RelayHandler:
 
 def _is_utf8(address: str) -> bool:
     """False for an address with bytes that are not UTF-8 (aiosmtpd keeps them as surrogates)."""
-    if address.isascii():
-        return True
     try:
         address.encode("utf-8")
     except UnicodeEncodeError:

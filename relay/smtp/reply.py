@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from relay.errors import UpstreamProtocolError, UpstreamReply
 
@@ -53,10 +52,16 @@ class SmtpReply:
         """5xx: do not retry unchanged."""
         return self.code >= 500
 
-    @cached_property
+    @property
     def wire(self) -> str:
-        """`render`, computed once per reply (the relay's own replies are shared constants)."""
-        return self.render()
+        """`render`, computed once per reply (the relay's own replies are shared constants).
+
+        Cached in the instance dict by hand: functools.cached_property takes a lock per first
+        access on Python 3.11, which costs more than rendering a one-line upstream reply."""
+        wire = self.__dict__.get("_wire")
+        if wire is None:
+            wire = self.__dict__["_wire"] = self.render()
+        return wire
 
     def as_upstream_reply(self) -> UpstreamReply:
         """This reply as the protocol-neutral value carried by `relay.errors.UpstreamError`."""

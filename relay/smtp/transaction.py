@@ -81,6 +81,7 @@ __all__ = [
 ]
 
 LOGGED_OUT = frozenset({421, 530, 535})
+_SENDER_OK, _OK, _BYE = Answer(replies.SENDER_OK), Answer(replies.OK), Answer(replies.BYE)
 """MAIL replies of a reused session that lost its login (or is closing): retry on a fresh one."""
 
 
@@ -193,10 +194,14 @@ class RelayTransaction:
         assert reply is not None
         self.last_upstream_reply = reply
         self.upstream_open = result.open_after
+        answer = Answer(client_reply_for_upstream(reply))
         if reply.code == 421:
             out.extend(self._drop_list())
+        elif not self.pooled:
+            return [answer]  # the usual end: the kept session stays
         out.extend(self._release_if_clean())
-        return [*out, Answer(client_reply_for_upstream(reply))]
+        out.append(answer)
+        return out
 
     def reset(self) -> list[Command]:
         """RSET, HELO/EHLO: forget the client's transaction; RSET upstream when one is open."""
@@ -204,7 +209,7 @@ class RelayTransaction:
         if self.session is not None and self.upstream_open:
             self._step = _Step.RSET
             return [SEND_RSET]
-        return [*self._release_if_clean(), Answer(replies.OK)]
+        return [*self._release_if_clean(), _OK]
 
     def quit(self) -> list[Command]:
         """QUIT: pooling, the session goes back (after RSET if needed); else it is closed politely."""
@@ -212,9 +217,9 @@ class RelayTransaction:
             return self.reset()
         self.phase = Phase.IDLE
         if self.session is None:
-            return [Answer(replies.BYE)]
+            return [_BYE]
         self.session, self.upstream_open = None, False
-        return [QUIT, Answer(replies.BYE)]
+        return [QUIT, _BYE]
 
     def connection_lost(self) -> list[Command]:
         """The client is gone: a clean session goes back to the pool, any other is dropped."""
@@ -253,18 +258,19 @@ class RelayTransaction:
         request = self._mail
         assert request is not None
         self._retry = self._retries_left > 0 and reused
-        refusal = self._check_options(info.capabilities, request.options)
+        options = request.options
+        refusal = self._check_options(info.capabilities, options) if options else None
         if refusal is None:
             try:
-                self._mail_line = mail_command(request.sender, _mail_params(info.capabilities,
-                                                                            request.options))
+                self._mail_line = mail_command(
+                    request.sender, _mail_params(info.capabilities, options) if options else ())
             except ProtocolInputError as exc:
                 refusal = replies.syntax_error(exc)
         if refusal is not None:
             return [*self._release_if_clean(), Answer(refusal)]
         if info.pipelining and not self._send_now:
             self.phase = Phase.HELD
-            return [Answer(replies.SENDER_OK)]
+            return [_SENDER_OK]
         return self._send_mail()
 
     def _session_failed(self, outcome: Outcome) -> list[Command]:
@@ -294,13 +300,13 @@ class RelayTransaction:
 
     def _mail_outcome(self, outcome: Outcome) -> list[Command]:
         held = self._rcpt_line is not None
-        if isinstance(outcome, Failed):
+        if not isinstance(outcome, Replied):
+            assert isinstance(outcome, Failed)
             out = self._drop_list()
             if self._retry and _died_while_idle(outcome.error):
                 return [*out, *self._retry_fresh()]
             return self._mail_final(Answer(reply_for_error(outcome.error), failure=outcome.error),
                                     held, out)
-        assert isinstance(outcome, Replied)
         mail = outcome.first
         self.upstream_open = mail.is_positive
         if self._retry and mail.code in LOGGED_OUT:
@@ -341,22 +347,21 @@ class RelayTransaction:
     # --- RCPT and RSET ------------------------------------------------------------------------
 
     def _rcpt_outcome(self, outcome: Outcome) -> list[Command]:
-        if isinstance(outcome, Failed):
+        if not isinstance(outcome, Replied):
+            assert isinstance(outcome, Failed)
             self.phase = Phase.BROKEN
             return [*self._drop_list(), Answer(reply_for_error(outcome.error, connected=True),
                                                failure=outcome.error)]
-        assert isinstance(outcome, Replied)
         self.last_upstream_reply = outcome.first
         return [Answer(client_reply_for_upstream(outcome.first))]
 
     def _rset_outcome(self, outcome: Outcome) -> list[Command]:
-        if isinstance(outcome, Failed):
-            return [*self._drop_list(), Answer(replies.OK)]
-        assert isinstance(outcome, Replied)
+        if not isinstance(outcome, Replied):
+            return [*self._drop_list(), _OK]
         self.upstream_open = False
         if outcome.first.code != 250 and self.pooled:
-            return [*self._drop_list(), Answer(replies.OK)]  # not known to be clean: never pooled
-        return [*self._release_if_clean(), Answer(replies.OK)]
+            return [*self._drop_list(), _OK]  # not known to be clean: never pooled
+        return [*self._release_if_clean(), _OK]
 
     # --- the held session ---------------------------------------------------------------------
 

@@ -378,7 +378,7 @@ def command_line(line: str, *, sensitive: bool = False) -> bytes:
 
 def mail_command(address: str, params: Iterable[str] = ()) -> bytes:
     """The checked ``MAIL FROM:<address> [params]`` line."""
-    extra = "".join(f" {p}" for p in params)
+    extra = "".join([f" {p}" for p in params]) if params else ""
     return command_line(f"MAIL FROM:<{address}>{extra}")
 
 
