@@ -67,7 +67,7 @@ def test_unknown_key_is_an_error_with_suggestion() -> None:
     [(path, message)] = problems(data)
     assert path == "accounts.sales.pasword_hash"
     assert message == ("unknown key 'pasword_hash'; did you mean 'password_hash'? (known: username, "
-                       "password_hash, mailbox, credentials, smtp, pop3, allow_without_auth_from, "
+                       "password_hash, mailbox, credentials, smtp, pop3, imap, allow_without_auth_from, "
                        "envelope_sender)")
 
 
