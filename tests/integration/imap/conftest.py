@@ -17,9 +17,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imap_world import DovecotImap, ImapRelay, start_relay, start_world  # noqa: E402
+from imap_world import DovecotImap, ImapRelay, start_relay, start_world
 
-from relay.sandbox.oauth import SandboxOAuthProvider  # noqa: E402
+from relay.sandbox.oauth import SandboxOAuthProvider
 
 
 @dataclass

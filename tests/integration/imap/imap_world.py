@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "real"))
 
-from real_servers import (  # noqa: E402
+from real_servers import (
     ensure_system_user,
     free_port,
     make_base_dir,
@@ -31,9 +31,9 @@ from real_servers import (  # noqa: E402
     wait_for_exit,
     wait_for_port,
 )
-from support.relay_harness import authorized_token_set, relay_config  # noqa: E402
+from support.relay_harness import authorized_token_set, relay_config
 
-from relay.config.model import (  # noqa: E402
+from relay.config.model import (
     AccountConfig,
     CredentialsConfig,
     LimitsConfig,
@@ -43,10 +43,10 @@ from relay.config.model import (  # noqa: E402
     TokenStoreConfig,
     UpstreamEndpoint,
 )
-from relay.passwords import hash_password  # noqa: E402
-from relay.sandbox.loop import LoopThread  # noqa: E402
-from relay.sandbox.oauth import DEFAULT_CLIENT_ID, SandboxOAuthProvider  # noqa: E402
-from relay.tokens.store import EncryptedFileStore, generate_key  # noqa: E402
+from relay.passwords import hash_password
+from relay.sandbox.loop import LoopThread
+from relay.sandbox.oauth import DEFAULT_CLIENT_ID, SandboxOAuthProvider
+from relay.tokens.store import EncryptedFileStore, generate_key
 
 PASSWORD = "imap horse battery"
 TIMEOUT_S = 30.0
