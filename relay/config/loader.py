@@ -295,7 +295,8 @@ class _Builder:
             self.problem("listen.pop3.port", f"{pop3.host}:{pop3.port} is already the SMTP listener's "
                          "address; give POP3 another port")
         for other_name, other in (("SMTP", smtp), ("POP3", pop3)):
-            if imap.enabled and other.enabled and imap.port and (imap.host, imap.port) == (other.host, other.port):
+            same = (imap.host, imap.port) == (other.host, other.port)
+            if imap.enabled and other.enabled and imap.port and same:
                 self.problem("listen.imap.port", f"{imap.host}:{imap.port} is already the {other_name} "
                              "listener's address; give IMAP another port")
         return ListenConfig(smtp=smtp, pop3=pop3, imap=imap)
