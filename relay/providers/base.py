@@ -4,7 +4,8 @@ CONTRACT (fixed; the OAuth-engine work fills in the grant methods below it):
 class attributes ``name``, ``requires_tenant``, ``supported_flows``, ``default_smtp``,
 ``default_pop3``, optional ``default_imap``; the constructor
 ``Provider(credentials: CredentialsConfig)``; and the classmethod
-``config_problems(credentials) -> list[(field, message)]`` used by the config loader to report provider-specific mistakes with their YAML path.
+``config_problems(credentials) -> list[(field, message)]`` used by the config loader
+to report provider-specific mistakes with their YAML path.
 
 Grants: the base class implements RFC 6749 / 7636 / 8628 against the endpoints a subclass
 returns from ``endpoints()``; a provider overrides what differs and raises
