@@ -42,6 +42,9 @@ TLS_MODES = ("none", "starttls", "implicit")
 FLOWS = ("authorization_code", "device_code", "client_credentials", "service_account")
 SENDER_POLICIES = ("keep", "rewrite")
 DEFAULT_LISTEN = {"smtp": ("127.0.0.1", 2525), "pop3": ("127.0.0.1", 1110), "imap": ("127.0.0.1", 1143)}
+# Listeners that stay off unless the YAML has their key: IMAP came later, and an upgrade must not
+# open a new port on its own.
+OFF_UNLESS_CONFIGURED = frozenset({"imap"})
 DEFAULT_STORE_FILE = "relay-tokens.enc"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAILBOX = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
@@ -304,6 +307,8 @@ class _Builder:
     def listener(self, value: object, name: str) -> ListenerConfig:
         path = f"listen.{name}"
         host, port = DEFAULT_LISTEN[name]
+        if value is _MISSING and name in OFF_UNLESS_CONFIGURED:
+            return ListenerConfig(enabled=False, host=host, port=port)
         if value is _MISSING or value is None or value is True:
             return ListenerConfig(enabled=True, host=host, port=port)
         if value is False:

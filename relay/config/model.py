@@ -47,7 +47,7 @@ class ListenConfig:
 
     smtp: ListenerConfig
     pop3: ListenerConfig
-    # Off unless configured in code; the YAML loader turns it on by default like the others.
+    # Off unless configured (in the YAML: an `imap:` key under `listen`).
     imap: ListenerConfig = ListenerConfig(enabled=False, host="127.0.0.1", port=1143)
 
 

@@ -171,6 +171,14 @@ class UpstreamImapSession:
             if reply is not None:
                 return reply
 
+    async def logout(self) -> None:
+        """Send LOGOUT (best effort) and close; for `relay check`, which ends its own session."""
+        try:
+            await self.command(b"LOGOUT")
+        except (UpstreamUnavailable, UpstreamProtocolError):
+            pass  # the BYE raises UpstreamUnavailable by design; closing is all that is left
+        await self.close()
+
     async def close(self) -> None:
         """Close the connection (no LOGOUT: the client's session already ended or never began)."""
         if self.closed:
