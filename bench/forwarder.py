@@ -1,11 +1,11 @@
 """The floor for any relay written in Python: a byte forwarder with no work of its own.
 
 ``python -m bench.forwarder SMTP_PORT POP3_PORT IMAP_PORT`` listens on one free loopback port per
-target and pipes every connection, byte for byte, to the bench upstream's SMTP, POP3 and IMAP ports: no TLS termination
-(the client's TLS goes through it end to end), no parsing, no logins, asyncio protocol callbacks
-on uvloop when installed. The bench runs the ``direct`` client through it as the target ``floor``:
-its ratio to direct is what one extra process hop alone costs on this machine, a ceiling for the
-relay, which must also terminate TLS twice and speak both protocols.
+target and pipes every connection, byte for byte, to the bench upstream's SMTP, POP3 and IMAP
+ports: no TLS termination (the client's TLS goes through it end to end), no parsing, no logins,
+asyncio protocol callbacks on uvloop when installed. The bench runs the ``direct`` client through
+it as the target ``floor``: its ratio to direct is what one extra process hop alone costs on this
+machine, a ceiling for the relay, which must also terminate TLS twice and speak the protocols.
 """
 
 from __future__ import annotations

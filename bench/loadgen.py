@@ -2,7 +2,8 @@
 
 A `Target` says how to reach a server and log in: ``direct`` (the upstream: STARTTLS/TLS and
 AUTH XOAUTH2 with a bearer token) or ``relay`` (a local proxy, the relay or emailproxy: AUTH PLAIN /
-USER+PASS / IMAP LOGIN with a local login). `run_smtp` / `run_pop3` / `run_imap` start C sessions at once and collect a `LoadResult`;
+USER+PASS / IMAP LOGIN with a local login). `run_smtp` / `run_pop3` / `run_imap` start C
+sessions at once and collect a `LoadResult`;
 `verify_smtp` then checks at the upstream that every acknowledged message arrived exactly once.
 """
 

@@ -13,6 +13,7 @@ tried again on a fresh connection (`relay.imap.refresh`). Low-level failures lea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import ssl
@@ -173,10 +174,9 @@ class UpstreamImapSession:
 
     async def logout(self) -> None:
         """Send LOGOUT (best effort) and close; for `relay check`, which ends its own session."""
-        try:
+        # The BYE raises UpstreamUnavailable by design; closing is all that is left then.
+        with contextlib.suppress(UpstreamUnavailable, UpstreamProtocolError):
             await self.command(b"LOGOUT")
-        except (UpstreamUnavailable, UpstreamProtocolError):
-            pass  # the BYE raises UpstreamUnavailable by design; closing is all that is left
         await self.close()
 
     async def close(self) -> None:
