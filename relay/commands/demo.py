@@ -161,7 +161,7 @@ class Demo:
                 f"upstream): message {fetched} of the mailbox, Subject: {subject}")
             number = await asyncio.to_thread(self.fetch_imap, imap_port, msgid)
             say(f"{CHECK} Fetched it again over the relay's IMAP (LOGIN as {DEMO_LOGIN}, AUTHENTICATE "
-                f"XOAUTH2 upstream): message {number} of INBOX, byte for byte")
+                f"XOAUTH2 upstream): message {number} of INBOX")
             say("\nRound trip OK: plain logins in, OAuth 2.0 (XOAUTH2) out.\n")
             say(self.by_hand(smtp_port, pop3_port, imap_port))
             if not self.args.once:
