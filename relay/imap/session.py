@@ -3,9 +3,10 @@
 Before login the relay answers by itself (relay/imap/protocol.py). The login command is checked
 against the local users, then the account's upstream is logged in with XOAUTH2; the client's
 tagged reply comes from that result, carrying the upstream's post-login capabilities. From then
-on bytes flow unchanged both ways (IDLE, literals, FETCH of any size): each direction reads one
-chunk, writes it and waits for ``drain`` above the high-water mark, so a slow reader slows the
-other side down instead of filling memory. The session ends when either side closes, or after
+on bytes flow unchanged both ways (IDLE, literals, FETCH of any size) through `Splice`
+(relay/imap/splice.py): the two transports feed each other directly, and a write buffer above its
+high-water mark pauses reading on the other side, so a slow reader slows the sender down instead
+of filling memory. The session ends when either side closes, or after
 ``limits.imap_idle_timeout_s`` without a byte in either direction (RFC 9051 5.4: at least 30
 minutes; IDLE clients re-issue IDLE every 29 minutes, RFC 2177).
 """
@@ -31,6 +32,7 @@ from relay.errors import (
 )
 from relay.flow import needs_drain
 from relay.imap.protocol import NEED_DATA, PAUSED, ImapProtocol, LoginAttempt, Reply, StartTls
+from relay.imap.splice import Splice
 from relay.imap.syntax import tagged, untagged
 from relay.imap.upstream import UpstreamImapSession, client_capabilities, open_upstream
 from relay.tokens.source import TokenSource
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.imap")
 
 CLIENT_READ_BYTES = 64 * 1024
-RELAY_CHUNK_BYTES = 256 * 1024
 PRE_LOGIN_TIMEOUT_CAP_S = 300.0  # RFC 9051 5.4 allows a shorter timer before login
 HALF_CLOSE_GRACE_S = 10.0  # after the client's EOF, time for the upstream's last replies
 # Upstream NO codes passed on to the client as they are (RFC 5530): they mean "not now".
@@ -91,7 +92,7 @@ class ImapProxySession:
             starttls_available=ctx.listener.tls == "starttls" and ctx.tls_context is not None,
             tls_active=tls_active, plaintext_allowed=self._plaintext_allowed(tls_active))
         self._upstream: UpstreamImapSession | None = None
-        self._last_activity = 0.0
+        self._spliced = False
         self.stats = SessionStats()
 
     def _plaintext_allowed(self, tls_active: bool) -> bool:
@@ -257,83 +258,52 @@ class ImapProxySession:
     # --- after login: the byte relay -------------------------------------------------------
 
     async def _relay(self) -> None:
+        """Splice client and upstream until either ends or the session idles out."""
         upstream = self._upstream
         assert upstream is not None
-        loop = asyncio.get_running_loop()
-        self._last_activity = loop.time()
-        to_upstream = asyncio.ensure_future(self._pump(
-            self._reader, upstream.writer, self._proto.take_buffered(), inbound=True))
-        to_client = asyncio.ensure_future(self._pump(
-            upstream.reader, self._writer, upstream.take_buffered(), inbound=False))
-        watchdog = asyncio.ensure_future(self._watchdog())
-        tasks = {to_upstream, to_client, watchdog}
+        # Bytes already read past the login on each side go first. The stream readers are not
+        # used again (the splice takes the transports over), so their buffers are emptied here;
+        # asyncio has no public way to do that, as in the STARTTLS code above.
+        to_upstream = self._proto.take_buffered() + _drain_reader(self._reader)
+        to_client = upstream.take_buffered() + _drain_reader(upstream.reader)
+        upstream.closed = True  # from now on the splice closes the connection
+        self._spliced = True
+        splice = Splice(self._writer.transport, upstream.writer.transport,
+                        idle_timeout_s=self._ctx.limits.imap_idle_timeout_s,
+                        grace_s=HALF_CLOSE_GRACE_S,
+                        idle_goodbye=untagged("BYE Autologout; idle for too long"))
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if to_upstream in done and to_client not in done and to_upstream.result() == "eof":
-                # The client closed its sending side: let the upstream's last replies (to a
-                # LOGOUT, say) reach it before closing.
-                if upstream.writer.can_write_eof():
-                    with contextlib.suppress(OSError):
-                        upstream.writer.write_eof()
-                await asyncio.wait({to_client, watchdog}, timeout=HALF_CLOSE_GRACE_S,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            if watchdog.done():
-                self.stats.outcome = "idle timeout"
-                with contextlib.suppress(OSError):
-                    self._writer.write(untagged("BYE Autologout; idle for too long"))
-            elif to_client.done():
-                self.stats.outcome = f"upstream {to_client.result()}"
-            else:
-                self.stats.outcome = f"client {to_upstream.result()}"
+            how = await splice.run(to_upstream, to_client)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    first: bytes, *, inbound: bool) -> str:
-        """Copy ``reader`` to ``writer`` until EOF or an error; return how it ended."""
-        loop = asyncio.get_running_loop()
-        stats = self.stats
-        data = first
-        try:
-            while True:
-                if data:
-                    self._last_activity = loop.time()
-                    if inbound:
-                        stats.bytes_in += len(data)
-                    else:
-                        stats.bytes_out += len(data)
-                    writer.write(data)
-                    if needs_drain(writer):
-                        await writer.drain()  # back-pressure; the watchdog bounds the wait
-                data = await reader.read(RELAY_CHUNK_BYTES)
-                if not data:
-                    return "eof"
-        except OSError as exc:
-            return f"error: {exc}"
-
-    async def _watchdog(self) -> None:
-        """Return once nothing moved in either direction for ``imap_idle_timeout_s``."""
-        loop = asyncio.get_running_loop()
-        timeout_s = self._ctx.limits.imap_idle_timeout_s
-        while True:
-            remaining = self._last_activity + timeout_s - loop.time()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(remaining)
+            self.stats.bytes_in += splice.stats.to_upstream
+            self.stats.bytes_out += splice.stats.to_client
+        self.stats.outcome = how
 
     # --- close -----------------------------------------------------------------------------
 
     async def _close(self) -> None:
         if self._upstream is not None:
             await self._upstream.close()
+        if self._spliced:  # the splice closed both transports already
+            self._log_end()
+            return
         try:
             self._writer.close()
             await asyncio.wait_for(self._writer.wait_closed(), 5)
         except (OSError, TimeoutError):
             self._writer.transport.abort()
+        self._log_end()
+
+    def _log_end(self) -> None:
         s = self.stats
         log.info("imap session %s ended: account=%s client=%s commands=%d bytes_in=%d "
                  "bytes_out=%d outcome=%s", self.session_id, s.account, self.client, s.commands,
                  s.bytes_in, s.bytes_out, s.outcome)
+
+
+def _drain_reader(reader: asyncio.StreamReader) -> bytes:
+    """Take whatever a StreamReader has buffered (it is not read again after this)."""
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    data = bytes(buffer)
+    buffer.clear()
+    return data
