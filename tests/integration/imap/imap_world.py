@@ -252,10 +252,11 @@ def build_config(base: Path, oauth: SandboxOAuthProvider, dovecot: DovecotImap,
     return config
 
 
-def listener_variants(config: RelayConfig, cert: Path, key: Path) -> dict[str, RelayConfig]:
-    """The same relay with a plain, a STARTTLS and an implicit-TLS IMAP listener."""
+def listener_variants(config: RelayConfig, cert: Path, key: Path,
+                      host: str = "127.0.0.1") -> dict[str, RelayConfig]:
+    """The same relay with a plain, a STARTTLS and an implicit-TLS IMAP listener on ``host``."""
     def with_imap(tls: str) -> RelayConfig:
-        imap = ListenerConfig(enabled=True, host="127.0.0.1", port=0, tls=tls,  # type: ignore[arg-type]
+        imap = ListenerConfig(enabled=True, host=host, port=0, tls=tls,  # type: ignore[arg-type]
                               cert_file=None if tls == "none" else cert,
                               key_file=None if tls == "none" else key)
         return replace(config, listen=ListenConfig(smtp=config.listen.smtp, pop3=config.listen.pop3,
@@ -264,7 +265,7 @@ def listener_variants(config: RelayConfig, cert: Path, key: Path) -> dict[str, R
 
 
 def start_relay(base: Path, oauth: SandboxOAuthProvider, dovecot: DovecotImap,
-                **kwargs: Any) -> ImapRelay:
+                listen_host: str = "127.0.0.1", **kwargs: Any) -> ImapRelay:
     """Seed one token per account and start the three IMAP listeners on a loop thread."""
     from relay.imap.server import ImapProxyServer
     from relay.localauth import LocalAuthenticator
@@ -272,7 +273,7 @@ def start_relay(base: Path, oauth: SandboxOAuthProvider, dovecot: DovecotImap,
 
     base.mkdir(parents=True, exist_ok=True)
     config = build_config(base, oauth, dovecot, **kwargs)
-    variants = listener_variants(config, dovecot.cert_file, dovecot.key_file)
+    variants = listener_variants(config, dovecot.cert_file, dovecot.key_file, listen_host)
     store = EncryptedFileStore(base / "tokens.enc", base64.urlsafe_b64decode(generate_key())).open()
     loop = LoopThread("imap-relay-under-test").start()
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from imap_world import PASSWORD, TIMEOUT_S, imap_login, start_relay, user
+from imap_world import PASSWORD, TIMEOUT_S, imap_login, start_relay, trusting_context, user
 from support.relay_harness import LineClient
 
 from relay.config.model import LimitsConfig
@@ -166,3 +166,21 @@ def test_listener_survives_many_bad_connections(imap_world, account: int) -> Non
     assert client.select("INBOX")[0] == "OK"
     client.logout()
 
+
+
+def test_plaintext_login_refused_off_loopback_until_starttls(imap_world, tmp_path_factory) -> None:
+    """On a listener bound to 0.0.0.0 (not loopback, no allow list) the greeting says
+    LOGINDISABLED and LOGIN is NO [PRIVACYREQUIRED]; after STARTTLS the same login works."""
+    relay = start_relay(tmp_path_factory.mktemp("wide"), imap_world.oauth, imap_world.dovecot,
+                        listen_host="0.0.0.0")
+    try:
+        client = imaplib.IMAP4("127.0.0.1", relay.ports["starttls"], timeout=TIMEOUT_S)
+        assert "LOGINDISABLED" in client.capabilities and "AUTH=PLAIN" not in client.capabilities
+        with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+            client.login(user(0), PASSWORD)
+        client.starttls(ssl_context=trusting_context(imap_world.cert))
+        assert "AUTH=PLAIN" in client.capabilities and "LOGINDISABLED" not in client.capabilities
+        assert client.login(user(0), PASSWORD)[0] == "OK"
+        client.logout()
+    finally:
+        relay.stop()
