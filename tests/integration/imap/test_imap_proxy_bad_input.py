@@ -184,3 +184,14 @@ def test_plaintext_login_refused_off_loopback_until_starttls(imap_world, tmp_pat
         client.logout()
     finally:
         relay.stop()
+
+
+def test_relay_health_probes_the_imap_listener(imap_world) -> None:
+    """`relay health`'s probe reads the IMAP greeting (also over TLS on connect) and logs out."""
+    from relay.commands.health import probe
+    from relay.config.model import ListenerConfig
+
+    for tls in ("none", "implicit"):
+        listener = ListenerConfig(True, "127.0.0.1", imap_world.relay.ports[tls], tls)  # type: ignore[arg-type]
+        ok, seen = probe("imap", listener, 5.0)
+        assert ok and seen.startswith("* OK [CAPABILITY IMAP4rev1"), seen
