@@ -22,7 +22,7 @@ from relay.imap.syntax import ImapSyntaxError, is_valid_tag, tokenize
 from relay.imap.upstream import capabilities_in, client_capabilities, parse_tagged
 from relay.sasl import FORBIDDEN_CHARS
 
-FUZZ = settings(max_examples=2_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=1_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _piece = st.sampled_from([
     b"a1 ", b"* ", b"+ ", b"LOGIN ", b"login ", b"AUTHENTICATE PLAIN", b" AGFAAHA=", b" =", b"*",
