@@ -77,6 +77,10 @@ lmtp_save_to_detail_mailbox = no
 recipient_delimiter =
 # New mail shows up in IDLE at once (inotify), with a keep-alive every 30 s.
 imap_idle_notify_interval = 30 secs
+# COMPRESS=DEFLATE (RFC 4978), to show it works end to end through the relay's splice.
+protocol imap {{
+  mail_plugins = $mail_plugins imap_zlib
+}}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1

@@ -134,3 +134,26 @@ def test_client_disconnect_after_logout_half_close(imap_world, account: int) -> 
         data += chunk
     sock.close()
     assert b"a OK [CAPABILITY" in data and b"* BYE" in data and b"b OK" in data
+
+
+def test_compress_deflate_works_end_to_end(imap_world, account: int) -> None:
+    """COMPRESS=DEFLATE is passed on in the login reply and works: after the login the relay
+    splices bytes, so the client and Dovecot compress end to end (RFC 4978)."""
+    import zlib
+
+    client = imaplib.IMAP4("127.0.0.1", imap_world.relay.ports["none"], timeout=TIMEOUT_S)
+    typ, data = client.login(user(account), PASSWORD)
+    assert typ == "OK" and b"COMPRESS=DEFLATE" in data[0]
+    tag = client._new_tag()
+    client.send(tag + b" COMPRESS DEFLATE\r\n")
+    assert client.readline().startswith(tag + b" OK")
+    deflate = zlib.compressobj(wbits=-15)
+    inflate = zlib.decompressobj(wbits=-15)
+    client.sock.sendall(deflate.compress(b"n1 NOOP\r\nn2 LOGOUT\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+    received = b""
+    while b"n2 OK" not in received:
+        chunk = client.sock.recv(65536)
+        assert chunk, f"closed early; got {received!r}"
+        received += inflate.decompress(chunk)
+    assert b"n1 OK" in received and b"* BYE" in received
+    client.sock.close()
