@@ -36,6 +36,7 @@ class AccountCheck:
     oauth: str = "-"
     smtp: str = "-"
     pop3: str = "-"
+    imap: str = "-"
     fixes: list[str] = field(default_factory=list)
 
     @property
@@ -46,7 +47,7 @@ class AccountCheck:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `relay check` to the CLI."""
-    p = subparsers.add_parser("check", help="check each account: token, upstream SMTP and POP3 login")
+    p = subparsers.add_parser("check", help="check each account: token, upstream SMTP, POP3 and IMAP login")
     add_config_argument(p)
     p.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="only these accounts (default: all)")
     p.add_argument("--timeout", type=float, default=20.0, metavar="S",
@@ -104,6 +105,8 @@ async def check_account(config: RelayConfig, manager: TokenManager, account: Acc
         result.smtp = await _check_smtp(manager, account, token, timeout_s, result.fixes)
     if account.pop3 is not None:
         result.pop3 = await _check_pop3(config, manager, account, timeout_s, result.fixes)
+    if account.imap is not None:
+        result.imap = await _check_imap(config, manager, account, timeout_s, result.fixes)
     return result
 
 
@@ -162,6 +165,22 @@ async def _check_pop3(config: RelayConfig, manager: TokenManager, account: Accou
     return OK
 
 
+async def _check_imap(config: RelayConfig, manager: TokenManager, account: AccountConfig,
+                      timeout_s: float, fixes: list[str]) -> str:
+    from dataclasses import replace  # noqa: PLC0415
+
+    from relay.imap.upstream import open_upstream  # noqa: PLC0415
+
+    limits = replace(config.limits, upstream_connect_timeout_s=timeout_s,
+                     upstream_command_timeout_s=timeout_s)
+    try:
+        session, _ = await open_upstream(account, manager, limits)  # forced refresh included
+    except (UpstreamError, OAuthError) as exc:
+        return _failure("imap", account, exc, fixes)
+    await session.logout()
+    return OK
+
+
 def _failure(kind: str, account: AccountConfig, exc: Exception, fixes: list[str]) -> str:
     """Record the fix for an upstream failure and return the table cell."""
     name = account.name
@@ -188,7 +207,7 @@ def _auth_fix(kind: str, account: AccountConfig, reply: str) -> str:
     if "5.7.139" in reply or "SmtpClientAuthentication is disabled" in reply:
         return (f"enable authenticated SMTP (SMTP AUTH) for {account.mailbox} or the tenant in the "
                 "Microsoft 365 admin center")
-    scope = "SMTP.Send" if kind == "smtp" else "POP.AccessAsUser.All"
+    scope = {"smtp": "SMTP.Send", "pop3": "POP.AccessAsUser.All"}.get(kind, "IMAP.AccessAsUser.All")
     return (f"make sure the sign-in was done as {account.mailbox} (run `relay authorize {account.name}` "
             f"again), that the app registration has the {scope} permission (or the Gmail scope), and "
             f"that {kind.upper()} access is enabled for the mailbox")
@@ -196,10 +215,10 @@ def _auth_fix(kind: str, account: AccountConfig, reply: str) -> str:
 
 def print_report(results: list[AccountCheck]) -> None:
     """Print the table, each failure's fix, and a one-line verdict."""
-    rows = [("ACCOUNT", "TOKEN", "SMTP", "POP3", "VERDICT")]
+    rows = [("ACCOUNT", "TOKEN", "SMTP", "POP3", "IMAP", "VERDICT")]
     for r in results:
-        rows.append((r.account, r.oauth, r.smtp, r.pop3, "BROKEN" if r.broken else "OK"))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        rows.append((r.account, r.oauth, r.smtp, r.pop3, r.imap, "BROKEN" if r.broken else "OK"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

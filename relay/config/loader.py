@@ -41,7 +41,10 @@ from relay.secret import Secret
 TLS_MODES = ("none", "starttls", "implicit")
 FLOWS = ("authorization_code", "device_code", "client_credentials", "service_account")
 SENDER_POLICIES = ("keep", "rewrite")
-DEFAULT_LISTEN = {"smtp": ("127.0.0.1", 2525), "pop3": ("127.0.0.1", 1110)}
+DEFAULT_LISTEN = {"smtp": ("127.0.0.1", 2525), "pop3": ("127.0.0.1", 1110), "imap": ("127.0.0.1", 1143)}
+# Listeners that stay off unless the YAML has their key: IMAP came later, and an upgrade must not
+# open a new port on its own.
+OFF_UNLESS_CONFIGURED = frozenset({"imap"})
 DEFAULT_STORE_FILE = "relay-tokens.enc"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAILBOX = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
@@ -287,17 +290,25 @@ class _Builder:
                            limits=limits, upstream_pool=pool)
 
     def listen(self, value: object) -> ListenConfig:
-        data = self.mapping(value, "listen", ("smtp", "pop3")) or {}
+        data = self.mapping(value, "listen", ("smtp", "pop3", "imap")) or {}
         smtp = self.listener(data.get("smtp", _MISSING), "smtp")
         pop3 = self.listener(data.get("pop3", _MISSING), "pop3")
+        imap = self.listener(data.get("imap", _MISSING), "imap")
         if smtp.enabled and pop3.enabled and smtp.port and (smtp.host, smtp.port) == (pop3.host, pop3.port):
             self.problem("listen.pop3.port", f"{pop3.host}:{pop3.port} is already the SMTP listener's "
                          "address; give POP3 another port")
-        return ListenConfig(smtp=smtp, pop3=pop3)
+        for other_name, other in (("SMTP", smtp), ("POP3", pop3)):
+            same = (imap.host, imap.port) == (other.host, other.port)
+            if imap.enabled and other.enabled and imap.port and same:
+                self.problem("listen.imap.port", f"{imap.host}:{imap.port} is already the {other_name} "
+                             "listener's address; give IMAP another port")
+        return ListenConfig(smtp=smtp, pop3=pop3, imap=imap)
 
     def listener(self, value: object, name: str) -> ListenerConfig:
         path = f"listen.{name}"
         host, port = DEFAULT_LISTEN[name]
+        if value is _MISSING and name in OFF_UNLESS_CONFIGURED:
+            return ListenerConfig(enabled=False, host=host, port=port)
         if value is _MISSING or value is None or value is True:
             return ListenerConfig(enabled=True, host=host, port=port)
         if value is False:
@@ -492,6 +503,10 @@ class _Builder:
                                getattr(provider_class, "default_smtp", None), provider_class is not None),
             pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3",
                                getattr(provider_class, "default_pop3", None), provider_class is not None),
+            # No problem when the provider has no IMAP default: IMAP came later, so existing
+            # generic-provider accounts without an `imap:` key simply have no IMAP access.
+            imap=self.endpoint(data.get("imap", _MISSING), f"{path}.imap",
+                               getattr(provider_class, "default_imap", None), False),
             allow_without_auth_from=trusted,
             envelope_sender=self.choice(data.get("envelope_sender"), f"{path}.envelope_sender",  # type: ignore[arg-type]
                                         SENDER_POLICIES, "keep"),
@@ -506,7 +521,7 @@ class _Builder:
                 self.problem(path, "the provider has no default server: give host, port and tls, "
                              "or false to turn this service off")
             return default
-        smtp = path.endswith(".smtp")  # `pipelining` is an SMTP setting: unknown under pop3
+        smtp = path.endswith(".smtp")  # `pipelining` is an SMTP setting: unknown under pop3/imap
         keys = tuple(k for k in _field_names(UpstreamEndpoint) if smtp or k != "pipelining")
         data = self.mapping(value, path, keys)
         if data is None:

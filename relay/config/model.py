@@ -43,10 +43,12 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class ListenConfig:
-    """Both local listeners."""
+    """The local listeners (SMTP, POP3, IMAP)."""
 
     smtp: ListenerConfig
     pop3: ListenerConfig
+    # Off unless configured (in the YAML: an `imap:` key under `listen`).
+    imap: ListenerConfig = ListenerConfig(enabled=False, host="127.0.0.1", port=1143)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class AccountConfig:
     credentials: str  # name of a CredentialsConfig
     smtp: UpstreamEndpoint | None  # None: this account does not send
     pop3: UpstreamEndpoint | None  # None: this account does not read mail
+    imap: UpstreamEndpoint | None = None  # None: no IMAP access for this account
     allow_without_auth_from: tuple[IPNetwork, ...] = ()
     envelope_sender: EnvelopeSenderPolicy = "keep"
 
@@ -127,6 +130,7 @@ class LimitsConfig:
     max_connections: int = 1000  # per listener
     smtp_command_timeout_s: float = 300.0  # RFC 5321 4.5.3.2 suggests 5 minutes
     pop3_idle_timeout_s: float = 600.0  # RFC 1939: at least 10 minutes
+    imap_idle_timeout_s: float = 1800.0  # RFC 9051 5.4 / RFC 2177: at least 30 minutes
     upstream_connect_timeout_s: float = 30.0
     upstream_command_timeout_s: float = 120.0
     upstream_data_timeout_s: float = 600.0

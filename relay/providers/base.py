@@ -2,8 +2,9 @@
 
 CONTRACT (fixed; the OAuth-engine work fills in the grant methods below it):
 class attributes ``name``, ``requires_tenant``, ``supported_flows``, ``default_smtp``,
-``default_pop3``; the constructor ``Provider(credentials: CredentialsConfig)``; and the
-classmethod ``config_problems(credentials) -> list[(field, message)]`` used by the config loader
+``default_pop3``, optional ``default_imap``; the constructor
+``Provider(credentials: CredentialsConfig)``; and the classmethod
+``config_problems(credentials) -> list[(field, message)]`` used by the config loader
 to report provider-specific mistakes with their YAML path.
 
 Grants: the base class implements RFC 6749 / 7636 / 8628 against the endpoints a subclass
@@ -87,6 +88,7 @@ class OAuthProvider(ABC):
     supported_flows: ClassVar[frozenset[OAuthFlow]] = frozenset({"authorization_code"})
     default_smtp: ClassVar[UpstreamEndpoint | None] = None
     default_pop3: ClassVar[UpstreamEndpoint | None] = None
+    default_imap: ClassVar[UpstreamEndpoint | None] = None
     # Extra query parameters added to the authorization URL (e.g. Google's access_type=offline).
     extra_authorize_params: ClassVar[dict[str, str]] = {}
 

@@ -1,4 +1,4 @@
-"""Microsoft identity platform v2.0 (Exchange Online SMTP AUTH and POP3 with XOAUTH2)."""
+"""Microsoft identity platform v2.0 (Exchange Online SMTP AUTH, POP3 and IMAP with XOAUTH2)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ LOGIN_HOST = "https://login.microsoftonline.com"
 DELEGATED_SCOPES = (
     "https://outlook.office.com/SMTP.Send",
     "https://outlook.office.com/POP.AccessAsUser.All",
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
     "offline_access",
 )
 APP_SCOPES = ("https://outlook.office365.com/.default",)
@@ -32,6 +33,8 @@ class MicrosoftProvider(OAuthProvider):
         "smtp.office365.com", 587, "starttls")
     default_pop3: ClassVar[UpstreamEndpoint | None] = UpstreamEndpoint(
         "outlook.office365.com", 995, "implicit")
+    default_imap: ClassVar[UpstreamEndpoint | None] = UpstreamEndpoint(
+        "outlook.office365.com", 993, "implicit")
 
     def default_endpoints(self) -> Endpoints:
         """Return the v2.0 endpoints of the configured tenant (no revocation endpoint exists)."""
@@ -41,9 +44,10 @@ class MicrosoftProvider(OAuthProvider):
                          device_authorization_url=f"{base}/devicecode")
 
     def default_scopes(self) -> tuple[str, ...]:
-        """SMTP.Send + POP.AccessAsUser.All + offline_access (for a refresh token)."""
+        """SMTP.Send + POP/IMAP.AccessAsUser.All + offline_access (for a refresh token)."""
         return DELEGATED_SCOPES
 
     def app_scopes(self) -> tuple[str, ...]:
-        """App-only: the Exchange Online resource's .default scope."""
+        """App-only: the Exchange Online resource's .default scope (it carries the app's granted
+        SMTP.SendAsApp / POP.AccessAsApp / IMAP.AccessAsApp permissions)."""
         return APP_SCOPES
