@@ -11,9 +11,12 @@ Used by the SMTP/POP3 failure logs, `relay check`, the admin status and `relay e
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass
+
+log = logging.getLogger("relay.explain")
 
 _PLACEHOLDERS = re.compile(r"<(mbx|account|credentials)>")
 
@@ -111,3 +114,14 @@ class ExplainedOnce:
 
 EXPLAINED_ONCE = ExplainedOnce()
 """The process-wide memory used by the SMTP/POP3 failure logs."""
+
+
+def log_explanation(account: str, mailbox: str | None, text: str | None, *,
+                    memory: ExplainedOnce = EXPLAINED_ONCE) -> bool:
+    """Log cause and fix of a provider reply the first time it happens for ``account``; True if logged."""
+    entry = memory.first_time(account, text)
+    if entry is None:
+        return False
+    log.warning("account %s: upstream said %r: %s [%s]", account, (text or "").strip()[:300],
+                entry.render(account=account, mailbox=mailbox), entry.key)
+    return True
