@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from relay.explain import Explanation as E
 
-_SMTP_AUTH_DOC = "MS-SA email-delivery/fix-issues-with-printers-scanners-and-lob-applications-that-send-email-using-off"
+_SMTP_AUTH_DOC = ("MS-SA "
+                  "email-delivery/fix-issues-with-printers-scanners-and-lob-applications-that-send-email-using-off")
 _SUBMISSION_DOC = "learn.microsoft.com/exchange/mail-flow-best-practices/smtp-submission-improvements"
-_ENABLE_SMTP = ("Set-CASMailbox -Identity <mbx> -SmtpClientAuthenticationDisabled $false (the mailbox setting "
-                "overrides the tenant's; check with Get-CASMailbox <mbx> | fl SmtpClientAuthenticationDisabled)")
+_ENABLE_SMTP = ("Set-CASMailbox -Identity <mbx> -SmtpClientAuthenticationDisabled $false (the mailbox "
+                "setting "
+                "overrides the tenant's; check with Get-CASMailbox <mbx> | fl "
+                "SmtpClientAuthenticationDisabled)")
 
 MICROSOFT_SMTP: tuple[E, ...] = (
     E("ms-smtp-auth-disabled-tenant", "microsoft",
@@ -46,7 +49,8 @@ MICROSOFT_SMTP: tuple[E, ...] = (
     E("ms-criteria-not-met", "microsoft",
       r"5\.7\.139.*did not meet the criteria",
       "a tenant policy (likely Conditional Access or a legacy-authentication block) refused the sign-in",
-      "an admin checks the Entra sign-in logs of <mbx> for the policy that failed and exempts the relay's app",
+      "an admin checks the Entra sign-in logs of <mbx> for the policy that failed and exempts the "
+      "relay's app",
       "obs.; cause UNCONFIRMED by Microsoft"),
     E("ms-org-config", "microsoft",
       r"5\.7\.139.*organization configuration doesn't allow",
@@ -137,7 +141,8 @@ MICROSOFT_SMTP: tuple[E, ...] = (
     E("ms-tenant-blocked", "microsoft",
       r"5\.7\.(705|750)\b",
       "the tenant is blocked from sending (spam threshold exceeded, or mail from an unregistered domain)",
-      "an admin cleans up compromised accounts / adds the domain as accepted, then contacts Microsoft Support",
+      "an admin cleans up compromised accounts / adds the domain as accepted, then contacts Microsoft "
+      "Support",
       "MS-SA email-delivery/ndr/fix-error-codes-550-5-7-703-550-5-7-705-550-5-7-708-550-5-7-750"),
     E("ms-restricted-sender", "microsoft",
       r"5\.1\.8\b.*Bad outbound sender|Bad outbound sender",
@@ -170,7 +175,8 @@ MICROSOFT_POP3: tuple[E, ...] = (
       "the token was accepted but the mailbox is not reachable over POP/IMAP: POP disabled for the "
       "mailbox, no access to the mailbox named in user=, or the mailbox is not licensed",
       "Set-CASMailbox -Identity <mbx> -PopEnabled $true; for a shared/other mailbox grant FullAccess "
-      "(Add-MailboxPermission -Identity <mbx> -User <login user or service principal> -AccessRights FullAccess)",
+      "(Add-MailboxPermission -Identity <mbx> -User <login user or service principal> -AccessRights "
+      "FullAccess)",
       "obs. (simonrob/email-oauth2-proxy #74); learn.microsoft.com/exchange/clients-and-mobile-in-exchange-"
       "online/pop3-and-imap4/enable-or-disable-pop3-or-imap4-access"),
 )

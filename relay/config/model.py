@@ -177,6 +177,8 @@ class LimitsConfig:
     auth_failures_before_throttle: int = 5
     auth_throttle_window_s: float = 300.0
     token_refresh_margin_s: float = 300.0
+    # How long a session waits for a free upstream slot (accounts.NAME.max_upstream_sessions).
+    upstream_slot_wait_s: float = 60.0
     shutdown_grace_s: float = 30.0
 
 

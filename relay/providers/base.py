@@ -89,6 +89,10 @@ class OAuthProvider(ABC):
     default_smtp: ClassVar[UpstreamEndpoint | None] = None
     default_pop3: ClassVar[UpstreamEndpoint | None] = None
     default_imap: ClassVar[UpstreamEndpoint | None] = None
+    # Documented per-mailbox caps on concurrent upstream sessions (None: none documented); the
+    # default of accounts.NAME.max_upstream_sessions / max_upstream_pop3_sessions.
+    default_max_smtp_sessions: ClassVar[int | None] = None
+    default_max_pop3_sessions: ClassVar[int | None] = None
     # Extra query parameters added to the authorization URL (e.g. Google's access_type=offline).
     extra_authorize_params: ClassVar[dict[str, str]] = {}
 

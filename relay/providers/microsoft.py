@@ -35,6 +35,8 @@ class MicrosoftProvider(OAuthProvider):
         "outlook.office365.com", 995, "implicit")
     default_imap: ClassVar[UpstreamEndpoint | None] = UpstreamEndpoint(
         "outlook.office365.com", 993, "implicit")
+    # Exchange Online: at most 3 concurrent SMTP AUTH submissions per mailbox (PROTOCOLS.md 9.3).
+    default_max_smtp_sessions: ClassVar[int | None] = 3
 
     def default_endpoints(self) -> Endpoints:
         """Return the v2.0 endpoints of the configured tenant (no revocation endpoint exists)."""

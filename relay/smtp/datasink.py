@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from relay.errors import RelayError
+from relay.explain import log_explanation
 from relay.smtp.bdat import BdatTransfer
 from relay.smtp.dataframe import DataFramer, DataProblem
-from relay.explain import log_explanation
 from relay.smtp.failures import client_reply_for_upstream
 from relay.smtp.protocol import ConnectionState, RelaySMTP
 from relay.smtp.reply import SmtpReply

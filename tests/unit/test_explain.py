@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,22 +16,27 @@ from relay.providers import token_errors
 # One realistic sample per entry (texts from PROTOCOLS.md 9.7 and the providers' pages).
 SAMPLES = {
     "ms-smtp-auth-disabled-tenant": "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is "
-    "disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information. [X.PROD.OUTLOOK.COM]",
+    "disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information. "
+    "[X.PROD.OUTLOOK.COM]",
     "ms-smtp-auth-disabled-mailbox": "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is "
     "disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information.",
     "ms-security-defaults": "535 5.7.139 Authentication unsuccessful, user is locked by your organization's "
     "security defaults policy. Contact your administrator.",
     "ms-basic-auth-disabled": "535 5.7.139 Authentication unsuccessful, basic authentication is disabled.",
-    "ms-criteria-not-met": "535 5.7.139 Authentication unsuccessful, the request did not meet the criteria to "
+    "ms-criteria-not-met": "535 5.7.139 Authentication unsuccessful, the request did not meet the criteria "
+                           "to "
     "be authenticated successfully. Contact your administrator.",
     "ms-org-config": "535 5.7.139 Authentication unsuccessful, the organization configuration doesn't allow "
     "this authentication request.",
     "ms-federated-sts": "535 5.7.139 Authentication unsuccessful, federated STS service was unreachable.",
-    "ms-smtp-auth-5-7-139": "535 5.7.139 Authentication unsuccessful [AM0PR01CA0001.eurprd01.prod.exchangelabs.com]",
+    "ms-smtp-auth-5-7-139": "535 5.7.139 Authentication unsuccessful "
+                            "[AM0PR01CA0001.eurprd01.prod.exchangelabs.com]",
     "ms-auth-5-7-3": "535 5.7.3 Authentication unsuccessful [BN6PR03CA0021.namprd03.prod.outlook.com]",
     "ms-not-authenticated-5-7-57": "530 5.7.57 Client not authenticated to send mail. [BN1P110CA0052]",
-    "ms-send-as-5-7-60": "550 5.7.60 SMTP; Client does not have permissions to send as this sender [BY2PR1001MB1094]",
-    "ms-send-as-denied": "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; "
+    "ms-send-as-5-7-60": "550 5.7.60 SMTP; Client does not have permissions to send as this sender "
+                         "[BY2PR1001MB1094]",
+    "ms-send-as-denied": "554 5.2.0 "
+                         "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; "
     "Failed to process message due to a permanent exception with message Cannot submit message.",
     "ms-basic-auth-5-7-30": "550 5.7.30 Basic authentication is not supported for Client Submission.",
     "ms-concurrency-4-3-2": "432 4.3.2 Concurrent connections limit exceeded. Visit "
@@ -41,7 +47,8 @@ SAMPLES = {
     "ms-submission-quota": "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed",
     "ms-server-busy": "451 4.7.500 Server busy. Please try again later from [1.2.3.4]. (S77719)",
     "ms-ip-blocked-708": "550 5.7.708 Access denied, traffic not accepted from this IP.",
-    "ms-tenant-blocked": "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains.",
+    "ms-tenant-blocked": "550 5.7.750 Service unavailable. Client blocked from sending from unregistered "
+                         "domains.",
     "ms-restricted-sender": "550 5.1.8 Access denied, bad outbound sender.",
     "ms-token-expiring": "501 5.5.127 Invalid XOAUTH2 auth data - Token will expire soon",
     "ms-pop-logon-failure": "-ERR Logon failure: unknown user name or bad password.",
@@ -49,14 +56,17 @@ SAMPLES = {
     "ms-pop-not-connected": "-ERR User is authenticated but not connected.",
     "g-bad-credentials": "535-5.7.8 Username and Password not accepted. For more information, go to "
     "https://support.google.com/mail/?p=BadCredentials x1-20020a.27 - gsmtp",
-    "g-xoauth2-refused": "535-5.7.1 Username and Password not accepted. Learn more at https://support.google.com",
+    "g-xoauth2-refused": "535-5.7.1 Username and Password not accepted. Learn more at "
+                         "https://support.google.com",
     "g-app-password": "534-5.7.9 Application-specific password required. Learn more at "
     "https://support.google.com/mail/?p=InvalidSecondFactor - gsmtp",
-    "g-web-login": "534-5.7.14 <https://accounts.google.com/signin/continue?sarp=1> Please log in via your web "
+    "g-web-login": "534-5.7.14 <https://accounts.google.com/signin/continue?sarp=1> Please log in via your "
+                   "web "
     "browser and then try again. https://support.google.com/mail/answer/78754 - gsmtp",
     "g-too-many-logins": "454-4.7.0 Too many login attempts, please try again later. - gsmtp",
     "g-temporary-problem": "421-4.7.0 Temporary System Problem. Try again later (10). - gsmtp",
-    "g-unusual-rate": "421-4.7.0 Our system has detected an unusual rate of unsolicited mail originating from "
+    "g-unusual-rate": "421-4.7.0 Our system has detected an unusual rate of unsolicited mail originating "
+                      "from "
     "your IP address. - gsmtp",
     "g-starttls": "530 5.7.0 Must issue a STARTTLS command first. - gsmtp",
 }
@@ -92,7 +102,7 @@ def test_unknown_texts_are_not_explained(text: str) -> None:
 
 def test_every_mapped_aadsts_code_is_in_the_table() -> None:
     """Each AADSTS code the token-error mapping knows has a table entry too."""
-    source = open(token_errors.__file__, encoding="utf-8").read()
+    source = Path(token_errors.__file__).read_text(encoding="utf-8")
     codes = set(re.findall(r'"(\d{5,7})"', source))
     assert codes
     for code in codes:
@@ -131,19 +141,20 @@ def test_explanation_suffix_and_once_per_account() -> None:
 
 
 @pytest.mark.parametrize(("text", "code", "needle"), [
-    (SAMPLES["ms-smtp-auth-disabled-tenant"], 0, "Set-TransportConfig -SmtpClientAuthenticationDisabled $false"),
+    (SAMPLES["ms-smtp-auth-disabled-tenant"], 0, "Set-TransportConfig -SmtpClientAuthenticationDisabled "
+                                                 "$false"),
     ("nothing we know", 1, "unknown: no explanation for 'nothing we know'"),
 ])
 def test_relay_explain_command(text: str, code: int, needle: str) -> None:
     """`relay explain TEXT` prints cause and fix (exit 0) or unknown with the raw text (exit 1)."""
     result = subprocess.run([sys.executable, "-m", "relay", "explain", "--mailbox", "m@x.test", text],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == code, result.stderr
     assert needle in result.stdout
 
 
 def test_relay_explain_reads_stdin() -> None:
     """Without arguments the text comes from stdin (a pasted multi-line log)."""
-    result = subprocess.run([sys.executable, "-m", "relay", "explain"], input="foo\n" + SAMPLES["g-app-password"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "relay", "explain"],
+                            input="foo\n" + SAMPLES["g-app-password"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0 and "2-Step Verification" in result.stdout
