@@ -156,5 +156,6 @@ def test_relay_explain_command(text: str, code: int, needle: str) -> None:
 def test_relay_explain_reads_stdin() -> None:
     """Without arguments the text comes from stdin (a pasted multi-line log)."""
     result = subprocess.run([sys.executable, "-m", "relay", "explain"],
-                            input="foo\n" + SAMPLES["g-app-password"], capture_output=True, text=True, timeout=60, check=False)
+                            input="foo\n" + SAMPLES["g-app-password"], capture_output=True, text=True,
+                            timeout=60, check=False)
     assert result.returncode == 0 and "2-Step Verification" in result.stdout
