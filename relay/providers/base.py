@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 from relay.config.model import CredentialsConfig, OAuthFlow, UpstreamEndpoint
-from relay.errors import AuthorizeDenied, AuthorizeTimeout, OAuthError, TokenRefreshFailed
+from relay.errors import AuthorizeDenied, AuthorizeTimeout, ConfigError, OAuthError, TokenRefreshFailed
 from relay.providers.token_errors import map_token_error
 from relay.secret import Secret
 
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     # httpx (~4 MiB resident) is imported by the first token request, not at start-up: a relay
     # whose tokens are still valid after a restart does not need it yet.
     import httpx
+
+    from relay.providers.client_assertion import SigningCertificate
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
@@ -98,6 +100,7 @@ class OAuthProvider(ABC):
 
     def __init__(self, credentials: CredentialsConfig) -> None:
         self.credentials = credentials
+        self._signing_cert: SigningCertificate | None = None
 
     @classmethod
     def config_problems(cls, credentials: CredentialsConfig) -> list[tuple[str, str]]:
@@ -108,6 +111,7 @@ class OAuthProvider(ABC):
                 ("tenant_id", f"provider '{cls.name}' requires tenant_id (a tenant GUID, a domain, "
                  "or 'organizations'/'common')")
             )
+        problems.extend(_certificate_problems(credentials))
         if credentials.flow not in cls.supported_flows:
             known = ", ".join(sorted(cls.supported_flows))
             problems.append(
@@ -290,9 +294,27 @@ class OAuthProvider(ABC):
     # --- HTTP plumbing ---------------------------------------------------------------------------
 
     def _with_client(self, data: dict[str, str]) -> dict[str, str]:
-        """Add client authentication (client_secret_post; public clients send only client_id)."""
+        """Add client authentication: a fresh certificate-signed client assertion (private_key_jwt)
+        when ``client_certificate`` is set, else client_secret_post; public clients send only
+        client_id."""
         out = {"client_id": self.credentials.client_id, **data}
-        if self.credentials.client_secret:
+        cert_config = self.credentials.client_certificate
+        if cert_config is not None:
+            from relay.providers.client_assertion import (  # noqa: PLC0415 - only for certificate credentials
+                CLIENT_ASSERTION_TYPE,
+                build_client_assertion,
+                load_signing_certificate,
+            )
+
+            if self._signing_cert is None:
+                self._signing_cert = load_signing_certificate(
+                    cert_config, f"credentials.{self.credentials.name}.client_certificate")
+            assertion = build_client_assertion(self._signing_cert, client_id=self.credentials.client_id,
+                                               audience=self.endpoints().token_url,
+                                               algorithm=cert_config.algorithm)
+            out["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            out["client_assertion"] = assertion.reveal()
+        elif self.credentials.client_secret:
             out["client_secret"] = self.credentials.client_secret.reveal()
         return out
 
@@ -345,6 +367,27 @@ class OAuthProvider(ABC):
         except (json.JSONDecodeError, UnicodeDecodeError):
             payload = None
         return response.status_code, payload
+
+
+def _certificate_problems(credentials: CredentialsConfig) -> list[tuple[str, str]]:
+    """Problems with ``client_certificate``: together with a secret, a public-client flow, unreadable."""
+    cert = credentials.client_certificate
+    if cert is None:
+        return []
+    if credentials.client_secret:
+        return [("client_certificate", "set either client_secret or client_certificate, not both")]
+    if credentials.flow == "device_code":
+        return [("client_certificate", "the device_code flow is for public clients (no credential); use "
+                 "authorization_code or client_credentials with a certificate")]
+    if not (cert.cert_file.is_file() and cert.key_file.is_file()):
+        return []  # the loader already reports the missing file
+    from relay.providers.client_assertion import load_signing_certificate  # noqa: PLC0415
+
+    try:
+        load_signing_certificate(cert, f"credentials.{credentials.name}.client_certificate")
+    except ConfigError as exc:
+        return [(exc.path.removeprefix(f"credentials.{credentials.name}."), exc.message)]
+    return []
 
 
 def _host(url: str) -> str:
