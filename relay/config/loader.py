@@ -505,6 +505,12 @@ class _Builder:
         trusted = self.networks(data.get("allow_without_auth_from"), f"{path}.allow_without_auth_from")
         if not password_hash and not trusted:
             self.problem(path, "needs password_hash (from `relay hash-password`) or allow_without_auth_from")
+        default_smtp = getattr(provider_class, "default_smtp", None)
+        default_pop3 = getattr(provider_class, "default_pop3", None)
+        default_imap = getattr(provider_class, "default_imap", None)
+        upstream_defaults = getattr(provider_class, "upstream_defaults", None)
+        if creds_name in credentials and upstream_defaults is not None:
+            default_smtp, default_pop3, default_imap = upstream_defaults(credentials[creds_name])
         smtp_cap = self.number(data.get("max_upstream_sessions"), f"{path}.max_upstream_sessions", None,
                                integer=True, allow_zero=True)
         pop3_cap = self.number(data.get("max_upstream_pop3_sessions"), f"{path}.max_upstream_pop3_sessions",
@@ -512,14 +518,13 @@ class _Builder:
         return AccountConfig(
             name=name, username=username, password_hash=password_hash or None, mailbox=mailbox,
             credentials=creds_name,
-            smtp=self.endpoint(data.get("smtp", _MISSING), f"{path}.smtp",
-                               getattr(provider_class, "default_smtp", None), provider_class is not None),
-            pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3",
-                               getattr(provider_class, "default_pop3", None), provider_class is not None),
+            smtp=self.endpoint(data.get("smtp", _MISSING), f"{path}.smtp", default_smtp,
+                               provider_class is not None),
+            pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3", default_pop3,
+                               provider_class is not None),
             # No problem when the provider has no IMAP default: IMAP came later, so existing
             # generic-provider accounts without an `imap:` key simply have no IMAP access.
-            imap=self.endpoint(data.get("imap", _MISSING), f"{path}.imap",
-                               getattr(provider_class, "default_imap", None), False),
+            imap=self.endpoint(data.get("imap", _MISSING), f"{path}.imap", default_imap, False),
             allow_without_auth_from=trusted,
             envelope_sender=self.choice(data.get("envelope_sender"), f"{path}.envelope_sender",  # type: ignore[arg-type]
                                         SENDER_POLICIES, "keep"),

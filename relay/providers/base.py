@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
+UpstreamDefaults = tuple[UpstreamEndpoint | None, UpstreamEndpoint | None, UpstreamEndpoint | None]
+"""A provider's default (SMTP, POP3, IMAP) servers."""
+
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -101,6 +104,11 @@ class OAuthProvider(ABC):
     def __init__(self, credentials: CredentialsConfig) -> None:
         self.credentials = credentials
         self._signing_cert: SigningCertificate | None = None
+
+    @classmethod
+    def upstream_defaults(cls, credentials: CredentialsConfig) -> UpstreamDefaults:
+        """Default (SMTP, POP3, IMAP) servers for accounts using ``credentials`` (e.g. per cloud)."""
+        return cls.default_smtp, cls.default_pop3, cls.default_imap
 
     @classmethod
     def config_problems(cls, credentials: CredentialsConfig) -> list[tuple[str, str]]:
