@@ -41,8 +41,9 @@ def make_certificate(directory: Path, name: str, *, days: int = 365,
             .not_valid_after(now + timedelta(days=days)).sign(key, hashes.SHA256()))
     cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase.encode()) if passphrase else serialization.NoEncryption())
+    encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
+    if passphrase:
+        encryption = serialization.BestAvailableEncryption(passphrase.encode())
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            encryption))
     key_file.chmod(0o600)
@@ -61,9 +62,9 @@ class ProviderSetup:
 
     def __post_init__(self) -> None:
         oauth = self.world.oauth
-        self.credentials = {"provider": "microsoft", "client_id": DEFAULT_CLIENT_ID, "tenant_id": "contoso.test",
-                            "flow": "client_credentials", "token_url": oauth.token_url,
-                            "authorize_url": oauth.authorize_url}
+        self.credentials = {"provider": "microsoft", "client_id": DEFAULT_CLIENT_ID,
+                            "tenant_id": "contoso.test", "flow": "client_credentials",
+                            "token_url": oauth.token_url, "authorize_url": oauth.authorize_url}
         self.add_account("ops", MAILBOX)
         self.world.smtp.auth_failure_style = "microsoft"  # 535 5.7.3 like Exchange Online
 
@@ -107,7 +108,9 @@ class ProviderSetup:
                                        scopes=tuple(scope.split()), obtained_at=now)))
 
 
-def run_relay(*args: str, timeout_s: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a relay command and capture its output."""
+def run_relay(*args: str, timeout_s: float = 60,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a relay command and capture its output (``env`` replaces the environment when given)."""
+    environment = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True, text=True,
-                          timeout=timeout_s, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                          timeout=timeout_s, check=False, env=environment)

@@ -22,7 +22,8 @@ def test_client_credentials_with_a_ps256_certificate(ms: ProviderSetup) -> None:
     code, out = _check(ms)
     assert code == 0, out
     assert ms.world.oauth.counters.get("client_assertions_accepted", 0) >= 1
-    assert f"New-ServicePrincipal -AppId {DEFAULT_CLIENT_ID} -ObjectId {object_id('sp:' + DEFAULT_CLIENT_ID)}" in out
+    sp_object = object_id("sp:" + DEFAULT_CLIENT_ID)
+    assert f"New-ServicePrincipal -AppId {DEFAULT_CLIENT_ID} -ObjectId {sp_object}" in out
 
 
 def test_rs256_with_x5t_and_an_encrypted_key(ms: ProviderSetup) -> None:
@@ -114,7 +115,8 @@ def test_token_of_another_user_warns_about_shared_mailbox_rights(ms: ProviderSet
     """A delegated token for a different user than mailbox: the shared-mailbox permissions to grant."""
     _delegated(ms)
     ms.seed("ops", "delegate@sandbox.test",
-            "https://outlook.office.com/SMTP.Send https://outlook.office.com/POP.AccessAsUser.All offline_access")
+            "https://outlook.office.com/SMTP.Send https://outlook.office.com/POP.AccessAsUser.All "
+            "offline_access")
     code, out = _check(ms)
     assert "the token is for delegate@sandbox.test but mailbox is ops@sandbox.test" in out
     assert "Add-MailboxPermission -Identity ops@sandbox.test -User delegate@sandbox.test" in out
