@@ -123,7 +123,8 @@ def test_key_that_does_not_match_the_certificate_is_a_config_error(tmp_path: Pat
 def _base(creds: dict[str, object]) -> dict[str, object]:
     return {"credentials": {"ms": {"provider": "microsoft", "client_id": "c", "tenant_id": "t", **creds}},
             "accounts": {"a": {"username": "u", "password_hash": None,
-                               "allow_without_auth_from": ["127.0.0.1/32"], "mailbox": "a@contoso.us", "credentials": "ms"}}}
+                               "allow_without_auth_from": ["127.0.0.1/32"], "mailbox": "a@contoso.us",
+                               "credentials": "ms"}}}
 
 
 @pytest.mark.parametrize(("cloud", "login", "smtp", "pop3", "scope"), [
