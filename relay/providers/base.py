@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 
 from relay.config.model import CredentialsConfig, OAuthFlow, UpstreamEndpoint
 from relay.errors import AuthorizeDenied, AuthorizeTimeout, ConfigError, OAuthError, TokenRefreshFailed
+from relay.providers.proxy import proxied_client, proxy_refused
 from relay.providers.token_errors import map_token_error
 from relay.secret import Secret
 
@@ -363,13 +364,24 @@ class OAuthProvider(ABC):
 
         who = f"account '{account}'" if account else f"credentials '{self.credentials.name}'"
         try:
-            response = await http.post(url, data=data, headers={"Accept": "application/json"})
+            if self.credentials.proxy is not None:
+                async with proxied_client(self.credentials.proxy, http) as client:
+                    response = await client.post(url, data=data, headers={"Accept": "application/json"})
+            else:  # the shared client: HTTPS_PROXY / NO_PROXY from the environment apply
+                response = await http.post(url, data=data, headers={"Accept": "application/json"})
+        except httpx.ProxyError as exc:
+            raise proxy_refused(exc, self.credentials, who, account) from None
         except httpx.TimeoutException:
             raise TokenRefreshFailed(f"{who}: the OAuth endpoint {_host(url)} timed out",
                                      account=account) from None
         except httpx.HTTPError as exc:
-            raise TokenRefreshFailed(f"{who}: cannot reach the OAuth endpoint {_host(url)} "
+            via = (f" through the proxy of credentials.{self.credentials.name}.proxy"
+                   if self.credentials.proxy is not None else "")
+            raise TokenRefreshFailed(f"{who}: cannot reach the OAuth endpoint {_host(url)}{via} "
                                      f"({type(exc).__name__})", account=account) from None
+        if response.status_code == 407:  # a plain-http request answered by the proxy itself
+            raise proxy_refused(Exception("407 Proxy Authentication Required"), self.credentials, who,
+                                account)
         try:
             payload: object = response.json() if response.content else None
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -63,8 +64,10 @@ class SandboxOAuthProvider(LoopbackServer):
     name = "oauth"
 
     def __init__(self, *, port: int = 0, token_lifetime_s: int = 3600,
-                 default_user: str = "user@sandbox.test", clock: Callable[[], float] = time.time) -> None:
-        super().__init__(port=port)
+                 default_user: str = "user@sandbox.test", clock: Callable[[], float] = time.time,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(port=port, ssl_context=ssl_context)
+        self.scheme = "https" if ssl_context is not None else "http"  # https: like real providers
         self.settings = GrantSettings(token_lifetime_s=token_lifetime_s, default_user=default_user)
         self.grants = OAuthGrants(self.settings, clock)
         self.grants.add_client(Client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REDIRECT_URIS,
@@ -79,8 +82,8 @@ class SandboxOAuthProvider(LoopbackServer):
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}:{self.port}"
+        """Base URL, e.g. ``http://127.0.0.1:PORT`` (``https`` when started with a TLS context)."""
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def token_url(self) -> str:
