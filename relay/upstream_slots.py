@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -59,11 +60,19 @@ class UpstreamSlots:
         slots = self._slots.get(key)
         return slots.used if slots else 0
 
-    async def acquire(self, key: SlotKey, cap: int | None, *, account: str, setting: str) -> Slot:
+    def waiting(self, key: SlotKey) -> int:
+        """Sessions currently waiting for a slot of ``key``."""
+        slots = self._slots.get(key)
+        return len(slots.waiters) if slots else 0
+
+    async def acquire(self, key: SlotKey, cap: int | None, *, account: str, setting: str,
+                      wait_s: float | None = None) -> Slot:
         """Take a slot for ``key`` (``cap`` None or 0: unlimited, nothing is counted).
 
-        Raises `UpstreamBusy` naming ``setting`` when no slot frees up within ``wait_s``.
+        Raises `UpstreamBusy` naming ``setting`` when no slot frees up within ``wait_s`` (default:
+        the limiter's).
         """
+        wait = self.wait_s if wait_s is None else wait_s
         if not cap:
             return Slot(None, key)
         slots = self._slots.setdefault(key, _Slots())
@@ -73,7 +82,7 @@ class UpstreamSlots:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         slots.waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self.wait_s)
+            await asyncio.wait_for(asyncio.shield(waiter), wait)
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return Slot(self, key)  # handed over just as the wait ran out: keep it
@@ -81,7 +90,7 @@ class UpstreamSlots:
             _discard(slots, waiter)
             raise UpstreamBusy(
                 f"all {cap} upstream sessions allowed for {key[2]} on {key[1]} stayed busy for "
-                f"{self.wait_s:g}s ({setting}; limits.upstream_slot_wait_s)", account=account) from None
+                f"{wait:g}s ({setting}; limits.upstream_slot_wait_s)", account=account) from None
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self._free(key)  # we were handed a slot but are going away: pass it on
@@ -108,6 +117,18 @@ class UpstreamSlots:
 def _discard(slots: _Slots, waiter: asyncio.Future[None]) -> None:
     with contextlib.suppress(ValueError):
         slots.waiters.remove(waiter)
+
+
+_PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UpstreamSlots] = weakref.WeakKeyDictionary()
+
+
+def loop_slots() -> UpstreamSlots:
+    """The limiter shared by everything on the running event loop (POP3 sessions use it)."""
+    loop = asyncio.get_running_loop()
+    slots = _PER_LOOP.get(loop)
+    if slots is None:
+        slots = _PER_LOOP[loop] = UpstreamSlots(wait_s=60.0)
+    return slots
 
 
 def smtp_slot_key(host: str, mailbox: str) -> SlotKey:
