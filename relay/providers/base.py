@@ -208,7 +208,7 @@ class OAuthProvider(ABC):
     async def refresh(self, http: httpx.AsyncClient, refresh_token: Secret, *,
                       account: str | None = None) -> TokenResponse:
         """Use a refresh token for a new access token (and maybe a rotated refresh token)."""
-        data = {"grant_type": "refresh_token", "refresh_token": Secret(refresh_token).reveal(),
+        data = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal(),
                 "scope": " ".join(self.scopes())}
         return await self.token_request(http, data, account=account)
 
@@ -228,15 +228,18 @@ class OAuthProvider(ABC):
         status, payload = await self._post(http, url, body, account=account)
         if status != 200:
             raise map_token_error(status, payload, credentials=self.credentials.name, account=account)
+        if not isinstance(payload, dict):
+            payload = {}
         try:
             uri = payload.get("verification_uri") or payload["verification_url"]
+            complete = payload.get("verification_uri_complete")
             return DeviceAuthorization(
                 device_code=Secret(str(payload["device_code"])),
                 user_code=str(payload["user_code"]),
                 verification_uri=str(uri),
                 expires_in_s=int(payload.get("expires_in", 900)),
                 interval_s=max(1, int(payload.get("interval", 5))),
-                verification_uri_complete=payload.get("verification_uri_complete"),
+                verification_uri_complete=str(complete) if complete else None,
             )
         except (KeyError, TypeError, ValueError):
             raise TokenRefreshFailed(

@@ -74,6 +74,7 @@ class ClientAssertions:
 
     def _certificate_for(self, client_id: str, header: dict[str, object]) -> x509.Certificate:
         alg = header.get("alg")
+        digest: hashes.HashAlgorithm
         if alg == "PS256":
             name, digest = "x5t#S256", hashes.SHA256()
         elif alg == "RS256":
