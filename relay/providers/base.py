@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 from relay.config.model import CredentialsConfig, OAuthFlow, UpstreamEndpoint
-from relay.errors import AuthorizeDenied, AuthorizeTimeout, ConfigError, OAuthError, TokenRefreshFailed
+from relay.errors import AuthorizeDenied, AuthorizeTimeout, OAuthError, TokenRefreshFailed
 from relay.providers.proxy import proxied_client, proxy_refused
 from relay.providers.token_errors import map_token_error
 from relay.secret import Secret
@@ -120,7 +120,10 @@ class OAuthProvider(ABC):
                 ("tenant_id", f"provider '{cls.name}' requires tenant_id (a tenant GUID, a domain, "
                  "or 'organizations'/'common')")
             )
-        problems.extend(_certificate_problems(credentials))
+        if credentials.client_certificate is not None:
+            from relay.providers.client_assertion import certificate_problems  # noqa: PLC0415
+
+            problems.extend(certificate_problems(credentials))
         if credentials.flow not in cls.supported_flows:
             known = ", ".join(sorted(cls.supported_flows))
             problems.append(
@@ -390,27 +393,6 @@ class OAuthProvider(ABC):
         except (json.JSONDecodeError, UnicodeDecodeError):
             payload = None
         return response.status_code, payload
-
-
-def _certificate_problems(credentials: CredentialsConfig) -> list[tuple[str, str]]:
-    """Problems with ``client_certificate``: together with a secret, a public-client flow, unreadable."""
-    cert = credentials.client_certificate
-    if cert is None:
-        return []
-    if credentials.client_secret:
-        return [("client_certificate", "set either client_secret or client_certificate, not both")]
-    if credentials.flow == "device_code":
-        return [("client_certificate", "the device_code flow is for public clients (no credential); use "
-                 "authorization_code or client_credentials with a certificate")]
-    if not (cert.cert_file.is_file() and cert.key_file.is_file()):
-        return []  # the loader already reports the missing file
-    from relay.providers.client_assertion import load_signing_certificate  # noqa: PLC0415
-
-    try:
-        load_signing_certificate(cert, f"credentials.{credentials.name}.client_certificate")
-    except ConfigError as exc:
-        return [(exc.path.removeprefix(f"credentials.{credentials.name}."), exc.message)]
-    return []
 
 
 def _host(url: str) -> str:

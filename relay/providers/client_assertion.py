@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from relay.config.model import ClientCertificateConfig
+from relay.config.model import ClientCertificateConfig, CredentialsConfig
 from relay.errors import ConfigError
 from relay.secret import Secret
 
@@ -109,3 +109,22 @@ def days_until_expiry(cert: SigningCertificate, now: datetime | None = None) -> 
     """Days until the certificate expires (negative: expired)."""
     current = now or datetime.now(UTC)
     return (cert.not_after - current).total_seconds() / 86400
+
+
+def certificate_problems(credentials: CredentialsConfig) -> list[tuple[str, str]]:
+    """Problems with ``client_certificate``: together with a secret, a public-client flow, unreadable."""
+    cert = credentials.client_certificate
+    if cert is None:
+        return []
+    if credentials.client_secret:
+        return [("client_certificate", "set either client_secret or client_certificate, not both")]
+    if credentials.flow == "device_code":
+        return [("client_certificate", "the device_code flow is for public clients (no credential); use "
+                 "authorization_code or client_credentials with a certificate")]
+    if not (cert.cert_file.is_file() and cert.key_file.is_file()):
+        return []  # the loader already reports the missing file
+    try:
+        load_signing_certificate(cert, f"credentials.{credentials.name}.client_certificate")
+    except ConfigError as exc:
+        return [(exc.path.removeprefix(f"credentials.{credentials.name}."), exc.message)]
+    return []
