@@ -132,7 +132,7 @@ def _base(creds: dict[str, object]) -> dict[str, object]:
      "https://outlook.office.com/SMTP.Send"),
     ("usgovernment", "login.microsoftonline.us", "smtp.office365.us", "outlook.office365.us",
      "https://outlook.office365.us/SMTP.Send"),
-    ("china", "login.chinacloudapi.cn", "smtp.partner.outlook.cn", "partner.outlook.cn",
+    ("china", "login.partner.microsoftonline.cn", "smtp.partner.outlook.cn", "partner.outlook.cn",
      "https://partner.outlook.cn/SMTP.Send"),
 ])
 def test_cloud_selects_login_scope_and_mail_hosts(cloud: str, login: str, smtp: str, pop3: str,
