@@ -75,13 +75,13 @@ def explain_text(text: str, *, account: str | None = None, mailbox: str | None =
             f" [source: {entry.source}]")
 
 
-def explanation_suffix(text: str | None, *, account: str | None = None,
-                       mailbox: str | None = None) -> str:
+def explanation_suffix(text: str | None, *, account: str | None = None, mailbox: str | None = None,
+                       credentials: str | None = None) -> str:
     """`` — cause. Fix: ...`` for appending to a log line, or ``""`` when the text is unknown."""
     entry = explain(text) if text else None
     if entry is None:
         return ""
-    return f" — {entry.render(account=account, mailbox=mailbox)}"
+    return f" — {entry.render(account=account, mailbox=mailbox, credentials=credentials)}"
 
 
 class ExplainedOnce:

@@ -249,6 +249,9 @@ ENTRA: tuple[E, ...] = (
       "(certificate not uploaded to the app, or key and certificate do not match)",
       "upload credentials.<credentials>.client_certificate.cert_file to the app registration "
       "(Certificates & secrets) and check key_file belongs to it", "ENTRA"),
+    E("aadsts-700024", "entra", r"AADSTS700024\b", "the client assertion is not within its valid time "
+      "range (this machine's clock is wrong, or the assertion was reused)",
+      "synchronise the clock (NTP); the relay signs a fresh assertion per request", "ENTRA"),
     E("aadsts-700030", "entra", r"AADSTS700030\b", "the certificate's subject name is not authorized",
       "upload the exact certificate used in credentials.<credentials>.client_certificate", "ENTRA"),
     E("aadsts-70008", "entra", r"AADSTS70008\b", "the refresh token expired (unused for too long)",

@@ -22,7 +22,7 @@ from relay.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from relay.explain import explain
+from relay.explain import explain, explanation_suffix
 from relay.providers.preflight import (
     Finding,
     certificate_findings,
@@ -98,8 +98,15 @@ async def check_account(config: RelayConfig, manager: TokenManager, account: Acc
     try:
         token = await manager.get_token(name)
     except AuthorizationNeeded as exc:
-        result.oauth = "needs authorize"
-        result.fixes.append(f"{name}: {exc} -> run `relay authorize {name}`")
+        why = explanation_suffix(str(exc), account=name, mailbox=account.mailbox,
+                                 credentials=account.credentials)
+        if why and "relay authorize" not in why:  # a setting is wrong (secret, certificate, tenant)
+            result.oauth = "error"
+            result.fixes.append(f"{name}: {exc}{why}")
+            _add_findings(result, certificate_findings(config.credentials_for(account)))
+        else:
+            result.oauth = "needs authorize"
+            result.fixes.append(f"{name}: {exc} -> run `relay authorize {name}`")
         return result
     except TokenRefreshFailed as exc:
         result.oauth = "refresh failed"
@@ -108,7 +115,9 @@ async def check_account(config: RelayConfig, manager: TokenManager, account: Acc
         return result
     except (OAuthError, RelayError) as exc:
         result.oauth = "error"
-        result.fixes.append(f"{name}: {exc}")
+        why = explanation_suffix(str(exc), account=name, mailbox=account.mailbox,
+                                 credentials=account.credentials)
+        result.fixes.append(f"{name}: {exc}{why}")
         _add_findings(result, certificate_findings(config.credentials_for(account)))
         return result
     result.oauth = await _token_cell(manager, name)

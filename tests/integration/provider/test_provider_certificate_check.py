@@ -44,6 +44,7 @@ def test_unregistered_certificate_is_explained(ms: ProviderSetup) -> None:
     code, out = _check(ms)
     assert code == 1
     assert "AADSTS700027" in out
+    assert "upload credentials.ms.client_certificate.cert_file to the app registration" in out
 
 
 def test_certificate_expiring_soon_is_a_warning(ms: ProviderSetup) -> None:
