@@ -24,7 +24,7 @@ def aad(code: str, error: str = "invalid_grant") -> dict[str, str]:
     (401, aad("7000215", "invalid_client"), ProviderConfigProblem, "credentials.contoso.client_secret"),
     (400, aad("700016", "unauthorized_client"), ProviderConfigProblem, "not found in the tenant"),
     (400, aad("90002", "invalid_request"), ProviderConfigProblem, "credentials.contoso.tenant_id"),
-    (401, aad("700027", "invalid_client"), ProviderConfigProblem, "credentials.contoso.client_certificate.cert_file"),
+    (401, aad("700027", "invalid_client"), ProviderConfigProblem, "contoso.client_certificate.cert_file"),
     (401, aad("700024", "invalid_client"), ProviderConfigProblem, "clock"),
     (401, aad("700030", "invalid_client"), ProviderConfigProblem, "subject name"),
     (401, aad("7000222", "invalid_client"), ProviderConfigProblem, "client secret expired"),
