@@ -17,11 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("text", nargs="*", help="the reply or log line, e.g. \"535 5.7.139 ...\"")
     parser.add_argument("--account", help="fill the account name into the fix")
     parser.add_argument("--mailbox", help="fill the mailbox address into the fix")
+    parser.add_argument("--list", action="store_true", help="print the whole table with its sources")
     parser.set_defaults(func=run_explain)
 
 
 def run_explain(args: argparse.Namespace) -> int:
     """Print the explanation; exit 0 when known, 1 when unknown."""
+    if args.list:
+        from relay.explain_table import EXPLANATIONS  # noqa: PLC0415
+
+        for entry in EXPLANATIONS:
+            print(f"{entry.key} [{entry.provider}] /{entry.pattern}/\n  {entry.render()}\n  source: {entry.source}")
+        return 0
     text = " ".join(args.text) if args.text else sys.stdin.read()
     answer = explain_text(text, account=args.account, mailbox=args.mailbox)
     print(answer)

@@ -159,3 +159,12 @@ def test_relay_explain_reads_stdin() -> None:
                             input="foo\n" + SAMPLES["g-app-password"], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0 and "2-Step Verification" in result.stdout
+
+
+def test_relay_explain_list_prints_every_entry_with_its_source() -> None:
+    """`relay explain --list` prints each key and source of the table."""
+    result = subprocess.run([sys.executable, "-m", "relay", "explain", "--list"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0
+    for entry in EXPLANATIONS:
+        assert entry.key in result.stdout and f"source: {entry.source}" in result.stdout
