@@ -27,7 +27,8 @@ def run_explain(args: argparse.Namespace) -> int:
         from relay.explain_table import EXPLANATIONS  # noqa: PLC0415
 
         for entry in EXPLANATIONS:
-            print(f"{entry.key} [{entry.provider}] /{entry.pattern}/\n  {entry.render()}\n  source: {entry.source}")
+            print(f"{entry.key} [{entry.provider}] /{entry.pattern}/")
+            print(f"  {entry.render()}\n  source: {entry.source}")
         return 0
     text = " ".join(args.text) if args.text else sys.stdin.read()
     answer = explain_text(text, account=args.account, mailbox=args.mailbox)
