@@ -170,11 +170,19 @@ MICROSOFT_POP3: tuple[E, ...] = (
       "run `relay check`; for app-only: Add-MailboxPermission -Identity <mbx> -User <service principal> "
       "-AccessRights FullAccess; for delegated: `relay authorize <account>` signed in as <mbx>",
       "MS-OAUTH"),
+    E("ms-imap-auth-failed", "microsoft",
+      r"\bNO AUTHENTICATE failed",
+      "Exchange Online refused the IMAP OAuth token (wrong scope, app-only without IMAP.AccessAsApp and "
+      "mailbox permission, or a token for another user)",
+      "run `relay check`; for app-only: Add-MailboxPermission -Identity <mbx> -User <service principal> "
+      "-AccessRights FullAccess; for delegated: `relay authorize <account>` signed in as <mbx>",
+      "MS-OAUTH (IMAP 'NO AUTHENTICATE failed.')"),
     E("ms-pop-not-connected", "microsoft",
       r"(-ERR|BAD)\b.*not connected",
       "the token was accepted but the mailbox is not reachable over POP/IMAP: POP disabled for the "
       "mailbox, no access to the mailbox named in user=, or the mailbox is not licensed",
-      "Set-CASMailbox -Identity <mbx> -PopEnabled $true; for a shared/other mailbox grant FullAccess "
+      "Set-CASMailbox -Identity <mbx> -PopEnabled $true (IMAP: -ImapEnabled $true); for a shared/other "
+      "mailbox grant FullAccess "
       "(Add-MailboxPermission -Identity <mbx> -User <login user or service principal> -AccessRights "
       "FullAccess)",
       "obs. (simonrob/email-oauth2-proxy #74); learn.microsoft.com/exchange/clients-and-mobile-in-exchange-"

@@ -80,7 +80,8 @@ def _delegated(claims: dict[str, object], account: AccountConfig) -> list[Findin
     name, mbx = account.name, account.mailbox
     scopes = set(str(claims.get("scp", "")).split())
     findings = []
-    needed = [("SMTP.Send", account.smtp is not None), ("POP.AccessAsUser.All", account.pop3 is not None)]
+    needed = [("SMTP.Send", account.smtp is not None), ("POP.AccessAsUser.All", account.pop3 is not None),
+              ("IMAP.AccessAsUser.All", account.imap is not None)]
     for scope, wanted in needed:
         if wanted and scope not in scopes:
             findings.append(Finding("error", f"{name}: the token lacks the delegated permission {scope} "
@@ -104,7 +105,8 @@ def _app_only(claims: dict[str, object], account: AccountConfig, roles: list[str
     name, mbx = account.name, account.mailbox
     findings = []
     for role, wanted in (("SMTP.SendAsApp", account.smtp is not None),
-                         ("POP.AccessAsApp", account.pop3 is not None)):
+                         ("POP.AccessAsApp", account.pop3 is not None),
+                         ("IMAP.AccessAsApp", account.imap is not None)):
         if wanted and role not in roles:
             findings.append(Finding("error", f"{name}: the app-only token lacks the application permission "
                                     f"{role} (roles: {', '.join(roles) or 'none'}). Add it "

@@ -54,6 +54,7 @@ SAMPLES = {
     "ms-pop-logon-failure": "-ERR Logon failure: unknown user name or bad password.",
     "ms-pop-oauth-failure": "-ERR Authentication failure: unknown user name or bad password.",
     "ms-pop-not-connected": "-ERR User is authenticated but not connected.",
+    "ms-imap-auth-failed": "A01 NO AUTHENTICATE failed.",
     "g-bad-credentials": "535-5.7.8 Username and Password not accepted. For more information, go to "
     "https://support.google.com/mail/?p=BadCredentials x1-20020a.27 - gsmtp",
     "g-xoauth2-refused": "535-5.7.1 Username and Password not accepted. Learn more at "

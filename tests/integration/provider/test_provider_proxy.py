@@ -27,7 +27,8 @@ def https_oauth(ms: ProviderSetup) -> Iterator[SandboxOAuthProvider]:
     provider.start(loop)
     ms.credentials.update({"token_url": provider.token_url, "authorize_url": provider.authorize_url,
                            "client_secret": DEFAULT_CLIENT_SECRET})
-    ms.accounts["ops"]["smtp"] = ms.accounts["ops"]["pop3"] = False  # check = the token request only
+    for service in ("smtp", "pop3", "imap"):  # check = the token request only
+        ms.accounts["ops"][service] = False
     yield provider
     provider.stop()
     loop.stop()
