@@ -23,12 +23,14 @@ import yaml
 from relay.config.expand import ExpansionError, expand_value
 from relay.config.model import (
     AccountConfig,
+    ClientCertificateConfig,
     CredentialsConfig,
     IPNetwork,
     LimitsConfig,
     ListenConfig,
     ListenerConfig,
     PoolConfig,
+    ProxyConfig,
     RelayConfig,
     TokenStoreConfig,
     UpstreamEndpoint,
@@ -37,10 +39,13 @@ from relay.errors import ConfigError
 from relay.localauth import is_loopback
 from relay.passwords import parse_hash
 from relay.secret import Secret
+from relay.sender_policy import sender_pattern_problem
 
 TLS_MODES = ("none", "starttls", "implicit")
 FLOWS = ("authorization_code", "device_code", "client_credentials", "service_account")
 SENDER_POLICIES = ("keep", "rewrite")
+CLOUDS = ("global", "usgovernment", "china")
+ASSERTION_ALGORITHMS = ("PS256", "RS256")
 DEFAULT_LISTEN = {"smtp": ("127.0.0.1", 2525), "pop3": ("127.0.0.1", 1110), "imap": ("127.0.0.1", 1143)}
 # Listeners that stay off unless the YAML has their key: IMAP came later, and an upgrade must not
 # open a new port on its own.
@@ -423,6 +428,10 @@ class _Builder:
             service_account_file=self.file_path(data.get("service_account_file"),
                                                 f"{path}.service_account_file"),
             options=options,
+            client_certificate=self.client_certificate(data.get("client_certificate"),
+                                                       f"{path}.client_certificate"),
+            cloud=self.choice(data.get("cloud"), f"{path}.cloud", CLOUDS, "global"),  # type: ignore[arg-type]
+            proxy=self.proxy(data.get("proxy"), f"{path}.proxy"),
         )
         if creds.service_account_file is not None and not creds.service_account_file.is_file():
             self.problem(f"{path}.service_account_file", f"file {creds.service_account_file} does not exist")
@@ -496,21 +505,95 @@ class _Builder:
         trusted = self.networks(data.get("allow_without_auth_from"), f"{path}.allow_without_auth_from")
         if not password_hash and not trusted:
             self.problem(path, "needs password_hash (from `relay hash-password`) or allow_without_auth_from")
+        default_smtp = getattr(provider_class, "default_smtp", None)
+        default_pop3 = getattr(provider_class, "default_pop3", None)
+        default_imap = getattr(provider_class, "default_imap", None)
+        upstream_defaults = getattr(provider_class, "upstream_defaults", None)
+        if creds_name in credentials and upstream_defaults is not None:
+            default_smtp, default_pop3, default_imap = upstream_defaults(credentials[creds_name])
+        smtp_cap = self.number(data.get("max_upstream_sessions"), f"{path}.max_upstream_sessions", None,
+                               integer=True, allow_zero=True)
+        pop3_cap = self.number(data.get("max_upstream_pop3_sessions"), f"{path}.max_upstream_pop3_sessions",
+                               None, integer=True, allow_zero=True)
         return AccountConfig(
             name=name, username=username, password_hash=password_hash or None, mailbox=mailbox,
             credentials=creds_name,
-            smtp=self.endpoint(data.get("smtp", _MISSING), f"{path}.smtp",
-                               getattr(provider_class, "default_smtp", None), provider_class is not None),
-            pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3",
-                               getattr(provider_class, "default_pop3", None), provider_class is not None),
+            smtp=self.endpoint(data.get("smtp", _MISSING), f"{path}.smtp", default_smtp,
+                               provider_class is not None),
+            pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3", default_pop3,
+                               provider_class is not None),
             # No problem when the provider has no IMAP default: IMAP came later, so existing
             # generic-provider accounts without an `imap:` key simply have no IMAP access.
-            imap=self.endpoint(data.get("imap", _MISSING), f"{path}.imap",
-                               getattr(provider_class, "default_imap", None), False),
+            imap=self.endpoint(data.get("imap", _MISSING), f"{path}.imap", default_imap, False),
             allow_without_auth_from=trusted,
             envelope_sender=self.choice(data.get("envelope_sender"), f"{path}.envelope_sender",  # type: ignore[arg-type]
                                         SENDER_POLICIES, "keep"),
+            allowed_senders=self.allowed_senders(data.get("allowed_senders"), f"{path}.allowed_senders"),
+            max_upstream_sessions=smtp_cap if smtp_cap is not None else getattr(
+                provider_class, "default_max_smtp_sessions", None),
+            max_upstream_pop3_sessions=pop3_cap if pop3_cap is not None else getattr(
+                provider_class, "default_max_pop3_sessions", None),
         )
+
+    def allowed_senders(self, value: object, path: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem(path, "must be a list of addresses and '*@domain' patterns")
+            return ()
+        out: list[str] = []
+        for index, item in enumerate(value):
+            text = self.string(item, f"{path}[{index}]")
+            if text is None:
+                continue
+            problem = sender_pattern_problem(text.strip())
+            if problem:
+                self.problem(f"{path}[{index}]", problem)
+            else:
+                out.append(text.strip())
+        return tuple(out)
+
+    def client_certificate(self, value: object, path: str) -> ClientCertificateConfig | None:
+        if value is None:
+            return None
+        data = self.mapping(value, path, _field_names(ClientCertificateConfig),
+                            required=("cert_file", "key_file"))
+        if data is None:
+            return None
+        cert = self.file_path(data.get("cert_file"), f"{path}.cert_file")
+        key = self.file_path(data.get("key_file"), f"{path}.key_file")
+        for file, key_name in ((cert, "cert_file"), (key, "key_file")):
+            if file is not None and not file.is_file():
+                self.problem(f"{path}.{key_name}", f"file {file} does not exist")
+        passphrase = self.string(data.get("key_passphrase"), f"{path}.key_passphrase", secret=True)
+        if cert is None or key is None:
+            return None
+        return ClientCertificateConfig(
+            cert_file=cert, key_file=key, key_passphrase=Secret(passphrase) if passphrase else None,
+            algorithm=self.choice(data.get("algorithm"), f"{path}.algorithm",  # type: ignore[arg-type]
+                                  ASSERTION_ALGORITHMS, "PS256"))
+
+    def proxy(self, value: object, path: str) -> ProxyConfig | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = {"url": value}
+        data = self.mapping(value, path, _field_names(ProxyConfig), required=("url",))
+        if data is None:
+            return None
+        url = self.url(data.get("url"), f"{path}.url")
+        if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+            self.problem(f"{path}.url", "must not contain credentials; use username and password "
+                         "(password from ${file:...})")
+            return None
+        username = self.string(data.get("username"), f"{path}.username")
+        password = self.string(data.get("password"), f"{path}.password", secret=True)
+        if password and not username:
+            self.problem(f"{path}.username", "is required when password is set")
+        if url is None:
+            return None
+        return ProxyConfig(url=url, username=username or None,
+                           password=Secret(password) if password else None)
 
     def endpoint(self, value: object, path: str, default: UpstreamEndpoint | None,
                  check_default: bool) -> UpstreamEndpoint | None:

@@ -23,6 +23,12 @@ OAuthFlow = Literal["authorization_code", "device_code", "client_credentials", "
 EnvelopeSenderPolicy = Literal["keep", "rewrite"]
 """`keep` forwards the client's MAIL FROM; `rewrite` replaces it with the account's mailbox."""
 
+MicrosoftCloud = Literal["global", "usgovernment", "china"]
+"""Which Microsoft cloud a tenant lives in: worldwide (and GCC), US Government (GCC High), China."""
+
+AssertionAlgorithm = Literal["PS256", "RS256"]
+"""How a client assertion is signed: PS256 + x5t#S256 (current docs) or RS256 + x5t (older docs)."""
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -81,6 +87,26 @@ class UpstreamEndpoint:
 
 
 @dataclass(frozen=True)
+class ClientCertificateConfig:
+    """A certificate credential (Microsoft ``private_key_jwt``): the relay signs client assertions
+    with ``key_file``; ``cert_file`` is the public certificate registered on the app."""
+
+    cert_file: Path
+    key_file: Path
+    key_passphrase: Secret | None = None
+    algorithm: AssertionAlgorithm = "PS256"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """An HTTP(S) proxy for the token, device and revocation requests of one credentials entry."""
+
+    url: str  # http://host:port (no credentials in it; use username/password)
+    username: str | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
 class CredentialsConfig:
     """Named OAuth client credentials (an app registration), like the reference doc's
     "Email OAuth credentials"; several accounts may share one."""
@@ -104,6 +130,12 @@ class CredentialsConfig:
     service_account_file: Path | None = None
     # Free-form provider-specific options for custom providers.
     options: Mapping[str, str] = field(default_factory=dict)
+    # Microsoft: sign client assertions with a certificate instead of sending client_secret.
+    client_certificate: ClientCertificateConfig | None = None
+    # Microsoft: the national cloud the tenant lives in (login, token and mail hosts).
+    cloud: MicrosoftCloud = "global"
+    # Proxy for OAuth HTTP requests; None: HTTPS_PROXY / NO_PROXY from the environment apply.
+    proxy: ProxyConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +152,13 @@ class AccountConfig:
     imap: UpstreamEndpoint | None = None  # None: no IMAP access for this account
     allow_without_auth_from: tuple[IPNetwork, ...] = ()
     envelope_sender: EnvelopeSenderPolicy = "keep"
+    # MAIL FROM addresses this account may use: addresses and ``*@domain``; empty: any.
+    allowed_senders: tuple[str, ...] = ()
+    # Concurrent upstream SMTP sessions for this mailbox; None: the provider's default (Microsoft
+    # 3), 0: no cap.
+    max_upstream_sessions: int | None = None
+    # Concurrent upstream POP3 sessions for this mailbox; None: the provider's default, 0: no cap.
+    max_upstream_pop3_sessions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +177,8 @@ class LimitsConfig:
     auth_failures_before_throttle: int = 5
     auth_throttle_window_s: float = 300.0
     token_refresh_margin_s: float = 300.0
+    # How long a session waits for a free upstream slot (accounts.NAME.max_upstream_sessions).
+    upstream_slot_wait_s: float = 60.0
     shutdown_grace_s: float = 30.0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from relay.errors import RelayError
+from relay.explain import log_explanation
 from relay.smtp.bdat import BdatTransfer
 from relay.smtp.dataframe import DataFramer, DataProblem
 from relay.smtp.failures import client_reply_for_upstream
@@ -52,6 +53,8 @@ class SessionKeeper(Protocol):
 def note(state: ConnectionState, reply: SmtpReply) -> None:
     """Remember the upstream's last reply (for the session summary log line)."""
     state.last_upstream_reply = reply.one_line()
+    if reply.code >= 400 and state.account is not None:  # cause + fix, once per account and cause
+        log_explanation(state.account.name, state.account.mailbox, state.last_upstream_reply)
 
 
 class _Sink:

@@ -32,6 +32,7 @@ from relay.errors import (
 )
 from relay.sasl import decode_login_field, decode_plain
 from relay.secret import Secret
+from relay.sender_policy import sender_refusal
 from relay.smtp.datasink import UpstreamBdatSink, UpstreamDataSink, note
 from relay.smtp.failures import (
     UPSTREAM_CONNECTION_LOST,
@@ -44,6 +45,7 @@ from relay.smtp.protocol import ConnectionState, PendingMail, RelaySMTP
 from relay.smtp.reply import SmtpReply
 from relay.smtp.upstream import UpstreamSmtpSession, mail_command, rcpt_command
 from relay.tokens.source import TokenSource
+from relay.upstream_slots import UpstreamSlots, smtp_slot_key
 
 log = logging.getLogger("relay.smtp")
 
@@ -69,6 +71,7 @@ class RelayHandler:
         self.authenticator = authenticator
         self.hostname = hostname
         self.limits = config.limits
+        self.slots = UpstreamSlots(self.limits.upstream_slot_wait_s)  # per-mailbox session cap
         self.pool: UpstreamPool | None = None
         if config.upstream_pool.enabled:
             self.pool = UpstreamPool(config.upstream_pool, tokens,
@@ -176,6 +179,8 @@ class RelayHandler:
         account = self._sending_account(state)
         if isinstance(account, str):
             return account
+        if (refusal := sender_refusal(account, address)) is not None:  # accounts.NAME.allowed_senders
+            return refusal
         options = _parse_mail_options(mail_options)
         if account.envelope_sender == "rewrite":
             sender = account.mailbox
@@ -412,6 +417,20 @@ class RelayHandler:
         return up
 
     async def _open_upstream(self, account: AccountConfig) -> tuple[UpstreamSmtpSession, Secret]:
+        """Take a slot under the mailbox's session cap, then log in; the slot is freed on close."""
+        assert account.smtp is not None
+        slot = await self.slots.acquire(smtp_slot_key(account.smtp.host, account.mailbox),
+                                        account.max_upstream_sessions, account=account.name,
+                                        setting=f"accounts.{account.name}.max_upstream_sessions")
+        try:
+            up, token = await self._open_upstream_session(account)
+        except BaseException:
+            slot.release()
+            raise
+        up.on_close = slot.release
+        return up, token
+
+    async def _open_upstream_session(self, account: AccountConfig) -> tuple[UpstreamSmtpSession, Secret]:
         """Log in upstream with the account's token (refreshed once if refused); return the token."""
         token = await self.tokens.get_token(account.name)
         try:
