@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import warnings
 from pathlib import Path
 
 from cryptography import x509
@@ -47,7 +48,9 @@ def server_context(cert_file: Path, key_file: Path, setting: str = "listen",
     """Return a server-side TLS context for a local listener (TLS ``min_tls_version``+, 1.2 by
     default; 1.0/1.1 also lower OpenSSL's security level, see `LEGACY_CIPHERS`)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = _TLS_VERSIONS[min_tls_version]
+    with warnings.catch_warnings():  # Python deprecates TLS 1.0/1.1; the setting is deliberate
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = _TLS_VERSIONS[min_tls_version]
     if is_legacy_tls(min_tls_version):
         ctx.set_ciphers(LEGACY_CIPHERS)
     try:
