@@ -225,14 +225,14 @@ class RelaySMTP(SMTP):
         if self._busy:
             self._reset_timeout()
             return
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # --- output -------------------------------------------------------------------------------
 
-    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+    async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
             status = add_enhanced_code(status)
-        await super().push(status)
+        await super().push(status)  # type: ignore[type-var]
 
     # --- addresses ----------------------------------------------------------------------------
 
@@ -317,7 +317,7 @@ class RelaySMTP(SMTP):
             return
         opened = await self.event_handler.open_data(self)
         if isinstance(opened, str):
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(opened)
             return
         sink: DataSink = opened
@@ -354,7 +354,7 @@ class RelaySMTP(SMTP):
                      "(listen.smtp.bare_lf: normalize)", self.state.session_id,
                      line_ends.bare_lf_seen, self.state.client_address)
         status = await sink.finish(framer, tail)
-        self._set_post_data_state()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
     async def _read_data_chunk(self) -> bytes:

@@ -113,3 +113,39 @@ def test_pop3_bare_lf_command_is_refused_and_closed_in_reject_mode() -> None:
     assert replies[0].data.startswith(b"+OK")
     assert replies[1].data.startswith(b"-ERR Bare LF") and replies[1].close
     assert len(replies) == 2
+
+
+# --- the settings -------------------------------------------------------------------------------
+
+def _config(listen: dict[str, object]) -> dict[str, object]:
+    from relay.passwords import hash_password
+    return {
+        "listen": listen,
+        "token_store": {"key_env": "RELAY_STORE_KEY"},
+        "credentials": {"c": {"provider": "microsoft", "client_id": "abc", "tenant_id": "t.example"}},
+        "accounts": {"a": {"username": "erp", "password_hash": hash_password("pw", log2_n=4),
+                           "mailbox": "a@contoso.com", "credentials": "c"}},
+    }
+
+
+def test_listener_settings_defaults_and_yaml_numbers() -> None:
+    """Defaults normalize / 1.2; `min_tls_version: 1.0` (a YAML float) is read as "1.0"."""
+    import yaml
+
+    from relay.config.loader import parse_config
+    default = parse_config(_config({}), env={})
+    assert (default.listen.smtp.bare_lf, default.listen.smtp.min_tls_version) == ("normalize", "1.2")
+    data = yaml.safe_load("smtp: {bare_lf: reject, min_tls_version: 1.0}\npop3: {min_tls_version: '1.1'}")
+    config = parse_config(_config(data), env={})
+    assert (config.listen.smtp.bare_lf, config.listen.smtp.min_tls_version) == ("reject", "1.0")
+    assert config.listen.pop3.min_tls_version == "1.1"
+
+
+def test_bad_listener_settings_name_the_yaml_path() -> None:
+    """Unknown values are config errors naming listen.smtp.bare_lf / listen.pop3.min_tls_version."""
+    from relay.config.loader import parse_config
+    from relay.errors import ConfigError
+    with pytest.raises(ConfigError) as info:
+        parse_config(_config({"smtp": {"bare_lf": "strip"}, "pop3": {"min_tls_version": 0.9}}), env={})
+    paths = [path for path, _ in info.value.problems]
+    assert paths == ["listen.smtp.bare_lf", "listen.pop3.min_tls_version"]
