@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import time
+import warnings
 
 import pytest
 
@@ -305,4 +306,38 @@ def test_upstream_side_stays_tls12_only() -> None:
     from relay.tlsutil import client_context
     ctx = client_context(UpstreamEndpoint("127.0.0.1", 1, "starttls"))
     assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2
-    assert socket  # the module is used by the fixtures' raw clients
+
+
+def test_tls10_only_device_replays_its_dialog_over_starttls(rel_relay, sandbox, tmp_path):
+    """A TLS 1.0-only device (an old scanner): STARTTLS at TLS 1.0, then HELO + AUTH LOGIN and its
+    message, against min_tls_version "1.0"; the message arrives byte-exact."""
+    cert, key = generate_self_signed(tmp_path / "tls")
+    relay = rel_relay(smtp_listener=_listener(tls="starttls", cert_file=cert, key_file=key,
+                                              min_tls_version="1.0"))
+    device = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    device.check_hostname = False
+    device.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        device.minimum_version = device.maximum_version = ssl.TLSVersion.TLSv1
+    device.set_ciphers("DEFAULT:@SECLEVEL=0")
+    plain = socket.create_connection(("127.0.0.1", relay.smtp_port), timeout=10)
+    reader = plain.makefile("rb")
+    assert reader.readline().startswith(b"220")
+    plain.sendall(b"EHLO scanner\r\n")
+    while not reader.readline().startswith(b"250 "):
+        pass
+    plain.sendall(b"STARTTLS\r\n")
+    assert reader.readline().startswith(b"220")
+    tls = device.wrap_socket(plain)
+    assert tls.version() == "TLSv1"
+    replies = tls.makefile("rb")
+    helo_scanner = TRANSCRIPTS[1]
+    for step in helo_scanner.steps:
+        tls.sendall(_fill(step.send))
+        for code in step.expect:
+            line = replies.readline()
+            assert line.startswith(code.encode()), (step.send, line)
+    tls.close()
+    [msg] = sandbox.smtp.wait_for_messages(1)
+    assert msg.data == helo_scanner.delivered
