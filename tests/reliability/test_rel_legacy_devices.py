@@ -341,3 +341,32 @@ def test_tls10_only_device_replays_its_dialog_over_starttls(rel_relay, sandbox, 
     tls.close()
     [msg] = sandbox.smtp.wait_for_messages(1)
     assert msg.data == helo_scanner.delivered
+
+
+@pytest.mark.parametrize("bare_lf", ["normalize", "reject"])
+def test_bare_lf_after_chunks_went_upstream(rel_relay, sandbox, bare_lf):
+    """A large message (part of it already streamed upstream) whose tail has bare LFs: normalize
+    delivers it whole with CRLF only; reject answers 521 at once, closes, and the upstream never
+    gets the end (no BDAT LAST, no final dot), so nothing is stored."""
+    from relay.smtp.bdat import CHUNK_BYTES
+    relay = rel_relay(smtp_listener=_listener(bare_lf=bare_lf))
+    raw = Raw(relay.smtp_port)
+    _login(raw)
+    _envelope(raw)
+    line = b"x" * 78 + b"\r\n"
+    head = b"Subject: big\r\n\r\n" + line * (3 * CHUNK_BYTES // len(line))
+    raw.send(head)
+    raw.send(b"tail one\ntail two\n.\n")
+    reply = raw.smtp_reply()
+    if bare_lf == "reject":
+        assert reply.startswith("521"), reply
+        assert raw.closed_by_peer()
+        with relay.smtp() as client:
+            client.sendmail("a@x.test", ["b@x.test"], b"Subject: y\r\n\r\nok\r\n")
+        assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [b"Subject: y\r\n\r\nok\r\n"]
+        first = sandbox.smtp.transcripts()[0].verbs()
+        assert ("DATA" in first or "BDAT" in first) and "BDAT LAST" not in first and "." not in first
+        return
+    assert reply.startswith("250"), reply
+    [msg] = sandbox.smtp.wait_for_messages(1, timeout_s=30)
+    assert msg.data == head + b"tail one\r\ntail two\r\n"
