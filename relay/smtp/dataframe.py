@@ -121,8 +121,11 @@ class DataFramer:
     is still found.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, lf_normalized: bool = False) -> None:
+        """``lf_normalized``: the input went through `LineEndNormalizer` (no bare LF can occur),
+        so only bare CRs next to a dot need looking for (two single-byte counts per chunk)."""
         self.max_bytes = max_bytes
+        self._bare = _bare_cr_by_dot if lf_normalized else _bare_line_end
         self.received_bytes = 0  # content bytes (wire form) seen so far
         self.problem: DataProblem | None = None
         self.done = False
@@ -184,7 +187,7 @@ class DataFramer:
             return b""
         if not content:
             return content
-        if _bare_line_end(self._prev, content, lookahead):
+        if self._bare(self._prev, content, lookahead):
             self.problem = DataProblem.BARE_LINE_END
             return b""
         self._prev = content[-1:]
@@ -228,6 +231,16 @@ def _has_long_piece(line: bytes, content: bytes) -> bool:
             return True
         pos = lf + 1
     return False
+
+
+def _bare_cr_by_dot(prev: bytes, content: bytes, lookahead: bytes) -> bool:
+    """`_bare_line_end` for input without bare LFs (after `LineEndNormalizer`): every LF follows a
+    CR, so equal CR and LF counts mean every CR is in a CRLF, and only then is the text clean."""
+    if content.count(b"\r") == content.count(b"\n"):
+        return False
+    if b"\r." in content or content.count(b".\r") != content.count(b".\r\n"):
+        return True
+    return prev == b"." and content[:1] == b"\r" and content[1:2] != b"\n"
 
 
 def _bare_line_end(prev: bytes, content: bytes, lookahead: bytes) -> bool:

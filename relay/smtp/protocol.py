@@ -322,7 +322,7 @@ class RelaySMTP(SMTP):
             return
         sink: DataSink = opened
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        framer = DataFramer(sink.max_bytes)
+        framer = DataFramer(sink.max_bytes, lf_normalized=self.bare_lf == "normalize")
         line_ends = LineEndNormalizer()
         tail = b""
         try:

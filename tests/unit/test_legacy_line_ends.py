@@ -60,7 +60,7 @@ def test_bare_cr_next_to_a_dot_stays_refused_after_normalizing() -> None:
     assert framer.done and framer.problem is DataProblem.BARE_LINE_END
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(_content, st.integers(min_value=1, max_value=9))
 def test_normalizing_any_split_equals_normalizing_whole(content: bytes, size: int) -> None:
     """Chunk boundaries never change the result; no bare LF survives; CRLF count grows by the bare
@@ -149,3 +149,24 @@ def test_bad_listener_settings_name_the_yaml_path() -> None:
         parse_config(_config({"smtp": {"bare_lf": "strip"}, "pop3": {"min_tls_version": 0.9}}), env={})
     paths = [path for path, _ in info.value.problems]
     assert paths == ["listen.smtp.bare_lf", "listen.pop3.min_tls_version"]
+
+
+def _frame(wire: bytes, size: int, lf_normalized: bool) -> tuple[DataProblem | None, bytes]:
+    framer = DataFramer(10_000, lf_normalized=lf_normalized)
+    forwarded = b""
+    for i in range(0, len(wire), size):
+        if framer.done:
+            break
+        forwarded += framer.feed(wire[i:i + size]).forward
+    assert framer.done
+    return framer.problem, forwarded
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"a", b"..", b".\r"]),
+                max_size=30).map(b"".join), st.integers(min_value=1, max_value=7))
+def test_lf_normalized_framer_agrees_with_the_full_check(content: bytes, size: int) -> None:
+    """On normalized input the framer's cheaper check gives the same verdict and bytes as the
+    full bare-line-end check, for any chunking."""
+    wire = LineEndNormalizer().normalize(content) + b"\r\n.\r\n"
+    assert _frame(wire, size, True) == _frame(wire, size, False)
