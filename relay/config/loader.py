@@ -42,6 +42,8 @@ from relay.secret import Secret
 from relay.sender_policy import sender_pattern_problem
 
 TLS_MODES = ("none", "starttls", "implicit")
+BARE_LF_MODES = ("normalize", "reject")
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 FLOWS = ("authorization_code", "device_code", "client_credentials", "service_account")
 SENDER_POLICIES = ("keep", "rewrite")
 CLOUDS = ("global", "usgovernment", "china")
@@ -337,6 +339,11 @@ class _Builder:
             cert_file=cert, key_file=key,
             allow_plaintext_auth_from=self.networks(data.get("allow_plaintext_auth_from"),
                                                     f"{path}.allow_plaintext_auth_from"),
+            bare_lf=self.choice(data.get("bare_lf"), f"{path}.bare_lf",  # type: ignore[arg-type]
+                                BARE_LF_MODES, "normalize"),
+            min_tls_version=self.choice(  # type: ignore[arg-type]
+                _version_text(data.get("min_tls_version")), f"{path}.min_tls_version",
+                TLS_VERSIONS, "1.2"),
         )
 
     def token_store(self, value: object) -> TokenStoreConfig:
@@ -635,3 +642,10 @@ class _Builder:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _version_text(value: object) -> object:
+    """YAML reads ``min_tls_version: 1.0`` as the float 1.0: take it as the text "1.0"."""
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return value

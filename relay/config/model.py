@@ -29,6 +29,12 @@ MicrosoftCloud = Literal["global", "usgovernment", "china"]
 AssertionAlgorithm = Literal["PS256", "RS256"]
 """How a client assertion is signed: PS256 + x5t#S256 (current docs) or RS256 + x5t (older docs)."""
 
+BareLfMode = Literal["normalize", "reject"]
+"""A client line ending in a bare LF: read as a line end (sent on as CRLF), or refused with 5xx."""
+
+TlsVersion = Literal["1.0", "1.1", "1.2", "1.3"]
+"""A TLS protocol version, as written in the config."""
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -45,6 +51,12 @@ class ListenerConfig:
     # Networks (besides loopback) where AUTH without TLS is allowed, e.g. a trusted container
     # network. Empty by default: off loopback, plaintext logins need TLS.
     allow_plaintext_auth_from: tuple[IPNetwork, ...] = ()
+    # A command or DATA line ending in a bare LF (no CR): "normalize" reads it as a line end and
+    # sends it on as CRLF; "reject" answers 5xx and closes (Postfix's smtpd_forbid_bare_newline).
+    bare_lf: BareLfMode = "normalize"
+    # The oldest TLS version local clients may use; "1.0"/"1.1" only for devices that cannot do
+    # better (weak ciphers come back with it; logged loudly). The upstream side is always 1.2+.
+    min_tls_version: TlsVersion = "1.2"
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ class Pop3ProxySession:
             stls_available=ctx.listener.tls == "starttls" and ctx.tls_context is not None,
             tls_active=tls_active,
             plaintext_allowed=self._plaintext_allowed(tls_active),
+            bare_lf=ctx.listener.bare_lf,
         )
         self._upstream: UpstreamPop3Session | None = None
         self.stats = SessionStats()
