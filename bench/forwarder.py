@@ -1,11 +1,11 @@
 """The floor for any relay written in Python: a byte forwarder with no work of its own.
 
-``python -m bench.forwarder SMTP_PORT POP3_PORT`` listens on two free loopback ports and pipes
-every connection, byte for byte, to the bench upstream's SMTP and POP3 ports: no TLS termination
-(the client's TLS goes through it end to end), no parsing, no logins, asyncio protocol callbacks
-on uvloop when installed. The bench runs the ``direct`` client through it as the target ``floor``:
-its ratio to direct is what one extra process hop alone costs on this machine, a ceiling for the
-relay, which must also terminate TLS twice and speak both protocols.
+``python -m bench.forwarder SMTP_PORT POP3_PORT IMAP_PORT`` listens on one free loopback port per
+target and pipes every connection, byte for byte, to the bench upstream's SMTP, POP3 and IMAP
+ports: no TLS termination (the client's TLS goes through it end to end), no parsing, no logins,
+asyncio protocol callbacks on uvloop when installed. The bench runs the ``direct`` client through
+it as the target ``floor``: its ratio to direct is what one extra process hop alone costs on this
+machine, a ceiling for the relay, which must also terminate TLS twice and speak the protocols.
 """
 
 from __future__ import annotations
@@ -74,17 +74,17 @@ async def serve(targets: list[int]) -> None:
 
 
 class ForwarderProcess:
-    """A running ``python -m bench.forwarder``: its ``smtp_port`` and ``pop3_port``."""
+    """A running ``python -m bench.forwarder``: its ``smtp_port``, ``pop3_port`` and ``imap_port``."""
 
-    def __init__(self, smtp_target: int, pop3_target: int) -> None:
+    def __init__(self, smtp_target: int, pop3_target: int, imap_target: int) -> None:
         self._proc = subprocess.Popen([sys.executable, "-m", "bench.forwarder", str(smtp_target),
-                                       str(pop3_target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      cwd=REPO_ROOT)
+                                       str(pop3_target), str(imap_target)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, cwd=REPO_ROOT)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError("the bench forwarder exited before printing its ports")
-        self.smtp_port, self.pop3_port = json.loads(line)
+        self.smtp_port, self.pop3_port, self.imap_port = json.loads(line)
 
     def stop(self) -> None:
         """Close its stdin (it exits); kill it if it does not."""

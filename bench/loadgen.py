@@ -1,8 +1,9 @@
-"""Asyncio load generator on raw streams: SMTP submission and POP3 retrieval sessions.
+"""Asyncio load generator on raw streams: SMTP submission, POP3 and IMAP retrieval sessions.
 
 A `Target` says how to reach a server and log in: ``direct`` (the upstream: STARTTLS/TLS and
 AUTH XOAUTH2 with a bearer token) or ``relay`` (a local proxy, the relay or emailproxy: AUTH PLAIN /
-USER+PASS with a local login). `run_smtp` / `run_pop3` start C sessions at once and collect a `LoadResult`;
+USER+PASS / IMAP LOGIN with a local login). `run_smtp` / `run_pop3` / `run_imap` start C
+sessions at once and collect a `LoadResult`;
 `verify_smtp` then checks at the upstream that every acknowledged message arrived exactly once.
 """
 
@@ -44,13 +45,14 @@ class Target:
     secret: str  # direct: the access token; relay: the local password
     tls: ssl.SSLContext | None = None  # direct: trusts the upstream's certificate
     smtp_starttls: bool = False  # relay: also use STARTTLS towards the relay
+    imap_port: int = 0  # 0: this target has no IMAP (its IMAP cells are skipped)
 
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """One cell: C sessions x M messages of S bytes (SMTP) or RETR of N messages (POP3)."""
+    """One cell: C sessions x M messages of S bytes (SMTP) or RETR/FETCH of N messages (POP3/IMAP)."""
 
-    protocol: Literal["smtp", "pop3"]
+    protocol: Literal["smtp", "pop3", "imap"]
     sessions: int
     messages: int
     size: int
@@ -218,6 +220,79 @@ async def _pop3_session(target: Target, spec: LoadSpec, digests: list[str], sid:
 async def run_pop3(target: Target, spec: LoadSpec, digests: list[str]) -> LoadResult:
     """Run ``spec.sessions`` concurrent POP3 sessions, each RETR-ing ``spec.messages`` messages."""
     result = await _run(spec, lambda sid, res: _pop3_session(target, spec, digests, sid, res))
+    result.verify = {"checked": result.messages_ok + result.content_mismatches,
+                     "mismatches": result.content_mismatches}
+    return result
+
+
+# --- IMAP --------------------------------------------------------------------------------------
+
+async def _tagged(reader: asyncio.StreamReader, tag: bytes, stage: str) -> bytes:
+    """Read up to the line tagged ``tag``; SessionError unless it is OK."""
+    while True:
+        line = await reader.readuntil(b"\n")
+        if line.startswith(tag + b" "):
+            if line[len(tag) + 1:len(tag) + 3] != b"OK":
+                raise SessionError(f"{stage}: {line[:60].decode('latin-1').strip()}")
+            return line
+
+
+async def _imap_fetch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tag: bytes,
+                      number: int) -> bytes:
+    """``UID FETCH n BODY.PEEK[]`` and return the literal's bytes."""
+    writer.write(tag + b" UID FETCH %d (BODY.PEEK[])\r\n" % number)
+    line = await reader.readuntil(b"\n")
+    if not (line.startswith(b"* ") and line.endswith(b"}\r\n")):
+        raise SessionError(f"FETCH: {line[:60].decode('latin-1').strip()}")
+    size = int(line[line.rindex(b"{") + 1:-3])
+    content = await reader.readexactly(size)
+    await _tagged(reader, tag, "FETCH")
+    return content
+
+
+async def _imap_session(target: Target, spec: LoadSpec, digests: list[str], sid: int,
+                        result: LoadResult) -> None:
+    started = time.perf_counter()
+    direct = target.mode == "direct"
+    reader, writer = await asyncio.open_connection(
+        target.host, target.imap_port, limit=2 * spec.size + 64 * 1024,
+        ssl=target.tls if direct else None, server_hostname=target.host if direct else None)
+    try:
+        set_nodelay(writer)
+        greeting = await reader.readuntil(b"\n")
+        if not greeting.startswith(b"* OK"):
+            raise SessionError(f"greeting: {greeting[:60].decode('latin-1').strip()}")
+        if direct:
+            writer.write(b"a AUTHENTICATE XOAUTH2 " + encode_xoauth2(target.user, target.secret).encode()
+                         + b"\r\n")
+        else:
+            writer.write(b'a LOGIN %s "%s"\r\n' % (target.user.encode(), target.secret.encode()))
+        await _tagged(reader, b"a", "login")
+        writer.write(b"b SELECT INBOX\r\n")
+        await _tagged(reader, b"b", "SELECT")
+        result.setup_s.append(time.perf_counter() - started)
+        for k in range(spec.messages):
+            index = (sid + k) % len(digests)
+            t0 = time.perf_counter()
+            content = await _imap_fetch(reader, writer, b"f%d" % k, index + 1)
+            result.latencies_s.append(time.perf_counter() - t0)
+            if hashlib.sha256(content).hexdigest() != digests[index]:
+                result.content_mismatches += 1
+                continue
+            result.messages_ok += 1
+            result.bytes_ok += len(content)
+        writer.write(b"z LOGOUT\r\n")
+        await _tagged(reader, b"z", "LOGOUT")
+    except BaseException:
+        _reset(writer)
+        raise
+    finally:
+        writer.transport.abort()
+
+
+async def run_imap(target: Target, spec: LoadSpec, digests: list[str]) -> LoadResult:
+    """Run ``spec.sessions`` concurrent IMAP sessions, each FETCH-ing ``spec.messages`` messages."""
+    result = await _run(spec, lambda sid, res: _imap_session(target, spec, digests, sid, res))
     result.verify = {"checked": result.messages_ok + result.content_mismatches,
                      "mismatches": result.content_mismatches}
     return result

@@ -18,7 +18,7 @@ class Cell:
     label: str
     spec: LoadSpec
     min_ratio: float | None = None  # relay/direct msg/s must be at least this
-    mailbox: int = 0  # POP3: messages in the upstream mailbox
+    mailbox: int = 0  # POP3/IMAP: messages in the upstream mailbox
     zero_failures: bool = False  # the cell passes only with no failed or hung session
 
 
@@ -28,6 +28,10 @@ def _smtp(key: str, label: str, c: int, m: int, size: int, ratio: float | None, 
 
 def _pop3(key: str, label: str, c: int, n: int, size: int, ratio: float) -> Cell:
     return Cell(key, label, LoadSpec("pop3", c, n, size), ratio, mailbox=max(n, 20))
+
+
+def _imap(key: str, label: str, c: int, n: int, size: int, ratio: float) -> Cell:
+    return Cell(key, label, LoadSpec("imap", c, n, size), ratio, mailbox=max(n, 20))
 
 
 FULL = (
@@ -42,6 +46,10 @@ FULL = (
     _pop3("pop3-10k-c20", "POP3 10 KB, C=20", 20, 50, 10 * KB, 0.7),
     _pop3("pop3-1m-c1", "POP3 1 MB, C=1", 1, 30, MB, 0.8),
     _pop3("pop3-1m-c20", "POP3 1 MB, C=20", 20, 5, MB, 0.8),
+    _imap("imap-10k-c1", "IMAP 10 KB, C=1", 1, 500, 10 * KB, 0.7),
+    _imap("imap-10k-c20", "IMAP 10 KB, C=20", 20, 50, 10 * KB, 0.7),
+    _imap("imap-1m-c1", "IMAP 1 MB, C=1", 1, 30, MB, 0.8),
+    _imap("imap-1m-c20", "IMAP 1 MB, C=20", 20, 5, MB, 0.8),
     _smtp("smtp-1k-c1000", "SMTP 1 KB, C=1000 (1 msg each)", 1000, 1, KB, None, zero_failures=True),
 )
 
@@ -50,6 +58,7 @@ QUICK = (
     _smtp("smtp-1k-c5", "SMTP 1 KB, C=5", 5, 2, KB, 0.6),
     _smtp("smtp-100k-c2", "SMTP 100 KB, C=2", 2, 1, 100 * KB, 0.8),
     _pop3("pop3-10k-c2", "POP3 10 KB, C=2", 2, 3, 10 * KB, 0.7),
+    _imap("imap-10k-c2", "IMAP 10 KB, C=2", 2, 3, 10 * KB, 0.7),
     _smtp("smtp-1k-c20", "SMTP 1 KB, C=20 (1 msg each)", 20, 1, KB, None, zero_failures=True),
 )
 

@@ -26,12 +26,14 @@ MAILBOX = "bench@example.com"
 
 
 def relay_config(upstream: UpstreamProcess, workdir: Path, smtp_port: int, pop3_port: int, *,
-                 pool: bool = False, password_hash: str) -> dict[str, object]:
+                 pool: bool = False, password_hash: str, imap_port: int = 0) -> dict[str, object]:
     """The relay's YAML configuration as a dict."""
     endpoint = {"host": "127.0.0.1", "ca_file": str(upstream.cert)}
     return {
         "listen": {"smtp": {"enabled": True, "host": "127.0.0.1", "port": smtp_port, "tls": "none"},
-                   "pop3": {"enabled": True, "host": "127.0.0.1", "port": pop3_port, "tls": "none"}},
+                   "pop3": {"enabled": True, "host": "127.0.0.1", "port": pop3_port, "tls": "none"},
+                   "imap": {"enabled": bool(imap_port), "host": "127.0.0.1", "port": imap_port,
+                            "tls": "none"}},
         "token_store": {"path": str(workdir / "tokens.enc"), "key_env": "RELAY_STORE_KEY"},
         "credentials": {"bench": {"provider": "generic", "client_id": CLIENT_ID,
                                   "client_secret": CLIENT_SECRET, "flow": "client_credentials",
@@ -41,6 +43,7 @@ def relay_config(upstream: UpstreamProcess, workdir: Path, smtp_port: int, pop3_
             "credentials": "bench",
             "smtp": {**endpoint, "port": upstream.ports["smtp"], "tls": "starttls"},
             "pop3": {**endpoint, "port": upstream.ports["pop3"], "tls": "implicit"},
+            "imap": {**endpoint, "port": upstream.ports["imap"], "tls": "implicit"},
         }},
         "limits": {"shutdown_grace_s": 2},
         "upstream_pool": {"enabled": pool},
@@ -59,10 +62,11 @@ class RelayProcess(ChildServer):
         self.workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.workdir / "relay.log", free_port())
         self.pop3_port = free_port()
+        self.imap_port = free_port()
         if RelayProcess._hash is None:
             RelayProcess._hash = hash_password(PASSWORD)
         config = relay_config(upstream, self.workdir, self.smtp_port, self.pop3_port, pool=pool,
-                              password_hash=RelayProcess._hash)
+                              password_hash=RelayProcess._hash, imap_port=self.imap_port)
         self.config_path = self.workdir / "relay.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.output_path

@@ -26,7 +26,16 @@ if not __package__:  # `python bench/run.py`: make the repository root importabl
 from bench import emailproxy_target
 from bench.emailproxy_target import EmailProxyProcess
 from bench.forwarder import FLOOR, ForwarderProcess
-from bench.loadgen import LoadSpec, Target, close_all, open_idle_smtp, run_pop3, run_smtp, verify_smtp
+from bench.loadgen import (
+    LoadSpec,
+    Target,
+    close_all,
+    open_idle_smtp,
+    run_imap,
+    run_pop3,
+    run_smtp,
+    verify_smtp,
+)
 from bench.matrix import FULL, FULL_SPECIALS, QUICK, QUICK_SPECIALS, Cell, Specials, with_tag
 from bench.relay_target import MAILBOX, PASSWORD, USERNAME, RelayProcess
 from bench.stats import LoadResult
@@ -78,17 +87,19 @@ def direct_target(up: UpstreamProcess) -> Target:
     """Log in to the bench upstream itself with XOAUTH2, as an OAuth-capable app would."""
     ctx = ssl.create_default_context(cafile=str(up.cert))
     return Target("direct", "direct", "127.0.0.1", up.ports["smtp"], up.ports["pop3"], MAILBOX,
-                  up.issue_token(), ctx)
+                  up.issue_token(), ctx, imap_port=up.ports["imap"])
 
 
 def relay_target(relay: RelayProcess, name: str = "relay") -> Target:
     """Log in to the relay with the local password, as a legacy app does."""
-    return Target(name, "relay", "127.0.0.1", relay.smtp_port, relay.pop3_port, USERNAME, PASSWORD)
+    return Target(name, "relay", "127.0.0.1", relay.smtp_port, relay.pop3_port, USERNAME, PASSWORD,
+                  imap_port=relay.imap_port)
 
 
 def floor_target(up: UpstreamProcess, fw: ForwarderProcess) -> Target:
     """The direct client, through the do-nothing byte forwarder (bench/forwarder.py)."""
-    return replace(direct_target(up), name=FLOOR, smtp_port=fw.smtp_port, pop3_port=fw.pop3_port)
+    return replace(direct_target(up), name=FLOOR, smtp_port=fw.smtp_port, pop3_port=fw.pop3_port,
+                   imap_port=fw.imap_port)
 
 
 def emailproxy_target_of(ep: EmailProxyProcess) -> Target:
@@ -103,6 +114,8 @@ async def run_once(spec: LoadSpec, target: Target, up: UpstreamProcess, digests:
     cpu0 = proc.cpu_s() if proc else 0.0
     if spec.protocol == "smtp":
         result = await run_smtp(target, spec)
+    elif spec.protocol == "imap":
+        result = await run_imap(target, spec, digests)
     else:
         result = await run_pop3(target, spec, digests)
     if proc is not None:
@@ -136,9 +149,11 @@ async def run_matrix(run: BenchRun, up: UpstreamProcess, legs: list[Leg], log: L
         shift = repeat % len(active)
         order = active[shift:] + active[:shift]
         for cell in run.cells:
-            digests = up.load_mailbox(cell.mailbox, cell.spec.size) if cell.spec.protocol == "pop3" else []
+            digests = up.load_mailbox(cell.mailbox, cell.spec.size) if cell.mailbox else []
             for leg in order:
                 target = leg.target
+                if cell.spec.protocol == "imap" and not target.imap_port:
+                    continue  # e.g. emailproxy: the bench does not configure its IMAP side
                 spec = with_tag(cell, f"{cell.key}-{target.name}-{repeat}")
                 if leg.timeout_s is not None:
                     spec = replace(spec, session_timeout_s=leg.timeout_s)
@@ -268,15 +283,16 @@ async def run_pool(run: BenchRun, up: UpstreamProcess, relay: RelayProcess, work
 
 
 async def bench(quick: bool, repeats: int, log: Log, *, emailproxy: bool = True,
-                emailproxy_repeats: int | None = None) -> BenchRun:
+                emailproxy_repeats: int | None = None, only: str | None = None) -> BenchRun:
     """Run the whole benchmark; return what it measured.
 
     ``emailproxy``: add it as a third target when it is installed; ``emailproxy_repeats``: run it
-    only in that many (first) repeats (default: all).
+    only in that many (first) repeats (default: all); ``only``: just the cells whose key starts
+    with this prefix (``imap``), still with the relay metrics and experiments.
     """
     raise_fd_limit()
-    run = BenchRun(cells=list(QUICK if quick else FULL), repeats=repeats,
-                   started_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+    cells = [c for c in (QUICK if quick else FULL) if only is None or c.key.startswith(only)]
+    run = BenchRun(cells=cells, repeats=repeats, started_at=time.strftime("%Y-%m-%d %H:%M:%S"))
     sp = QUICK_SPECIALS if quick else FULL_SPECIALS
     use_ep = emailproxy and emailproxy_target.available()
     if emailproxy and not use_ep:
@@ -293,7 +309,7 @@ async def bench(quick: bool, repeats: int, log: Log, *, emailproxy: bool = True,
         if use_ep:
             await run_emailproxy_cold(run, up, workdir, sp, log)
         relay = RelayProcess(up, workdir, "relay-main")
-        fw = ForwarderProcess(up.ports["smtp"], up.ports["pop3"])
+        fw = ForwarderProcess(up.ports["smtp"], up.ports["pop3"], up.ports["imap"])
         ep = EmailProxyProcess(up, workdir, "emailproxy-main") if use_ep else None
         try:
             run.relay["startup3_s"] = relay.start()
@@ -342,13 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--emailproxy-repeats", type=int, default=1, metavar="N",
                    help="run emailproxy only in the first N repeats (default 1: its hung sessions wait "
                         "out the session timeout, ~9 min per repeat)")
+    p.add_argument("--only", default=None, metavar="PREFIX",
+                   help="only the cells whose key starts with PREFIX (e.g. imap, pop3-1m)")
     args = parser.parse_args(argv)
 
     def log(*parts: object) -> None:
         print(*parts, file=sys.stderr, flush=True)
 
     run = asyncio.run(bench(args.quick, max(1, args.repeats), log, emailproxy=not args.no_emailproxy,
-                            emailproxy_repeats=args.emailproxy_repeats))
+                            emailproxy_repeats=args.emailproxy_repeats, only=args.only))
     table = render(run)
     if args.out:
         args.out.write_text(table)

@@ -1,4 +1,4 @@
-"""A fast TLS + XOAUTH2 upstream for benchmarks: SMTP (STARTTLS), POP3 (TLS on connect), token HTTP.
+"""A fast TLS + XOAUTH2 upstream for benchmarks: SMTP (STARTTLS), POP3 and IMAP (TLS on connect), token HTTP.
 
 Built so it is never the bottleneck: DATA is read in bulk with ``readuntil``, BDAT chunks (RFC 3030
 CHUNKING) by count with ``readexactly``, RETR answers are pre-built and written in one call. Runs in
@@ -326,7 +326,83 @@ class Pop3Session(_Session):
         return b"%d" % self.state.mailbox.octets[i] if verb == b"LIST" else b"msg-%d" % (i + 1)
 
 
-async def _run_session(session: SmtpSession | Pop3Session) -> None:
+class ImapSession(_Session):
+    """One IMAP connection (TLS on connect): CAPABILITY, AUTHENTICATE XOAUTH2 (SASL-IR or after
+    ``+``), SELECT, FETCH/UID FETCH n BODY[]/BODY.PEEK[]/RFC822, NOOP, LOGOUT."""
+
+    CAPS = b"IMAP4rev1 SASL-IR AUTH=XOAUTH2 IDLE LITERAL+"
+
+    async def run(self) -> None:
+        self.state.counts["imap_connections"] += 1
+        authed = False
+        await self.send(b"* OK [CAPABILITY " + self.CAPS + b"] bench IMAP ready\r\n")
+        while True:
+            parts = (await self.line()).split()
+            if len(parts) < 2:
+                await self.send(b"* BAD Missing tag or command\r\n")
+                continue
+            tag, verb, args = parts[0], parts[1].upper(), parts[2:]
+            if verb == b"CAPABILITY":
+                await self.send(b"* CAPABILITY " + self.CAPS + b"\r\n" + tag + b" OK done\r\n")
+            elif verb == b"AUTHENTICATE" and not authed:
+                authed = await self.auth(tag, args)
+            elif verb == b"LOGOUT":
+                await self.send(b"* BYE bench IMAP\r\n" + tag + b" OK LOGOUT completed\r\n")
+                await self.flush()
+                return
+            elif verb == b"NOOP":
+                await self.send(tag + b" OK NOOP completed\r\n")
+            elif not authed:
+                await self.send(tag + b" BAD Authenticate first\r\n")
+            else:
+                await self.selected(tag, verb, args)
+
+    async def auth(self, tag: bytes, args: list[bytes]) -> bool:
+        if not args or args[0].upper() != b"XOAUTH2":
+            await self.send(tag + b" NO Unsupported mechanism\r\n")
+            return False
+        if len(args) >= 2:
+            response = args[1]
+        else:
+            await self.send(b"+ \r\n")
+            response = await self.line()
+        if self.check_token(response):
+            self.state.counts["imap_auths"] += 1
+            await self.send(tag + b" OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] Success\r\n")
+            return True
+        self.state.counts["imap_auth_failures"] += 1
+        await self.send(b"+ " + encode_error_challenge().encode() + b"\r\n")
+        await self.line()
+        await self.send(tag + b" NO [AUTHENTICATIONFAILED] SASL authentication failed\r\n")
+        return False
+
+    async def selected(self, tag: bytes, verb: bytes, args: list[bytes]) -> None:
+        box = self.state.mailbox
+        if verb in (b"SELECT", b"EXAMINE"):
+            await self.send(b"* %d EXISTS\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n%s OK [READ-WRITE] "
+                            b"SELECT completed\r\n" % (len(box.contents), tag))
+            return
+        uid = verb == b"UID" and bool(args) and args[0].upper() == b"FETCH"
+        if uid:
+            args = args[1:]
+        elif verb != b"FETCH":
+            await self.send(tag + b" BAD Unknown command\r\n")
+            return
+        try:
+            n = int(args[0])
+            content = box.contents[n - 1]
+            if n < 1:
+                raise IndexError(n)
+        except (IndexError, ValueError):
+            await self.send(tag + b" NO No such message\r\n")
+            return
+        self.state.counts["imap_fetch"] += 1
+        self.state.counts["imap_bytes"] += len(content)
+        head = b"* %d FETCH (UID %d BODY[] {%d}\r\n" % (n, n, len(content))
+        await self.send(head + content + b")\r\n" + tag + b" OK FETCH completed\r\n")
+
+
+async def _run_session(session: SmtpSession | Pop3Session | ImapSession) -> None:
     set_nodelay(session.writer)
     try:
         await session.run()
@@ -346,14 +422,17 @@ async def serve(cert: str, key: str) -> None:
         limit=READ_LIMIT, backlog=BACKLOG)
     pop3 = await asyncio.start_server(
         lambda r, w: _run_session(Pop3Session(state, r, w)), "127.0.0.1", 0, ssl=ctx, backlog=BACKLOG)
+    imap = await asyncio.start_server(
+        lambda r, w: _run_session(ImapSession(state, r, w)), "127.0.0.1", 0, ssl=ctx, backlog=BACKLOG,
+        limit=READ_LIMIT)
     http = TokenHttpServer(state)
     await http.start()
     ports = {"smtp": smtp.sockets[0].getsockname()[1], "pop3": pop3.sockets[0].getsockname()[1],
-             "http": http.port}
+             "imap": imap.sockets[0].getsockname()[1], "http": http.port}
     print(json.dumps(ports), flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)  # the parent closes stdin (or dies) to stop us
-    for server in (smtp, pop3):
+    for server in (smtp, pop3, imap):
         server.close()
     await http.stop()
 

@@ -19,12 +19,13 @@ TOKEN_CHARS = 1600  # real Microsoft/Google access tokens are 1.5-2.5 KB (PROTOC
 
 @dataclass
 class Mailbox:
-    """The POP3 mailbox every session sees: pre-built RETR responses and content digests."""
+    """The mailbox every POP3/IMAP session sees: pre-built responses and content digests."""
 
     size: int = 0
     retr_wire: list[bytes] = field(default_factory=list)  # "+OK ...\r\n" + stuffed + ".\r\n"
     octets: list[int] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
+    contents: list[bytes] = field(default_factory=list)  # raw, for IMAP FETCH literals
 
     @classmethod
     def build(cls, count: int, size: int) -> Mailbox:
@@ -35,6 +36,7 @@ class Mailbox:
             box.octets.append(len(content))
             box.digests.append(hashlib.sha256(content).hexdigest())
             box.retr_wire.append(b"+OK %d octets\r\n" % len(content) + stuff(content) + b".\r\n")
+            box.contents.append(content)
         return box
 
 

@@ -1,4 +1,4 @@
-"""RelayApp: wires the token store, token manager, local authenticator and both listeners; signals.
+"""RelayApp: wires the token store, token manager, local authenticator and the listeners; signals.
 
 - SIGTERM / SIGINT: stop accepting, let running sessions finish for ``limits.shutdown_grace_s``,
   close what is left, exit 0. A second signal during the grace period closes sessions at once.
@@ -35,7 +35,7 @@ class _Generation:
 
     config: RelayConfig
     tokens: TokenManager
-    servers: dict[str, object] = field(default_factory=dict)  # "smtp"/"pop3" -> server
+    servers: dict[str, object] = field(default_factory=dict)  # "smtp"/"pop3"/"imap" -> server
 
 
 class RelayApp:
@@ -66,6 +66,11 @@ class RelayApp:
         return self._port("pop3")
 
     @property
+    def imap_port(self) -> int | None:
+        """The bound IMAP port (None when the listener is disabled or not started)."""
+        return self._port("imap")
+
+    @property
     def tokens(self) -> TokenManager:
         """The current token manager."""
         assert self._current is not None, "RelayApp is not started"
@@ -84,7 +89,8 @@ class RelayApp:
         self._current = await self._start_generation(self.config)
 
     async def _start_generation(self, config: RelayConfig, *, bind_retries: int = 1) -> _Generation:
-        from relay.localauth import LocalAuthenticator  # noqa: PLC0415 - keeps `relay --help` fast
+        from relay.imap.server import ImapProxyServer  # noqa: PLC0415 - keeps `relay --help` fast
+        from relay.localauth import LocalAuthenticator  # noqa: PLC0415
         from relay.pop3.server import Pop3ProxyServer  # noqa: PLC0415
         from relay.smtp.server import SmtpRelayServer  # noqa: PLC0415
 
@@ -97,6 +103,8 @@ class RelayApp:
                 gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator)
             if config.listen.pop3.enabled:
                 gen.servers["pop3"] = Pop3ProxyServer(config, tokens, authenticator)
+            if config.listen.imap.enabled:
+                gen.servers["imap"] = ImapProxyServer(config, tokens, authenticator)
             for name, server in gen.servers.items():
                 await _start_with_retries(server, bind_retries)
                 _log_listener(name, getattr(config.listen, name), server.port)  # type: ignore[attr-defined]
@@ -105,7 +113,7 @@ class RelayApp:
             await self._stop_generation(gen, 0)
             raise
         if not gen.servers:
-            log.warning("both listeners are disabled (listen.smtp.enabled, listen.pop3.enabled): "
+            log.warning("all listeners are disabled (listen.smtp, listen.pop3, listen.imap): "
                         "the relay accepts nothing")
         await _log_accounts(config, tokens)
         return gen
@@ -271,7 +279,8 @@ async def _log_accounts(config: RelayConfig, tokens: TokenManager) -> None:
         status = statuses.get(account.name)
         level = logging.WARNING if status and status.state in ("not authorized", "needs authorize") \
             else logging.INFO
-        log.log(level, "account %s: login %s -> %s via %s; smtp %s; pop3 %s; token %s",
+        log.log(level, "account %s: login %s -> %s via %s; smtp %s; pop3 %s; imap %s; token %s",
                 account.name, account.username, account.mailbox, account.credentials,
-                _endpoint(account.smtp), _endpoint(account.pop3), describe_token(status))
+                _endpoint(account.smtp), _endpoint(account.pop3), _endpoint(account.imap),
+                describe_token(status))
     # verify_tls: false is warned about by each listener for its own endpoints, once, at start.

@@ -110,9 +110,10 @@ class AuthorizeStateMismatch(AuthorizeFlowError):
 class UpstreamReply:
     """An upstream server's reply as a value, for any protocol.
 
-    ``code`` is the SMTP reply code (``"535"``) or the POP3 status (``"-ERR"``); ``enhanced_code``
-    the RFC 3463 code (``"5.7.8"``) or the RFC 2449 response code (``"SYS/TEMP"``); ``text`` the
-    reply's text (for POP3 the whole text after the status, response code included).
+    ``code`` is the SMTP reply code (``"535"``) or the POP3/IMAP status (``"-ERR"``, ``"NO"``);
+    ``enhanced_code`` the RFC 3463 code (``"5.7.8"``) or the POP3/IMAP response code
+    (``"SYS/TEMP"``, ``"AUTHENTICATIONFAILED"``); ``text`` the reply's text (for POP3/IMAP the
+    whole text after the status, ``[response code]`` included).
     """
 
     code: str
@@ -121,7 +122,7 @@ class UpstreamReply:
 
     def one_line(self) -> str:
         """The reply on one line, as the upstream sent it (for logs and messages)."""
-        if self.code.startswith(("+", "-")) or self.enhanced_code is None:
+        if not self.code.isdigit() or self.enhanced_code is None:  # POP3/IMAP: code in the text
             return f"{self.code} {self.text}".rstrip()
         return f"{self.code} {self.enhanced_code} {self.text}".rstrip()
 

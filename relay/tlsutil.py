@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
+import logging
 import os
 import ssl
+import warnings
 from pathlib import Path
 
 from cryptography import x509
@@ -21,11 +23,36 @@ from cryptography.x509.oid import NameOID
 from relay.config.model import ListenerConfig, UpstreamEndpoint
 from relay.errors import ConfigError
 
+log = logging.getLogger("relay.tls")
 
-def server_context(cert_file: Path, key_file: Path, setting: str = "listen") -> ssl.SSLContext:
-    """Return a server-side TLS context for a local listener (TLS 1.2+)."""
+
+_TLS_VERSIONS = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+# OpenSSL 3 refuses TLS 1.0/1.1 at security level 1 and up (their handshake signs with SHA-1, and
+# Debian's openssl.cnf sets level 2): only level 0 lets an old printer in. Strong suites stay
+# preferred; the weak ones are merely allowed again.
+LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
+
+
+def is_legacy_tls(min_tls_version: str) -> bool:
+    """True for the TLS versions (1.0, 1.1) that need the weakened OpenSSL security level."""
+    return _TLS_VERSIONS[min_tls_version] < ssl.TLSVersion.TLSv1_2
+
+
+def server_context(cert_file: Path, key_file: Path, setting: str = "listen",
+                   min_tls_version: str = "1.2") -> ssl.SSLContext:
+    """Return a server-side TLS context for a local listener (TLS ``min_tls_version``+, 1.2 by
+    default; 1.0/1.1 also lower OpenSSL's security level, see `LEGACY_CIPHERS`)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    with warnings.catch_warnings():  # Python deprecates TLS 1.0/1.1; the setting is deliberate
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = _TLS_VERSIONS[min_tls_version]
+    if is_legacy_tls(min_tls_version):
+        ctx.set_ciphers(LEGACY_CIPHERS)
     try:
         ctx.load_cert_chain(str(cert_file), str(key_file))
     except (OSError, ssl.SSLError) as exc:
@@ -41,7 +68,13 @@ def listener_context(listener: ListenerConfig, setting: str) -> ssl.SSLContext |
         return None
     if listener.cert_file is None or listener.key_file is None:
         raise ConfigError(setting, f"tls: {listener.tls} needs cert_file and key_file")
-    return server_context(listener.cert_file, listener.key_file, setting)
+    if is_legacy_tls(listener.min_tls_version):
+        log.warning(
+            "%s.min_tls_version is %s: clients may use TLS %s with weak, obsolete ciphers "
+            "(OpenSSL security level 0). Only for devices that cannot do TLS 1.2; put them on a "
+            "trusted network and raise the setting to 1.2 as soon as they are replaced.",
+            setting, listener.min_tls_version, listener.min_tls_version)
+    return server_context(listener.cert_file, listener.key_file, setting, listener.min_tls_version)
 
 
 @functools.lru_cache(maxsize=256)

@@ -22,6 +22,15 @@ from relay.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from relay.explain import explain, explanation_suffix
+from relay.providers.preflight import (
+    Finding,
+    certificate_findings,
+    jwt_claims,
+    service_principal_fix,
+    token_findings,
+)
+from relay.secret import Secret
 from relay.tokens.manager import TokenManager
 
 OK = "ok"
@@ -35,7 +44,10 @@ class AccountCheck:
     oauth: str = "-"
     smtp: str = "-"
     pop3: str = "-"
+    imap: str = "-"
     fixes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    claims: dict[str, object] | None = None  # the access token's JWT claims, when it is one
 
     @property
     def broken(self) -> bool:
@@ -45,7 +57,7 @@ class AccountCheck:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `relay check` to the CLI."""
-    p = subparsers.add_parser("check", help="check each account: token, upstream SMTP and POP3 login")
+    p = subparsers.add_parser("check", help="check each account: token, upstream SMTP, POP3 and IMAP login")
     add_config_argument(p)
     p.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="only these accounts (default: all)")
     p.add_argument("--timeout", type=float, default=20.0, metavar="S",
@@ -84,10 +96,17 @@ async def check_account(config: RelayConfig, manager: TokenManager, account: Acc
     result = AccountCheck(account.name)
     name = account.name
     try:
-        await manager.get_token(name)
+        token = await manager.get_token(name)
     except AuthorizationNeeded as exc:
-        result.oauth = "needs authorize"
-        result.fixes.append(f"{name}: {exc} -> run `relay authorize {name}`")
+        why = explanation_suffix(str(exc), account=name, mailbox=account.mailbox,
+                                 credentials=account.credentials)
+        if why and "relay authorize" not in why:  # a setting is wrong (secret, certificate, tenant)
+            result.oauth = "error"
+            result.fixes.append(f"{name}: {exc}{why}")
+            _add_findings(result, certificate_findings(config.credentials_for(account)))
+        else:
+            result.oauth = "needs authorize"
+            result.fixes.append(f"{name}: {exc} -> run `relay authorize {name}`")
         return result
     except TokenRefreshFailed as exc:
         result.oauth = "refresh failed"
@@ -96,14 +115,41 @@ async def check_account(config: RelayConfig, manager: TokenManager, account: Acc
         return result
     except (OAuthError, RelayError) as exc:
         result.oauth = "error"
-        result.fixes.append(f"{name}: {exc}")
+        why = explanation_suffix(str(exc), account=name, mailbox=account.mailbox,
+                                 credentials=account.credentials)
+        result.fixes.append(f"{name}: {exc}{why}")
+        _add_findings(result, certificate_findings(config.credentials_for(account)))
         return result
     result.oauth = await _token_cell(manager, name)
+    _preflight(config, account, token, result)
     if account.smtp is not None:
-        result.smtp = await _check_smtp(config, manager, account, timeout_s, result.fixes)
+        result.smtp = await _check_smtp(config, manager, account, timeout_s, result.fixes,
+                                        result.claims)
     if account.pop3 is not None:
         result.pop3 = await _check_pop3(config, manager, account, timeout_s, result.fixes)
+    if account.imap is not None:
+        result.imap = await _check_imap(config, manager, account, timeout_s, result.fixes)
     return result
+
+
+def _preflight(config: RelayConfig, account: AccountConfig, token: Secret, result: AccountCheck) -> None:
+    """Permissions preflight: certificate expiry, and the claims of a Microsoft JWT access token."""
+    from relay.providers.microsoft import MicrosoftProvider  # noqa: PLC0415
+    from relay.providers.registry import load_provider_class  # noqa: PLC0415
+
+    credentials = config.credentials_for(account)
+    findings = certificate_findings(credentials)
+    provider = load_provider_class(credentials.provider)(credentials)
+    if isinstance(provider, MicrosoftProvider):
+        result.claims = jwt_claims(token.reveal())
+        if result.claims is not None:
+            findings += token_findings(result.claims, account, mail_hosts=provider.mail_hosts())
+    _add_findings(result, findings)
+
+
+def _add_findings(result: AccountCheck, findings: list[Finding]) -> None:
+    for finding in findings:
+        (result.fixes if finding.severity == "error" else result.warnings).append(finding.text)
 
 
 async def _token_cell(manager: TokenManager, name: str) -> str:
@@ -116,13 +162,13 @@ async def _token_cell(manager: TokenManager, name: str) -> str:
 
 
 async def _check_smtp(config: RelayConfig, manager: TokenManager, account: AccountConfig,
-                      timeout_s: float, fixes: list[str]) -> str:
+                      timeout_s: float, fixes: list[str], claims: dict[str, object] | None = None) -> str:
     from relay.smtp.upstream import open_logged_in  # noqa: PLC0415
 
     try:  # one forced refresh on refusal, as the relay does (login_with_refresh)
         session, _ = await open_logged_in(account, manager, _limits(config, timeout_s))
     except (UpstreamError, OAuthError) as exc:
-        return _failure("smtp", account, exc, fixes)
+        return _failure("smtp", account, exc, fixes, claims)
     await session.quit()
     return OK
 
@@ -137,7 +183,7 @@ async def _check_pop3(config: RelayConfig, manager: TokenManager, account: Accou
                       timeout_s: float, fixes: list[str]) -> str:
     from relay.pop3.upstream import open_upstream  # noqa: PLC0415
 
-    try:
+    try:  # forced refresh included
         session, _ = await open_upstream(account, manager, _limits(config, timeout_s))
     except (UpstreamError, OAuthError) as exc:
         return _failure("pop3", account, exc, fixes)
@@ -148,7 +194,20 @@ async def _check_pop3(config: RelayConfig, manager: TokenManager, account: Accou
     return OK
 
 
-def _failure(kind: str, account: AccountConfig, exc: Exception, fixes: list[str]) -> str:
+async def _check_imap(config: RelayConfig, manager: TokenManager, account: AccountConfig,
+                      timeout_s: float, fixes: list[str]) -> str:
+    from relay.imap.upstream import open_upstream  # noqa: PLC0415
+
+    try:  # forced refresh included
+        session, _ = await open_upstream(account, manager, _limits(config, timeout_s))
+    except (UpstreamError, OAuthError) as exc:
+        return _failure("imap", account, exc, fixes)
+    await session.logout()
+    return OK
+
+
+def _failure(kind: str, account: AccountConfig, exc: Exception, fixes: list[str],
+             claims: dict[str, object] | None = None) -> str:
     """Record the fix for an upstream failure and return the table cell."""
     name = account.name
     endpoint = getattr(account, kind)
@@ -159,7 +218,7 @@ def _failure(kind: str, account: AccountConfig, exc: Exception, fixes: list[str]
     if isinstance(exc, UpstreamAuthRejected):
         reply = exc.reply.one_line() if exc.reply else str(exc)
         fixes.append(f"{name} ({kind}): {endpoint.host}:{endpoint.port} refused the token for "
-                     f"{account.mailbox}: {reply} -> {_auth_fix(kind, account, reply)}")
+                     f"{account.mailbox}: {reply} -> {_auth_fix(kind, account, reply, claims)}")
         return "REJECTED"
     if isinstance(exc, UpstreamUnavailable):
         fixes.append(f"{name} ({kind}): {exc} -> check {where} (host {endpoint.host}, port {endpoint.port}, "
@@ -169,12 +228,16 @@ def _failure(kind: str, account: AccountConfig, exc: Exception, fixes: list[str]
     return "FAILED"
 
 
-def _auth_fix(kind: str, account: AccountConfig, reply: str) -> str:
-    """The operator's fix for an XOAUTH2 refusal, from the upstream's reply text."""
-    if "5.7.139" in reply or "SmtpClientAuthentication is disabled" in reply:
-        return (f"enable authenticated SMTP (SMTP AUTH) for {account.mailbox} or the tenant in the "
-                "Microsoft 365 admin center")
-    scope = "SMTP.Send" if kind == "smtp" else "POP.AccessAsUser.All"
+def _auth_fix(kind: str, account: AccountConfig, reply: str, claims: dict[str, object] | None = None) -> str:
+    """The operator's fix for an XOAUTH2 refusal: the error table's entry for the reply (an app-only
+    token refused with 5.7.3: the service principal commands from its claims), else a general fix."""
+    entry = explain(reply)
+    sp_fix = service_principal_fix(claims, account)
+    if entry is not None and entry.key == "ms-auth-5-7-3" and sp_fix:
+        return sp_fix
+    if entry is not None:
+        return entry.render(account=account.name, mailbox=account.mailbox, credentials=account.credentials)
+    scope = {"smtp": "SMTP.Send", "pop3": "POP.AccessAsUser.All"}.get(kind, "IMAP.AccessAsUser.All")
     return (f"make sure the sign-in was done as {account.mailbox} (run `relay authorize {account.name}` "
             f"again), that the app registration has the {scope} permission (or the Gmail scope), and "
             f"that {kind.upper()} access is enabled for the mailbox")
@@ -182,13 +245,18 @@ def _auth_fix(kind: str, account: AccountConfig, reply: str) -> str:
 
 def print_report(results: list[AccountCheck]) -> None:
     """Print the table, each failure's fix, and a one-line verdict."""
-    rows = [("ACCOUNT", "TOKEN", "SMTP", "POP3", "VERDICT")]
+    rows = [("ACCOUNT", "TOKEN", "SMTP", "POP3", "IMAP", "VERDICT")]
     for r in results:
-        rows.append((r.account, r.oauth, r.smtp, r.pop3, "BROKEN" if r.broken else "OK"))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        rows.append((r.account, r.oauth, r.smtp, r.pop3, r.imap, "BROKEN" if r.broken else "OK"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    warnings = [warning for r in results for warning in r.warnings]
+    if warnings:
+        print("\nWarnings:")
+        for warning in warnings:
+            print(f"  - {warning}")
     fixes = [fix for r in results for fix in r.fixes]
     if fixes:
         print("\nTo fix:")

@@ -41,6 +41,7 @@ DEMO_LOGIN = "demo-app"
 DEMO_MAILBOX = "demo@sandbox.test"
 DEFAULT_SMTP_PORT = 2525
 DEFAULT_POP3_PORT = 1110
+DEFAULT_IMAP_PORT = 1143
 CLIENT_TIMEOUT_S = 30.0
 
 
@@ -53,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"relay SMTP port ({DEFAULT_SMTP_PORT}, or any free port when taken; 0: any)")
     p.add_argument("--pop3-port", type=int, default=None, metavar="N",
                    help=f"relay POP3 port ({DEFAULT_POP3_PORT}, or any free port when taken; 0: any)")
+    p.add_argument("--imap-port", type=int, default=None, metavar="N",
+                   help=f"relay IMAP port ({DEFAULT_IMAP_PORT}, or any free port when taken; 0: any)")
     add_logging_arguments(p)
     p.set_defaults(func=cmd_demo, log_level="WARNING")
 
@@ -133,7 +136,7 @@ class Demo:
         try:
             say(f"{CHECK} Sandbox started: OAuth provider {world.oauth.url}, upstream SMTP "
                 f"{world.host}:{world.smtp_port} (STARTTLS), upstream POP3 {world.host}:{world.pop3_port} "
-                "(TLS), mailbox " + DEMO_MAILBOX)
+                f"and IMAP {world.host}:{world.imap_port} (TLS), mailbox " + DEMO_MAILBOX)
             config = self.write_config(world)
             say(f"{CHECK} Demo configuration written to {self.config_path} (account '{DEMO_ACCOUNT}', "
                 f"local login {DEMO_LOGIN}, encrypted token store with a fresh key)")
@@ -142,9 +145,10 @@ class Demo:
                 f"approved automatically); access token valid until {tokens.expires_at:%H:%M:%S} UTC, "
                 "refresh token stored encrypted")
             app = await self.start_relay(config)
-            smtp_port, pop3_port = app.smtp_port, app.pop3_port
-            assert smtp_port is not None and pop3_port is not None
-            say(f"{CHECK} Relay listening: SMTP 127.0.0.1:{smtp_port}, POP3 127.0.0.1:{pop3_port}")
+            smtp_port, pop3_port, imap_port = app.smtp_port, app.pop3_port, app.imap_port
+            assert smtp_port is not None and pop3_port is not None and imap_port is not None
+            say(f"{CHECK} Relay listening: SMTP 127.0.0.1:{smtp_port}, POP3 127.0.0.1:{pop3_port}, "
+                f"IMAP 127.0.0.1:{imap_port}")
             subject, msgid = await asyncio.to_thread(self.send, smtp_port)
             received = world.smtp.wait_for_messages(1, timeout_s=10)
             if not received:
@@ -155,8 +159,11 @@ class Demo:
             fetched = await asyncio.to_thread(self.fetch, pop3_port, msgid)
             say(f"{CHECK} Fetched it back over the relay's POP3 (USER/PASS as {DEMO_LOGIN}, XOAUTH2 "
                 f"upstream): message {fetched} of the mailbox, Subject: {subject}")
+            number = await asyncio.to_thread(self.fetch_imap, imap_port, msgid)
+            say(f"{CHECK} Fetched it again over the relay's IMAP (LOGIN as {DEMO_LOGIN}, AUTHENTICATE "
+                f"XOAUTH2 upstream): message {number} of INBOX")
             say("\nRound trip OK: plain logins in, OAuth 2.0 (XOAUTH2) out.\n")
-            say(self.by_hand(smtp_port, pop3_port))
+            say(self.by_hand(smtp_port, pop3_port, imap_port))
             if not self.args.once:
                 await self.serve_until_signal()
             return 0
@@ -186,6 +193,8 @@ class Demo:
                          "port": _port_or_free(self.args.smtp_port, DEFAULT_SMTP_PORT)},
                 "pop3": {"enabled": True, "host": "127.0.0.1", "tls": "none",
                          "port": _port_or_free(self.args.pop3_port, DEFAULT_POP3_PORT)},
+                "imap": {"enabled": True, "host": "127.0.0.1", "tls": "none",
+                         "port": _port_or_free(self.args.imap_port, DEFAULT_IMAP_PORT)},
             },
             "token_store": {"path": str(self.dir / "tokens.enc"), "key_env": None, "key_file": str(key_file)},
             "credentials": creds,
@@ -227,7 +236,8 @@ class Demo:
         try:
             await app.start()
         except OSError as exc:
-            raise DemoFailed(f"the relay cannot listen: {exc} (try --smtp-port 0 --pop3-port 0)") from exc
+            raise DemoFailed(f"the relay cannot listen: {exc} "
+                             "(try --smtp-port 0 --pop3-port 0 --imap-port 0)") from exc
         return app
 
     def send(self, port: int) -> tuple[str, str]:
@@ -276,7 +286,26 @@ class Demo:
             threading.Event().wait(0.1)  # delivery into the maildrop is asynchronous
         raise DemoFailed("the message did not show up in the POP3 mailbox")
 
-    def by_hand(self, smtp_port: int, pop3_port: int) -> str:
+    def fetch_imap(self, port: int, msgid: str) -> int:
+        """Find the message by Message-ID over the relay's IMAP with imaplib; return its number."""
+        import imaplib  # noqa: PLC0415 - see send()
+        from email import message_from_bytes  # noqa: PLC0415
+
+        try:
+            with imaplib.IMAP4("127.0.0.1", port, timeout=CLIENT_TIMEOUT_S) as client:
+                client.login(DEMO_LOGIN, self.password)
+                _typ, data = client.select("INBOX", readonly=True)
+                for number in range(int(data[0] or 0), 0, -1):
+                    _typ, parts = client.fetch(str(number), "(BODY.PEEK[])")
+                    raw = parts[0][1] if parts and isinstance(parts[0], tuple) else b""
+                    if message_from_bytes(raw)["Message-ID"] == msgid:
+                        client.logout()
+                        return number
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise DemoFailed(f"fetching over the relay's IMAP failed: {exc}") from exc
+        raise DemoFailed("the message did not show up in the IMAP mailbox")
+
+    def by_hand(self, smtp_port: int, pop3_port: int, imap_port: int) -> str:
         """How to try the running demo with other clients."""
         pw = self.password
         return (
@@ -287,12 +316,13 @@ class Demo:
             f"| nc 127.0.0.1 {pop3_port}\n"
             f"  python3 -c \"import poplib; p=poplib.POP3('127.0.0.1', {pop3_port}); p.user('{DEMO_LOGIN}'); "
             f"p.pass_('{pw}'); print(p.list()); p.quit()\"\n"
+            f"  curl -u '{DEMO_LOGIN}:{pw}' 'imap://127.0.0.1:{imap_port}/INBOX;UID=1'\n"
             f"  relay send-test {DEMO_ACCOUNT} --to {DEMO_MAILBOX} -c {self.config_path}\n"
             f"  relay check -c {self.config_path}\n"
             "Press Ctrl-C to stop."
         ) if not self.args.once else (
-            f"(--once: stopping. Without it the demo keeps serving on 127.0.0.1:{smtp_port} and "
-            f":{pop3_port} for swaks, fetchmail, telnet ...)"
+            f"(--once: stopping. Without it the demo keeps serving on 127.0.0.1:{smtp_port}, "
+            f":{pop3_port} and :{imap_port} for swaks, fetchmail, curl, telnet ...)"
         )
 
     async def serve_until_signal(self) -> None:

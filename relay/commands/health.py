@@ -13,8 +13,8 @@ import ssl
 from relay.commands._ops import add_config_argument, connect_host, load_config_file
 from relay.config.model import ListenerConfig
 
-EXPECTED_GREETING = {"smtp": b"220", "pop3": b"+OK"}
-QUIT = {"smtp": b"QUIT\r\n", "pop3": b"QUIT\r\n"}
+EXPECTED_GREETING = {"smtp": b"220", "pop3": b"+OK", "imap": b"* OK"}
+QUIT = {"smtp": b"QUIT\r\n", "pop3": b"QUIT\r\n", "imap": b"h LOGOUT\r\n"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -67,7 +67,7 @@ def _read_line(sock: socket.socket) -> bytes:
 def cmd_health(args: argparse.Namespace) -> int:
     """Probe every enabled listener; 0 when all answer, 1 otherwise."""
     config = load_config_file(args.config)
-    listeners = [(kind, getattr(config.listen, kind)) for kind in ("smtp", "pop3")]
+    listeners = [(kind, getattr(config.listen, kind)) for kind in ("smtp", "pop3", "imap")]
     enabled = [(kind, listener) for kind, listener in listeners if listener.enabled]
     healthy = bool(enabled)
     if not enabled and not args.quiet:

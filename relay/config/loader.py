@@ -23,12 +23,14 @@ import yaml
 from relay.config.expand import ExpansionError, expand_value
 from relay.config.model import (
     AccountConfig,
+    ClientCertificateConfig,
     CredentialsConfig,
     IPNetwork,
     LimitsConfig,
     ListenConfig,
     ListenerConfig,
     PoolConfig,
+    ProxyConfig,
     RelayConfig,
     TokenStoreConfig,
     UpstreamEndpoint,
@@ -37,11 +39,19 @@ from relay.errors import ConfigError
 from relay.localauth import is_loopback
 from relay.passwords import parse_hash
 from relay.secret import Secret
+from relay.sender_policy import sender_pattern_problem
 
 TLS_MODES = ("none", "starttls", "implicit")
+BARE_LF_MODES = ("normalize", "reject")
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 FLOWS = ("authorization_code", "device_code", "client_credentials", "service_account")
 SENDER_POLICIES = ("keep", "rewrite")
-DEFAULT_LISTEN = {"smtp": ("127.0.0.1", 2525), "pop3": ("127.0.0.1", 1110)}
+CLOUDS = ("global", "usgovernment", "china")
+ASSERTION_ALGORITHMS = ("PS256", "RS256")
+DEFAULT_LISTEN = {"smtp": ("127.0.0.1", 2525), "pop3": ("127.0.0.1", 1110), "imap": ("127.0.0.1", 1143)}
+# Listeners that stay off unless the YAML has their key: IMAP came later, and an upgrade must not
+# open a new port on its own.
+OFF_UNLESS_CONFIGURED = frozenset({"imap"})
 DEFAULT_STORE_FILE = "relay-tokens.enc"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAILBOX = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
@@ -287,17 +297,25 @@ class _Builder:
                            limits=limits, upstream_pool=pool)
 
     def listen(self, value: object) -> ListenConfig:
-        data = self.mapping(value, "listen", ("smtp", "pop3")) or {}
+        data = self.mapping(value, "listen", ("smtp", "pop3", "imap")) or {}
         smtp = self.listener(data.get("smtp", _MISSING), "smtp")
         pop3 = self.listener(data.get("pop3", _MISSING), "pop3")
+        imap = self.listener(data.get("imap", _MISSING), "imap")
         if smtp.enabled and pop3.enabled and smtp.port and (smtp.host, smtp.port) == (pop3.host, pop3.port):
             self.problem("listen.pop3.port", f"{pop3.host}:{pop3.port} is already the SMTP listener's "
                          "address; give POP3 another port")
-        return ListenConfig(smtp=smtp, pop3=pop3)
+        for other_name, other in (("SMTP", smtp), ("POP3", pop3)):
+            same = (imap.host, imap.port) == (other.host, other.port)
+            if imap.enabled and other.enabled and imap.port and same:
+                self.problem("listen.imap.port", f"{imap.host}:{imap.port} is already the {other_name} "
+                             "listener's address; give IMAP another port")
+        return ListenConfig(smtp=smtp, pop3=pop3, imap=imap)
 
     def listener(self, value: object, name: str) -> ListenerConfig:
         path = f"listen.{name}"
         host, port = DEFAULT_LISTEN[name]
+        if value is _MISSING and name in OFF_UNLESS_CONFIGURED:
+            return ListenerConfig(enabled=False, host=host, port=port)
         if value is _MISSING or value is None or value is True:
             return ListenerConfig(enabled=True, host=host, port=port)
         if value is False:
@@ -321,6 +339,11 @@ class _Builder:
             cert_file=cert, key_file=key,
             allow_plaintext_auth_from=self.networks(data.get("allow_plaintext_auth_from"),
                                                     f"{path}.allow_plaintext_auth_from"),
+            bare_lf=self.choice(data.get("bare_lf"), f"{path}.bare_lf",  # type: ignore[arg-type]
+                                BARE_LF_MODES, "normalize"),
+            min_tls_version=self.choice(  # type: ignore[arg-type]
+                _version_text(data.get("min_tls_version")), f"{path}.min_tls_version",
+                TLS_VERSIONS, "1.2"),
         )
 
     def token_store(self, value: object) -> TokenStoreConfig:
@@ -412,6 +435,10 @@ class _Builder:
             service_account_file=self.file_path(data.get("service_account_file"),
                                                 f"{path}.service_account_file"),
             options=options,
+            client_certificate=self.client_certificate(data.get("client_certificate"),
+                                                       f"{path}.client_certificate"),
+            cloud=self.choice(data.get("cloud"), f"{path}.cloud", CLOUDS, "global"),  # type: ignore[arg-type]
+            proxy=self.proxy(data.get("proxy"), f"{path}.proxy"),
         )
         if creds.service_account_file is not None and not creds.service_account_file.is_file():
             self.problem(f"{path}.service_account_file", f"file {creds.service_account_file} does not exist")
@@ -485,17 +512,95 @@ class _Builder:
         trusted = self.networks(data.get("allow_without_auth_from"), f"{path}.allow_without_auth_from")
         if not password_hash and not trusted:
             self.problem(path, "needs password_hash (from `relay hash-password`) or allow_without_auth_from")
+        default_smtp = getattr(provider_class, "default_smtp", None)
+        default_pop3 = getattr(provider_class, "default_pop3", None)
+        default_imap = getattr(provider_class, "default_imap", None)
+        upstream_defaults = getattr(provider_class, "upstream_defaults", None)
+        if creds_name in credentials and upstream_defaults is not None:
+            default_smtp, default_pop3, default_imap = upstream_defaults(credentials[creds_name])
+        smtp_cap = self.number(data.get("max_upstream_sessions"), f"{path}.max_upstream_sessions", None,
+                               integer=True, allow_zero=True)
+        pop3_cap = self.number(data.get("max_upstream_pop3_sessions"), f"{path}.max_upstream_pop3_sessions",
+                               None, integer=True, allow_zero=True)
         return AccountConfig(
             name=name, username=username, password_hash=password_hash or None, mailbox=mailbox,
             credentials=creds_name,
-            smtp=self.endpoint(data.get("smtp", _MISSING), f"{path}.smtp",
-                               getattr(provider_class, "default_smtp", None), provider_class is not None),
-            pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3",
-                               getattr(provider_class, "default_pop3", None), provider_class is not None),
+            smtp=self.endpoint(data.get("smtp", _MISSING), f"{path}.smtp", default_smtp,
+                               provider_class is not None),
+            pop3=self.endpoint(data.get("pop3", _MISSING), f"{path}.pop3", default_pop3,
+                               provider_class is not None),
+            # No problem when the provider has no IMAP default: IMAP came later, so existing
+            # generic-provider accounts without an `imap:` key simply have no IMAP access.
+            imap=self.endpoint(data.get("imap", _MISSING), f"{path}.imap", default_imap, False),
             allow_without_auth_from=trusted,
             envelope_sender=self.choice(data.get("envelope_sender"), f"{path}.envelope_sender",  # type: ignore[arg-type]
                                         SENDER_POLICIES, "keep"),
+            allowed_senders=self.allowed_senders(data.get("allowed_senders"), f"{path}.allowed_senders"),
+            max_upstream_sessions=smtp_cap if smtp_cap is not None else getattr(
+                provider_class, "default_max_smtp_sessions", None),
+            max_upstream_pop3_sessions=pop3_cap if pop3_cap is not None else getattr(
+                provider_class, "default_max_pop3_sessions", None),
         )
+
+    def allowed_senders(self, value: object, path: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem(path, "must be a list of addresses and '*@domain' patterns")
+            return ()
+        out: list[str] = []
+        for index, item in enumerate(value):
+            text = self.string(item, f"{path}[{index}]")
+            if text is None:
+                continue
+            problem = sender_pattern_problem(text.strip())
+            if problem:
+                self.problem(f"{path}[{index}]", problem)
+            else:
+                out.append(text.strip())
+        return tuple(out)
+
+    def client_certificate(self, value: object, path: str) -> ClientCertificateConfig | None:
+        if value is None:
+            return None
+        data = self.mapping(value, path, _field_names(ClientCertificateConfig),
+                            required=("cert_file", "key_file"))
+        if data is None:
+            return None
+        cert = self.file_path(data.get("cert_file"), f"{path}.cert_file")
+        key = self.file_path(data.get("key_file"), f"{path}.key_file")
+        for file, key_name in ((cert, "cert_file"), (key, "key_file")):
+            if file is not None and not file.is_file():
+                self.problem(f"{path}.{key_name}", f"file {file} does not exist")
+        passphrase = self.string(data.get("key_passphrase"), f"{path}.key_passphrase", secret=True)
+        if cert is None or key is None:
+            return None
+        return ClientCertificateConfig(
+            cert_file=cert, key_file=key, key_passphrase=Secret(passphrase) if passphrase else None,
+            algorithm=self.choice(data.get("algorithm"), f"{path}.algorithm",  # type: ignore[arg-type]
+                                  ASSERTION_ALGORITHMS, "PS256"))
+
+    def proxy(self, value: object, path: str) -> ProxyConfig | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = {"url": value}
+        data = self.mapping(value, path, _field_names(ProxyConfig), required=("url",))
+        if data is None:
+            return None
+        url = self.url(data.get("url"), f"{path}.url")
+        if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+            self.problem(f"{path}.url", "must not contain credentials; use username and password "
+                         "(password from ${file:...})")
+            return None
+        username = self.string(data.get("username"), f"{path}.username")
+        password = self.string(data.get("password"), f"{path}.password", secret=True)
+        if password and not username:
+            self.problem(f"{path}.username", "is required when password is set")
+        if url is None:
+            return None
+        return ProxyConfig(url=url, username=username or None,
+                           password=Secret(password) if password else None)
 
     def endpoint(self, value: object, path: str, default: UpstreamEndpoint | None,
                  check_default: bool) -> UpstreamEndpoint | None:
@@ -506,7 +611,7 @@ class _Builder:
                 self.problem(path, "the provider has no default server: give host, port and tls, "
                              "or false to turn this service off")
             return default
-        smtp = path.endswith(".smtp")  # `pipelining` is an SMTP setting: unknown under pop3
+        smtp = path.endswith(".smtp")  # `pipelining` is an SMTP setting: unknown under pop3/imap
         keys = tuple(k for k in _field_names(UpstreamEndpoint) if smtp or k != "pipelining")
         data = self.mapping(value, path, keys)
         if data is None:
@@ -537,3 +642,10 @@ class _Builder:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _version_text(value: object) -> object:
+    """YAML reads ``min_tls_version: 1.0`` as the float 1.0: take it as the text "1.0"."""
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return value

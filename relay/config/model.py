@@ -23,6 +23,18 @@ OAuthFlow = Literal["authorization_code", "device_code", "client_credentials", "
 EnvelopeSenderPolicy = Literal["keep", "rewrite"]
 """`keep` forwards the client's MAIL FROM; `rewrite` replaces it with the account's mailbox."""
 
+MicrosoftCloud = Literal["global", "usgovernment", "china"]
+"""Which Microsoft cloud a tenant lives in: worldwide (and GCC), US Government (GCC High), China."""
+
+AssertionAlgorithm = Literal["PS256", "RS256"]
+"""How a client assertion is signed: PS256 + x5t#S256 (current docs) or RS256 + x5t (older docs)."""
+
+BareLfMode = Literal["normalize", "reject"]
+"""A client line ending in a bare LF: read as a line end (sent on as CRLF), or refused with 5xx."""
+
+TlsVersion = Literal["1.0", "1.1", "1.2", "1.3"]
+"""A TLS protocol version, as written in the config."""
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -39,14 +51,22 @@ class ListenerConfig:
     # Networks (besides loopback) where AUTH without TLS is allowed, e.g. a trusted container
     # network. Empty by default: off loopback, plaintext logins need TLS.
     allow_plaintext_auth_from: tuple[IPNetwork, ...] = ()
+    # A command or DATA line ending in a bare LF (no CR): "normalize" reads it as a line end and
+    # sends it on as CRLF; "reject" answers 5xx and closes (Postfix's smtpd_forbid_bare_newline).
+    bare_lf: BareLfMode = "normalize"
+    # The oldest TLS version local clients may use; "1.0"/"1.1" only for devices that cannot do
+    # better (weak ciphers come back with it; logged loudly). The upstream side is always 1.2+.
+    min_tls_version: TlsVersion = "1.2"
 
 
 @dataclass(frozen=True)
 class ListenConfig:
-    """Both local listeners."""
+    """The local listeners (SMTP, POP3, IMAP)."""
 
     smtp: ListenerConfig
     pop3: ListenerConfig
+    # Off unless configured (in the YAML: an `imap:` key under `listen`).
+    imap: ListenerConfig = ListenerConfig(enabled=False, host="127.0.0.1", port=1143)
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,26 @@ class UpstreamEndpoint:
 
 
 @dataclass(frozen=True)
+class ClientCertificateConfig:
+    """A certificate credential (Microsoft ``private_key_jwt``): the relay signs client assertions
+    with ``key_file``; ``cert_file`` is the public certificate registered on the app."""
+
+    cert_file: Path
+    key_file: Path
+    key_passphrase: Secret | None = None
+    algorithm: AssertionAlgorithm = "PS256"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """An HTTP(S) proxy for the token, device and revocation requests of one credentials entry."""
+
+    url: str  # http://host:port (no credentials in it; use username/password)
+    username: str | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
 class CredentialsConfig:
     """Named OAuth client credentials (an app registration), like the reference doc's
     "Email OAuth credentials"; several accounts may share one."""
@@ -102,6 +142,12 @@ class CredentialsConfig:
     service_account_file: Path | None = None
     # Free-form provider-specific options for custom providers.
     options: Mapping[str, str] = field(default_factory=dict)
+    # Microsoft: sign client assertions with a certificate instead of sending client_secret.
+    client_certificate: ClientCertificateConfig | None = None
+    # Microsoft: the national cloud the tenant lives in (login, token and mail hosts).
+    cloud: MicrosoftCloud = "global"
+    # Proxy for OAuth HTTP requests; None: HTTPS_PROXY / NO_PROXY from the environment apply.
+    proxy: ProxyConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -115,8 +161,16 @@ class AccountConfig:
     credentials: str  # name of a CredentialsConfig
     smtp: UpstreamEndpoint | None  # None: this account does not send
     pop3: UpstreamEndpoint | None  # None: this account does not read mail
+    imap: UpstreamEndpoint | None = None  # None: no IMAP access for this account
     allow_without_auth_from: tuple[IPNetwork, ...] = ()
     envelope_sender: EnvelopeSenderPolicy = "keep"
+    # MAIL FROM addresses this account may use: addresses and ``*@domain``; empty: any.
+    allowed_senders: tuple[str, ...] = ()
+    # Concurrent upstream SMTP sessions for this mailbox; None: the provider's default (Microsoft
+    # 3), 0: no cap.
+    max_upstream_sessions: int | None = None
+    # Concurrent upstream POP3 sessions for this mailbox; None: the provider's default, 0: no cap.
+    max_upstream_pop3_sessions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +181,7 @@ class LimitsConfig:
     max_connections: int = 1000  # per listener
     smtp_command_timeout_s: float = 300.0  # RFC 5321 4.5.3.2 suggests 5 minutes
     pop3_idle_timeout_s: float = 600.0  # RFC 1939: at least 10 minutes
+    imap_idle_timeout_s: float = 1800.0  # RFC 9051 5.4 / RFC 2177: at least 30 minutes
     upstream_connect_timeout_s: float = 30.0
     upstream_command_timeout_s: float = 120.0
     upstream_data_timeout_s: float = 600.0
@@ -134,6 +189,8 @@ class LimitsConfig:
     auth_failures_before_throttle: int = 5
     auth_throttle_window_s: float = 300.0
     token_refresh_margin_s: float = 300.0
+    # How long a session waits for a free upstream slot (accounts.NAME.max_upstream_sessions).
+    upstream_slot_wait_s: float = 60.0
     shutdown_grace_s: float = 30.0
 
 

@@ -6,7 +6,9 @@ events itself, decides ``LoginAttempt`` and ``StartTls`` (then calls back
 :meth:`~Pop3Protocol.login_succeeded` / :meth:`~Pop3Protocol.login_failed` /
 :meth:`~Pop3Protocol.tls_started`) and forwards ``UpstreamCommand`` events.
 
-Commands are framed by LF (CRLF or a bare LF). A line longer than 255 octets (RFC 2449) is
+Commands are framed by LF: CRLF, or a bare LF with ``bare_lf="normalize"`` (the default); with
+``"reject"`` a command ending in a bare LF gets ``-ERR`` and the connection closes
+(``listen.pop3.bare_lf``, the same decision as for SMTP). A line longer than 255 octets (RFC 2449) is
 answered once with ``-ERR Line too long`` and skipped up to its line end, so the client and relay
 stay in step. Commands sent upstream are rebuilt from validated parts, never copied, so a client
 cannot smuggle extra protocol upstream.
@@ -46,6 +48,7 @@ class _Sentinel(enum.Enum):
     NEED_DATA = "NEED_DATA"  # feed more bytes with receive_data()
     PAUSED = "PAUSED"  # a LoginAttempt or StartTls awaits the server's decision
     TOO_LONG = "TOO_LONG"
+    BARE_LF = "BARE_LF"  # a line ended by LF alone, with bare_lf="reject"
 
 
 NEED_DATA = _Sentinel.NEED_DATA
@@ -103,8 +106,10 @@ def _is_number(arg: str) -> bool:
 class Pop3Protocol:
     """One client connection's POP3 state: framing, parsing, states and local replies."""
 
-    def __init__(self, *, stls_available: bool, tls_active: bool, plaintext_allowed: bool) -> None:
+    def __init__(self, *, stls_available: bool, tls_active: bool, plaintext_allowed: bool,
+                 bare_lf: str = "normalize") -> None:
         self.state = State.AUTHORIZATION
+        self.reject_bare_lf = bare_lf == "reject"
         self.tls_active = tls_active
         self.stls_available = stls_available
         self.plaintext_allowed = plaintext_allowed
@@ -135,6 +140,10 @@ class Pop3Protocol:
         self._in_sasl = False
         if line is _Sentinel.TOO_LONG:
             return Reply(err("Line too long"))
+        if line is _Sentinel.BARE_LF:
+            self.state = State.CLOSED
+            self._buf.clear()
+            return Reply(err("Bare LF received; end every line with CRLF"), close=True)
         assert isinstance(line, bytes)
         try:
             text = line.decode("utf-8")
@@ -174,6 +183,8 @@ class Pop3Protocol:
         del self._buf[: end + 1]
         if line.endswith(b"\r"):
             line = line[:-1]
+        elif self.reject_bare_lf:
+            return _Sentinel.BARE_LF
         if len(line) > self._max_content():
             return _Sentinel.TOO_LONG
         return line

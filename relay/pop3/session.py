@@ -30,6 +30,7 @@ from relay.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from relay.explain import log_explanation
 from relay.flow import needs_drain
 from relay.pop3.protocol import (
     NEED_DATA,
@@ -96,6 +97,7 @@ class Pop3ProxySession:
             stls_available=ctx.listener.tls == "starttls" and ctx.tls_context is not None,
             tls_active=tls_active,
             plaintext_allowed=self._plaintext_allowed(tls_active),
+            bare_lf=ctx.listener.bare_lf,
         )
         self._upstream: UpstreamPop3Session | None = None
         self.stats = SessionStats()
@@ -251,6 +253,7 @@ class Pop3ProxySession:
         detail = f" (provider error: {provider_error})" if provider_error else ""
         log.warning("pop3 session %s: upstream login for account '%s' (%s) failed: %s%s; fix: %s",
                     self.session_id, account.name, account.mailbox, exc, detail, fix)
+        log_explanation(account.name, account.mailbox, getattr(exc, "reply", None) or str(exc))
 
     # --- TRANSACTION -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
 from relay.errors import (
@@ -31,6 +31,7 @@ from relay.secret import Secret
 from relay.tokens.source import TokenSource
 from relay.upstream.login import login_with_refresh
 from relay.upstream.stream import open_stream, start_tls, translate_failure
+from relay.upstream_slots import loop_slots, pop3_slot_key
 
 READ_CHUNK_BYTES = 64 * 1024
 MAX_LINE_OCTETS = 8192  # status and CAPA lines; RFC 2449 allows 512, be lenient
@@ -72,6 +73,7 @@ class UpstreamPop3Session:
         self._buf = bytearray()
         self.capabilities: tuple[str, ...] | None = None  # None: the server has no CAPA
         self.closed = False
+        self.on_close: Callable[[], None] | None = None  # called once when closed (frees its slot)
 
     @property
     def where(self) -> str:
@@ -186,6 +188,9 @@ class UpstreamPop3Session:
         if self.closed:
             return
         self.closed = True
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()  # frees the mailbox's session slot
         writer, self._writer, self._reader = self._writer, None, None
         if writer is None:
             return
@@ -284,6 +289,23 @@ async def open_upstream(account: AccountConfig, tokens: TokenSource,
     if endpoint is None:
         raise UpstreamAuthRejected(f"account '{account.name}' has no pop3 upstream configured",
                                    account=account.name)
+
+    slot = await loop_slots().acquire(  # accounts.NAME.max_upstream_pop3_sessions (None: no cap)
+        pop3_slot_key(endpoint.host, account.mailbox), account.max_upstream_pop3_sessions,
+        account=account.name, setting=f"accounts.{account.name}.max_upstream_pop3_sessions",
+        wait_s=limits.upstream_slot_wait_s)
+    try:
+        session, status = await _login_refreshing(account, endpoint, tokens, limits)
+    except BaseException:
+        slot.release()
+        raise
+    session.on_close = slot.release
+    return session, status
+
+
+async def _login_refreshing(account: AccountConfig, endpoint: UpstreamEndpoint, tokens: TokenSource,
+                            limits: LimitsConfig) -> tuple[UpstreamPop3Session, StatusLine]:
+    """Log in with `login_with_refresh`; a token refused twice is `UpstreamAuthRejected`."""
 
     async def login(token: Secret) -> tuple[UpstreamPop3Session, StatusLine]:
         session = UpstreamPop3Session(endpoint, limits, account=account.name)

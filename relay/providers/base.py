@@ -1,8 +1,9 @@
 """The interface every OAuth provider implements (built-in or the user's own class).
 
 A provider has the class attributes ``name``, ``requires_tenant``, ``supported_flows``, ``default_smtp``,
-``default_pop3``; the constructor ``Provider(credentials: CredentialsConfig)``; and the
-classmethod ``config_problems(credentials) -> list[(field, message)]`` used by the config loader
+``default_pop3``, optional ``default_imap``; the constructor
+``Provider(credentials: CredentialsConfig)``; and the classmethod
+``config_problems(credentials) -> list[(field, message)]`` used by the config loader
 to report provider-specific mistakes with their YAML path.
 
 Grants: the base class implements RFC 6749 / 7636 / 8628 against the endpoints a subclass
@@ -21,6 +22,7 @@ from urllib.parse import urlencode, urlsplit
 
 from relay.config.model import CredentialsConfig, OAuthFlow, UpstreamEndpoint
 from relay.errors import AuthorizeDenied, AuthorizeTimeout, OAuthError, TokenRefreshFailed
+from relay.providers.proxy import proxied_client, proxy_refused
 from relay.providers.token_errors import map_token_error
 from relay.secret import Secret
 
@@ -29,7 +31,12 @@ if TYPE_CHECKING:
     # whose tokens are still valid after a restart does not need it yet.
     import httpx
 
+    from relay.providers.client_assertion import SigningCertificate
+
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+UpstreamDefaults = tuple[UpstreamEndpoint | None, UpstreamEndpoint | None, UpstreamEndpoint | None]
+"""A provider's default (SMTP, POP3, IMAP) servers."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +93,22 @@ class OAuthProvider(ABC):
     supported_flows: ClassVar[frozenset[OAuthFlow]] = frozenset({"authorization_code"})
     default_smtp: ClassVar[UpstreamEndpoint | None] = None
     default_pop3: ClassVar[UpstreamEndpoint | None] = None
+    default_imap: ClassVar[UpstreamEndpoint | None] = None
+    # Documented per-mailbox caps on concurrent upstream sessions (None: none documented); the
+    # default of accounts.NAME.max_upstream_sessions / max_upstream_pop3_sessions.
+    default_max_smtp_sessions: ClassVar[int | None] = None
+    default_max_pop3_sessions: ClassVar[int | None] = None
     # Extra query parameters added to the authorization URL (e.g. Google's access_type=offline).
     extra_authorize_params: ClassVar[dict[str, str]] = {}
 
     def __init__(self, credentials: CredentialsConfig) -> None:
         self.credentials = credentials
+        self._signing_cert: SigningCertificate | None = None
+
+    @classmethod
+    def upstream_defaults(cls, credentials: CredentialsConfig) -> UpstreamDefaults:
+        """Default (SMTP, POP3, IMAP) servers for accounts using ``credentials`` (e.g. per cloud)."""
+        return cls.default_smtp, cls.default_pop3, cls.default_imap
 
     @classmethod
     def config_problems(cls, credentials: CredentialsConfig) -> list[tuple[str, str]]:
@@ -101,6 +119,10 @@ class OAuthProvider(ABC):
                 ("tenant_id", f"provider '{cls.name}' requires tenant_id (a tenant GUID, a domain, "
                  "or 'organizations'/'common')")
             )
+        if credentials.client_certificate is not None:
+            from relay.providers.client_assertion import certificate_problems  # noqa: PLC0415
+
+            problems.extend(certificate_problems(credentials))
         if credentials.flow not in cls.supported_flows:
             known = ", ".join(sorted(cls.supported_flows))
             problems.append(
@@ -188,7 +210,7 @@ class OAuthProvider(ABC):
     async def refresh(self, http: httpx.AsyncClient, refresh_token: Secret, *,
                       account: str | None = None) -> TokenResponse:
         """Use a refresh token for a new access token (and maybe a rotated refresh token)."""
-        data = {"grant_type": "refresh_token", "refresh_token": Secret(refresh_token).reveal(),
+        data = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal(),
                 "scope": " ".join(self.scopes())}
         return await self.token_request(http, data, account=account)
 
@@ -208,15 +230,18 @@ class OAuthProvider(ABC):
         status, payload = await self._post(http, url, body, account=account)
         if status != 200:
             raise map_token_error(status, payload, credentials=self.credentials.name, account=account)
+        if not isinstance(payload, dict):
+            payload = {}
         try:
             uri = payload.get("verification_uri") or payload["verification_url"]
+            complete = payload.get("verification_uri_complete")
             return DeviceAuthorization(
                 device_code=Secret(str(payload["device_code"])),
                 user_code=str(payload["user_code"]),
                 verification_uri=str(uri),
                 expires_in_s=int(payload.get("expires_in", 900)),
                 interval_s=max(1, int(payload.get("interval", 5))),
-                verification_uri_complete=payload.get("verification_uri_complete"),
+                verification_uri_complete=str(complete) if complete else None,
             )
         except (KeyError, TypeError, ValueError):
             raise TokenRefreshFailed(
@@ -283,9 +308,27 @@ class OAuthProvider(ABC):
     # --- HTTP plumbing ---------------------------------------------------------------------------
 
     def _with_client(self, data: dict[str, str]) -> dict[str, str]:
-        """Add client authentication (client_secret_post; public clients send only client_id)."""
+        """Add client authentication: a fresh certificate-signed client assertion (private_key_jwt)
+        when ``client_certificate`` is set, else client_secret_post; public clients send only
+        client_id."""
         out = {"client_id": self.credentials.client_id, **data}
-        if self.credentials.client_secret:
+        cert_config = self.credentials.client_certificate
+        if cert_config is not None:
+            from relay.providers.client_assertion import (  # noqa: PLC0415 - only for certificate credentials
+                CLIENT_ASSERTION_TYPE,
+                build_client_assertion,
+                load_signing_certificate,
+            )
+
+            if self._signing_cert is None:
+                self._signing_cert = load_signing_certificate(
+                    cert_config, f"credentials.{self.credentials.name}.client_certificate")
+            assertion = build_client_assertion(self._signing_cert, client_id=self.credentials.client_id,
+                                               audience=self.endpoints().token_url,
+                                               algorithm=cert_config.algorithm)
+            out["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            out["client_assertion"] = assertion.reveal()
+        elif self.credentials.client_secret:
             out["client_secret"] = self.credentials.client_secret.reveal()
         return out
 
@@ -326,13 +369,24 @@ class OAuthProvider(ABC):
 
         who = f"account '{account}'" if account else f"credentials '{self.credentials.name}'"
         try:
-            response = await http.post(url, data=data, headers={"Accept": "application/json"})
+            if self.credentials.proxy is not None:
+                async with proxied_client(self.credentials.proxy, http) as client:
+                    response = await client.post(url, data=data, headers={"Accept": "application/json"})
+            else:  # the shared client: HTTPS_PROXY / NO_PROXY from the environment apply
+                response = await http.post(url, data=data, headers={"Accept": "application/json"})
+        except httpx.ProxyError as exc:
+            raise proxy_refused(exc, self.credentials, who, account) from None
         except httpx.TimeoutException:
             raise TokenRefreshFailed(f"{who}: the OAuth endpoint {_host(url)} timed out",
                                      account=account) from None
         except httpx.HTTPError as exc:
-            raise TokenRefreshFailed(f"{who}: cannot reach the OAuth endpoint {_host(url)} "
+            via = (f" through the proxy of credentials.{self.credentials.name}.proxy"
+                   if self.credentials.proxy is not None else "")
+            raise TokenRefreshFailed(f"{who}: cannot reach the OAuth endpoint {_host(url)}{via} "
                                      f"({type(exc).__name__})", account=account) from None
+        if response.status_code == 407:  # a plain-http request answered by the proxy itself
+            raise proxy_refused(Exception("407 Proxy Authentication Required"), self.credentials, who,
+                                account)
         try:
             payload: object = response.json() if response.content else None
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -1,4 +1,4 @@
-"""Google (Gmail SMTP and POP3 with XOAUTH2), including Workspace service accounts."""
+"""Google (Gmail SMTP, POP3 and IMAP with XOAUTH2), including Workspace service accounts."""
 
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ class GoogleProvider(OAuthProvider):
     supported_flows: ClassVar[frozenset[OAuthFlow]] = frozenset({"authorization_code", "service_account"})
     default_smtp: ClassVar[UpstreamEndpoint | None] = UpstreamEndpoint("smtp.gmail.com", 587, "starttls")
     default_pop3: ClassVar[UpstreamEndpoint | None] = UpstreamEndpoint("pop.gmail.com", 995, "implicit")
+    default_imap: ClassVar[UpstreamEndpoint | None] = UpstreamEndpoint("imap.gmail.com", 993, "implicit")
     # Without these Google returns no refresh token (or only on the very first consent).
     extra_authorize_params: ClassVar[dict[str, str]] = {"access_type": "offline", "prompt": "consent"}
 

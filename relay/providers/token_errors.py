@@ -25,6 +25,15 @@ _REAUTHORIZE_CODES = {
 }
 
 
+# AADSTS codes of a refused certificate credential (client assertion).
+_CERTIFICATE_CODES = {
+    "700027": "the client assertion failed signature validation (the certificate is not registered on "
+              "the app, or the key does not match it)",
+    "700024": "the client assertion is not within its valid time range",
+    "700030": "the certificate's subject name is not authorized for this app",
+}
+
+
 class ProviderConfigProblem(OAuthError):
     """The provider refused because of a setting (app registration, secret, tenant): not transient."""
 
@@ -68,6 +77,16 @@ def map_token_error(status: int, payload: object, *, credentials: str,
             f"{who}: the app registration requires a client secret{tag}; either set credentials."
             f"{credentials}.client_secret or enable 'Allow public client flows' in the app's "
             "Authentication settings (needed for device code)", account=account, provider_error=error)
+    if code in _CERTIFICATE_CODES:
+        return ProviderConfigProblem(
+            f"{who}: {_CERTIFICATE_CODES[code]}{tag}; upload the certificate in credentials.{credentials}."
+            "client_certificate.cert_file to the app registration (Certificates & secrets), check that "
+            "key_file belongs to it and that this machine's clock is right", account=account,
+            provider_error=error)
+    if code == "7000222":
+        return ProviderConfigProblem(
+            f"{who}: the client secret expired{tag}; create a new secret (or switch to client_certificate) "
+            f"and put it into credentials.{credentials}.client_secret", account=account, provider_error=error)
     if code == "700025":
         return ProviderConfigProblem(
             f"{who}: the app is a public client and must not send a secret{tag}; remove credentials."

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from relay.sandbox.httpwire import (
     render_response,
 )
 from relay.sandbox.loop import LoopbackServer
+from relay.sandbox.oauth_assertions import CLIENT_ASSERTION_TYPE, ClientAssertions
 from relay.sandbox.oauth_grants import (
     ANY_MAILBOX,
     Client,
@@ -62,12 +64,15 @@ class SandboxOAuthProvider(LoopbackServer):
     name = "oauth"
 
     def __init__(self, *, port: int = 0, token_lifetime_s: int = 3600,
-                 default_user: str = "user@sandbox.test", clock: Callable[[], float] = time.time) -> None:
-        super().__init__(port=port)
+                 default_user: str = "user@sandbox.test", clock: Callable[[], float] = time.time,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(port=port, ssl_context=ssl_context)
+        self.scheme = "https" if ssl_context is not None else "http"  # https: like real providers
         self.settings = GrantSettings(token_lifetime_s=token_lifetime_s, default_user=default_user)
         self.grants = OAuthGrants(self.settings, clock)
         self.grants.add_client(Client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REDIRECT_URIS,
                                       secret_optional=True))
+        self.assertions = ClientAssertions(clock)
         self.deny_consent = False
         self.hang_token_endpoint = False
         self._fail_next: list[int] = []
@@ -77,8 +82,8 @@ class SandboxOAuthProvider(LoopbackServer):
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}:{self.port}"
+        """Base URL, e.g. ``http://127.0.0.1:PORT`` (``https`` when started with a TLS context)."""
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def token_url(self) -> str:
@@ -171,6 +176,10 @@ class SandboxOAuthProvider(LoopbackServer):
         with self.grants.lock:
             self.grants.service_accounts[iss] = pem
 
+    def register_client_certificate(self, client_id: str, cert_pem: bytes | str) -> None:
+        """Accept certificate-signed client assertions from ``client_id`` (Microsoft-style)."""
+        self.assertions.register(client_id, cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)
+
     def set_app_only_mailboxes(self, mailboxes: set[str] | None) -> None:
         """Restrict new client_credentials tokens to these mailboxes (None: any mailbox)."""
         self.settings.app_only_mailboxes = (frozenset(m.lower() for m in mailboxes)
@@ -191,6 +200,9 @@ class SandboxOAuthProvider(LoopbackServer):
             return False
         if info.user is not None:
             return info.user.lower() == mailbox.lower()
+        registered = self.settings.registered_service_principals
+        if registered is not None and info.client_id not in registered:
+            return False  # Exchange does not know the app: 535 5.7.3
         return info.mailboxes is None or mailbox.lower() in info.mailboxes
 
     def issue_access_token(self, user: str, lifetime_s: float | None = None) -> str:
@@ -317,6 +329,18 @@ class SandboxOAuthProvider(LoopbackServer):
 
     def _client_from(self, req: HttpRequest, *, need_secret: bool = False) -> Client:
         client_id = req.form.get("client_id")
+        if "client_assertion_type" in req.form or "client_assertion" in req.form:
+            if req.form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+                raise GrantError("invalid_client", "unsupported client_assertion_type", 401)
+            if req.form.get("client_secret"):
+                raise GrantError("invalid_request", "send client_secret or client_assertion, not both")
+            issuer = self.assertions.verify(client_id, req.form.get("client_assertion", ""), self.token_url)
+            self.count("client_assertions_accepted")
+            with self.grants.lock:
+                client = self.grants.clients.get(issuer)
+            if client is None:
+                raise GrantError("invalid_client", f"unknown client_id {issuer!r}", 401)
+            return client
         secret = req.form.get("client_secret")
         auth = req.headers.get("authorization", "")
         if auth[:6].lower() == "basic ":

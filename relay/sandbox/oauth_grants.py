@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.sandbox.oauth_jwt import JwtRejected, verify_service_account_jwt
+from relay.sandbox.oauth_tokens import DEFAULT_APP_ROLES, DEFAULT_TENANT_ID, microsoft_claims, mint_jwt
 
 ANY_MAILBOX = "*"
 """What `validate_access_token` returns for an app-only token that may act for any mailbox."""
@@ -139,6 +140,12 @@ class GrantSettings:
     device_code_lifetime_s: int = 600
     device_auto_approve_after_polls: int | None = None
     app_only_mailboxes: frozenset[str] | None = None
+    # The JWT access tokens' claims: tenant and the application permissions app-only tokens get.
+    tenant_id: str = DEFAULT_TENANT_ID
+    app_roles: tuple[str, ...] = DEFAULT_APP_ROLES
+    # Client ids whose Exchange service principal is registered (New-ServicePrincipal); None: all.
+    # App-only tokens of other clients are refused by the upstreams (535 5.7.3 like Exchange).
+    registered_service_principals: frozenset[str] | None = None
     default_user: str = "user@sandbox.test"
     extra_audiences: set[str] = field(default_factory=lambda: {"https://oauth2.googleapis.com/token"})
 
@@ -189,9 +196,13 @@ class OAuthGrants:
     def issue_access(self, user: str | None, client_id: str, scope: str, lifetime_s: float | None = None,
                      mailboxes: frozenset[str] | None = None) -> tuple[str, AccessToken]:
         """Create and remember an access token."""
-        token = secrets.token_urlsafe(ACCESS_TOKEN_CHARS * 3 // 4)
         life = self.settings.token_lifetime_s if lifetime_s is None else lifetime_s
-        info = AccessToken(user, client_id, scope, self.clock() + life, mailboxes)
+        now = self.clock()
+        claims = microsoft_claims(user=user, client_id=client_id, scope=scope, issued_at=now,
+                                  expires_at=now + life, tenant_id=self.settings.tenant_id,
+                                  app_roles=self.settings.app_roles)
+        token = mint_jwt(claims, ACCESS_TOKEN_CHARS)
+        info = AccessToken(user, client_id, scope, now + life, mailboxes)
         with self.lock:
             self.access[token] = info
         return token, info

@@ -45,6 +45,11 @@ class StoredMessage:
     received_at: float = 0.0
 
 
+CONCURRENCY_REFUSAL = ("432 4.3.2 Concurrent connections limit exceeded. Visit "
+                       "https://aka.ms/concurrent_sending "
+                       "for more information. [Hostname={host}]")
+"""Exchange Online's reply (at the end of the message) when a mailbox has too many sessions."""
+
 MESSAGE_ENDS = (".", "BDAT LAST")
 """Transcript entries that end a message: the DATA content with its final dot, a BDAT LAST."""
 
@@ -122,6 +127,11 @@ class SandboxSmtpServer(LoopbackServer):
         self._transcripts: list[Transcript] = []
         self._seq = itertools.count(1)
         self._arrived = threading.Condition(self.lock)
+        # Exchange-like cap: authenticated sessions per mailbox (None: unlimited); a message ending
+        # while its mailbox has more gets CONCURRENCY_REFUSAL. Peak counts per mailbox for tests.
+        self.max_sessions_per_mailbox: int | None = None
+        self._sessions_per_mailbox: dict[str, int] = {}
+        self.peak_sessions_per_mailbox: dict[str, int] = {}
         self.clear_faults()
 
     def clear_faults(self) -> None:
@@ -162,6 +172,24 @@ class SandboxSmtpServer(LoopbackServer):
         with self.lock:
             return [Transcript(list(t.commands)) for t in self._transcripts]
 
+    def _session_started(self, mailbox: str) -> None:
+        key = mailbox.lower()
+        with self.lock:
+            now = self._sessions_per_mailbox.get(key, 0) + 1
+            self._sessions_per_mailbox[key] = now
+            self.peak_sessions_per_mailbox[key] = max(now, self.peak_sessions_per_mailbox.get(key, 0))
+
+    def _session_ended(self, mailbox: str) -> None:
+        key = mailbox.lower()
+        with self.lock:
+            self._sessions_per_mailbox[key] -= 1
+
+    def over_session_limit(self, mailbox: str) -> bool:
+        """True when ``mailbox`` has more authenticated sessions than ``max_sessions_per_mailbox``."""
+        with self.lock:
+            limit = self.max_sessions_per_mailbox
+            return limit is not None and self._sessions_per_mailbox.get(mailbox.lower(), 0) > limit
+
     def _new_transcript(self) -> Transcript:
         with self.lock:
             transcript = Transcript()
@@ -189,7 +217,12 @@ class SandboxSmtpServer(LoopbackServer):
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one SMTP session."""
-        await _SmtpSession(self, reader, writer).run()
+        session = _SmtpSession(self, reader, writer)
+        try:
+            await session.run()
+        finally:
+            if session.user is not None:
+                self._session_ended(session.user)
 
 
 class _SmtpSession:
@@ -356,6 +389,7 @@ class _SmtpSession:
             return True
         if creds.user and srv.authorize(creds.token, creds.user):
             self.user = creds.user
+            srv._session_started(creds.user)
             srv.count("auth_ok")
             await self.reply("235 2.7.0 Accepted")
             return True
@@ -459,6 +493,9 @@ class _SmtpSession:
             await self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
         elif (final_reply := srv.final_reply) is not None:
             await self.reply(final_reply)
+        elif self.user is not None and srv.over_session_limit(self.user):
+            srv.count("concurrency_refusals")
+            await self.reply(CONCURRENCY_REFUSAL.format(host=srv.hostname))
         else:
             assert mail_from is not None
             msg = srv._store(mail_from, rcpts, body, self.user, options)

@@ -1,6 +1,6 @@
-"""`SandboxWorld`: the OAuth provider, upstream SMTP (STARTTLS) and POP3 (TLS on connect) together.
+"""`SandboxWorld`: the OAuth provider, upstream SMTP (STARTTLS), POP3 and IMAP (TLS on connect).
 
-All three run on one background loop thread, on 127.0.0.1 port 0 unless ports are given, with a
+All of them run on one background loop thread, on 127.0.0.1 port 0 unless ports are given, with a
 fresh self-signed certificate (``ca_file``) that the relay's upstream endpoints trust.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
+from relay.sandbox.imap_upstream import SandboxImapServer
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE, SandboxOAuthProvider
 from relay.sandbox.pop3_upstream import SandboxPop3Server
@@ -24,7 +25,7 @@ class SandboxWorld:
     """A running sandbox mail world; use ``with SandboxWorld.start() as world:``."""
 
     def __init__(self, tmp_dir: Path | None = None, *, token_lifetime_s: int = 3600,
-                 smtp_port: int = 0, pop3_port: int = 0, oauth_port: int = 0,
+                 smtp_port: int = 0, pop3_port: int = 0, oauth_port: int = 0, imap_port: int = 0,
                  clock: Callable[[], float] = time.time) -> None:
         self._own_dir = tmp_dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="relay-sandbox-")) if tmp_dir is None else Path(tmp_dir)
@@ -34,6 +35,10 @@ class SandboxWorld:
                                       port=smtp_port, tls_mode="starttls", authorize=self.oauth.token_allows)
         self.pop3 = SandboxPop3Server(self.oauth.validate_access_token, self.cert_file, self.key_file,
                                       port=pop3_port, tls_mode="implicit", authorize=self.oauth.token_allows)
+        # IMAP reads the POP3 maildrops: mail sent through the sandbox SMTP server shows up in both.
+        self.imap = SandboxImapServer(self.oauth.validate_access_token, self.cert_file, self.key_file,
+                                      lambda user: [m for _, m in self.pop3.mailbox(user)],
+                                      port=imap_port, authorize=self.oauth.token_allows)
         self._loop: LoopThread | None = None
 
     @classmethod
@@ -47,7 +52,7 @@ class SandboxWorld:
             return self
         self._loop = LoopThread("sandbox-world").start()
         try:
-            for server in (self.oauth, self.smtp, self.pop3):
+            for server in (self.oauth, self.smtp, self.pop3, self.imap):
                 server.start(self._loop)
         except BaseException:
             self.stop()
@@ -57,7 +62,7 @@ class SandboxWorld:
     def stop(self) -> None:
         """Stop every server and the loop thread; remove the temporary directory. Idempotent."""
         loop, self._loop = self._loop, None
-        for server in (self.pop3, self.smtp, self.oauth):
+        for server in (self.imap, self.pop3, self.smtp, self.oauth):
             server.stop()
         if loop is not None:
             loop.stop()
@@ -93,6 +98,11 @@ class SandboxWorld:
         return self.pop3.port
 
     @property
+    def imap_port(self) -> int:
+        """Upstream IMAP port (TLS on connect)."""
+        return self.imap.port
+
+    @property
     def oauth_port(self) -> int:
         """OAuth provider port (plain HTTP)."""
         return self.oauth.port
@@ -101,7 +111,8 @@ class SandboxWorld:
         """URLs, ports and files as a JSON-ready dict (printed by ``python -m relay.sandbox``)."""
         return {
             "host": self.host, "smtp_port": self.smtp_port, "pop3_port": self.pop3_port,
-            "oauth_port": self.oauth_port, "oauth_url": self.oauth.url, "token_url": self.oauth.token_url,
+            "imap_port": self.imap_port, "oauth_port": self.oauth_port, "oauth_url": self.oauth.url,
+            "token_url": self.oauth.token_url,
             "authorize_url": self.oauth.authorize_url,
             "device_authorization_url": self.oauth.device_authorization_url,
             "revocation_url": self.oauth.revocation_url, "introspection_url": self.oauth.introspection_url,
@@ -135,4 +146,5 @@ class SandboxWorld:
             "credentials": credentials,
             "smtp": {"host": self.host, "port": self.smtp_port, "tls": "starttls", "ca_file": ca},
             "pop3": {"host": self.host, "port": self.pop3_port, "tls": "implicit", "ca_file": ca},
+            "imap": {"host": self.host, "port": self.imap_port, "tls": "implicit", "ca_file": ca},
         }

@@ -11,6 +11,12 @@ refused (RFC 5321 2.3.8 allows CR and LF only together as CRLF). Forwarded uncha
 ``\n.\r\n``, ``\r\n.\n`` or ``\r.\r`` could end DATA early at a lenient upstream and let the
 rest be read as commands. Other bare CRs (old Mac text) stay allowed, as Postfix allows them. The
 chunk holding a refused byte is never forwarded and the caller abandons the upstream transaction.
+
+Legacy clients that end lines with a bare LF (``listen.smtp.bare_lf``) go through
+`LineEndNormalizer` first: in ``normalize`` mode each bare LF becomes CRLF *before* framing, so
+the relay and the upstream read the same line ends (``.`` alone on a bare-LF line ends DATA
+here, and the upstream only ever gets CRLF); in ``reject`` mode the caller uses it to spot the
+first bare LF and refuses at once. Bare CRs are never rewritten and stay refused next to a dot.
 """
 
 from __future__ import annotations
@@ -48,6 +54,47 @@ def has_bare_line_end(window: bytes) -> bool:
     return b"\r." in window or _DOT_BARE_CR.search(window) is not None
 
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def count_bare_lf(chunk: bytes, after_cr: bool = False) -> int:
+    """The number of LFs in ``chunk`` not preceded by CR (``after_cr``: the byte before was CR)."""
+    bare = chunk.count(b"\n") - chunk.count(b"\r\n")
+    if after_cr and chunk[:1] == b"\n":
+        bare -= 1
+    return bare
+
+
+class LineEndNormalizer:
+    """Rewrite bare LFs as CRLF in a byte stream fed in arbitrary chunks (every split gives the
+    same output). CRLF-only input comes back as the very same object, at the cost of two counts."""
+
+    def __init__(self) -> None:
+        self._after_cr = False  # the previous chunk ended with CR
+        self.bare_lf_seen = 0  # bare LFs met so far
+
+    def _advance(self, chunk: bytes) -> tuple[bool, int]:
+        after_cr = self._after_cr
+        if chunk:
+            self._after_cr = chunk[-1:] == b"\r"
+        bare = count_bare_lf(chunk, after_cr)
+        self.bare_lf_seen += bare
+        return after_cr, bare
+
+    def has_bare_lf(self, chunk: bytes) -> bool:
+        """Account ``chunk`` without rewriting it; True when it holds a bare LF."""
+        return self._advance(chunk)[1] > 0
+
+    def normalize(self, chunk: bytes) -> bytes:
+        """Return ``chunk`` with every bare LF replaced by CRLF."""
+        after_cr, bare = self._advance(chunk)
+        if not bare:
+            return chunk
+        if after_cr and chunk[:1] == b"\n":  # the CR of this CRLF ended the previous chunk
+            return b"\n" + _BARE_LF.sub(b"\r\n", chunk[1:])
+        return _BARE_LF.sub(b"\r\n", chunk)
+
+
 class DataProblem(enum.Enum):
     """Why a message is refused after its DATA has been read to the end."""
 
@@ -74,8 +121,11 @@ class DataFramer:
     is still found.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, lf_normalized: bool = False) -> None:
+        """``lf_normalized``: the input went through `LineEndNormalizer` (no bare LF can occur),
+        so only bare CRs next to a dot need looking for (two single-byte counts per chunk)."""
         self.max_bytes = max_bytes
+        self._bare = _bare_cr_by_dot if lf_normalized else _bare_line_end
         self.received_bytes = 0  # content bytes (wire form) seen so far
         self.problem: DataProblem | None = None
         self.done = False
@@ -137,7 +187,7 @@ class DataFramer:
             return b""
         if not content:
             return content
-        if _bare_line_end(self._prev, content, lookahead):
+        if self._bare(self._prev, content, lookahead):
             self.problem = DataProblem.BARE_LINE_END
             return b""
         self._prev = content[-1:]
@@ -181,6 +231,16 @@ def _has_long_piece(line: bytes, content: bytes) -> bool:
             return True
         pos = lf + 1
     return False
+
+
+def _bare_cr_by_dot(prev: bytes, content: bytes, lookahead: bytes) -> bool:
+    """`_bare_line_end` for input without bare LFs (after `LineEndNormalizer`): every LF follows a
+    CR, so equal CR and LF counts mean every CR is in a CRLF, and only then is the text clean."""
+    if content.count(b"\r") == content.count(b"\n"):
+        return False
+    if b"\r." in content or content.count(b".\r") != content.count(b".\r\n"):
+        return True
+    return prev == b"." and content[:1] == b"\r" and content[1:2] != b"\n"
 
 
 def _bare_line_end(prev: bytes, content: bytes, lookahead: bytes) -> bool:

@@ -6,9 +6,6 @@ that is ours or temporary: those are 4xx so the legacy app keeps the message and
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from relay.config.model import AccountConfig
 from relay.errors import (
     AuthorizationNeeded,
@@ -20,6 +17,7 @@ from relay.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from relay.explain import explain
 from relay.smtp.replies import (
     LOCAL_ERROR,
     TEMP_AUTH_FAILURE,
@@ -58,63 +56,13 @@ def client_reply_for_upstream(reply: SmtpReply) -> SmtpReply:
     return reply
 
 
-@dataclass(frozen=True)
-class Explanation:
-    """What a provider reply means and how the operator fixes it."""
-
-    pattern: re.Pattern[str]
-    meaning: str
-    fix: str  # may contain {account} and {mailbox}
-
-
-_EXPLANATIONS: tuple[Explanation, ...] = (
-    Explanation(
-        re.compile(r"5\.7\.139|SmtpClientAuthentication\s+is\s+disabled", re.I),
-        "SMTP AUTH is disabled for this tenant/mailbox",
-        "enable Authenticated SMTP for {mailbox} (Microsoft 365 admin center > user > Mail > Manage "
-        "email apps, or Set-CASMailbox {mailbox} -SmtpClientAuthenticationDisabled $false); "
-        "security defaults turn it off tenant-wide",
-    ),
-    Explanation(
-        re.compile(r"5\.7\.60|SendAsDenied", re.I),
-        "the mailbox may not send with this MAIL FROM address",
-        "set envelope_sender: rewrite for account {account}, or grant {mailbox} send-as permission "
-        "for the address (Add-RecipientPermission)",
-    ),
-    Explanation(
-        re.compile(r"4\.3\.2.*concurrent|concurrent connections", re.I),
-        "the provider is throttling: too many concurrent connections for the mailbox",
-        "lower limits.max_connections or the sending app's parallelism, or enable upstream_pool; "
-        "retry later",
-    ),
-    Explanation(
-        re.compile(r"5\.7\.3\b", re.I),
-        "the upstream rejected the access token",
-        "check that the token's scopes include SMTP sending and that it belongs to {mailbox}; for "
-        "app-only (client_credentials) register the app's service principal in Exchange Online "
-        "(New-ServicePrincipal) and grant it mailbox permission (Add-MailboxPermission)",
-    ),
-    Explanation(
-        re.compile(r"5\.7\.[189]\b|Username and Password not accepted|invalid credentials", re.I),
-        "the upstream rejected the XOAUTH2 login",
-        "check that the token scope covers SMTP (Gmail: https://mail.google.com/) and that the "
-        "authorized user is {mailbox}; if it persists run `relay authorize {account}`",
-    ),
-    Explanation(
-        re.compile(r"4\.7\.0.*(too many|rate|try again later)", re.I),
-        "the provider is rate limiting logins",
-        "wait and reduce the number of new connections (enable upstream_pool)",
-    ),
-)
-
-
 def explain_upstream_reply(reply_text: str, account: AccountConfig) -> str | None:
-    """Return "meaning: fix" for a known provider error text, or None when unknown."""
-    for item in _EXPLANATIONS:
-        if item.pattern.search(reply_text):
-            fix = item.fix.format(account=account.name, mailbox=account.mailbox)
-            return f"{item.meaning}: {fix}"
-    return None
+    """Return "cause. Fix: ..." for a known provider reply (the table in `relay.explain_table`),
+    or None when unknown."""
+    entry = explain(reply_text)
+    if entry is None:
+        return None
+    return entry.render(account=account.name, mailbox=account.mailbox, credentials=account.credentials)
 
 
 def describe_failure(error: BaseException, account: AccountConfig) -> str:

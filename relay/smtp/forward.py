@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from relay.config.model import AccountConfig, LimitsConfig, RelayConfig
 from relay.errors import RelayError
+from relay.explain import log_explanation
 from relay.secret import Secret
 from relay.smtp.dataframe import DataFramer
 from relay.smtp.datasink import UpstreamBdatSink, UpstreamDataSink
@@ -43,6 +44,7 @@ from relay.smtp.transaction import (
 )
 from relay.smtp.upstream import UpstreamSmtpSession, open_logged_in
 from relay.tokens.source import TokenSource
+from relay.upstream_slots import UpstreamSlots, smtp_slot_key
 
 log = logging.getLogger("relay.smtp")
 
@@ -54,6 +56,7 @@ class LiveForwarding:
     def __init__(self, config: RelayConfig, tokens: TokenSource) -> None:
         self.tokens = tokens
         self.limits = config.limits
+        self.slots = UpstreamSlots(self.limits.upstream_slot_wait_s)  # per-mailbox session cap
         self.pool: UpstreamPool | None = None
         if config.upstream_pool.enabled:
             self.pool = UpstreamPool(config.upstream_pool, tokens,
@@ -61,7 +64,8 @@ class LiveForwarding:
 
     def __call__(self, account: AccountConfig, conn: ConnectionInfo) -> LiveSmtpDelivery:
         """A delivery forwarding ``account``'s transactions on this connection."""
-        return LiveSmtpDelivery(account, conn, tokens=self.tokens, limits=self.limits, pool=self.pool)
+        return LiveSmtpDelivery(account, conn, tokens=self.tokens, limits=self.limits, pool=self.pool,
+                                slots=self.slots)
 
     async def close(self) -> None:
         """QUIT the pooled upstream sessions, if pooling is on."""
@@ -73,12 +77,15 @@ class LiveSmtpDelivery:
     """Forwards one connection's transactions to the account's upstream (see module docstring)."""
 
     def __init__(self, account: AccountConfig, conn: ConnectionInfo, *, tokens: TokenSource,
-                 limits: LimitsConfig, pool: UpstreamPool | None) -> None:
+                 limits: LimitsConfig, pool: UpstreamPool | None,
+                 slots: UpstreamSlots | None = None) -> None:
         self.account = account
         self.conn = conn
         self.tokens = tokens
         self.limits = limits
         self.pool = pool
+        self.slots = slots or UpstreamSlots(limits.upstream_slot_wait_s)
+        self._explained: SmtpReply | None = None
         self.core = RelayTransaction(max_message_bytes=limits.max_message_bytes,
                                      pooled=pool is not None)
         self.up: UpstreamSmtpSession | None = None
@@ -162,6 +169,9 @@ class LiveSmtpDelivery:
             if isinstance(last, Answer):
                 if last.failure is not None:
                     self._log_failure(last.failure, last.reply)
+                upstream = self.core.last_upstream_reply
+                if upstream is not self._explained and upstream is not None:
+                    self._explain(upstream)
                 return last.reply
             outcome = await self._request(last)  # the handler's busy() covers the wait
             if isinstance(outcome, Replied):
@@ -199,7 +209,19 @@ class LiveSmtpDelivery:
         return SessionInfo(up.capabilities, up.pipelining, up.chunking, reused)
 
     async def _open(self, account: AccountConfig) -> tuple[UpstreamSmtpSession, Secret]:
-        return await open_logged_in(account, self.tokens, self.limits, hostname=self.conn.hostname)
+        """Take a slot under the mailbox's session cap, then log in; the slot is freed on close."""
+        assert account.smtp is not None
+        slot = await self.slots.acquire(smtp_slot_key(account.smtp.host, account.mailbox),
+                                        account.max_upstream_sessions, account=account.name,
+                                        setting=f"accounts.{account.name}.max_upstream_sessions")
+        try:
+            up, token = await open_logged_in(account, self.tokens, self.limits,
+                                             hostname=self.conn.hostname)
+        except BaseException:
+            slot.release()
+            raise
+        up.on_close = slot.release
+        return up, token
 
     def _now(self, command: Command) -> None:
         """Drop, Release or (client gone) Quit: at once, no outcome."""
@@ -218,6 +240,12 @@ class LiveSmtpDelivery:
         up, self.up = self.up, None
         if up is not None:
             await up.quit()
+
+    def _explain(self, reply: SmtpReply) -> None:
+        """A refusal from the upstream: its cause and fix, logged once per account and cause."""
+        self._explained = reply
+        if reply.code >= 400:
+            log_explanation(self.account.name, self.account.mailbox, reply.one_line())
 
     def _log_failure(self, exc: BaseException, reply: SmtpReply) -> None:
         """One line naming the account, the upstream reply and the fix."""

@@ -18,6 +18,7 @@ from aiosmtpd.smtp import Envelope, Session
 from relay.config.model import AccountConfig, RelayConfig
 from relay.errors import ProtocolInputError
 from relay.sasl import decode_login_field, decode_plain
+from relay.sender_policy import sender_refusal
 from relay.smtp import replies
 from relay.smtp.delivery import ConnectionInfo, ContentSink, Delivery, DeliveryFactory
 from relay.smtp.forward import LiveForwarding
@@ -154,6 +155,8 @@ class RelayHandler:
             return account.wire
         if not address.isascii() and not _is_utf8(address):
             return replies.BAD_SENDER_ADDRESS.wire
+        if (refusal := sender_refusal(account, address)) is not None:  # accounts.NAME.allowed_senders
+            return refusal
         if account.envelope_sender == "rewrite":
             sender = account.mailbox
         else:

@@ -129,7 +129,8 @@ class UpstreamPool:
                 entry = await self._take_idle(slots, account)
                 if entry is not None:
                     return self._lend(entry)
-            if slots.total < self.max_sessions:
+            # The mailbox's session cap (accounts.NAME.max_upstream_sessions) bounds the pool too.
+            if slots.total < min(self.max_sessions, account.max_upstream_sessions or self.max_sessions):
                 slots.total += 1  # reserved before the await: concurrent callers see the cap
                 return await self._open(slots, account, opener)
             if fresh and slots.idle:

@@ -13,6 +13,12 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
 * ``push``: aiosmtpd's built-in error replies lack RFC 3463 enhanced status codes; the one exit
   point adds them (``503 5.5.1``, ``500 5.5.2`` ...);
 * ``_timeout_cb``: the idle timer must not close a client while *we* wait for the upstream;
+* ``smtp_AUTH``: legacy devices send ``HELO`` then ``AUTH`` (aiosmtpd allows AUTH only after
+  EHLO) and lower-case mechanism names; EHLO also advertises the pre-RFC ``AUTH=LOGIN PLAIN``
+  line that some old clients look for instead of ``AUTH``;
+* bare LF line ends (``listen.smtp.bare_lf``): ``normalize`` reads them as line ends in DATA
+  (see `relay.smtp.dataframe.LineEndNormalizer`); ``reject`` answers ``521`` at once and closes,
+  for commands as for DATA, as Postfix's ``smtpd_forbid_bare_newline`` does;
 * ``connection_made``/``connection_lost``: TCP_NODELAY, and connection state that survives
   STARTTLS (aiosmtpd replaces its Session then) plus the end-of-session hook.
 """
@@ -20,17 +26,20 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
-from relay.config.model import AccountConfig
+from relay.config.model import AccountConfig, BareLfMode
 from relay.smtp import replies
-from relay.smtp.dataframe import DataFramer
+from relay.smtp.dataframe import DataFramer, LineEndNormalizer
 from relay.smtp.fastinit import cheap_introspection
 from relay.smtp.reply import SmtpReply
 from relay.upstream.stream import set_nodelay
@@ -63,9 +72,25 @@ def add_enhanced_code(status: str) -> str:
     return f"{status[:4]}{enhanced} {status[4:]}" if enhanced else status
 
 
+log = logging.getLogger("relay.smtp")
+
+BARE_LF_REFUSED = "521 5.5.2 Error: bare <LF> received; end every line with <CR><LF>"
+
+
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_ANGLE_ADDR = re.compile(
     rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^\s(][^\r\n]*)?\Z")
+
+
+def _with_old_style_auth(responses: list[str]) -> list[str]:
+    """Add ``250-AUTH=LOGIN PLAIN`` after ``250-AUTH LOGIN PLAIN``: the pre-RFC 2554 form that old
+    Outlook-era and embedded clients parse instead (Postfix's ``broken_sasl_auth_clients``)."""
+    out = []
+    for line in responses:
+        out.append(line)
+        if line.startswith("250-AUTH "):
+            out.append("250-AUTH=" + line[len("250-AUTH "):])
+    return out
 
 
 @dataclass
@@ -106,9 +131,10 @@ class RelaySMTP(SMTP):
     # command lines over 512 octets itself. A bigger buffer means fewer, larger DATA reads.
     line_length_limit = 32 * 1024
 
-    def __init__(self, handler: Any, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, bare_lf: BareLfMode = "normalize", **kwargs: Any) -> None:
         with cheap_introspection():  # aiosmtpd's per-connection getmembers, see fastinit.py
             super().__init__(handler, **kwargs)
+        self.bare_lf = bare_lf
         self.state = ConnectionState()
         self.closed = asyncio.Event()
         self._busy = 0
@@ -135,6 +161,32 @@ class RelaySMTP(SMTP):
             if hook is not None:
                 hook(self)
 
+    def _cb_client_connected(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        super()._cb_client_connected(reader, writer)
+        if self.bare_lf == "reject":
+            # aiosmtpd reads each command with reader.readuntil() and strips CRLF or LF alike:
+            # only the reader still sees which line end came.
+            strict_readuntil = functools.partial(asyncio.StreamReader.readuntil, reader)
+
+            async def readuntil(separator: bytes = b"\n") -> bytes:
+                line = await strict_readuntil(separator)
+                if separator == b"\n" and not line.endswith(b"\r\n"):
+                    await self.refuse_bare_lf("command")
+                return line
+
+            reader.readuntil = readuntil  # type: ignore[method-assign,assignment]
+
+    async def refuse_bare_lf(self, where: str) -> None:
+        """``listen.smtp.bare_lf: reject``: answer 521, close, end the session's command loop."""
+        log.info("smtp %s: bare LF in a %s from %s: refused and closed (listen.smtp.bare_lf: "
+                 "reject; set it to normalize to accept such clients)", self.state.session_id,
+                 where, self.state.client_address)
+        with contextlib.suppress(ConnectionError):
+            await self.push(BARE_LF_REFUSED)
+        self.close()
+        raise ConnectionResetError(f"bare LF in a {where}: connection closed")
+
     @property
     def tls_active(self) -> bool:
         """True when this connection is encrypted (implicit TLS or after STARTTLS)."""
@@ -159,14 +211,14 @@ class RelaySMTP(SMTP):
         if self._busy:
             self._reset_timeout()
             return
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # --- output -------------------------------------------------------------------------------
 
-    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+    async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
             status = add_enhanced_code(status)
-        await super().push(status)
+        await super().push(status)  # type: ignore[type-var]
 
     # --- addresses ----------------------------------------------------------------------------
 
@@ -198,6 +250,30 @@ class RelaySMTP(SMTP):
             return None
         return result
 
+    # --- AUTH ----------------------------------------------------------------------------------
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's AUTH, also after plain HELO (old devices) and with the mechanism name in
+        any case (``AUTH login``)."""
+        if arg:
+            mechanism, space, rest = arg.lstrip().partition(" ")
+            arg = mechanism.upper() + space + rest
+        session = self.session
+        if session is None or session.extended_smtp or not session.host_name:
+            await super().smtp_AUTH(arg)
+            return
+        session.extended_smtp = True  # aiosmtpd's only objection to AUTH after HELO
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            session.extended_smtp = False
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command == "EHLO" and args and isinstance(args[-1], list):
+            args = (*args[:-1], _with_old_style_auth(args[-1]))
+        return await super()._call_handler_hook(command, *args)
+
     # --- AUTH helper --------------------------------------------------------------------------
 
     async def read_auth_line(self, challenge_b64: str) -> bytes:
@@ -209,6 +285,8 @@ class RelaySMTP(SMTP):
         line = await self._reader.readline()
         if not line.endswith(b"\n"):
             raise ConnectionResetError("client closed the connection during AUTH")
+        if self.bare_lf == "reject" and not line.endswith(b"\r\n"):
+            await self.refuse_bare_lf("AUTH response")
         return line.rstrip(b"\r\n")
 
     # --- DATA ---------------------------------------------------------------------------------
@@ -225,18 +303,26 @@ class RelaySMTP(SMTP):
             return
         opened = await self.event_handler.open_data(self)
         if isinstance(opened, SmtpReply):  # refused
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(opened.wire)
             return
         sink: ContentSink = opened
         await self.push(replies.START_DATA.wire)
-        framer = DataFramer(sink.max_bytes)
+        framer = DataFramer(sink.max_bytes, lf_normalized=self.bare_lf == "normalize")
+        line_ends = LineEndNormalizer()
         tail = b""
         try:
             while True:
-                chunk = await self._read_data_chunk()
+                raw = await self._read_data_chunk()
                 self._reset_timeout()
+                chunk = line_ends.normalize(raw) if self.bare_lf == "normalize" else raw
                 result = framer.feed(chunk)
+                if self.bare_lf == "reject" and line_ends.has_bare_lf(
+                        raw[:len(raw) - len(result.leftover)]):
+                    sink.abandon()
+                    await self.refuse_bare_lf("DATA line")
+                if result.leftover:
+                    self._unread(result.leftover)  # pipelined commands after the final dot
                 if framer.done:
                     # The last chunk goes out with the terminating dot in one upstream write
                     # (one TLS record and send less per message; a 1 KB message is one chunk).
@@ -246,25 +332,32 @@ class RelaySMTP(SMTP):
                     await sink.write(result.forward)
                 elif not framer.ok:
                     sink.abandon()
-                # No leftover is possible: a chunk never extends past a '.CRLF' (see below).
         except BaseException:
             sink.abandon()  # client vanished mid-DATA: nothing may be delivered
             raise
+        if line_ends.bare_lf_seen:
+            log.info("smtp %s: %d bare LF line end(s) in DATA from %s read as CRLF "
+                     "(listen.smtp.bare_lf: normalize)", self.state.session_id,
+                     line_ends.bare_lf_seen, self.state.client_address)
         with self.busy():
             status = await sink.finish(framer, tail)
-        self._set_post_data_state()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status.wire)
 
     async def _read_data_chunk(self) -> bytes:
-        """Read the next block of DATA in bulk, never past a ``.CRLF``.
+        """Read whatever DATA the client has sent so far, in bulk (what follows the final dot is
+        put back with `_unread`). Bulk reads cannot wait for a ``CRLF.CRLF`` that a bare-LF
+        client never sends, and copy each byte once."""
+        chunk = await self._reader.read(2 * self.line_length_limit)
+        if not chunk:
+            raise ConnectionResetError("client closed the connection during DATA")
+        return chunk
 
-        ``readuntil(b'.\\r\\n')`` returns everything buffered up to the next '.CRLF' (the end of
-        DATA always ends with one), or, past the buffer limit, we take what is safely before a
-        possible separator. So pipelined commands after the end stay in the reader for aiosmtpd.
+    def _unread(self, data: bytes) -> None:
+        """Put bytes back at the front of the reader, for aiosmtpd's command loop.
+
+        Nothing was awaited since the read that returned them, so the buffer holds only what
+        arrived after them. asyncio.StreamReader has no public unread; aiosmtpd itself clears
+        the same ``_buffer`` after STARTTLS.
         """
-        try:
-            return await self._reader.readuntil(b".\r\n")
-        except asyncio.LimitOverrunError as exc:
-            return await self._reader.read(exc.consumed)
-        except asyncio.IncompleteReadError as exc:
-            raise ConnectionResetError("client closed the connection during DATA") from exc
+        self._reader._buffer[:0] = data  # type: ignore[attr-defined]

@@ -66,6 +66,7 @@ class SmtpRelayServer:
             timeout=limits.smtp_command_timeout_s,
             # AUTH over plaintext is decided per client by the handler (LocalAuthenticator rule).
             auth_require_tls=False,
+            bare_lf=self.listener.bare_lf,
             loop=asyncio.get_running_loop(),
         )
         self._sessions.add(proto)

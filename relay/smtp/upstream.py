@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
@@ -74,6 +74,7 @@ class UpstreamSmtpSession:
         self._writer: asyncio.StreamWriter | None = None
         self._parser = ReplyParser()
         self._needs_crlf = False  # DATA content so far does not end with CRLF
+        self.on_close: Callable[[], None] | None = None  # called once when closed (frees its slot)
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -161,6 +162,9 @@ class UpstreamSmtpSession:
     def abort(self) -> None:
         """Close at once without QUIT; an open DATA transaction is abandoned (never delivered)."""
         writer, self._writer, self._reader = self._writer, None, None
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
         if writer is not None:
             transport = writer.transport
             # abort(), not close(): nothing buffered (like a final dot) may still go out.

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from relay.config.model import UpstreamEndpoint
+from relay.config.model import ListenerConfig, UpstreamEndpoint
 from relay.sandbox.smtp_upstream import SandboxSmtpServer
 from relay.sasl import encode_plain
 
@@ -133,20 +133,48 @@ def test_null_reverse_path_is_forwarded_as_null(rel_relay, sandbox):
     assert (msg.mail_from, msg.rcpt_tos, msg.data) == ("", ("b@x.test",), MSG)
 
 
+SMUGGLED_TAIL = (b"MAIL FROM:<ceo@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n"
+                 b"Subject: forged\r\n\r\nforged\r\n")
+
+
+@pytest.mark.parametrize("bare_lf", ["normalize", "reject"])
 @pytest.mark.parametrize("separator", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"], ids=repr)
 @pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
-def test_smtp_smuggling_is_refused_and_nothing_delivered(rel_relay, sandbox, separator, chunking):
-    """A smuggled end-of-data plus a second transaction: 554 5.6.0, nothing delivered, session usable."""
+def test_smtp_smuggling_is_refused_and_nothing_delivered(rel_relay, sandbox, separator, chunking,
+                                                        bare_lf):
+    """A smuggled end-of-data plus a second transaction, in both listen.smtp.bare_lf modes: the
+    upstream never reads a line end the relay did not, and the client has its reply within 1 s.
+    reject: 521 and closed, nothing delivered. normalize: a bare-LF dot ends DATA *here*, so the
+    second transaction is the relay's own (answered and checked command by command) and both
+    messages arrive with CRLF only. A bare CR next to a dot: 554 5.6.0 in both, session usable."""
     sandbox.smtp.advertise_chunking = chunking  # content by BDAT or by DATA
-    relay = rel_relay()
+    relay = rel_relay(smtp_listener=ListenerConfig(True, "127.0.0.1", 0, bare_lf=bare_lf))
     raw = Raw(relay.smtp_port)
     _login(raw)
     assert raw.smtp("MAIL FROM:<a@x.test>").startswith("250")
     assert raw.smtp("RCPT TO:<b@x.test>").startswith("250")
     assert raw.smtp("DATA").startswith("354")
-    smuggled = (b"Subject: real\r\n\r\nhi" + separator + b"MAIL FROM:<ceo@x.test>\r\nRCPT TO:<c@x.test>\r\n"
-                b"DATA\r\nSubject: forged\r\n\r\nforged\r\n")
-    reply = raw.smtp(smuggled + b".")
+    started = time.monotonic()
+    reply = raw.smtp(b"Subject: real\r\n\r\nhi" + separator + SMUGGLED_TAIL + b".")
+    assert time.monotonic() - started < 1.0, "no final reply within a second"
+    bare_lf_separator = separator.replace(b"\r\n", b"").count(b"\n") > 0
+    if bare_lf_separator and bare_lf == "reject":
+        assert reply.startswith("521 5.5.2"), reply
+        assert raw.closed_by_peer()
+        with relay.smtp() as client:  # a later message arrives alone: nothing of the first did
+            assert client.sendmail("from@x.test", ["to@x.test"], MSG) == {}
+        assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [MSG]
+        assert len(sandbox.smtp.messages()) == 1
+        return
+    if bare_lf_separator:  # normalize
+        assert reply.startswith("250"), reply
+        assert [raw.smtp_reply()[:3] for _ in range(4)] == ["250", "250", "354", "250"]
+        raw.close()
+        messages = sandbox.smtp.wait_for_messages(2)
+        assert [(m.mail_from, m.data) for m in messages] == [
+            ("a@x.test", b"Subject: real\r\n\r\nhi\r\n"),
+            ("ceo@x.test", b"Subject: forged\r\n\r\nforged\r\n")]
+        return
     assert reply.startswith("554 5.6.0"), reply
     assert raw.smtp("MAIL FROM:<a@x.test>").startswith("250")
     assert raw.smtp("RCPT TO:<b@x.test>").startswith("250")

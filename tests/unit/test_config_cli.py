@@ -83,7 +83,7 @@ def test_check_config_ok_and_every_problem(tmp_path: Path, capsys: pytest.Captur
     assert main(["check-config", "-c", str(bad)]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["listen.smtp.prot: unknown key 'prot'; did you mean 'port'? (known: enabled, host, "
-                     "port, tls, cert_file, key_file, allow_plaintext_auth_from)",
+                     "port, tls, cert_file, key_file, allow_plaintext_auth_from, bare_lf, min_tls_version)",
                      "accounts.a.credentials: no credentials named 'h' (known: g)"]
 
 

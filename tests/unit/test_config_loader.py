@@ -67,8 +67,8 @@ def test_unknown_key_is_an_error_with_suggestion() -> None:
     [(path, message)] = problems(data)
     assert path == "accounts.sales.pasword_hash"
     assert message == ("unknown key 'pasword_hash'; did you mean 'password_hash'? (known: username, "
-                       "password_hash, mailbox, credentials, smtp, pop3, allow_without_auth_from, "
-                       "envelope_sender)")
+                       "password_hash, mailbox, credentials, smtp, pop3, imap, allow_without_auth_from, "
+                       "envelope_sender, allowed_senders, max_upstream_sessions, max_upstream_pop3_sessions)")
 
 
 def test_bad_credentials_reference_names_known_ones() -> None:
@@ -338,3 +338,30 @@ def test_smtp_pipelining_defaults_on_and_can_be_switched_off_alone() -> None:
     data = base()
     data["accounts"]["sales"]["smtp"] = {"pipelining": "sometimes"}
     assert [path for path, _ in problems(data)] == ["accounts.sales.smtp.pipelining"]
+
+
+
+def test_imap_listener_and_upstreams() -> None:
+    """listen.imap is off unless configured; accounts get the provider's IMAP default or `false`."""
+    data = base()
+    config = parse_config(data, env={"SECRET": "s"})
+    assert not config.listen.imap.enabled
+    imap = config.accounts["sales"].imap
+    assert (imap.host, imap.port, imap.tls) == ("outlook.office365.com", 993, "implicit")
+    data["credentials"]["g"] = {"provider": "google", "client_id": "x"}
+    data["accounts"]["g"] = {"username": "g", "password_hash": HASH, "mailbox": "g@gmail.com",
+                             "credentials": "g", "imap": False}
+    data["listen"] = {"imap": {"port": 1993}}
+    config = parse_config(data, env={"SECRET": "s"})
+    assert (config.listen.imap.enabled, config.listen.imap.host, config.listen.imap.port) == (
+        True, "127.0.0.1", 1993)
+    assert config.accounts["g"].imap is None
+    data["listen"] = {"imap": True}
+    assert parse_config(data, env={"SECRET": "s"}).listen.imap.port == 1143
+
+
+def test_imap_listener_port_clash_is_reported() -> None:
+    """An IMAP listener on the SMTP listener's address is reported at listen.imap.port."""
+    data = base()
+    data["listen"] = {"imap": {"port": 2525}}
+    assert [p for p, _ in problems(data)] == ["listen.imap.port"]

@@ -35,7 +35,8 @@ def test_microsoft_authorization_url_uses_v2_tenant_endpoint_and_pkce():
     assert url.startswith("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize?")
     q = query(url)
     assert q["scope"].split() == ["https://outlook.office.com/SMTP.Send",
-                                  "https://outlook.office.com/POP.AccessAsUser.All", "offline_access"]
+                                  "https://outlook.office.com/POP.AccessAsUser.All",
+                                  "https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access"]
     assert "graph" not in q["scope"].lower() and "User.Read" not in q["scope"]
     assert q | {} == {"client_id": "cid", "response_type": "code", "redirect_uri": "http://localhost:5000/",
                       "scope": q["scope"], "state": "st", "code_challenge": "ch",

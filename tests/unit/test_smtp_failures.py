@@ -70,14 +70,14 @@ def test_upstream_replies_pass_through_except_421(wire, expected):
     ("reply", "needle"),
     [
         ("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant",
-         "enable Authenticated SMTP for sales@contoso.com"),
+         "Set-CASMailbox -Identity sales@contoso.com -SmtpClientAuthenticationDisabled $false"),
         ("535 5.7.3 Authentication unsuccessful", "New-ServicePrincipal"),
         ("550 5.7.60 SMTP; Client does not have permissions to send as this sender",
-         "envelope_sender: rewrite for account sales"),
+         "accounts.sales.envelope_sender: rewrite"),
         ("554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied",
-         "send-as permission"),
+         "Add-RecipientPermission"),
         ("432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded, concurrent connections",
-         "throttling"),
+         "accounts.sales.max_upstream_sessions"),
         ("535-5.7.8 Username and Password not accepted.", "https://mail.google.com/"),
     ],
 )
@@ -98,7 +98,7 @@ def test_describe_failure_names_account_reply_and_fix_in_one_line():
                                                                 "SmtpClientAuthentication is disabled"))
     line = describe_failure(error, ACCOUNT)
     assert "\n" not in line
-    assert "sales" in line and "535 5.7.139" in line and "Authenticated SMTP" in line
+    assert "sales" in line and "535 5.7.139" in line and "SmtpClientAuthenticationDisabled" in line
 
 
 def test_describe_failure_tells_to_run_authorize():

@@ -19,7 +19,7 @@ def test_check_reports_healthy_unauthorized_and_rejected_accounts(ops: OpsSetup)
     assert result.returncode == 1, out + result.stderr
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in
             (["ops"], ["fresh"], ["wrongsignin"])}
-    assert "valid until" in rows["ops"] and rows["ops"].split()[-3:] == ["ok", "ok", "OK"]
+    assert "valid until" in rows["ops"] and rows["ops"].split()[-4:] == ["ok", "ok", "ok", "OK"]
     assert "needs authorize" in rows["fresh"] and rows["fresh"].endswith("BROKEN")
     assert "REJECTED" in rows["wrongsignin"] and rows["wrongsignin"].endswith("BROKEN")
     assert "run `relay authorize fresh`" in out

@@ -12,14 +12,16 @@ from ops_helpers import relay_cmd, run_relay
 
 
 def test_demo_once_sends_and_fetches_the_message() -> None:
-    """`relay demo --once` authorizes, sends through SMTP, fetches over POP3 and exits 0."""
-    result = run_relay("demo", "--once", "--smtp-port", "0", "--pop3-port", "0", timeout_s=120)
+    """`relay demo --once` authorizes, sends through SMTP, fetches over POP3 and IMAP, exits 0."""
+    result = run_relay("demo", "--once", "--smtp-port", "0", "--pop3-port", "0", "--imap-port", "0",
+                       timeout_s=120)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert out.count("\u2713") == 6
+    assert out.count("\u2713") == 7
     assert "Authorized account 'demo'" in out
     assert "Sent a message through the relay's SMTP" in out and "XOAUTH2 as demo@sandbox.test" in out
     assert "Fetched it back over the relay's POP3" in out
+    assert "Fetched it again over the relay's IMAP" in out
     assert "Round trip OK" in out
     assert "sandbox-secret" not in out + result.stderr
 
@@ -28,7 +30,8 @@ def test_demo_serves_until_sigint_then_exits_zero(tmp_path: Path) -> None:
     """Without --once the demo prints how to try it by hand, keeps serving, and exits 0 on SIGINT."""
     log = tmp_path / "demo.out"
     with log.open("wb") as fh:
-        proc = subprocess.Popen(relay_cmd("demo", "--smtp-port", "0", "--pop3-port", "0"), stdout=fh,
+        proc = subprocess.Popen(relay_cmd("demo", "--smtp-port", "0", "--pop3-port", "0", "--imap-port", "0"),
+                                stdout=fh,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

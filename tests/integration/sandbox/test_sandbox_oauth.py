@@ -66,12 +66,12 @@ def exchange(p: SandboxOAuthProvider, code: str, verifier: str) -> httpx.Respons
 
 
 def test_client_credentials_token_is_long_urlsafe_and_app_only(provider: SandboxOAuthProvider) -> None:
-    """client_credentials returns a Bearer token of >= 1500 URL-safe chars, valid for any mailbox."""
+    """client_credentials returns a Bearer JWT of >= 1500 URL-safe chars, valid for any mailbox."""
     body = client_credentials(provider).json()
     token = body["access_token"]
     assert body["token_type"] == "Bearer" and body["expires_in"] == 3600 and "refresh_token" not in body
     assert len(token) >= 1500 and set(token) <= set(
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.") and token.count(".") == 2
     assert provider.validate_access_token(token) == ANY_MAILBOX
     assert provider.token_allows(token, "anyone@sandbox.test")
 

@@ -1,0 +1,197 @@
+"""Bad input, timeouts and upstream failures at the relay's IMAP listener (real Dovecot behind)."""
+
+from __future__ import annotations
+
+import imaplib
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from imap_world import PASSWORD, TIMEOUT_S, imap_login, start_relay, trusting_context, user
+from support.relay_harness import LineClient
+
+from relay.config.model import LimitsConfig
+
+pytestmark = pytest.mark.real_servers
+
+
+class ImapLines(LineClient):
+    """A raw IMAP client: greeting read on connect, then exact bytes in and lines out."""
+
+    eof_on_reset = True
+
+    def __init__(self, port: int) -> None:
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S))
+        self.greeting = self.line()
+
+    def until_tagged(self, tag: bytes) -> list[bytes]:
+        """Lines up to and including the one tagged ``tag``."""
+        lines = []
+        while True:
+            line = self.line()
+            assert line, f"connection closed before {tag!r}; got {lines}"
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+
+@pytest.fixture
+def raw(imap_world) -> Iterator[ImapLines]:
+    """A raw connection to the plain listener."""
+    client = ImapLines(imap_world.relay.ports["none"])
+    yield client
+    client.close()
+
+
+def test_greeting_and_junk_before_login(raw: ImapLines) -> None:
+    """Junk, unknown commands and post-login commands get BAD; the session still logs in after."""
+    assert raw.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
+    raw.send(b"\x16\x03\x01\x02\x00\x01\x00\r\n")  # a TLS ClientHello on the plain port
+    assert raw.line().startswith(b"* BAD")
+    raw.send(b"a1 FROB\r\na2 SELECT INBOX\r\nGET / HTTP/1.1\r\n")
+    assert raw.line() == b"a1 BAD Unknown command\r\n"
+    assert raw.line() == b"a2 BAD SELECT is not allowed before login\r\n"
+    assert raw.line() == b"GET BAD Unknown command\r\n"
+    raw.send(b"a3 NOOP\r\n")
+    assert raw.line() == b"a3 OK NOOP completed\r\n"
+
+
+def test_overlong_line_and_absurd_literals(raw: ImapLines, account: int) -> None:
+    """A 100 KB line, {9999999999} and APPEND literals before login: BAD, then a normal login."""
+    raw.send(b"a1 LOGIN " + b"x" * 100_000 + b"\r\n")
+    assert raw.line() == b"a1 BAD [TOOBIG] Command line too long\r\n"
+    raw.send(b"a2 LOGIN {9999999999}\r\n")
+    assert raw.line() == b"a2 BAD [TOOBIG] Literal too large\r\n"
+    raw.send(b"a3 APPEND INBOX {20+}\r\n01234567890123456789\r\n")
+    assert raw.line() == b"a3 BAD Literal not accepted here\r\n"
+    raw.send(b'a4 LOGIN {%d}\r\n' % len(user(account)))
+    assert raw.line() == b"+ Ready for literal data\r\n"
+    raw.send(user(account).encode() + b' "%s"\r\n' % PASSWORD.encode())
+    assert raw.until_tagged(b"a4")[-1].startswith(b"a4 OK [CAPABILITY ")
+    raw.send(b"a5 SELECT INBOX\r\n")
+    assert raw.until_tagged(b"a5")[-1].startswith(b"a5 OK")
+
+
+def test_non_synchronising_huge_literal_closes(raw: ImapLines, imap_world) -> None:
+    """{9999999999+} cannot be skipped: * BYE and close; the listener keeps serving others."""
+    raw.send(b"a1 LOGIN {9999999999+}\r\nxxxx")
+    assert raw.line() == b"* BYE [TOOBIG] Literal too large; closing the connection\r\n"
+    assert raw.line() == b""
+    other = ImapLines(imap_world.relay.ports["none"])
+    other.send(b"b NOOP\r\n")
+    assert other.line() == b"b OK NOOP completed\r\n"
+    other.close()
+
+
+def test_pipelined_commands_after_login_reach_upstream_in_order(raw: ImapLines, account: int) -> None:
+    """Commands sent in one packet with LOGIN are forwarded after it, in order."""
+    raw.send(b'a LOGIN %s "%s"\r\nb SELECT INBOX\r\nc NOOP\r\nd LOGOUT\r\n'
+             % (user(account).encode(), PASSWORD.encode()))
+    assert raw.until_tagged(b"a")[-1].startswith(b"a OK")
+    assert raw.until_tagged(b"b")[-1].startswith(b"b OK")
+    assert raw.until_tagged(b"c")[-1].startswith(b"c OK")
+    lines = raw.until_tagged(b"d")
+    assert lines[0].startswith(b"* BYE") and lines[-1].startswith(b"d OK")
+
+
+def test_account_without_imap_gets_contactadmin(imap_world) -> None:
+    """A local user whose account has no IMAP upstream gets NO [CONTACTADMIN]; nothing crashes."""
+    relay = imap_world.relay
+    config = relay.config
+    i = relay.take_account()
+    account = config.accounts[f"a{i}"]
+    object.__setattr__(account, "imap", None)  # the frozen model, changed for this one account
+    client = imaplib.IMAP4("127.0.0.1", relay.ports["none"], timeout=TIMEOUT_S)
+    with pytest.raises(imaplib.IMAP4.error, match="CONTACTADMIN"):
+        client.login(user(i), PASSWORD)
+    client.logout()
+
+
+@pytest.fixture(scope="module")
+def short_relay(imap_world, tmp_path_factory):
+    """A second relay with a 1 s IMAP idle timeout, one account pointing at a closed port."""
+    limits = LimitsConfig(auth_failure_delay_s=0.0, upstream_connect_timeout_s=2.0,
+                          imap_idle_timeout_s=1.0)
+    relay = start_relay(tmp_path_factory.mktemp("short"), imap_world.oauth, imap_world.dovecot,
+                        limits=limits)
+    yield relay
+    relay.stop()
+
+
+def test_idle_timeout_after_login_says_bye(short_relay) -> None:
+    """After login, nothing in either direction for imap_idle_timeout_s: * BYE and close."""
+    client = ImapLines(short_relay.ports["none"])
+    client.send(b'a LOGIN %s "%s"\r\n' % (user(0).encode(), PASSWORD.encode()))
+    assert client.until_tagged(b"a")[-1].startswith(b"a OK")
+    started = time.monotonic()
+    assert client.line() == b"* BYE Autologout; idle for too long\r\n"
+    assert client.line() == b""
+    assert 0.5 < time.monotonic() - started < 15
+    client.close()
+
+
+def test_slow_client_before_login_is_dropped(short_relay) -> None:
+    """A client that never completes a command is disconnected with * BYE after the timeout."""
+    client = ImapLines(short_relay.ports["none"])
+    client.send(b"a LOG")
+    assert client.line() == b"* BYE Autologout; idle for too long\r\n"
+    assert client.line() == b""
+    client.close()
+
+
+def test_upstream_down_is_no_unavailable(short_relay) -> None:
+    """An upstream that refuses connections: NO [UNAVAILABLE], and the client may retry."""
+    i = short_relay.take_account()
+    account = short_relay.config.accounts[f"a{i}"]
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    object.__setattr__(account, "imap", replace(account.imap, port=port))
+    client = imaplib.IMAP4("127.0.0.1", short_relay.ports["none"], timeout=TIMEOUT_S)
+    with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+        client.login(user(i), PASSWORD)
+    client.logout()
+
+
+def test_listener_survives_many_bad_connections(imap_world, account: int) -> None:
+    """Fifty connections that send junk and vanish leave the listener serving a real login."""
+    for n in range(50):
+        sock = socket.create_connection(("127.0.0.1", imap_world.relay.ports["none"]), timeout=TIMEOUT_S)
+        sock.sendall(bytes([n % 256]) * 5000 + b"{99999999999+}\r\n")
+        sock.close()
+    client = imap_login(imap_world.relay.ports["none"], account)
+    assert client.select("INBOX")[0] == "OK"
+    client.logout()
+
+
+
+def test_plaintext_login_refused_off_loopback_until_starttls(imap_world, tmp_path_factory) -> None:
+    """On a listener bound to 0.0.0.0 (not loopback, no allow list) the greeting says
+    LOGINDISABLED and LOGIN is NO [PRIVACYREQUIRED]; after STARTTLS the same login works."""
+    relay = start_relay(tmp_path_factory.mktemp("wide"), imap_world.oauth, imap_world.dovecot,
+                        listen_host="0.0.0.0")
+    try:
+        client = imaplib.IMAP4("127.0.0.1", relay.ports["starttls"], timeout=TIMEOUT_S)
+        assert "LOGINDISABLED" in client.capabilities and "AUTH=PLAIN" not in client.capabilities
+        with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+            client.login(user(0), PASSWORD)
+        client.starttls(ssl_context=trusting_context(imap_world.cert))
+        assert "AUTH=PLAIN" in client.capabilities and "LOGINDISABLED" not in client.capabilities
+        assert client.login(user(0), PASSWORD)[0] == "OK"
+        client.logout()
+    finally:
+        relay.stop()
+
+
+def test_relay_health_probes_the_imap_listener(imap_world) -> None:
+    """`relay health`'s probe reads the IMAP greeting (also over TLS on connect) and logs out."""
+    from relay.commands.health import probe
+    from relay.config.model import ListenerConfig
+
+    for tls in ("none", "implicit"):
+        listener = ListenerConfig(True, "127.0.0.1", imap_world.relay.ports[tls], tls)  # type: ignore[arg-type]
+        ok, seen = probe("imap", listener, 5.0)
+        assert ok and seen.startswith("* OK [CAPABILITY IMAP4rev1"), seen

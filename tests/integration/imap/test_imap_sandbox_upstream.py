@@ -1,0 +1,106 @@
+"""The relay against the sandbox IMAP upstream (Gmail-like): two-step XOAUTH2 without SASL-IR,
+the error challenge answered with an empty line, forced refresh, and what the client sees."""
+
+from __future__ import annotations
+
+import imaplib
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from support.relay_harness import (
+    authorized_token_set,
+    fresh_store,
+    loopback,
+    relay_config,
+    sandbox_credentials,
+)
+
+from relay.config.model import AccountConfig, LimitsConfig, ListenConfig, UpstreamEndpoint
+from relay.imap.server import ImapProxyServer
+from relay.localauth import LocalAuthenticator
+from relay.passwords import hash_password
+from relay.sandbox.loop import LoopThread
+from relay.sandbox.world import SandboxWorld
+from relay.tokens.manager import TokenManager
+
+MAILBOX = "gmail-like@sandbox.test"
+PASSWORD = "sandbox imap pw"
+
+
+@pytest.fixture(scope="module")
+def sandbox_relay(tmp_path_factory) -> Iterator[tuple[SandboxWorld, int, LoopThread, TokenManager]]:
+    """The sandbox world (IMAP without SASL-IR) and a relay IMAP listener in front of it."""
+    base = tmp_path_factory.mktemp("imap-sandbox")
+    world = SandboxWorld.start(base / "world")
+    world.imap.sasl_ir = False
+    account = AccountConfig(name="g", username="gapp", password_hash=hash_password(PASSWORD, log2_n=10),
+                            mailbox=MAILBOX, credentials="sandbox", smtp=None, pop3=None,
+                            imap=UpstreamEndpoint(world.host, world.imap_port, "implicit",
+                                                  ca_file=world.ca_file))
+    config = relay_config(accounts=[account], credentials=sandbox_credentials(world),
+                          token_store=base / "tokens.enc", limits=LimitsConfig(auth_failure_delay_s=0),
+                          smtp_listener=loopback(False), pop3_listener=loopback(False))
+    config = replace(config, listen=ListenConfig(smtp=loopback(False), pop3=loopback(False),
+                                                 imap=loopback(True)))
+    store = fresh_store(base / "tokens.enc").open()
+    thread = LoopThread("imap-sandbox-relay").start()
+
+    async def start() -> tuple[TokenManager, ImapProxyServer]:
+        await store.put(authorized_token_set(world.oauth, "g", MAILBOX, obtained_ago_s=0))
+        tokens = TokenManager(config, store)
+        await tokens.start()
+        server = ImapProxyServer(config, tokens, LocalAuthenticator(config))
+        await server.start()
+        return tokens, server
+
+    tokens, server = thread.run(start())
+    yield world, server.port, thread, tokens
+    thread.run(server.stop(2))
+    thread.run(tokens.close())
+    thread.stop()
+    world.stop()
+
+
+def test_two_step_xoauth2_and_fetch(sandbox_relay) -> None:
+    """Without SASL-IR upstream the relay waits for '+' and sends the token; FETCH is byte-exact."""
+    world, port, _, _ = sandbox_relay
+    message = b"From: a@example.org\r\nSubject: sandbox\r\n\r\nbody\r\n.dot line\r\n"
+    world.pop3.deliver(MAILBOX, message)
+    before = world.imap.counters.get("auth_ok", 0)
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    typ, data = client.login("gapp", PASSWORD)
+    assert typ == "OK" and b"COMPRESS=DEFLATE" in data[0] and b"SASL-IR" not in data[0]
+    client.select("INBOX")
+    typ, fetched = client.fetch("1", "(BODY[])")
+    assert typ == "OK" and fetched[0][1] == message
+    client.logout()
+    assert world.imap.counters["auth_ok"] == before + 1
+
+
+def test_refused_token_challenge_then_refresh(sandbox_relay) -> None:
+    """A revoked token: Gmail-style challenge, empty line, NO; the relay refreshes once and logs in."""
+    world, port, thread, tokens = sandbox_relay
+
+    async def current() -> str:
+        return (await tokens.get_token("g")).reveal()
+
+    world.oauth.revoke_access_token(thread.run(current()))
+    failed = world.imap.counters.get("auth_failed", 0)
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    assert client.login("gapp", PASSWORD)[0] == "OK"
+    client.logout()
+    assert world.imap.counters["auth_failed"] == failed + 1
+
+
+def test_all_tokens_refused_is_contactadmin(sandbox_relay) -> None:
+    """When the refreshed token is refused too, the client gets NO [CONTACTADMIN]."""
+    world, port, _, _ = sandbox_relay
+    world.imap.authorize = lambda token, user: False
+    try:
+        client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+        with pytest.raises(imaplib.IMAP4.error, match="CONTACTADMIN"):
+            client.login("gapp", PASSWORD)
+        client.logout()
+    finally:
+        world.imap.authorize = world.oauth.token_allows
