@@ -253,7 +253,8 @@ class Pop3ProxySession:
         detail = f" (provider error: {provider_error})" if provider_error else ""
         log.warning("pop3 session %s: upstream login for account '%s' (%s) failed: %s%s; fix: %s",
                     self.session_id, account.name, account.mailbox, exc, detail, fix)
-        log_explanation(account.name, account.mailbox, getattr(exc, "reply", None) or str(exc))
+        reply = getattr(exc, "reply", None)  # an UpstreamReply value, when the upstream answered
+        log_explanation(account.name, account.mailbox, reply.one_line() if reply else str(exc))
 
     # --- TRANSACTION -----------------------------------------------------------------------
 
