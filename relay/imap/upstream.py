@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 import ssl
 from dataclasses import dataclass
 
@@ -24,8 +23,8 @@ from relay.errors import UpstreamAuthRejected, UpstreamProtocolError, UpstreamRe
 from relay.imap.refresh import TokenRejected, login_with_refresh
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
-from relay.tlsutil import client_context
 from relay.tokens.source import TokenSource
+from relay.upstream.stream import open_stream, tls_context
 
 READ_CHUNK_BYTES = 64 * 1024
 MAX_LINE_OCTETS = 64 * 1024  # a greeting or CAPABILITY line; generous, but bounded
@@ -281,23 +280,16 @@ class UpstreamImapSession:
 
 
 async def _connect(endpoint: UpstreamEndpoint, limits: LimitsConfig) -> UpstreamImapSession:
-    ctx = client_context(endpoint) if endpoint.tls != "none" else None
+    ctx = tls_context(endpoint)
     where = f"{endpoint.host}:{endpoint.port}"
-    implicit = endpoint.tls == "implicit"
-    try:
+    try:  # TCP (TLS first for tls: implicit) with TCP_NODELAY, as for SMTP and POP3
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(endpoint.host, endpoint.port, limit=2 * READ_CHUNK_BYTES,
-                                    ssl=ctx if implicit else None,
-                                    server_hostname=endpoint.host if implicit else None),
-            limits.upstream_connect_timeout_s)
+            open_stream(endpoint, read_limit=2 * READ_CHUNK_BYTES), limits.upstream_connect_timeout_s)
     except TimeoutError:
         raise UpstreamUnavailable(f"connecting to upstream IMAP server {where} timed out after "
                                   f"{limits.upstream_connect_timeout_s:g} s") from None
     except OSError as exc:
         raise UpstreamUnavailable(f"cannot connect to upstream IMAP server {where}: {exc}") from None
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     session = UpstreamImapSession(reader, writer, endpoint, limits)
     try:
         await session.greet()
