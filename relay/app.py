@@ -84,8 +84,8 @@ class RelayApp:
 
     async def start(self) -> None:
         """Open the store, start the token manager and the enabled listeners; log what runs."""
-        if self._store is None:
-            self._store = open_store(self.config.token_store)
+        if self._store is None:  # read off the loop: a slow or hostile store path cannot freeze it
+            self._store = await asyncio.to_thread(open_store, self.config.token_store)
         self._current = await self._start_generation(self.config)
 
     async def _start_generation(self, config: RelayConfig, *, bind_retries: int = 1) -> _Generation:

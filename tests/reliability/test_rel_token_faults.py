@@ -117,9 +117,10 @@ def test_unwritable_store_keeps_old_file_and_rotated_tokens(rel_relay, sandbox, 
 
 
 def test_store_corrupted_while_running_gives_454_and_a_clear_error(rel_relay, sandbox, caplog):
-    """The store file is corrupted under a running relay with no token in memory: 454, not 250, and
-    the log says the store cannot be read (no crash, no secret)."""
-    relay = rel_relay()
+    """The store file is corrupted under a running relay whose token needs a refresh (so the store
+    must be read again): 454, not 250, and the log says the store cannot be read (no crash, no
+    secret). Tokens still valid in the store's memory snapshot would keep serving instead."""
+    relay = rel_relay(expired=True)
     path = relay.config.token_store.path
     path.write_bytes(path.read_bytes()[:-5] + b"XXXXX")
     with caplog.at_level(logging.ERROR, logger="relay.tokens"):
