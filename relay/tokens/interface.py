@@ -88,7 +88,8 @@ class TokenStore(Protocol):
         ...
 
     async def watch(self, account: str, after_version: int, timeout_s: float) -> StoredTokens | None:
-        """Wait until the account's version is above ``after_version``; None after ``timeout_s``."""
+        """Wait until the account's version differs from ``after_version`` (or, for a shared store,
+        the refresh lease was released); None after ``timeout_s``."""
         ...
 
     async def try_lease(self, account: str, ttl_s: float) -> Lease | None:

@@ -246,10 +246,11 @@ class TokenManager:
             stored = await self.store.get_versioned(name, fresh=fresh)
         except TokenStoreError as exc:
             memory = self._memory.get(name)
+            if memory is None and fresh:
+                with contextlib.suppress(TokenStoreError):  # what the store still holds in memory
+                    memory = (await self.store.get_versioned(name)).tokens
             if memory is not None:
                 return memory, None
-            if isinstance(exc, VersionConflict):
-                raise
             self._report(name, f"the token store cannot be read: {exc}")
             raise TokenRefreshFailed(f"account '{name}': the token store cannot be read",
                                      account=name) from None
@@ -301,7 +302,12 @@ class TokenManager:
             if self._still_good(current, force=force, margin_s=margin_s, rejected=rejected):
                 assert current is not None
                 return current
-            lease = await self._lease(name)
+            try:
+                lease = await self._lease(name)
+            except TokenRefreshFailed:
+                if current is not None and not force and current.is_usable(self._clock(), 0):
+                    return current  # degraded: serve the tokens held until they expire
+                raise
             if lease is None:  # another process refreshes: wait for its write (or its lease to lapse)
                 if time.monotonic() > give_up:
                     raise TokenRefreshFailed(f"account '{name}': another relay holds the refresh lease and "
@@ -322,13 +328,14 @@ class TokenManager:
                 await lease.release()
 
     async def _lease(self, name: str) -> Lease | None:
-        """The store's lease for a refresh; when the store is unreachable, refresh without one."""
+        """The store's lease for a refresh (None: another process holds it)."""
         try:
             return await self.store.try_lease(name, self._lease_ttl_s)
         except TokenStoreError as exc:
-            log.warning("account '%s': no refresh lease from the token store (%s); refreshing with the "
-                        "tokens held in memory", name, exc)
-            return LocalLease()
+            # Refreshing without the lease could present a refresh token another replica already
+            # rotated (a provider with strict rotation then revokes the grant): keep the tokens held.
+            raise TokenRefreshFailed(f"account '{name}': not refreshing while the token store cannot "
+                                     f"coordinate the refresh ({exc})", account=name) from None
 
     async def _request(self, acc: AccountConfig, current: TokenSet | None, version: int | None, *,
                        force: bool) -> TokenSet:

@@ -139,11 +139,11 @@ class EncryptedFileStore:
         self._install(snapshot, seq)
 
     async def watch(self, account: str, after_version: int, timeout_s: float) -> StoredTokens | None:
-        """Wait until the account's version exceeds ``after_version`` (polling the file)."""
+        """Wait until the account's version differs from ``after_version`` (polling the file)."""
         deadline = time.monotonic() + timeout_s
         while True:
             current = self._snapshot.stored(account)
-            if current.version > after_version:
+            if current.version != after_version:
                 return current
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -342,5 +342,31 @@ def _check_protocol(store: EncryptedFileStore) -> TokenStore:
 
 
 def open_store(config: TokenStoreConfig, env: Mapping[str, str] | None = None) -> TokenStore:
-    """Open the configured store, reading it once so key and file problems surface now."""
+    """Open the configured file store, reading it once so key and file problems surface now.
+
+    Blocking: call it before the event loop runs, or through ``asyncio.to_thread``. For any
+    backend (file or Redis) inside a running loop, use :func:`open_store_async`.
+    """
+    if config.backend != "file":
+        raise TokenStoreError(f"token_store.backend: {config.backend} is opened with open_store_async")
     return EncryptedFileStore(Path(config.path), load_key(config, env)).open()
+
+
+async def open_store_async(config: TokenStoreConfig, env: Mapping[str, str] | None = None) -> TokenStore:
+    """Open the configured store (file or Redis) without blocking the loop; problems surface now."""
+    if config.backend == "redis":
+        from relay.tokens.redis_store import RedisTokenStore  # noqa: PLC0415 - optional dependency
+
+        key = await asyncio.to_thread(load_key, config, env)
+        try:
+            store = RedisTokenStore(config.url or "", key, key_prefix=config.key_prefix,
+                                    password=config.password.reveal() if config.password else None)
+        except ImportError:
+            raise TokenStoreError("token_store.backend: redis needs the redis package; install "
+                                  "xoauth2-relay[redis]") from None
+        try:
+            return await store.open()
+        except BaseException:
+            await store.close()
+            raise
+    return await asyncio.to_thread(open_store, config, env)
