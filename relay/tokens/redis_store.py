@@ -138,7 +138,8 @@ class RedisTokenStore:
             if error is None:
                 raise
             self._failures += 1
-            delay = min(BACKOFF_MAX_S, 0.2 * 2 ** min(self._failures, 6)) * (0.5 + random.random())  # noqa: S311
+            jitter = 0.5 + random.random()  # noqa: S311 - spreads the replicas' retries
+            delay = min(BACKOFF_MAX_S, 0.1 * 2 ** min(self._failures, 6) * jitter)
             self._down_until = time.monotonic() + delay
             if self._reported != str(error):
                 self._reported = str(error)
