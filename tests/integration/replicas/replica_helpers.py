@@ -94,7 +94,7 @@ class Cluster:
     def start(self, n: int = 3) -> list[ServeProcess]:
         """Start ``n`` `relay serve` processes and wait until each listens."""
         config = self.write_config()
-        for i in range(n):
+        for _ in range(n):
             proc = ServeProcess(config, self.dir / f"replica{len(self.replicas)}.log")
             self.replicas.append(proc)
         for proc in self.replicas[-n:]:
