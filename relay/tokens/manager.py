@@ -23,7 +23,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -32,8 +31,11 @@ from relay.errors import AuthorizationNeeded, ConfigError, OAuthError, TokenRefr
 from relay.providers.base import OAuthProvider, TokenResponse
 from relay.providers.registry import load_provider_class
 from relay.secret import Secret
-from relay.tokens.interface import Lease, LocalLease, StoredTokens, TokenStore, VersionConflict
+from relay.tokens.interface import Lease, LocalLease, TokenStore, VersionConflict
 from relay.tokens.model import TokenSet, expiry_from
+from relay.tokens.status import ON_DEMAND_FLOWS, AccountTokenStatus, account_status, newer, still_older
+
+__all__ = ["AccountTokenStatus", "TokenManager", "new_http_client"]
 
 if TYPE_CHECKING:
     import httpx  # imported by new_http_client(), at the first token request
@@ -43,25 +45,12 @@ log = logging.getLogger("relay.tokens")
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 
-ON_DEMAND_FLOWS = frozenset({"client_credentials", "service_account"})
 # A forced refresh right after a refresh returns the fresh token instead of asking again: a burst of
 # sessions whose old token was rejected then causes one refresh, not one each.
 FORCE_REFRESH_MIN_AGE_S = 10.0
 DEFAULT_HTTP_TIMEOUT_S = 20.0
 DEFAULT_LEASE_TTL_S = 30.0
 LEASE_RETRY_S = 0.2
-
-
-@dataclass(frozen=True)
-class AccountTokenStatus:
-    """One line of `relay tokens` / `relay check`: never contains a token."""
-
-    account: str
-    credentials: str
-    flow: str
-    state: str  # valid | expired | needs authorize | not authorized | on demand
-    valid_until: datetime | None
-    last_error: str | None
 
 
 def _utc_now() -> datetime:
@@ -191,24 +180,9 @@ class TokenManager:
             stored = dict(self._memory)
             log.error("%s", exc)
         now = self._clock()
-        out = []
-        for acc in self.config.accounts.values():
-            flow = self._flow(acc)
-            ts = _newer(stored.get(acc.name), self._memory.get(acc.name))
-            error = self._errors.get(acc.name) or (ts.last_error if ts else None)
-            if ts is None:
-                state = "on demand" if flow in ON_DEMAND_FLOWS else "not authorized"
-                if state == "not authorized":
-                    error = error or f"run `relay authorize {acc.name}`"
-            elif ts.needs_authorization:
-                state = "needs authorize"
-            elif ts.remaining_s(now) <= 0:
-                state = "on demand" if flow in ON_DEMAND_FLOWS else "expired"
-            else:
-                state = "valid"
-            out.append(AccountTokenStatus(acc.name, acc.credentials, flow, state,
-                                          ts.expires_at if ts else None, error))
-        return out
+        return [account_status(acc, self._flow(acc), newer(stored.get(acc.name), self._memory.get(acc.name)),
+                               self._errors.get(acc.name), now)
+                for acc in self.config.accounts.values()]
 
     def provider_for(self, account: AccountConfig) -> OAuthProvider:
         """Return (and cache) the provider instance of the account's credentials."""
@@ -256,12 +230,12 @@ class TokenManager:
                                      account=name) from None
         memory = self._memory.get(name)
         if name in self._unsaved and memory is not None:
-            if _still_older(stored, memory, self._unsaved[name]):
+            if still_older(stored, memory, self._unsaved[name]):
                 return memory, stored.version  # not saved yet: the store holds the older (revoked) tokens
             del self._unsaved[name]  # someone stored newer tokens meanwhile: theirs win
             self._memory.pop(name, None)
             return stored.tokens, stored.version
-        return _newer(stored.tokens, memory), stored.version
+        return newer(stored.tokens, memory), stored.version
 
     async def _single_flight(self, acc: AccountConfig, *, force: bool, margin_s: float,
                              rejected: Secret | None = None) -> TokenSet:
@@ -448,21 +422,3 @@ class TokenManager:
         while True:
             await self.refresh_due()
             await asyncio.sleep(self._check_interval_s)
-
-
-def _still_older(stored: StoredTokens, memory: TokenSet, replaces: int | None) -> bool:
-    """True while the store holds what unsaved in-memory tokens replace (not someone's newer ones)."""
-    if replaces is not None:
-        return stored.version <= replaces
-    return stored.tokens is None or stored.tokens.obtained_at <= memory.obtained_at
-
-
-def _newer(a: TokenSet | None, b: TokenSet | None) -> TokenSet | None:
-    """Return the more recently obtained TokenSet; on a tie ``a`` (the store) wins unless ``b`` is marked."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    if b.obtained_at > a.obtained_at or (b.obtained_at == a.obtained_at and b.needs_authorization):
-        return b
-    return a
