@@ -362,6 +362,10 @@ class RedisTokenStore:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
+                    if delay > 0.2 or self._failures:  # reconnected: events may have been missed
+                        for account in list(self._snapshot):
+                            with contextlib.suppress(TokenStoreError):
+                                await self._fetch(account)
                     delay = 0.2
                     while not self._closing:
                         message = await pubsub.get_message(timeout=LISTEN_POLL_S)

@@ -17,7 +17,7 @@ from support.redis_server import RedisServer, free_port
 from relay.sandbox.world import SandboxWorld
 from relay.tokens.keys import write_key_file
 
-from .replica_helpers import ACCOUNT, Cluster, cluster_in
+from .replica_helpers import ACCOUNT, Cluster, cluster_in  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -53,12 +53,13 @@ def cluster(world: SandboxWorld, redis_server: RedisServer, tmp_path: Path) -> I
 async def _raw_record(url: str, key: str) -> dict[bytes, bytes]:
     client = aioredis.Redis.from_url(url)
     try:
-        return await client.hgetall(key)  # type: ignore[no-any-return]
+        return await client.hgetall(key)  # type: ignore[return-value]
     finally:
         await client.aclose()
 
 
-def test_tokens_export_import_round_trip_and_revoke(cluster, redis_server, tmp_path):
+def test_tokens_export_import_round_trip_and_revoke(cluster: Cluster, redis_server: RedisServer,
+                                                    tmp_path: Path) -> None:
     """`relay tokens` reads the Redis store; export writes an encrypted 0600 file; import into an
     empty prefix restores it; `relay revoke` forgets the account in Redis."""
     seeded = cluster.seed(expires_in_s=3600)
@@ -83,7 +84,8 @@ def test_tokens_export_import_round_trip_and_revoke(cluster, redis_server, tmp_p
 
 
 @pytest.mark.parametrize("case", ["scheme", "unreachable", "password", "other-key"])
-def test_bad_redis_settings_are_named_and_nothing_is_overwritten(cluster, redis_server, tmp_path, case):
+def test_bad_redis_settings_are_named_and_nothing_is_overwritten(cluster: Cluster, redis_server: RedisServer,
+                                                                 tmp_path: Path, case: str) -> None:
     """A wrong URL, a server nobody listens on, one that needs a password, or records written with
     another key: `relay tokens`/`import` fail naming the setting, and the stored record is intact."""
     cluster.seed(expires_in_s=3600)

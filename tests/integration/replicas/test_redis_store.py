@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -55,14 +56,14 @@ async def open_store(server: RedisServer, key: bytes, prefix: str, **kw: object)
     return await RedisTokenStore(server.url, key, key_prefix=prefix, **kw).open()  # type: ignore[arg-type]
 
 
-async def test_round_trip_and_only_ciphertext_in_redis(server, key, prefix):
+async def test_round_trip_and_only_ciphertext_in_redis(server: RedisServer, key: bytes, prefix: str) -> None:
     """Tokens written by one store read back in another; Redis holds no token in clear."""
     a, b = await open_store(server, key, prefix), await open_store(server, key, prefix)
     try:
         assert await a.put(tokens()) == 1
         assert await b.get("sales", fresh=True) == tokens()
         raw = aioredis.Redis.from_url(server.url)
-        blob = await raw.hget(f"{prefix}tokens:sales", "blob")
+        blob: bytes = await raw.hget(f"{prefix}tokens:sales", "blob")  # type: ignore[assignment]
         await raw.aclose()
         assert blob and b"AT-1" not in blob and b"RT-1" not in blob and blob.startswith(b"XO2RTOK")
         assert await b.list_accounts() == ["sales"]
@@ -71,7 +72,7 @@ async def test_round_trip_and_only_ciphertext_in_redis(server, key, prefix):
         await b.close()
 
 
-async def test_compare_and_set_fences_an_older_writer(server, key, prefix):
+async def test_compare_and_set_fences_an_older_writer(server: RedisServer, key: bytes, prefix: str) -> None:
     """A write against an old version is refused and the newer tokens stay."""
     a, b = await open_store(server, key, prefix), await open_store(server, key, prefix)
     try:
@@ -90,7 +91,8 @@ async def test_compare_and_set_fences_an_older_writer(server, key, prefix):
         await b.close()
 
 
-async def test_lease_is_exclusive_released_by_owner_and_expires(server, key, prefix):
+async def test_lease_is_exclusive_released_by_owner_and_expires(server: RedisServer, key: bytes,
+                                                                prefix: str) -> None:
     """SET NX PX: one holder; release by the owner only; an unreleased lease expires."""
     a, b = await open_store(server, key, prefix), await open_store(server, key, prefix)
     try:
@@ -111,7 +113,7 @@ async def test_lease_is_exclusive_released_by_owner_and_expires(server, key, pre
         await b.close()
 
 
-async def test_watch_is_woken_by_another_writer(server, key, prefix):
+async def test_watch_is_woken_by_another_writer(server: RedisServer, key: bytes, prefix: str) -> None:
     """A waiter learns of another store's write through pub/sub well before the poll fallback."""
     a, b = await open_store(server, key, prefix), await open_store(server, key, prefix)
     try:
@@ -130,7 +132,8 @@ async def test_watch_is_woken_by_another_writer(server, key, prefix):
         await b.close()
 
 
-async def test_record_from_another_key_is_refused_and_not_overwritten(server, key, prefix):
+async def test_record_from_another_key_is_refused_and_not_overwritten(server: RedisServer, key: bytes,
+                                                                      prefix: str) -> None:
     """A record sealed with another AEAD key: a clear error naming the key settings, and a put
     from the wrong-key relay overwrites nothing."""
     a = await open_store(server, key, prefix)
@@ -150,7 +153,7 @@ async def test_record_from_another_key_is_refused_and_not_overwritten(server, ke
     assert got is not None and got.access_token == Secret("AT-1")
 
 
-async def test_unreachable_and_bad_url_name_the_setting(key):
+async def test_unreachable_and_bad_url_name_the_setting(key: bytes) -> None:
     """Nothing listening, or not a Redis URL: TokenStoreError naming token_store.url."""
     from support.redis_server import free_port
 
@@ -160,7 +163,7 @@ async def test_unreachable_and_bad_url_name_the_setting(key):
         RedisTokenStore("http://127.0.0.1:1/0", key)
 
 
-async def test_password_required_or_wrong_names_the_setting(tmp_path, key):
+async def test_password_required_or_wrong_names_the_setting(tmp_path: Path, key: bytes) -> None:
     """A server with requirepass: no password / a wrong one name token_store.password; the right
     one works; the password never appears in the message."""
     srv = RedisServer.start(tmp_path / "pw", password="s3cret-redis-pw")
@@ -177,7 +180,7 @@ async def test_password_required_or_wrong_names_the_setting(tmp_path, key):
         srv.stop()
 
 
-async def test_down_server_serves_held_tokens_then_reseeds_once(tmp_path, key):
+async def test_down_server_serves_held_tokens_then_reseeds_once(tmp_path: Path, key: bytes) -> None:
     """Redis stopped: held tokens are still served (fresh reads fail with the setting named, the
     lease cannot be taken); restarted empty: the held tokens are stored again, once, by one of
     two replicas."""

@@ -18,7 +18,14 @@ from support.redis_server import RedisServer
 
 from relay.sandbox.world import SandboxWorld
 
-from .replica_helpers import Cluster, Load, burst, cluster_in, session, wait_until
+from .replica_helpers import (  # type: ignore[import-not-found]
+    Cluster,
+    Load,
+    burst,
+    cluster_in,
+    session,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,8 @@ def _revoke_access_tokens(world: SandboxWorld) -> None:
             info.revoked = True
 
 
-def test_cold_burst_of_300_sessions_makes_exactly_one_token_request(cluster, world):
+def test_cold_burst_of_300_sessions_makes_exactly_one_token_request(cluster: Cluster,
+                                                                    world: SandboxWorld) -> None:
     """Expired tokens in Redis, 300 concurrent sessions spread over 3 replicas: all delivered, and
     the provider saw exactly one token request (one lease holder; the others waited for it)."""
     cluster.seed(expires_in_s=-60)
@@ -69,7 +77,8 @@ def test_cold_burst_of_300_sessions_makes_exactly_one_token_request(cluster, wor
     assert len(world.smtp.wait_for_messages(before + 300, timeout_s=30)) >= before + 300
 
 
-def test_lease_holder_killed_mid_refresh_another_replica_takes_over(cluster, world):
+def test_lease_holder_killed_mid_refresh_another_replica_takes_over(cluster: Cluster,
+                                                                    world: SandboxWorld) -> None:
     """The replica holding the lease is SIGKILLed while the token endpoint hangs: after the lease
     expires another replica refreshes, every session on the survivors is delivered."""
     cluster.lease_ttl_s = 2.0
@@ -93,7 +102,7 @@ def test_lease_holder_killed_mid_refresh_another_replica_takes_over(cluster, wor
     assert len(world.smtp.wait_for_messages(before + 40, timeout_s=30)) >= before + 40
 
 
-def test_strict_rotation_50_cycles_never_reuse_a_refresh_token(cluster, world):
+def test_strict_rotation_50_cycles_never_reuse_a_refresh_token(cluster: Cluster, world: SandboxWorld) -> None:
     """Strict rotation: 50 times the provider revokes the access token and every replica's next
     session needs a new one: 50 refreshes in all, each by one replica, and 0 reuse detections."""
     world.oauth.settings.strict_rotation = True
@@ -110,7 +119,8 @@ def test_strict_rotation_50_cycles_never_reuse_a_refresh_token(cluster, world):
     assert world.oauth.counters["refresh_requests"] - refreshes == 50
 
 
-def test_redis_down_under_load_then_back_without_a_storm(cluster, world, redis_server):
+def test_redis_down_under_load_then_back_without_a_storm(cluster: Cluster, world: SandboxWorld,
+                                                        redis_server: RedisServer) -> None:
     """Redis is killed for 6 s under load: 0 failed sessions on held tokens; restarted empty, the
     held tokens are stored again and the next forced refresh is a single token request."""
     cluster.seed(expires_in_s=3600)
