@@ -224,6 +224,8 @@ class TokenManager:
                 with contextlib.suppress(TokenStoreError):  # what the store still holds in memory
                     memory = (await self.store.get_versioned(name)).tokens
             if memory is not None:
+                self._report(name, f"account '{name}': the token store cannot be read, using the tokens "
+                             f"held in memory: {exc}")
                 return memory, None
             self._report(name, f"the token store cannot be read: {exc}")
             raise TokenRefreshFailed(f"account '{name}': the token store cannot be read",

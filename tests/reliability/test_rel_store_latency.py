@@ -142,11 +142,12 @@ def test_locked_store_and_slow_fsync_do_not_stall_the_loop(sandbox: SandboxWorld
             _send(relay.smtp_port, sent)
             sent += 1
         relay.proc.send_signal(signal.SIGUSR2)
-        _, max_ms, samples = lines.wait("LAG").split()
+        _, max_ms, samples, raw_ms = lines.wait("LAG").split()
+        print(f"loop lag: {max_ms} ms (raw {raw_ms} ms) over {samples} samples, {sent} sessions")
 
     assert len(sandbox.smtp.wait_for_messages(sent)) == sent
     assert int(samples) > 100
-    assert float(max_ms) < MAX_LAG_MS, f"the relay's event loop stalled {max_ms} ms"
+    assert float(max_ms) < MAX_LAG_MS, f"the relay's event loop stalled {max_ms} ms (raw {raw_ms} ms)"
     assert sandbox.oauth.counters["refresh_requests"] == 2  # the warm-up and the measured one
     stored = EncryptedFileStore(store_path, decode_key(key, "test")).open()._snapshot.accounts["rel"]
     assert stored.refresh_token is not None
