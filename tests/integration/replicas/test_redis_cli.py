@@ -60,8 +60,8 @@ async def _raw_record(url: str, key: str) -> dict[bytes, bytes]:
 
 def test_tokens_export_import_round_trip_and_revoke(cluster: Cluster, redis_server: RedisServer,
                                                     tmp_path: Path) -> None:
-    """`relay tokens` and `relay check` read the Redis store; export writes an encrypted 0600 file; import into an
-    empty prefix restores it; `relay revoke` forgets the account in Redis."""
+    """`relay tokens` and `relay check` read the Redis store; export writes an encrypted 0600
+    file; import into an empty prefix restores it; `relay revoke` forgets the account in Redis."""
     seeded = cluster.seed(expires_in_s=3600)
     config = cluster.write_config()
     shown = relay("tokens", "-c", str(config))

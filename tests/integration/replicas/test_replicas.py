@@ -83,12 +83,13 @@ def test_lease_holder_killed_mid_refresh_another_replica_takes_over(cluster: Clu
     expires another replica refreshes, every session on the survivors is delivered."""
     cluster.lease_ttl_s = 2.0
     cluster.seed(expires_in_s=-60)
-    holder, *survivors = cluster.start(3)
     requests = _token_requests(world)
     world.oauth.hang_token_endpoint = True
-    first = threading.Thread(target=session, args=(holder.ports["smtp"], 0), daemon=True)
-    first.start()
+    (holder,) = cluster.start(1)  # its background refresher takes the lease, the endpoint hangs
     wait_until(lambda: _token_requests(world) > requests, 20, "the first token request")
+    survivors = cluster.start(2)
+    first = threading.Thread(target=session, args=(holder.ports["smtp"], 0), daemon=True)
+    first.start()  # a session waiting on the holder's refresh: it dies with it
     holder.proc.send_signal(signal.SIGKILL)
     holder.proc.wait(10)
     world.oauth.hang_token_endpoint = False  # the dead holder's request is answered into the void
