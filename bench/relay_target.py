@@ -26,15 +26,17 @@ MAILBOX = "bench@example.com"
 
 
 def relay_config(upstream: UpstreamProcess, workdir: Path, smtp_port: int, pop3_port: int, *,
-                 pool: bool = False, password_hash: str, imap_port: int = 0) -> dict[str, object]:
-    """The relay's YAML configuration as a dict."""
+                 pool: bool = False, password_hash: str, imap_port: int = 0,
+                 token_store: dict[str, object] | None = None) -> dict[str, object]:
+    """The relay's YAML configuration as a dict (``token_store`` extends the file store's settings)."""
     endpoint = {"host": "127.0.0.1", "ca_file": str(upstream.cert)}
     return {
         "listen": {"smtp": {"enabled": True, "host": "127.0.0.1", "port": smtp_port, "tls": "none"},
                    "pop3": {"enabled": True, "host": "127.0.0.1", "port": pop3_port, "tls": "none"},
                    "imap": {"enabled": bool(imap_port), "host": "127.0.0.1", "port": imap_port,
                             "tls": "none"}},
-        "token_store": {"path": str(workdir / "tokens.enc"), "key_env": "RELAY_STORE_KEY"},
+        "token_store": {"path": str(workdir / "tokens.enc"), "key_env": "RELAY_STORE_KEY",
+                        **(token_store or {})},
         "credentials": {"bench": {"provider": "generic", "client_id": CLIENT_ID,
                                   "client_secret": CLIENT_SECRET, "flow": "client_credentials",
                                   "token_url": upstream.token_url, "scopes": ["mail"]}},
@@ -57,7 +59,7 @@ class RelayProcess(ChildServer):
     _hash: str | None = None  # one scrypt hash for every relay of a run
 
     def __init__(self, upstream: UpstreamProcess, workdir: Path, name: str, *, pool: bool = False,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", token_store: dict[str, object] | None = None) -> None:
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.workdir / "relay.log", free_port())
@@ -66,7 +68,8 @@ class RelayProcess(ChildServer):
         if RelayProcess._hash is None:
             RelayProcess._hash = hash_password(PASSWORD)
         config = relay_config(upstream, self.workdir, self.smtp_port, self.pop3_port, pool=pool,
-                              password_hash=RelayProcess._hash, imap_port=self.imap_port)
+                              password_hash=RelayProcess._hash, imap_port=self.imap_port,
+                              token_store=token_store)
         self.config_path = self.workdir / "relay.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.output_path

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from relay.config.model import ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.errors import RelayError
+from relay.tokens.interface import TokenStore
 from relay.tokens.manager import AccountTokenStatus, TokenManager
-from relay.tokens.store import TokenStore, open_store
+from relay.tokens.store import open_store_async
 
 log = logging.getLogger("relay.app")
 
@@ -45,6 +46,7 @@ class RelayApp:
                  loader: ConfigLoader | None = None) -> None:
         self.config = config
         self._store = store
+        self._owns_store = False
         self._loader = loader
         self._current: _Generation | None = None
         self._stopping: _Generation | None = None
@@ -84,8 +86,9 @@ class RelayApp:
 
     async def start(self) -> None:
         """Open the store, start the token manager and the enabled listeners; log what runs."""
-        if self._store is None:
-            self._store = open_store(self.config.token_store)
+        if self._store is None:  # opened off the loop: a slow or hostile store path cannot freeze it
+            self._store = await open_store_async(self.config.token_store)
+            self._owns_store = True
         self._current = await self._start_generation(self.config)
 
     async def _start_generation(self, config: RelayConfig, *, bind_retries: int = 1) -> _Generation:
@@ -95,7 +98,7 @@ class RelayApp:
         from relay.smtp.server import SmtpRelayServer  # noqa: PLC0415
 
         assert self._store is not None
-        tokens = TokenManager(config, self._store)
+        tokens = TokenManager(config, self._store, lease_ttl_s=config.token_store.lease_ttl_s)
         gen = _Generation(config, tokens)
         authenticator = LocalAuthenticator(config)
         try:
@@ -128,6 +131,9 @@ class RelayApp:
             await self._stop_generation(gen, grace_s)
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
+        if self._owns_store and self._store is not None:
+            await self._store.close()
+            self._store = None
 
     async def _stop_generation(self, gen: _Generation, grace_s: float) -> None:
         results = await asyncio.gather(*(s.stop(grace_s) for s in gen.servers.values()),  # type: ignore[attr-defined]

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Run the checks, print the table and fixes; 0 when every account is OK, else 1."""
-    from relay.tokens.store import open_store  # noqa: PLC0415
+    from relay.commands.tokens_cmds import opened_store  # noqa: PLC0415
 
     config = load_config_file(args.config)
     print(f"Configuration {args.config}: OK ({len(config.accounts)} account(s))")
@@ -76,14 +76,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     if unknown:
         print(f"No such account: {', '.join(unknown)} (accounts: {', '.join(config.accounts) or 'none'})")
         return 1
-    store = open_store(config.token_store)
 
     async def run() -> list[AccountCheck]:
-        manager = TokenManager(config, store, retry_attempts=2, retry_base_delay_s=0.5)
-        try:
-            return [await check_account(config, manager, config.accounts[n], args.timeout) for n in names]
-        finally:
-            await manager.close()
+        async with opened_store(config) as store:
+            manager = TokenManager(config, store, retry_attempts=2, retry_base_delay_s=0.5)
+            try:
+                return [await check_account(config, manager, config.accounts[n], args.timeout)
+                        for n in names]
+            finally:
+                await manager.close()
 
     results = asyncio.run(run())
     print_report(results)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from relay.config.model import RelayConfig
 from relay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from relay.tokens.interface import TokenStore
 
 DEFAULT_CONFIG = "relay.yaml"
 
@@ -28,7 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--no-browser", action="store_true", help="do not try to open a browser")
     p.set_defaults(func=cmd_authorize)
 
-    p = subparsers.add_parser("tokens", help="show each account's token status (never a token)")
+    p = subparsers.add_parser("tokens", help="show each account's token status (never a token); "
+                              "export/import the store (encrypted)")
+    p.add_argument("action", nargs="?", choices=["export", "import"],
+                   help="export: copy every account's tokens to an encrypted file (--to); import: "
+                   "copy them from such a file (--from) into the configured store")
+    p.add_argument("--to", type=Path, metavar="FILE", help="export: the file to create (mode 0600)")
+    p.add_argument("--from", dest="source", type=Path, metavar="FILE", help="import: the file to read")
     _config_arg(p)
     p.set_defaults(func=cmd_tokens)
 
@@ -57,29 +69,49 @@ def _load(path: Path) -> RelayConfig:
 def cmd_authorize(args: argparse.Namespace) -> int:
     """`relay authorize ACCOUNT`: run the one-time sign-in and store the tokens."""
     from relay.authorize import Authorizer  # noqa: PLC0415 - keeps `relay --help` fast
-    from relay.tokens.store import open_store  # noqa: PLC0415
 
     config = _load(args.config)
-    store = open_store(config.token_store)
-    mode = "manual" if args.manual else "device" if args.device else None
+    mode: Literal["manual", "device"] | None = "manual" if args.manual else "device" if args.device else None
 
     async def run() -> None:
-        await Authorizer(config, store).run(args.account, mode=mode, timeout_s=args.timeout,
-                                            open_browser=not args.no_browser)
+        async with opened_store(config) as store:
+            await Authorizer(config, store).run(args.account, mode=mode, timeout_s=args.timeout,
+                                                open_browser=not args.no_browser)
 
     asyncio.run(run())
     return 0
 
 
+@contextlib.asynccontextmanager
+async def opened_store(config: RelayConfig) -> AsyncIterator[TokenStore]:
+    """The configured store (file or Redis), closed afterwards."""
+    from relay.tokens.store import open_store_async  # noqa: PLC0415
+
+    store = await open_store_async(config.token_store)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     """`relay tokens`: a table of account, credentials, flow, status, valid until, last error."""
-    from relay.tokens.manager import TokenManager  # noqa: PLC0415
-    from relay.tokens.store import open_store  # noqa: PLC0415
+    from relay.tokens.manager import AccountTokenStatus, TokenManager  # noqa: PLC0415
 
     config = _load(args.config)
-    manager = TokenManager(config, open_store(config.token_store))
+    if args.action is not None:
+        return _transfer(args, config)
+
+    async def run() -> list[AccountTokenStatus]:
+        async with opened_store(config) as store:
+            manager = TokenManager(config, store)
+            try:
+                return await manager.status()
+            finally:
+                await manager.close()
+
     rows = [("ACCOUNT", "CREDENTIALS", "FLOW", "STATUS", "VALID UNTIL (UTC)", "LAST ERROR")]
-    for s in asyncio.run(manager.status()):
+    for s in asyncio.run(run()):
         until = s.valid_until.strftime("%Y-%m-%d %H:%M:%S") if s.valid_until else "-"
         rows.append((s.account, s.credentials, s.flow, s.state, until, s.last_error or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -92,26 +124,25 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     """`relay revoke ACCOUNT`: revoke upstream (best effort) and forget the stored tokens."""
     from relay.providers.registry import load_provider_class  # noqa: PLC0415
     from relay.tokens.manager import new_http_client  # noqa: PLC0415
-    from relay.tokens.store import open_store  # noqa: PLC0415
 
     config = _load(args.config)
     if args.account not in config.accounts:
         raise ConfigError(f"accounts.{args.account}", f"no account '{args.account}' in the configuration")
-    store = open_store(config.token_store)
     acc = config.accounts[args.account]
     provider = load_provider_class(config.credentials_for(acc).provider)(config.credentials_for(acc))
 
     async def run() -> tuple[bool, bool]:
-        tokens = await store.get(acc.name)
-        revoked = False
-        if tokens is not None:
-            async with new_http_client() as http:
-                token = tokens.refresh_token or tokens.access_token
-                revoked = await provider.revoke(http, token)
+        async with opened_store(config) as store:
+            tokens = await store.get(acc.name, fresh=True)
+            revoked = False
+            if tokens is not None:
+                async with new_http_client() as http:
+                    token = tokens.refresh_token or tokens.access_token
+                    revoked = await provider.revoke(http, token)
+            await store.delete(acc.name)
         return tokens is not None, revoked
 
     existed, revoked = asyncio.run(run())
-    asyncio.run(store.delete(acc.name))
     if not existed:
         print(f"Account '{acc.name}' had no stored tokens.")
     else:
@@ -119,6 +150,38 @@ def cmd_revoke(args: argparse.Namespace) -> int:
                     else "not revoked at the provider (no endpoint, or no confirmation); they expire "
                     "on their own")
         print(f"Forgot the tokens of account '{acc.name}' ({upstream}).")
+    return 0
+
+
+def _transfer(args: argparse.Namespace, config: RelayConfig) -> int:
+    """`relay tokens export --to FILE` / `import --from FILE`: move tokens between stores, encrypted
+    with the configured key (the file has the file store's format, mode 0600)."""
+    from relay.tokens.keys import load_key  # noqa: PLC0415
+    from relay.tokens.store import EncryptedFileStore  # noqa: PLC0415
+
+    path = args.to if args.action == "export" else args.source
+    if path is None:
+        flag = "--to" if args.action == "export" else "--from"
+        raise ConfigError("", f"relay tokens {args.action} needs {flag} FILE")
+    if args.action == "export" and path.exists():
+        raise ConfigError("", f"{path} already exists; export never overwrites a file (choose another name)")
+    if args.action == "import" and not path.exists():
+        raise ConfigError("", f"{path} does not exist")
+    key = load_key(config.token_store)
+
+    async def run() -> list[str]:
+        file_store = EncryptedFileStore(path, key)
+        async with opened_store(config) as store:
+            source, target = (store, file_store) if args.action == "export" else (file_store, store)
+            tokens = await source.load_all()
+            for name in sorted(tokens):
+                await target.put(tokens[name])
+            return sorted(tokens)
+
+    names = asyncio.run(run())
+    where = f"to {path}" if args.action == "export" else f"from {path} into the configured store"
+    print(f"{args.action.capitalize()}ed the tokens of {len(names)} account(s) {where}: "
+          f"{', '.join(names) or '-'}")
     return 0
 
 

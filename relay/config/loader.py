@@ -358,7 +358,24 @@ class _Builder:
         if not key_env and key_file is None:
             self.problem("token_store", "needs key_env or key_file for the store's encryption key "
                          "(create one with `relay init-key`)")
-        return TokenStoreConfig(path=path, key_env=key_env or None, key_file=key_file)
+        backend = self.string(data.get("backend"), "token_store.backend") or "file"
+        if backend not in ("file", "redis"):
+            self.problem("token_store.backend", f"must be file or redis (got '{backend}')")
+            backend = "file"
+        url = self.string(data.get("url"), "token_store.url")
+        if backend == "redis" and not url:
+            self.problem("token_store.url", "backend: redis needs url: redis://HOST:PORT/DB (or rediss://)")
+        if url and not url.startswith(("redis://", "rediss://", "unix://", "valkey://", "valkeys://")):
+            self.problem("token_store.url", "must start with redis://, rediss:// or unix://")
+        url = url.replace("valkey", "redis", 1) if url and url.startswith("valkey") else url
+        password = self.string(data.get("password"), "token_store.password")
+        prefix = self.string(data.get("key_prefix"), "token_store.key_prefix")
+        lease = self.number(data.get("lease_ttl_s"), "token_store.lease_ttl_s", TokenStoreConfig.lease_ttl_s,
+                            integer=False)
+        return TokenStoreConfig(path=path, key_env=key_env or None, key_file=key_file,
+                                backend=backend,  # type: ignore[arg-type]
+                                url=url or None, key_prefix=prefix or TokenStoreConfig.key_prefix,
+                                password=Secret(password) if password else None, lease_ttl_s=float(lease))
 
     def dataclass_numbers(self, cls: type, value: object, path: str) -> Any:
         data = self.mapping(value, path, _field_names(cls)) or {}

@@ -74,12 +74,18 @@ class TokenStoreConfig:
     """Where tokens live and where the store's encryption key comes from.
 
     The key is read from the environment variable ``key_env`` if it is set there, else from
-    ``key_file``. ``relay init-key`` creates one.
+    ``key_file``. ``relay init-key`` creates one. ``backend: redis`` keeps the (still encrypted)
+    tokens in Redis/Valkey at ``url`` under ``key_prefix``, shared by several relay replicas.
     """
 
     path: Path
     key_env: str | None = "RELAY_STORE_KEY"
     key_file: Path | None = None
+    backend: Literal["file", "redis"] = "file"
+    url: str | None = None
+    key_prefix: str = "xoauth2-relay:"
+    password: Secret | None = None
+    lease_ttl_s: float = 30.0
 
 
 @dataclass(frozen=True)

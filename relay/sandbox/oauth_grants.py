@@ -69,6 +69,8 @@ class RefreshToken:
     client_id: str
     scope: str
     revoked: bool = False
+    family: str = ""  # the grant this token descends from (strict rotation revokes it whole)
+    rotated: bool = False  # replaced by a newer token of the family (reuse = theft)
 
 
 @dataclass
@@ -133,6 +135,9 @@ class GrantSettings:
 
     token_lifetime_s: int = 3600
     rotate_refresh_tokens: bool = False
+    # Rotate, and treat reuse of a rotated refresh token as theft: revoke the whole family (as Auth0
+    # and Okta do); counted in OAuthGrants.reuse_detections.
+    strict_rotation: bool = False
     force_invalid_grant: bool = False
     issue_expired_tokens: bool = False
     expired_expires_in: int = -60
@@ -157,6 +162,7 @@ class OAuthGrants:
         self.settings = settings
         self.clock = clock
         self.lock = threading.RLock()
+        self.reuse_detections = 0  # strict rotation: rotated refresh tokens presented again
         self.clients: dict[str, Client] = {}
         self.codes: dict[str, AuthCode] = {}
         self.devices: dict[str, DeviceGrant] = {}
@@ -208,8 +214,8 @@ class OAuthGrants:
         return token, info
 
     def token_response(self, user: str | None, client: Client, scope: str, *, with_refresh: bool,
-                        refresh_token: str | None = None,
-                        mailboxes: frozenset[str] | None = None) -> dict[str, object]:
+                        refresh_token: str | None = None, mailboxes: frozenset[str] | None = None,
+                        family: str | None = None) -> dict[str, object]:
         """Issue an access token (and a refresh token if asked) and build the RFC 6749 response."""
         token, _ = self.issue_access(user, client.client_id, scope, mailboxes=mailboxes)
         expires_in = (self.settings.expired_expires_in if self.settings.issue_expired_tokens
@@ -220,7 +226,8 @@ class OAuthGrants:
             if refresh_token is None:
                 refresh_token = secrets.token_urlsafe(48)
                 with self.lock:
-                    self.refresh[refresh_token] = RefreshToken(user or "", client.client_id, scope)
+                    self.refresh[refresh_token] = RefreshToken(user or "", client.client_id, scope,
+                                                               family=family or refresh_token)
             out["refresh_token"] = refresh_token
         return out
 
@@ -258,14 +265,25 @@ class OAuthGrants:
         presented = form.get("refresh_token", "")
         with self.lock:
             rt = self.refresh.get(presented)
+            if rt is not None and rt.rotated and self.settings.strict_rotation:
+                self._revoke_family(rt.family or presented)
+                raise GrantError("invalid_grant", "refresh token reuse detected; the grant is revoked")
             if rt is None or rt.revoked:
                 raise GrantError("invalid_grant", "refresh token is invalid, expired or revoked")
             if rt.client_id != client.client_id:
                 raise GrantError("invalid_grant", "refresh token was issued to another client")
-            rotate = self.settings.rotate_refresh_tokens
+            rotate = self.settings.rotate_refresh_tokens or self.settings.strict_rotation
             if rotate:
-                rt.revoked = True
-        return self.token_response(rt.user, client, rt.scope, with_refresh=rotate)
+                rt.revoked = rt.rotated = True
+        return self.token_response(rt.user, client, rt.scope, with_refresh=rotate,
+                                   family=rt.family or presented)
+
+    def _revoke_family(self, family: str) -> None:
+        """Strict rotation saw a rotated token again: count it and revoke every token of the grant."""
+        self.reuse_detections += 1
+        for token, info in self.refresh.items():
+            if (info.family or token) == family:
+                info.revoked = True
 
     def grant_client_credentials(self, client: Client, form: dict[str, str]) -> dict[str, object]:
         """client_credentials: an app-only token, no refresh token."""

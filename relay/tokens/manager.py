@@ -1,7 +1,12 @@
 """TokenManager: hands sessions a valid access token and keeps tokens fresh by itself.
 
 - Tokens come from the store (re-read when another process, e.g. `relay authorize`, wrote it).
-- Refreshes are single flight per account: any number of concurrent callers share one request.
+- Refreshes are single flight per account: any number of concurrent callers share one request;
+  across processes (replicas sharing a Redis store) the store's lease makes it one request in all,
+  the others wait for the new version (TokenStore.watch); the write is compare-and-set against
+  the version read, so a refresh that lost its lease never overwrites newer tokens (fencing).
+- Reads come from the store's in-memory snapshot; the store is re-read (off the loop) only on the
+  refresh path, so neither a slow disk nor a lock held by `relay authorize` stalls a session.
 - A rotated refresh token is persisted before the new access token is handed out; if the write
   fails it is kept in memory (the old one may be revoked already) and saved at the next check.
 - Transient failures are retried with exponential backoff and jitter, then TokenRefreshFailed.
@@ -13,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -25,8 +31,11 @@ from relay.errors import AuthorizationNeeded, ConfigError, OAuthError, TokenRefr
 from relay.providers.base import OAuthProvider, TokenResponse
 from relay.providers.registry import load_provider_class
 from relay.secret import Secret
+from relay.tokens.interface import Lease, LocalLease, TokenStore, VersionConflict
 from relay.tokens.model import TokenSet, expiry_from
-from relay.tokens.store import TokenStore
+from relay.tokens.status import ON_DEMAND_FLOWS, AccountTokenStatus, account_status, newer, still_older
+
+__all__ = ["AccountTokenStatus", "TokenManager", "new_http_client"]
 
 if TYPE_CHECKING:
     import httpx  # imported by new_http_client(), at the first token request
@@ -36,23 +45,12 @@ log = logging.getLogger("relay.tokens")
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 
-ON_DEMAND_FLOWS = frozenset({"client_credentials", "service_account"})
 # A forced refresh right after a refresh returns the fresh token instead of asking again: a burst of
 # sessions whose old token was rejected then causes one refresh, not one each.
 FORCE_REFRESH_MIN_AGE_S = 10.0
 DEFAULT_HTTP_TIMEOUT_S = 20.0
-
-
-@dataclass(frozen=True)
-class AccountTokenStatus:
-    """One line of `relay tokens` / `relay check`: never contains a token."""
-
-    account: str
-    credentials: str
-    flow: str
-    state: str  # valid | expired | needs authorize | not authorized | on demand
-    valid_until: datetime | None
-    last_error: str | None
+DEFAULT_LEASE_TTL_S = 30.0
+LEASE_RETRY_S = 0.2
 
 
 def _utc_now() -> datetime:
@@ -71,7 +69,8 @@ class TokenManager:
 
     def __init__(self, config: RelayConfig, store: TokenStore, *, http: httpx.AsyncClient | None = None,
                  clock: Clock | None = None, sleep: Sleep | None = None, retry_attempts: int = 3,
-                 retry_base_delay_s: float = 0.5, check_interval_s: float = 30.0) -> None:
+                 retry_base_delay_s: float = 0.5, check_interval_s: float = 30.0,
+                 lease_ttl_s: float = DEFAULT_LEASE_TTL_S) -> None:
         self.config = config
         self.store = store
         self._http = http
@@ -81,12 +80,15 @@ class TokenManager:
         self._attempts = max(1, retry_attempts)
         self._base_delay_s = retry_base_delay_s
         self._check_interval_s = check_interval_s
+        self._lease_ttl_s = lease_ttl_s
         self._providers: dict[str, OAuthProvider] = {}
         self._memory: dict[str, TokenSet] = {}
         self._inflight: dict[str, asyncio.Task[TokenSet]] = {}
         self._errors: dict[str, str] = {}
         self._reported: dict[str, str] = {}
-        self._unsaved: set[str] = set()  # accounts whose newest tokens live only in memory
+        # account -> the stored version its in-memory tokens replace (None: unknown, the store was
+        # unreadable); such tokens are the newest and live only in memory until saved
+        self._unsaved: dict[str, int | None] = {}
         self._task: asyncio.Task[None] | None = None
 
     # --- TokenSource ---------------------------------------------------------------------------
@@ -136,11 +138,19 @@ class TokenManager:
         refreshed: list[str] = []
         for name in sorted(self._unsaved):
             try:
-                await self.store.put(self._memory[name])
+                _, version = await self._versioned(name, fresh=True)
+                if name not in self._unsaved:
+                    continue  # newer tokens were stored meanwhile
+                await self.store.compare_and_set(self._memory[name], self._unsaved[name] or version or 0)
+            except VersionConflict as exc:
+                log.warning("account '%s': %s", name, exc)
+                self._memory.pop(name, None)
+                self._unsaved.pop(name, None)
+                continue
             except TokenStoreError as exc:
                 log.error("account '%s': tokens still cannot be saved: %s", name, exc)
                 continue
-            self._unsaved.discard(name)
+            self._unsaved.pop(name, None)
             self._errors.pop(name, None)
             log.info("account '%s': tokens kept in memory are saved now", name)
         ahead_s = 2 * self._margin_s() + self._check_interval_s
@@ -170,24 +180,9 @@ class TokenManager:
             stored = dict(self._memory)
             log.error("%s", exc)
         now = self._clock()
-        out = []
-        for acc in self.config.accounts.values():
-            flow = self._flow(acc)
-            ts = _newer(stored.get(acc.name), self._memory.get(acc.name))
-            error = self._errors.get(acc.name) or (ts.last_error if ts else None)
-            if ts is None:
-                state = "on demand" if flow in ON_DEMAND_FLOWS else "not authorized"
-                if state == "not authorized":
-                    error = error or f"run `relay authorize {acc.name}`"
-            elif ts.needs_authorization:
-                state = "needs authorize"
-            elif ts.remaining_s(now) <= 0:
-                state = "on demand" if flow in ON_DEMAND_FLOWS else "expired"
-            else:
-                state = "valid"
-            out.append(AccountTokenStatus(acc.name, acc.credentials, flow, state,
-                                          ts.expires_at if ts else None, error))
-        return out
+        return [account_status(acc, self._flow(acc), newer(stored.get(acc.name), self._memory.get(acc.name)),
+                               self._errors.get(acc.name), now)
+                for acc in self.config.accounts.values()]
 
     def provider_for(self, account: AccountConfig) -> OAuthProvider:
         """Return (and cache) the provider instance of the account's credentials."""
@@ -215,22 +210,34 @@ class TokenManager:
             self._http = new_http_client()
         return self._http
 
-    async def _current(self, name: str) -> TokenSet | None:
+    async def _current(self, name: str, *, fresh: bool = False) -> TokenSet | None:
         """The newest of the stored and the in-memory tokens (store errors -> TokenRefreshFailed)."""
+        return (await self._versioned(name, fresh=fresh))[0]
+
+    async def _versioned(self, name: str, *, fresh: bool) -> tuple[TokenSet | None, int | None]:
+        """(tokens, version read); version None when the store could not be read (memory only)."""
         try:
-            stored = await self.store.get(name)
+            stored = await self.store.get_versioned(name, fresh=fresh)
         except TokenStoreError as exc:
             memory = self._memory.get(name)
+            if memory is None and fresh:
+                with contextlib.suppress(TokenStoreError):  # what the store still holds in memory
+                    memory = (await self.store.get_versioned(name)).tokens
             if memory is not None:
-                return memory
+                self._report(name, f"account '{name}': the token store cannot be read, using the tokens "
+                             f"held in memory: {exc}")
+                return memory, None
             self._report(name, f"the token store cannot be read: {exc}")
             raise TokenRefreshFailed(f"account '{name}': the token store cannot be read",
                                      account=name) from None
         memory = self._memory.get(name)
-        unsaved = name in self._unsaved and memory is not None
-        if unsaved and (stored is None or stored.obtained_at <= memory.obtained_at):  # type: ignore[union-attr]
-            return memory  # not saved yet: the store holds the older (possibly revoked) tokens
-        return _newer(stored, memory)
+        if name in self._unsaved and memory is not None:
+            if still_older(stored, memory, self._unsaved[name]):
+                return memory, stored.version  # not saved yet: the store holds the older (revoked) tokens
+            del self._unsaved[name]  # someone stored newer tokens meanwhile: theirs win
+            self._memory.pop(name, None)
+            return stored.tokens, stored.version
+        return newer(stored.tokens, memory), stored.version
 
     async def _single_flight(self, acc: AccountConfig, *, force: bool, margin_s: float,
                              rejected: Secret | None = None) -> TokenSet:
@@ -239,7 +246,7 @@ class TokenManager:
             task = asyncio.create_task(self._refresh(acc, force=force, margin_s=margin_s,
                                                      rejected=rejected))
             self._inflight[acc.name] = task
-            task.add_done_callback(lambda t, name=acc.name: self._flight_done(name, t))
+            task.add_done_callback(functools.partial(self._flight_done, acc.name))
         return await asyncio.shield(task)
 
     def _flight_done(self, name: str, task: asyncio.Task[TokenSet]) -> None:
@@ -248,21 +255,68 @@ class TokenManager:
         if not task.cancelled():
             task.exception()  # mark retrieved even when every waiter was cancelled
 
+    def _still_good(self, current: TokenSet | None, *, force: bool, margin_s: float,
+                    rejected: Secret | None) -> bool:
+        """True when ``current`` makes a token request unnecessary (someone refreshed meanwhile)."""
+        now = self._clock()
+        if current is None or current.needs_authorization:
+            return False
+        if not force:
+            return current.is_usable(now, margin_s)
+        if rejected is not None:
+            return current.access_token != rejected and current.is_usable(now, 0)
+        age_s = (now - current.obtained_at).total_seconds()
+        return 0 <= age_s < FORCE_REFRESH_MIN_AGE_S and current.is_usable(now, 0)
+
     async def _refresh(self, acc: AccountConfig, *, force: bool, margin_s: float,
                        rejected: Secret | None = None) -> TokenSet:
+        """Refresh under the store's lease; wait for another holder's result instead of asking too."""
         name = acc.name
-        current = await self._current(name)
-        now = self._clock()
-        if current is not None and not current.needs_authorization:
-            if not force and current.is_usable(now, margin_s):
-                return current  # refreshed meanwhile (another caller or another process)
-            if force and rejected is not None:
-                if current.access_token != rejected and current.is_usable(now, 0):
-                    return current  # the rejected token was already replaced
-            else:
-                age_s = (now - current.obtained_at).total_seconds()
-                if force and 0 <= age_s < FORCE_REFRESH_MIN_AGE_S and current.is_usable(now, 0):
-                    return current
+        give_up = time.monotonic() + 3 * self._lease_ttl_s
+        while True:
+            current, version = await self._versioned(name, fresh=True)
+            if self._still_good(current, force=force, margin_s=margin_s, rejected=rejected):
+                assert current is not None
+                return current
+            try:
+                lease = await self._lease(name)
+            except TokenRefreshFailed:
+                if current is not None and not force and current.is_usable(self._clock(), 0):
+                    return current  # degraded: serve the tokens held until they expire
+                raise
+            if lease is None:  # another process refreshes: wait for its write (or its lease to lapse)
+                if time.monotonic() > give_up:
+                    raise TokenRefreshFailed(f"account '{name}': another relay holds the refresh lease and "
+                                             "wrote no new token", account=name)
+                if version is None or await self.store.watch(name, version, self._lease_ttl_s) is None:
+                    await asyncio.sleep(LEASE_RETRY_S)
+                force = False  # whatever the holder wrote is newer than the rejected token
+                rejected = None
+                continue
+            try:
+                if version is not None and not isinstance(lease, LocalLease):
+                    current, version = await self._versioned(name, fresh=True)  # a holder just finished?
+                    if self._still_good(current, force=force, margin_s=margin_s, rejected=rejected):
+                        assert current is not None
+                        return current
+                return await self._request(acc, current, version, force=force)
+            finally:
+                await lease.release()
+
+    async def _lease(self, name: str) -> Lease | None:
+        """The store's lease for a refresh (None: another process holds it)."""
+        try:
+            return await self.store.try_lease(name, self._lease_ttl_s)
+        except TokenStoreError as exc:
+            # Refreshing without the lease could present a refresh token another replica already
+            # rotated (a provider with strict rotation then revokes the grant): keep the tokens held.
+            raise TokenRefreshFailed(f"account '{name}': not refreshing while the token store cannot "
+                                     f"coordinate the refresh ({exc})", account=name) from None
+
+    async def _request(self, acc: AccountConfig, current: TokenSet | None, version: int | None, *,
+                       force: bool) -> TokenSet:
+        """Call the token endpoint and store the result compare-and-set against ``version``."""
+        name = acc.name
         provider = self.provider_for(acc)
         on_demand = self._flow(acc) in ON_DEMAND_FLOWS
         if not on_demand:
@@ -296,20 +350,30 @@ class TokenManager:
             self._errors[name] = str(exc)
             self._report(name, str(exc))
             raise AuthorizationNeeded(str(exc), account=name) from None
-        fresh = self._token_set(acc, response, current)
+        return await self._save(name, self._token_set(acc, response, current), version)
+
+    async def _save(self, name: str, fresh: TokenSet, version: int | None) -> TokenSet:
+        """Persist (compare-and-set) fresh tokens; keep them in memory if the write fails."""
         # Kept in memory before saving: the provider may have rotated (and so revoked) the old refresh
         # token, so dropping the new one on a failed write would leave the account needing authorize.
         self._memory[name] = fresh
         try:
-            await self.store.put(fresh)
+            if version is None:
+                raise TokenStoreError("the token store could not be read before the refresh")
+            await self.store.compare_and_set(fresh, version)
+        except VersionConflict as exc:
+            log.warning("account '%s': %s", name, exc)  # fencing: a newer writer wins in the store
+            self._memory.pop(name, None)
+            return fresh
         except TokenStoreError as exc:
-            log.error("account '%s': new tokens could not be saved, the old store file is kept; using "
+            log.error("account '%s': new tokens could not be saved, the old stored tokens are kept; using "
                       "them from memory and saving again at the next refresh check (a restart before "
                       "then may need `relay authorize %s`): %s", name, name, exc)
             self._errors[name] = str(exc)
-            self._unsaved.add(name)
+            if name not in self._unsaved or version is not None:
+                self._unsaved.setdefault(name, version)
             return fresh
-        self._unsaved.discard(name)
+        self._unsaved.pop(name, None)
         self._errors.pop(name, None)
         self._reported.pop(name, None)
         log.info("account '%s': token refreshed, valid until %s", name, fresh.expires_at.isoformat())
@@ -360,14 +424,3 @@ class TokenManager:
         while True:
             await self.refresh_due()
             await asyncio.sleep(self._check_interval_s)
-
-
-def _newer(a: TokenSet | None, b: TokenSet | None) -> TokenSet | None:
-    """Return the more recently obtained TokenSet; on a tie ``a`` (the store) wins unless ``b`` is marked."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    if b.obtained_at > a.obtained_at or (b.obtained_at == a.obtained_at and b.needs_authorization):
-        return b
-    return a

@@ -67,8 +67,8 @@ class TokenSet:
                 needs_authorization=bool(data.get("needs_authorization", False)),
                 last_error=data.get("last_error") if isinstance(data.get("last_error"), str) else None,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            name = data.get("account", "?")
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+            name = str(data.get("account", "?"))[:64]
             raise TokenStoreError(f"the token store entry for account '{name}' is malformed "
                                   f"({type(exc).__name__}); run `relay authorize {name}` again") from None
 

@@ -140,12 +140,14 @@ def sandbox(tmp_path: Path) -> Iterator[SandboxWorld]:
 
 @pytest.fixture
 def rel_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
-    """Factory: ``rel_relay(limits=..., smtp=..., pop3=..., seed=True, expired=False, retry_attempts=1)``."""
+    """Factory: ``rel_relay(limits=..., smtp=..., pop3=..., seed=True, expired=False, retry_attempts=1,
+    store_options={...})`` (keyword arguments of EncryptedFileStore, e.g. a slow ``fsync``)."""
     started: list[Relay] = []
 
     def start(*, seed: bool = True, expired: bool = False, retry_attempts: int = 1,
               retry_base_delay_s: float = 0.01, authenticator: Any = None, http_timeout_s: float = 20.0,
-              check_interval_s: float | None = None, **options: Any) -> Relay:
+              check_interval_s: float | None = None, store_options: dict[str, Any] | None = None,
+              **options: Any) -> Relay:
         store_dir = tmp_path / f"relay{len(started)}"
         store_dir.mkdir(mode=0o700)
         config = build_config(sandbox, store_dir / "tokens.enc", **options)
@@ -155,7 +157,7 @@ def rel_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
         thread = LoopThread(f"rel-relay-{len(started)}").start()
 
         async def make() -> tuple[SmtpRelayServer, Pop3ProxyServer, TokenManager]:
-            store = EncryptedFileStore(config.token_store.path, key).open()
+            store = EncryptedFileStore(config.token_store.path, key, **(store_options or {})).open()
             tokens = TokenManager(config, store, retry_attempts=retry_attempts,
                                   retry_base_delay_s=retry_base_delay_s,
                                   http=new_http_client(http_timeout_s),

@@ -6,6 +6,7 @@ sandbox tokens (as after `relay authorize`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import stat
@@ -107,7 +108,7 @@ def test_revoke_forgets_tokens_and_revokes_upstream(tmp_path, oauth, capsys):
     assert refresh.revoked
     store_path = tmp_path / "store" / "tokens.enc"
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
-    assert EncryptedFileStore(store_path, key).open()._data == {}
+    assert asyncio.run(EncryptedFileStore(store_path, key).open().load_all()) == {}
     assert main(["tokens", "-c", str(config)]) == 0
     assert "not authorized" in capsys.readouterr().out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import poplib
 import time
 import types
@@ -117,15 +118,34 @@ def test_unwritable_store_keeps_old_file_and_rotated_tokens(rel_relay, sandbox, 
 
 
 def test_store_corrupted_while_running_gives_454_and_a_clear_error(rel_relay, sandbox, caplog):
-    """The store file is corrupted under a running relay with no token in memory: 454, not 250, and
-    the log says the store cannot be read (no crash, no secret)."""
-    relay = rel_relay()
+    """A store file that appears corrupted under a running relay holding no tokens: 454, not 250,
+    and the log says the store cannot be read (no crash, no secret)."""
+    relay = rel_relay(seed=False)
     path = relay.config.token_store.path
-    path.write_bytes(path.read_bytes()[:-5] + b"XXXXX")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"XO2RTOK\x01" + os.urandom(80))
+    os.close(fd)
     with caplog.at_level(logging.ERROR, logger="relay.tokens"):
         assert _mail_code(relay) == 454
     assert any("cannot be decrypted" in r.getMessage() for r in caplog.records)
     assert sandbox.smtp.messages() == []
+
+
+def test_store_corrupted_while_running_keeps_serving_held_tokens(rel_relay, sandbox, caplog):
+    """The store file is corrupted under a relay that read it before: the tokens it holds (even
+    ones needing a refresh) keep mail flowing, an ERROR names the unreadable store, and the damaged
+    file is never overwritten."""
+    sandbox.oauth.rotate_refresh_tokens = True
+    relay = rel_relay(expired=True)
+    path = relay.config.token_store.path
+    damaged = path.read_bytes()[:-5] + b"XXXXX"
+    path.write_bytes(damaged)
+    with caplog.at_level(logging.ERROR, logger="relay.tokens"):
+        assert _mail_code(relay) == 250
+        assert _mail_code(relay) == 250
+    assert any("cannot be decrypted" in r.getMessage() for r in caplog.records)
+    assert sandbox.oauth.counters["refresh_requests"] == 1
+    assert path.read_bytes() == damaged
 
 
 def test_wrong_key_and_open_to_others_store_are_refused(rel_relay, sandbox):

@@ -104,12 +104,17 @@ async def test_refuses_group_or_world_readable_store(path, key):
 
 
 async def test_reloads_when_another_process_wrote(path, key):
-    """A store re-reads the file when another writer changed it (no restart needed)."""
-    serving = EncryptedFileStore(path, key).open()
+    """A store re-reads the file when another writer changed it (no restart needed): at once when
+    asked for a fresh read, and by itself once its check interval has passed."""
+    serving = EncryptedFileStore(path, key, check_interval_s=0).open()
+    lazy = EncryptedFileStore(path, key, check_interval_s=3600).open()
     assert await serving.get("sales") is None
     await EncryptedFileStore(path, key).open().put(tokens(access="AT-2"))
     got = await serving.get("sales")
     assert got is not None and got.access_token == Secret("AT-2")
+    assert await lazy.get("sales") is None  # answered from memory: no file I/O on this read
+    fresh = await lazy.get("sales", fresh=True)
+    assert fresh is not None and fresh.access_token == Secret("AT-2")
 
 
 async def test_concurrent_writers_do_not_lose_updates(path, key):

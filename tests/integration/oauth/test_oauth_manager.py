@@ -113,11 +113,18 @@ class FailingPutStore(EncryptedFileStore):
 
     fail = False
 
-    async def put(self, tokens: TokenSet) -> None:
+    async def put(self, tokens: TokenSet) -> int:
+        self._maybe_fail()
+        return await super().put(tokens)
+
+    async def compare_and_set(self, tokens: TokenSet, expected_version: int) -> int:
+        self._maybe_fail()
+        return await super().compare_and_set(tokens, expected_version)
+
+    def _maybe_fail(self) -> None:
         if self.fail:
             raise TokenStoreError(f"cannot write the token store {self.path}: No space left on device; "
                                   "the old file is unchanged")
-        await super().put(tokens)
 
 
 async def test_failed_persist_keeps_rotated_tokens_in_memory_and_saves_later(sandbox, tmp_path, clock, key):
