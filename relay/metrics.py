@@ -1,0 +1,255 @@
+"""RelayMetrics: the one observer the mail paths report to, and the Prometheus metrics behind it.
+
+The SMTP and POP3 sessions and the token manager call a handful of methods (session_started,
+session_ended, message_finished, message_fetched, upstream_login, upstream_failure,
+local_auth_failed, token_refreshed). Each is O(1): a counter or histogram update on a label child
+and a small per-account record for `/status`. Gauges that describe state (token expiry, needs
+re-authorization, pool sessions) are set when `/metrics` is scraped, not on the mail path.
+
+Labels come only from the configuration (account names) or fixed sets (protocol, outcome, reply
+class), so the number of time series is bounded. A name not in the configuration is counted as
+``other``. `NULL_OBSERVER` is what the mail paths use when no admin listener is configured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+import relay
+
+PREFIX = "xoauth2relay"
+OTHER = "other"
+PROTOCOLS = ("smtp", "pop3")
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def reply_class(code: int | None) -> str:
+    """``2xx`` / ``3xx`` / ``4xx`` / ``5xx`` for a reply code, ``error`` when there was no reply."""
+    if code is None or not 200 <= code <= 599:
+        return "error"
+    return f"{code // 100}xx"
+
+
+def message_outcome(code: int | None) -> str:
+    """The outcome label of a message from the upstream's final reply code."""
+    if code is not None and 200 <= code < 300:
+        return "delivered"
+    if code is not None and 500 <= code < 600:
+        return "refused"
+    return "deferred"  # 4xx or no reply: the client keeps the message and retries
+
+
+class RelayObserver(Protocol):
+    """What the mail paths and the token manager report (see `RelayMetrics`)."""
+
+    def session_started(self, protocol: str) -> None:
+        """A client connected."""
+
+    def session_ended(self, protocol: str, account: str | None, outcome: str) -> None:
+        """A client session ended; ``outcome`` is one of SESSION_OUTCOMES."""
+
+    def local_auth_failed(self, protocol: str) -> None:
+        """A client's local login was refused."""
+
+    def upstream_login(self, account: str, protocol: str, seconds: float, code: int | None) -> None:
+        """An upstream connect + XOAUTH2 login finished (``code`` the AUTH reply, None: no reply)."""
+
+    def upstream_failure(self, account: str, protocol: str, explanation: str) -> None:
+        """The upstream failed or refused; ``explanation`` names the cause and the fix."""
+
+    def message_finished(self, account: str, code: int | None, size: int, seconds: float) -> None:
+        """The upstream answered the end of a message (``code`` None: the upstream broke)."""
+
+    def message_fetched(self, account: str, size: int) -> None:
+        """A POP3 client retrieved a message."""
+
+    def token_refreshed(self, account: str, outcome: str, error: str | None = None) -> None:
+        """A token request ended: ``ok``, ``failed`` (transient) or ``needs_authorization``."""
+
+
+SESSION_OUTCOMES = ("ok", "auth_failed", "upstream_error", "client_error")
+
+
+class NullObserver:
+    """Reports nothing: the mail paths' default when metrics are off."""
+
+    def session_started(self, protocol: str) -> None:
+        """Ignored."""
+
+    def session_ended(self, protocol: str, account: str | None, outcome: str) -> None:
+        """Ignored."""
+
+    def local_auth_failed(self, protocol: str) -> None:
+        """Ignored."""
+
+    def upstream_login(self, account: str, protocol: str, seconds: float, code: int | None) -> None:
+        """Ignored."""
+
+    def upstream_failure(self, account: str, protocol: str, explanation: str) -> None:
+        """Ignored."""
+
+    def message_finished(self, account: str, code: int | None, size: int, seconds: float) -> None:
+        """Ignored."""
+
+    def message_fetched(self, account: str, size: int) -> None:
+        """Ignored."""
+
+    def token_refreshed(self, account: str, outcome: str, error: str | None = None) -> None:
+        """Ignored."""
+
+
+NULL_OBSERVER = NullObserver()
+
+
+@dataclass
+class AccountActivity:
+    """What `/status` shows per account besides the token state (never a token)."""
+
+    messages_sent: int = 0
+    messages_refused: int = 0
+    messages_fetched: int = 0
+    last_upstream_error: str | None = None
+    last_upstream_error_at: float | None = None
+    last_refresh_at: float | None = None
+    last_refresh_outcome: str | None = None
+    refresh_failing_since: float | None = None  # first failure of the current failing streak
+    token_rejections: int = 0  # consecutive upstream logins refusing a token
+
+
+class RelayMetrics:
+    """The Prometheus metrics and per-account activity of one relay process."""
+
+    def __init__(self, accounts: Iterable[str], clock: object = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.accounts = frozenset(accounts)
+        self.activity = {name: AccountActivity() for name in self.accounts}
+        self._clock = clock if callable(clock) else time.time
+        r = self.registry
+        self.sessions = Counter(f"{PREFIX}_sessions", "Client sessions ended, by protocol and outcome",
+                                ["protocol", "outcome"], registry=r)
+        self.active = Gauge(f"{PREFIX}_active_sessions", "Client sessions open now", ["protocol"],
+                            registry=r)
+        self.messages = Counter(f"{PREFIX}_messages", "Messages by account and outcome "
+                                "(delivered, deferred 4xx, refused 5xx)", ["account", "outcome"], registry=r)
+        self.message_bytes = Counter(f"{PREFIX}_message_bytes", "Message bytes by account and outcome",
+                                     ["account", "outcome"], registry=r)
+        self.fetched = Counter(f"{PREFIX}_messages_fetched", "Messages retrieved over POP3, by account",
+                               ["account"], registry=r)
+        self.replies = Counter(f"{PREFIX}_upstream_replies", "Upstream replies by account, protocol and "
+                               "class (2xx/4xx/5xx, error: no reply)", ["account", "protocol", "class"],
+                               registry=r)
+        self.login_seconds = Histogram(f"{PREFIX}_upstream_login_seconds", "Upstream connect + XOAUTH2 "
+                                       "login time", ["protocol"], buckets=LATENCY_BUCKETS, registry=r)
+        self.message_seconds = Histogram(f"{PREFIX}_message_seconds", "Time from the message content's "
+                                         "start to the upstream's final reply", buckets=LATENCY_BUCKETS,
+                                         registry=r)
+        self.auth_failures = Counter(f"{PREFIX}_local_auth_failures", "Refused local logins, by protocol",
+                                     ["protocol"], registry=r)
+        self.refreshes = Counter(f"{PREFIX}_token_refreshes", "Token requests by account and outcome",
+                                 ["account", "outcome"], registry=r)
+        self.token_expiry = Gauge(f"{PREFIX}_access_token_expiry_timestamp_seconds", "When the account's "
+                                  "current access token expires (Unix time; 0: none)", ["account"],
+                                  registry=r)
+        self.needs_reauth = Gauge(f"{PREFIX}_needs_reauthorization", "1 when the account needs "
+                                  "`relay authorize ACCOUNT`", ["account"], registry=r)
+        self.pool_sessions = Gauge(f"{PREFIX}_pool_sessions", "Pooled upstream SMTP sessions by state",
+                                   ["state"], registry=r)
+        Info(f"{PREFIX}_build", "The relay's version", registry=r).info({"version": relay.__version__})
+        for protocol in PROTOCOLS:
+            self.active.labels(protocol)
+            self.auth_failures.labels(protocol)
+        for name in self.accounts:
+            self.messages.labels(name, "delivered")
+            self.message_bytes.labels(name, "delivered")
+
+    def _account(self, name: str | None) -> str:
+        return name if name in self.accounts else OTHER
+
+    def _activity(self, name: str) -> AccountActivity | None:
+        return self.activity.get(name)
+
+    # --- RelayObserver ------------------------------------------------------------------------------
+
+    def session_started(self, protocol: str) -> None:
+        """A client connected."""
+        self.active.labels(protocol).inc()
+
+    def session_ended(self, protocol: str, account: str | None, outcome: str) -> None:
+        """A client session ended."""
+        self.active.labels(protocol).dec()
+        self.sessions.labels(protocol, outcome if outcome in SESSION_OUTCOMES else "ok").inc()
+
+    def local_auth_failed(self, protocol: str) -> None:
+        """A client's local login was refused."""
+        self.auth_failures.labels(protocol).inc()
+
+    def upstream_login(self, account: str, protocol: str, seconds: float, code: int | None) -> None:
+        """An upstream login finished; consecutive token refusals (535) are counted for alerts."""
+        label = self._account(account)
+        self.replies.labels(label, protocol, reply_class(code)).inc()
+        activity = self._activity(account)
+        ok = code is not None and 200 <= code < 300
+        if ok:
+            self.login_seconds.labels(protocol).observe(seconds)
+        if activity is not None:
+            if ok:
+                activity.token_rejections = 0
+            elif (code is not None and code in (334, 535, 454, 530)) or code == 535:
+                activity.token_rejections += 1
+
+    def upstream_failure(self, account: str, protocol: str, explanation: str) -> None:
+        """Remember the last upstream error of the account (shown by /status)."""
+        activity = self._activity(account)
+        if activity is not None:
+            activity.last_upstream_error = explanation
+            activity.last_upstream_error_at = self._clock()
+
+    def message_finished(self, account: str, code: int | None, size: int, seconds: float) -> None:
+        """Count the message and its bytes by outcome; record the latency."""
+        label = self._account(account)
+        outcome = message_outcome(code)
+        self.messages.labels(label, outcome).inc()
+        self.message_bytes.labels(label, outcome).inc(size)
+        self.replies.labels(label, "smtp", reply_class(code)).inc()
+        self.message_seconds.observe(seconds)
+        activity = self._activity(account)
+        if activity is not None:
+            if outcome == "delivered":
+                activity.messages_sent += 1
+            elif outcome == "refused":
+                activity.messages_refused += 1
+
+    def message_fetched(self, account: str, size: int) -> None:
+        """Count a POP3 retrieval."""
+        self.fetched.labels(self._account(account)).inc()
+        activity = self._activity(account)
+        if activity is not None:
+            activity.messages_fetched += 1
+
+    def token_refreshed(self, account: str, outcome: str, error: str | None = None) -> None:
+        """Count a token request; track since when refreshes fail (for the alert threshold)."""
+        self.refreshes.labels(self._account(account), outcome).inc()
+        activity = self._activity(account)
+        if activity is None:
+            return
+        now = self._clock()
+        activity.last_refresh_at = now
+        activity.last_refresh_outcome = outcome
+        if outcome == "ok":
+            activity.refresh_failing_since = None
+        elif activity.refresh_failing_since is None:
+            activity.refresh_failing_since = now
+        if error:
+            activity.last_upstream_error = error
+            activity.last_upstream_error_at = now
+
+    # --- scrape ----------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
