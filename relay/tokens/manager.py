@@ -7,6 +7,8 @@
 - Transient failures are retried with exponential backoff and jitter, then TokenRefreshFailed.
 - A dead grant (invalid_grant ...) marks the account, in memory and in the store, and is logged
   once as an ERROR naming `relay authorize ACCOUNT`; later calls fail fast without a request.
+- Keep-alive: a grant not refreshed for ``limits.token_keepalive_days`` is refreshed even when the
+  account is idle (Microsoft refresh tokens die after 90 days unused).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, RelayConfig
 from relay.errors import AuthorizationNeeded, ConfigError, OAuthError, TokenRefreshFailed, TokenStoreError
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.providers.base import OAuthProvider, TokenResponse
 from relay.providers.registry import load_provider_class
 from relay.secret import Secret
@@ -53,6 +56,7 @@ class AccountTokenStatus:
     state: str  # valid | expired | needs authorize | not authorized | on demand
     valid_until: datetime | None
     last_error: str | None
+    obtained_at: datetime | None = None  # the last refresh (keep-alive counts from here)
 
 
 def _utc_now() -> datetime:
@@ -68,6 +72,8 @@ def new_http_client(timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> httpx.AsyncCli
 
 class TokenManager:
     """Implements relay.tokens.source.TokenSource over a TokenStore and the configured providers."""
+
+    observer: RelayObserver = NULL_OBSERVER  # relay.metrics: token refresh outcomes
 
     def __init__(self, config: RelayConfig, store: TokenStore, *, http: httpx.AsyncClient | None = None,
                  clock: Clock | None = None, sleep: Sleep | None = None, retry_attempts: int = 3,
@@ -144,6 +150,7 @@ class TokenManager:
             self._errors.pop(name, None)
             log.info("account '%s': tokens kept in memory are saved now", name)
         ahead_s = 2 * self._margin_s() + self._check_interval_s
+        keepalive_s = self.config.limits.token_keepalive_days * 86400
         for acc in self.config.accounts.values():
             try:
                 current = await self._current(acc.name)
@@ -153,10 +160,17 @@ class TokenManager:
                 continue
             if current.refresh_token is None and self._flow(acc) not in ON_DEMAND_FLOWS:
                 continue
-            if current.remaining_s(self._clock()) > ahead_s:
+            idle_s = (self._clock() - current.obtained_at).total_seconds()
+            keepalive = current.refresh_token is not None and idle_s >= keepalive_s
+            if current.remaining_s(self._clock()) > ahead_s and not keepalive:
                 continue
             try:
-                await self._single_flight(acc, force=False, margin_s=ahead_s)
+                if keepalive:
+                    log.info("account '%s': keep-alive refresh (last refresh %.1f days ago; "
+                             "limits.token_keepalive_days: %g)", acc.name, idle_s / 86400,
+                             self.config.limits.token_keepalive_days,
+                             extra={"account": acc.name, "outcome": "keepalive"})
+                await self._single_flight(acc, force=keepalive, margin_s=ahead_s)
                 refreshed.append(acc.name)
             except (OAuthError, TokenStoreError) as exc:
                 log.debug("background refresh for account '%s' failed: %s", acc.name, exc)
@@ -186,8 +200,14 @@ class TokenManager:
             else:
                 state = "valid"
             out.append(AccountTokenStatus(acc.name, acc.credentials, flow, state,
-                                          ts.expires_at if ts else None, error))
+                                          ts.expires_at if ts else None, error,
+                                          ts.obtained_at if ts else None))
         return out
+
+    @property
+    def unsaved_accounts(self) -> frozenset[str]:
+        """Accounts whose newest tokens could not be written to the store (kept in memory)."""
+        return frozenset(self._unsaved)
 
     def provider_for(self, account: AccountConfig) -> OAuthProvider:
         """Return (and cache) the provider instance of the account's credentials."""
@@ -282,9 +302,11 @@ class TokenManager:
                 response = await self._with_retries(
                     lambda: provider.refresh(self._client(), refresh_token, account=name))
         except AuthorizationNeeded as exc:
+            self.observer.token_refreshed(name, "needs_authorization", str(exc))
             await self._mark_needs_authorization(name, current, str(exc))
             raise
         except TokenRefreshFailed as exc:
+            self.observer.token_refreshed(name, "failed", str(exc))
             self._errors[name] = str(exc)
             if current is not None and not force and current.is_usable(self._clock(), 0):
                 log.warning("account '%s': refresh failed, using the current token until it expires: %s",
@@ -293,10 +315,12 @@ class TokenManager:
             raise
         except (OAuthError, ConfigError) as exc:
             # A setting is wrong (client secret, tenant, key file): an operator must act.
+            self.observer.token_refreshed(name, "needs_authorization", str(exc))
             self._errors[name] = str(exc)
             self._report(name, str(exc))
             raise AuthorizationNeeded(str(exc), account=name) from None
         fresh = self._token_set(acc, response, current)
+        self.observer.token_refreshed(name, "ok")
         # Kept in memory before saving: the provider may have rotated (and so revoked) the old refresh
         # token, so dropping the new one on a failed write would leave the account needing authorize.
         self._memory[name] = fresh
@@ -312,7 +336,8 @@ class TokenManager:
         self._unsaved.discard(name)
         self._errors.pop(name, None)
         self._reported.pop(name, None)
-        log.info("account '%s': token refreshed, valid until %s", name, fresh.expires_at.isoformat())
+        log.info("account '%s': token refreshed, valid until %s", name, fresh.expires_at.isoformat(),
+                 extra={"account": name, "outcome": "refreshed"})
         return fresh
 
     def _token_set(self, acc: AccountConfig, response: TokenResponse, current: TokenSet | None) -> TokenSet:
@@ -354,7 +379,7 @@ class TokenManager:
         """Log an operator-facing ERROR once per account and message."""
         if self._reported.get(name) != message:
             self._reported[name] = message
-            log.error("%s", message)
+            log.error("%s", message, extra={"account": name, "outcome": "token_error"})
 
     async def _refresh_loop(self) -> None:
         while True:
