@@ -167,6 +167,13 @@ class RelayMetrics:
             self.messages.labels(name, "delivered")
             self.message_bytes.labels(name, "delivered")
 
+    def add_accounts(self, names: Iterable[str]) -> None:
+        """Accept these account names as labels too (a reload may add accounts)."""
+        new = frozenset(names) - self.accounts
+        if new:
+            self.accounts = self.accounts | new
+            self.activity.update({name: AccountActivity() for name in new})
+
     def _account(self, name: str | None) -> str:
         return name if name in self.accounts else OTHER
 
