@@ -178,6 +178,10 @@ class _Connection:
             return None
         if not isinstance(event, h11.Request):
             raise BadRequest("expected a request")
+        # h11 limits only a head still incomplete after a read; a whole one in one read is checked here.
+        head_bytes = len(event.method) + len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+        if head_bytes > self.limits.max_head_bytes:
+            raise BadRequest(f"request head over {self.limits.max_head_bytes} bytes", 431)
         length = dict(event.headers).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
             raise BadRequest(f"request body over {self.limits.max_body_bytes} bytes", 413)

@@ -93,7 +93,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def _admin_health(admin: AdminConfig, args: argparse.Namespace) -> int:
     """Ask the admin listener: /healthz with --live, else /readyz (reasons printed)."""
-    from relay.commands.admin_client import AdminUnreachable, admin_get  # noqa: PLC0415
+    from relay.commands._admin_client import AdminUnreachable, admin_get  # noqa: PLC0415
 
     path = "/healthz" if args.live else "/readyz"
     try:

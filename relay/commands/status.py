@@ -55,7 +55,7 @@ def _short(value: object) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Fetch /status from the admin listener and print it; 0 when ready, 1 when not."""
-    from relay.commands.admin_client import admin_get  # noqa: PLC0415
+    from relay.commands._admin_client import admin_get  # noqa: PLC0415
 
     config = load_config_file(args.config)
     if config.admin is None:
