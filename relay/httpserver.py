@@ -179,7 +179,8 @@ class _Connection:
         if not isinstance(event, h11.Request):
             raise BadRequest("expected a request")
         # h11 limits only a head still incomplete after a read; a whole one in one read is checked here.
-        head_bytes = len(event.method) + len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+        head_bytes = len(event.method) + len(event.target) + sum(
+            len(name) + len(value) + 4 for name, value in event.headers)
         if head_bytes > self.limits.max_head_bytes:
             raise BadRequest(f"request head over {self.limits.max_head_bytes} bytes", 431)
         length = dict(event.headers).get(b"content-length")

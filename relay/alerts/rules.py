@@ -93,6 +93,9 @@ def evaluate(report: RelayReport, alerts: AlertsConfig, now: float, *, unsaved: 
         if status.state in UNUSABLE_STATES:
             dead.add(name)
             cause = status.last_error or f"the account is {status.state}"
+            if status.state == "not authorized":
+                cause = ("no tokens are stored for this account: it was never authorized, or its tokens "
+                         "were removed (`relay revoke`)")
             out.append(Condition("needs_reauthorization", name, cause, f"run `relay authorize {name}`", name))
     for name, act in sorted(report.activity.items()):
         if name in dead:
