@@ -219,3 +219,18 @@ def wait_until(predicate: Any, timeout_s: float = 20, what: str = "condition") -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def require_program(name: str, package: str) -> str:
+    """The path of a program from Debian; under CI=true its absence fails the test, else skips it."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if path:
+        return path
+    message = f"{name} is not installed (apt-get install {package}; .ci/run installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
