@@ -16,12 +16,16 @@ from ops_helpers import PASSWORD, OpsSetup, free_port, relay_cmd
 from relay.cli import build_parser
 
 
-def _run(*args: str, stdin_text: str | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def _close_stdin() -> None:
+    os.close(0)
+
+
+def _run(*args: str, stdin_text: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command in a new session (no controlling terminal) with fd 0 closed, or fed ``stdin_text``."""
     if stdin_text is None:
-        return subprocess.run(relay_cmd(*args), capture_output=True, text=True, timeout=timeout_s, check=False,
-                              start_new_session=True, preexec_fn=lambda: os.close(0))  # noqa: PLW1509
-    return subprocess.run(relay_cmd(*args), capture_output=True, text=True, timeout=timeout_s, check=False,
+        return subprocess.run(relay_cmd(*args), capture_output=True, text=True, timeout=60, check=False,
+                              start_new_session=True, preexec_fn=_close_stdin)
+    return subprocess.run(relay_cmd(*args), capture_output=True, text=True, timeout=60, check=False,
                           start_new_session=True, input=stdin_text)
 
 
@@ -41,9 +45,9 @@ def test_every_command_runs_without_a_terminal(ops: OpsSetup) -> None:
     ops.seed("ops", "ops@sandbox.test")
     covered: set[str] = set()
 
-    def check(command: str, *args: str, rc: int, error: str | None = None, stdin_text: str | None = None) -> None:
+    def check(command: str, *args: str, rc: int, error: str | None = None) -> None:
         covered.add(command)
-        _assert_clean(_run(command, *args, stdin_text=stdin_text), rc, error)
+        _assert_clean(_run(command, *args), rc, error)
 
     check("check-config", "-c", cfg, rc=0)
     check("hash-password", rc=2, error="the password is empty")
@@ -59,8 +63,9 @@ def test_every_command_runs_without_a_terminal(ops: OpsSetup) -> None:
     check("authorize", "ops", "--no-browser", "--timeout", "1", "-c", cfg, rc=7, error="no sign-in completed")
     check("demo", "--once", "--smtp-port", "0", "--pop3-port", "0", rc=0)
 
-    serving = subprocess.Popen(relay_cmd("serve", "-c", cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True, preexec_fn=lambda: os.close(0))  # noqa: PLW1509
+    serving = subprocess.Popen(relay_cmd("serve", "-c", cfg), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=_close_stdin)  # noqa: PLW1509 - no threads in this child
     covered.add("serve")
     try:
         for line in serving.stdout:  # type: ignore[union-attr]
@@ -78,7 +83,7 @@ def test_every_command_runs_without_a_terminal(ops: OpsSetup) -> None:
     check("revoke", "ops", "-c", cfg, rc=0)
 
     parser = build_parser()
-    subparsers = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
+    subparsers = next(a for a in parser._actions if a.dest == "command")
     assert covered == set(subparsers.choices), "a command is missing from this test"  # type: ignore[attr-defined]
 
 

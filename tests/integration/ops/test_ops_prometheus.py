@@ -6,7 +6,6 @@ import json
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,13 +45,13 @@ class Prometheus:
     def api(self, path: str, **params: str) -> dict[str, object]:
         """GET an HTTP API path; the decoded JSON."""
         url = f"http://127.0.0.1:{self.port}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test server
+        with urllib.request.urlopen(url, timeout=5) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
     def ready(self) -> bool:
         """True once /-/ready answers 200."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:
                 return r.status == 200
         except OSError:
             if self.proc.poll() is not None:

@@ -55,7 +55,8 @@ def _receive(sock: socket.socket, until: str, deadline_s: float = 30) -> list[st
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
 def test_serve_sends_ready_watchdog_reloading_stopping(ops: OpsSetup, serve, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch, abstract: bool) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       abstract: bool) -> None:
     """On a socket the test owns: READY=1 (with STATUS) after start, WATCHDOG=1 at half the timeout,
     RELOADING=1 + MONOTONIC_USEC then READY=1 on SIGHUP, STOPPING=1 on SIGTERM; exit 0."""
     ops.seed("ops", "ops@sandbox.test")
