@@ -71,7 +71,7 @@ def build_alerts(b: Any, value: object, accounts: Mapping[str, AccountConfig]) -
         numbers[f.name] = b.number(data[f.name], f"alerts.{f.name}", f.default, integer=integer)
     webhook = _webhook(b, data.get("webhook"))
     email = _email(b, data.get("email"), accounts)
-    if webhook is None and email is None:
+    if data.get("webhook") is None and data.get("email") is None:
         b.problem("alerts", "needs a webhook (alerts.webhook.url) or an email (alerts.email.account and "
                   "alerts.email.to), or remove the section")
     return AlertsConfig(webhook=webhook, email=email, **numbers)
@@ -84,13 +84,12 @@ def _webhook(b: Any, value: object) -> WebhookAlertConfig | None:
     if data is None:
         return None
     url = b.url(data.get("url"), "alerts.webhook.url")
+    fmt = b.choice(data.get("format"), "alerts.webhook.format", WEBHOOK_FORMATS, "plain")
+    timeout_s = b.number(data.get("timeout_s"), "alerts.webhook.timeout_s", WebhookAlertConfig.timeout_s,
+                         integer=False)
     if url is None:
         return None
-    return WebhookAlertConfig(
-        url=url,
-        format=b.choice(data.get("format"), "alerts.webhook.format", WEBHOOK_FORMATS, "plain"),
-        timeout_s=b.number(data.get("timeout_s"), "alerts.webhook.timeout_s", WebhookAlertConfig.timeout_s,
-                           integer=False))
+    return WebhookAlertConfig(url=url, format=fmt, timeout_s=timeout_s)
 
 
 def _email(b: Any, value: object, accounts: Mapping[str, AccountConfig]) -> EmailAlertConfig | None:
