@@ -66,6 +66,7 @@ class SessionStats:
     bytes_out: int = 0
     outcome: str = "closed"
     result: str = "ok"  # for metrics: ok | auth_failed | upstream_error
+    upstream_reply: str | None = None  # the upstream's last status line
     started: float = field(default_factory=time.monotonic)
 
 
@@ -289,6 +290,7 @@ class Pop3ProxySession:
                 await self._write(status.raw)
                 return
             status = await upstream.command(command.line)
+            self.stats.upstream_reply = _status_line(status.raw)
         except UpstreamError as exc:
             # Nothing of this reply reached the client yet: say why, then close.
             self.stats.outcome = f"upstream failed: {exc}"
@@ -333,5 +335,11 @@ class Pop3ProxySession:
                  s.bytes_in, s.bytes_out, s.outcome,
                  extra={"account": s.account, "session": self.session_id, "client": self.client,
                         "protocol": "pop3", "outcome": s.result, "detail": s.outcome,
+                        "upstream_reply": s.upstream_reply,
                         "duration_ms": round((time.monotonic() - s.started) * 1000),
                         "bytes": s.bytes_out, "bytes_in": s.bytes_in})
+
+
+def _status_line(raw: bytes) -> str:
+    """The first line of a POP3 status, for the session log line (never a body; at most 200 chars)."""
+    return raw.split(b"\r\n", 1)[0][:200].decode("utf-8", "replace")

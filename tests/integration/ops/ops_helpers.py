@@ -76,14 +76,15 @@ class OpsSetup:
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         return self.config_path
 
-    def seed(self, account: str, token_user: str) -> tuple[str, str]:
+    def seed(self, account: str, token_user: str, expires_in_s: float = 3600) -> tuple[str, str]:
         """Store tokens for ``account`` issued to ``token_user`` (as `relay authorize` would)."""
         access = self.world.oauth.issue_access_token(token_user)
         refresh = self.world.oauth.issue_refresh_token(token_user)
         store = EncryptedFileStore(self.dir / "tokens.enc", decode_key(self.key, "test"))
         now = datetime.now(UTC)
         asyncio.run(store.put(TokenSet(account=account, credentials="sandbox", access_token=Secret(access),
-                                       expires_at=now + timedelta(hours=1), refresh_token=Secret(refresh),
+                                       expires_at=now + timedelta(seconds=expires_in_s),
+                                       refresh_token=Secret(refresh),
                                        scopes=tuple(DEFAULT_SCOPE.split()), obtained_at=now)))
         return access, refresh
 
