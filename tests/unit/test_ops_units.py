@@ -256,3 +256,26 @@ def test_json_log_fields_are_keys_and_redacted() -> None:
                                                 "protocol": "smtp", "outcome": "ok", "duration_ms": 12,
                                                 "bytes": 100}
     assert entry["upstream_reply"] == "535 ***"
+
+
+def test_dashboard_uses_only_metrics_the_relay_exposes() -> None:
+    """Every xoauth2relay_* name in the Grafana dashboard is one the relay writes to /metrics."""
+    import re
+    from pathlib import Path
+
+    dashboard = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "xoauth2-relay.json"
+    text = dashboard.read_text()
+    json.loads(text)
+    m = RelayMetrics(["sales"])
+    m.session_started("smtp")
+    m.session_ended("smtp", "sales", "ok")
+    m.upstream_login("sales", "smtp", 0.1, 235)
+    m.message_finished("sales", 250, 1, 0.1)
+    m.message_fetched("sales", 1)
+    m.token_refreshed("sales", "ok")
+    m.token_expiry.labels("sales").set(1)
+    m.needs_reauth.labels("sales").set(0)
+    m.pool_sessions.labels("idle").set(0)
+    exposed = set(re.findall(r"^(xoauth2relay_\w+)", m.render().decode(), re.M))
+    used = set(re.findall(r"xoauth2relay_\w+", text))
+    assert used and used <= exposed, used - exposed

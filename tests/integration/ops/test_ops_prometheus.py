@@ -74,6 +74,25 @@ class Prometheus:
         self.log.close()
 
 
+DASHBOARD = Path(__file__).resolve().parents[3] / "docs" / "grafana" / "xoauth2-relay.json"
+
+
+def _check_dashboard_queries(server: Prometheus) -> None:
+    """Every query of the Grafana dashboard is valid PromQL and finds data in this Prometheus."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    empty = []
+    for panel in panels:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$account", ".*")
+            answer = server.api("/api/v1/query", query=expr)
+            assert answer["status"] == "success", (panel["title"], expr, answer)
+            if not answer["data"]["result"]:  # type: ignore[index]
+                empty.append(panel["title"])
+    # The state panels have data at once (rates need more scrapes; pool, POP3, refreshes saw none).
+    for title in ("Accounts needing re-authorization", "Access token time left", "Open sessions"):
+        assert title not in empty, empty
+
+
 @pytest.fixture
 def prometheus_binary() -> str:
     """Debian's prometheus."""
@@ -112,5 +131,6 @@ def test_prometheus_scrapes_the_counters_of_the_mail_sent(ops: OpsSetup, serve, 
         assert server.value('xoauth2relay_needs_reauthorization{account="ops"}') == 0.0
         assert server.value('up{job="xoauth2-relay"}') == 1.0
         assert server.value('xoauth2relay_message_seconds_count') == 3.0
+        _check_dashboard_queries(server)
     finally:
         server.close()
