@@ -14,26 +14,17 @@ class), so the number of time series is bounded. A name not in the configuration
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    disable_created_metrics,
-    generate_latest,
-)
-
-import relay
+from prometheus_client import generate_latest
 
 PREFIX = "xoauth2relay"
 OTHER = "other"
 PROTOCOLS = ("smtp", "pop3")
-disable_created_metrics()  # no `_created` series: they double the output and dashboards never use them
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -130,51 +121,53 @@ class AccountActivity:
     token_rejections: int = 0  # consecutive upstream logins refusing a token
 
 
+class LatencyHistogram:
+    """Bucket counts and sum of observed seconds (``counts[i]``: values <= LATENCY_BUCKETS[i], not
+    cumulative; the last slot is +Inf). An observation is one bisect and two additions."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation."""
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
 class RelayMetrics:
-    """The Prometheus metrics and per-account activity of one relay process."""
+    """The metrics and per-account activity of one relay process.
+
+    The mail paths only add to plain dictionaries (no locks, no label objects: a few hundred
+    nanoseconds per event); `relay.metrics_export` turns them into Prometheus families with
+    prometheus_client when /metrics is scraped.
+    """
 
     def __init__(self, accounts: Iterable[str], clock: object = time.time) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self.accounts = frozenset(accounts)
         self.activity = {name: AccountActivity() for name in self.accounts}
         self._clock = clock if callable(clock) else time.time
-        r = self.registry
-        self.sessions = Counter(f"{PREFIX}_sessions", "Client sessions ended, by protocol and outcome",
-                                ["protocol", "outcome"], registry=r)
-        self.active = Gauge(f"{PREFIX}_active_sessions", "Client sessions open now", ["protocol"],
-                            registry=r)
-        self.messages = Counter(f"{PREFIX}_messages", "Messages by account and outcome "
-                                "(delivered, deferred 4xx, refused 5xx)", ["account", "outcome"], registry=r)
-        self.message_bytes = Counter(f"{PREFIX}_message_bytes", "Message bytes by account and outcome",
-                                     ["account", "outcome"], registry=r)
-        self.fetched = Counter(f"{PREFIX}_messages_fetched", "Messages retrieved over POP3, by account",
-                               ["account"], registry=r)
-        self.replies = Counter(f"{PREFIX}_upstream_replies", "Upstream replies by account, protocol and "
-                               "class (2xx/4xx/5xx, error: no reply)", ["account", "protocol", "class"],
-                               registry=r)
-        self.login_seconds = Histogram(f"{PREFIX}_upstream_login_seconds", "Upstream connect + XOAUTH2 "
-                                       "login time", ["protocol"], buckets=LATENCY_BUCKETS, registry=r)
-        self.message_seconds = Histogram(f"{PREFIX}_message_seconds", "Time from the message content's "
-                                         "start to the upstream's final reply", buckets=LATENCY_BUCKETS,
-                                         registry=r)
-        self.auth_failures = Counter(f"{PREFIX}_local_auth_failures", "Refused local logins, by protocol",
-                                     ["protocol"], registry=r)
-        self.refreshes = Counter(f"{PREFIX}_token_refreshes", "Token requests by account and outcome",
-                                 ["account", "outcome"], registry=r)
-        self.token_expiry = Gauge(f"{PREFIX}_access_token_expiry_timestamp_seconds", "When the account's "
-                                  "current access token expires (Unix time; 0: none)", ["account"],
-                                  registry=r)
-        self.needs_reauth = Gauge(f"{PREFIX}_needs_reauthorization", "1 when the account needs "
-                                  "`relay authorize ACCOUNT`", ["account"], registry=r)
-        self.pool_sessions = Gauge(f"{PREFIX}_pool_sessions", "Pooled upstream SMTP sessions by state",
-                                   ["state"], registry=r)
-        Info(f"{PREFIX}_build", "The relay's version", registry=r).info({"version": relay.__version__})
-        for protocol in PROTOCOLS:
-            self.active.labels(protocol)
-            self.auth_failures.labels(protocol)
+        self.sessions: defaultdict[tuple[str, str], int] = defaultdict(int)  # (protocol, outcome)
+        self.active: defaultdict[str, int] = defaultdict(int, dict.fromkeys(PROTOCOLS, 0))
+        self.messages: defaultdict[tuple[str, str], int] = defaultdict(int)  # (account, outcome)
+        self.message_bytes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.fetched: defaultdict[str, int] = defaultdict(int)
+        self.replies: defaultdict[tuple[str, str, str], int] = defaultdict(int)  # (account, protocol, class)
+        self.login_seconds: dict[str, LatencyHistogram] = {p: LatencyHistogram() for p in PROTOCOLS}
+        self.message_seconds = LatencyHistogram()
+        self.auth_failures: defaultdict[str, int] = defaultdict(int, dict.fromkeys(PROTOCOLS, 0))
+        self.refreshes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.token_expiry: dict[str, float] = {}  # set at scrape time (relay.admin.report)
+        self.needs_reauth: dict[str, float] = {}
+        self.pool_sessions: dict[str, float] = {}
         for name in self.accounts:
-            self.messages.labels(name, "delivered")
-            self.message_bytes.labels(name, "delivered")
+            self.messages[name, "delivered"] = 0
+            self.message_bytes[name, "delivered"] = 0
+        from relay.metrics_export import build_registry  # noqa: PLC0415 - it imports this module
+
+        self.registry = build_registry(self)
 
     def add_accounts(self, names: Iterable[str]) -> None:
         """Accept these account names as labels too (a reload may add accounts)."""
@@ -193,25 +186,25 @@ class RelayMetrics:
 
     def session_started(self, protocol: str) -> None:
         """A client connected."""
-        self.active.labels(protocol).inc()
+        self.active[protocol] += 1
 
     def session_ended(self, protocol: str, account: str | None, outcome: str) -> None:
         """A client session ended."""
-        self.active.labels(protocol).dec()
-        self.sessions.labels(protocol, outcome if outcome in SESSION_OUTCOMES else "ok").inc()
+        self.active[protocol] -= 1
+        self.sessions[protocol, outcome if outcome in SESSION_OUTCOMES else "ok"] += 1
 
     def local_auth_failed(self, protocol: str) -> None:
         """A client's local login was refused."""
-        self.auth_failures.labels(protocol).inc()
+        self.auth_failures[protocol] += 1
 
     def upstream_login(self, account: str, protocol: str, seconds: float, code: int | None) -> None:
         """An upstream login finished; consecutive token refusals (535) are counted for alerts."""
         label = self._account(account)
-        self.replies.labels(label, protocol, reply_class(code)).inc()
+        self.replies[label, protocol, reply_class(code)] += 1
         activity = self._activity(account)
         ok = code is not None and 200 <= code < 300
         if ok:
-            self.login_seconds.labels(protocol).observe(seconds)
+            self.login_seconds[protocol].observe(seconds)
         if activity is not None:
             if ok:
                 activity.token_rejections = 0
@@ -229,9 +222,9 @@ class RelayMetrics:
         """Count the message and its bytes by outcome; record the latency."""
         label = self._account(account)
         outcome = message_outcome(code)
-        self.messages.labels(label, outcome).inc()
-        self.message_bytes.labels(label, outcome).inc(size)
-        self.replies.labels(label, "smtp", reply_class(code)).inc()
+        self.messages[label, outcome] += 1
+        self.message_bytes[label, outcome] += size
+        self.replies[label, "smtp", reply_class(code)] += 1
         self.message_seconds.observe(seconds)
         activity = self._activity(account)
         if activity is not None:
@@ -242,14 +235,14 @@ class RelayMetrics:
 
     def message_fetched(self, account: str, size: int) -> None:
         """Count a POP3 retrieval."""
-        self.fetched.labels(self._account(account)).inc()
+        self.fetched[self._account(account)] += 1
         activity = self._activity(account)
         if activity is not None:
             activity.messages_fetched += 1
 
     def token_refreshed(self, account: str, outcome: str, error: str | None = None) -> None:
         """Count a token request; track since when refreshes fail (for the alert threshold)."""
-        self.refreshes.labels(self._account(account), outcome).inc()
+        self.refreshes[self._account(account), outcome] += 1
         activity = self._activity(account)
         if activity is None:
             return

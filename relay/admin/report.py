@@ -167,7 +167,7 @@ def update_state_gauges(metrics: RelayMetrics, report: RelayReport, pool: dict[s
         if status.account not in metrics.accounts:
             continue
         expiry = status.valid_until.timestamp() if status.valid_until else 0.0
-        metrics.token_expiry.labels(status.account).set(expiry)
-        metrics.needs_reauth.labels(status.account).set(1 if status.state in UNUSABLE_STATES else 0)
+        metrics.token_expiry[status.account] = expiry
+        metrics.needs_reauth[status.account] = 1.0 if status.state in UNUSABLE_STATES else 0.0
     for state in ("idle", "in_use"):
-        metrics.pool_sessions.labels(state).set(pool.get(state, 0))
+        metrics.pool_sessions[state] = float(pool.get(state, 0))

@@ -273,9 +273,9 @@ def test_dashboard_uses_only_metrics_the_relay_exposes() -> None:
     m.message_finished("sales", 250, 1, 0.1)
     m.message_fetched("sales", 1)
     m.token_refreshed("sales", "ok")
-    m.token_expiry.labels("sales").set(1)
-    m.needs_reauth.labels("sales").set(0)
-    m.pool_sessions.labels("idle").set(0)
+    m.token_expiry["sales"] = 1
+    m.needs_reauth["sales"] = 0
+    m.pool_sessions["idle"] = 0
     exposed = set(re.findall(r"^(xoauth2relay_\w+)", m.render().decode(), re.M))
     used = set(re.findall(r"xoauth2relay_\w+", text))
     assert used and used <= exposed, used - exposed
