@@ -103,10 +103,12 @@ class RelayApp:
         """The running mail listeners (for /status and /readyz)."""
         from relay.admin.report import ListenerState  # noqa: PLC0415 - only with an admin listener
 
-        states = []
+        states: list[ListenerState] = []
         gen = self._current
-        for name, server in (gen.servers.items() if gen else ()):
-            listener = getattr(gen.config.listen, name) if gen else None  # type: ignore[union-attr]
+        if gen is None:
+            return states
+        for name, server in gen.servers.items():
+            listener: ListenerConfig = getattr(gen.config.listen, name)
             raw = getattr(server, "_server", None)  # the asyncio.Server of SmtpRelayServer / Pop3ProxyServer
             serving = bool(raw is not None and raw.is_serving())
             active = getattr(server, "active_sessions", None)
