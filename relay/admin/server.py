@@ -43,6 +43,10 @@ class AdminServer:
         self._http = HttpServer(self.handle, config.host, config.port, limits=ADMIN_LIMITS, name="admin")
         self._routes = {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
                         "/status": self._status}
+        from relay.admin.webapp import AdminWeb  # noqa: PLC0415 - it imports bearer_ok from here
+        from relay.localauth import is_loopback  # noqa: PLC0415
+
+        self.web = AdminWeb(view, config, open_without_token=self._token is None and is_loopback(config.host))
 
     @property
     def port(self) -> int:
@@ -60,7 +64,10 @@ class AdminServer:
         await self._http.stop()
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
-        """Route one request: auth, method, path."""
+        """Route one request: the page (its own login), else auth, method, path."""
+        if self.web.owns(request.path):
+            bearer = self._token is None or bearer_ok(request.headers.get("authorization"), self._token)
+            return await self.web.handle(request, bearer)
         route = self._routes.get(request.path)
         if self._token and request.path not in PUBLIC_PATHS and \
                 not bearer_ok(request.headers.get("authorization"), self._token):
@@ -69,7 +76,7 @@ class AdminServer:
             return json_response(401, {"error": "missing or wrong bearer token (admin.auth_token)"},
                                  (("WWW-Authenticate", 'Bearer realm="xoauth2-relay"'),))
         if route is None:
-            return json_response(404, {"error": f"no such path; try {', '.join(self._routes)}"})
+            return json_response(404, {"error": f"no such path; try / or {', '.join(self._routes)}"})
         if request.method not in READ_METHODS:
             return json_response(405, {"error": f"{request.method} is not allowed here; use GET"},
                                  (("Allow", "GET, HEAD"),))

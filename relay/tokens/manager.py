@@ -204,6 +204,12 @@ class TokenManager:
                                           ts.obtained_at if ts else None))
         return out
 
+    def forget(self, name: str) -> None:
+        """Drop what is kept in memory for an account whose stored tokens were deleted (revoke)."""
+        for kept in (self._memory, self._errors, self._reported):
+            kept.pop(name, None)
+        self._unsaved.discard(name)
+
     @property
     def unsaved_accounts(self) -> frozenset[str]:
         """Accounts whose newest tokens could not be written to the store (kept in memory)."""
