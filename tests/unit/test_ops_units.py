@@ -279,3 +279,43 @@ def test_dashboard_uses_only_metrics_the_relay_exposes() -> None:
     exposed = set(re.findall(r"^(xoauth2relay_\w+)", m.render().decode(), re.M))
     used = set(re.findall(r"xoauth2relay_\w+", text))
     assert used and used <= exposed, used - exposed
+
+
+# --- admin page (issue 21) ---------------------------------------------------------------------------
+
+def test_web_sessions_cookies_and_csrf() -> None:
+    """Sessions come from the cookie, expire, end on logout; CSRF compared exactly; failures back off."""
+    from relay.admin.websession import WebSessions, cookie_value, csrf_ok, session_cookie
+
+    now = [0.0]
+    sessions = WebSessions(clock=lambda: now[0])
+    s = sessions.create()
+    cookie = session_cookie(s)
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert sessions.get(f"other=1; {cookie.split(';')[0]}") is s
+    assert cookie_value("a=1; relay_admin=xyz", "relay_admin") == "xyz" and cookie_value(None, "x") is None
+    assert csrf_ok(s, s.csrf) and not csrf_ok(s, None) and not csrf_ok(s, s.csrf + "x")
+    now[0] = 9 * 3600.0
+    assert sessions.get(cookie.split(";")[0]) is None
+    assert [sessions.failure_delay_s("1.2.3.4", 0.5) for _ in range(3)] == [0.5, 1.0, 2.0]
+    sessions.succeeded("1.2.3.4")
+    assert sessions.failure_delay_s("1.2.3.4", 0.5) == 0.5
+    assert "Max-Age=0" in session_cookie(None)
+
+
+def test_status_page_escapes_everything_and_has_no_script() -> None:
+    """Account names, errors and URLs are HTML-escaped; the page has forms with the CSRF token and no
+    script; the device code is shown."""
+    from relay.admin.actions import DeviceSignIn
+    from relay.admin.web import status_page
+
+    evil = "<script>alert(1)</script>"
+    doc = {"version": "1", "ready": False, "uptime_s": 1, "reasons": [evil], "listeners": [],
+           "accounts": {"sales": {"grant_state": "needs authorize", "needs_reauthorization": True,
+                                  "fix": "relay authorize sales", "last_upstream_error": evil, "sends": True,
+                                  "messages_sent": 2, "messages_fetched": 0}}}
+    page = status_page(doc, "tok'en", [evil], {"sales": DeviceSignIn("sales", "ABCD-EFGH", "https://x/dev",
+                                                                     0.0)})
+    assert "<script" not in page and "&lt;script&gt;" in page
+    assert "value='tok&#x27;en'" in page and "ABCD-EFGH" in page and "Re-authorize" in page
+    assert page.count("name=csrf") == 4  # authorize, test, revoke, logout
