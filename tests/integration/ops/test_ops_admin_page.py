@@ -148,3 +148,23 @@ def test_page_refuses_missing_csrf_cookie_and_bad_input(ops: OpsSetup, serve) ->
     forged = _request(port, "GET", "/callback?state=forged&code=x")
     assert forged[0] == 400
     wait_until(lambda: proc.proc.poll() is None, what="relay still running")
+
+
+def test_page_device_code_account_shows_the_code_and_gets_authorized(ops: OpsSetup, serve) -> None:
+    """A device-code account: Authorize shows the user code and URL; once the sandbox approves it,
+    the background poll stores the grant and the page says valid."""
+    ops.smtp_port, ops.pop3_port = free_port(), free_port()
+    port = enable_admin(ops)
+    ops.extra["credentials"] = ops.world.credentials_yaml("sandbox", flow="device_code")
+    ops.world.oauth.set_device_interval(1)
+    proc = serve(ops.write())
+    proc.wait_for(f"admin listener on http://127.0.0.1:{port}")
+    cookie, csrf = _login(port)
+    assert _request(port, "POST", "/accounts/ops/authorize", body={"csrf": csrf}, cookie=cookie)[0] == 303
+    page = _request(port, "GET", "/", cookie=cookie)[2]
+    code = re.search(r"<span class=code>([^<]+)</span>", page)
+    assert code and ops.world.oauth.device_authorization_url.rsplit("/", 1)[0] in page
+    assert ops.world.oauth.approve_device(code[1], "ops@sandbox.test")
+    wait_until(lambda: "(authorized)" in _request(port, "GET", "/", cookie=cookie)[2],
+               what="the device grant")
+    assert ">valid<" in _request(port, "GET", "/", cookie=cookie)[2]
