@@ -60,8 +60,11 @@ class AdminServer:
                  self.config.host, self.port, "required" if self._token else "not configured")
 
     async def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving; end device-code sign-ins still polling."""
         await self._http.stop()
+        for sign_in in self.web.actions.devices.values():
+            if sign_in.task is not None:
+                sign_in.task.cancel()
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """Route one request: the page (its own login), else auth, method, path."""
