@@ -180,7 +180,7 @@ class RelayApp:
             if config.listen.pop3.enabled:
                 gen.servers["pop3"] = Pop3ProxyServer(config, tokens, authenticator, observer=self.metrics)
             if config.listen.imap.enabled:
-                gen.servers["imap"] = ImapProxyServer(config, tokens, authenticator)
+                gen.servers["imap"] = ImapProxyServer(config, tokens, authenticator, observer=self.metrics)
             for name, server in gen.servers.items():
                 await _start_with_retries(server, bind_retries)
                 _log_listener(name, getattr(config.listen, name), server.port)  # type: ignore[attr-defined]

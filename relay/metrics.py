@@ -24,7 +24,7 @@ from prometheus_client import generate_latest
 
 PREFIX = "xoauth2relay"
 OTHER = "other"
-PROTOCOLS = ("smtp", "pop3")
+PROTOCOLS = ("smtp", "pop3", "imap")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
