@@ -7,8 +7,10 @@ import smtplib
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+import yaml
 from ops_helpers import OpsSetup, free_port, run_relay, send_mail, wait_until
 
 ADMIN_MAILBOX = "admin@sandbox.test"
@@ -120,3 +122,48 @@ def test_failing_alert_channels_are_logged_and_the_relay_keeps_serving(ops: OpsS
     assert proc.proc.poll() is None
     greeting = run_relay("health", "--greetings", "-c", str(ops.config_path))
     assert greeting.returncode == 0, greeting.stdout
+
+
+def _short_lived_cert(directory: Path, days: int) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 that expires in ``days`` days: (cert, key) paths."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=days)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "short.pem", directory / "short.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return str(cert_path), str(key_path)
+
+
+def test_expiring_listener_certificate_alerts(ops: OpsSetup, serve, webhook: WebhookReceiver) -> None:
+    """A listener certificate that expires within certificate_expiry_days gives one alert naming the
+    file and the reload that applies a renewed one (Slack format: a `text`)."""
+    ops.seed("ops", "ops@sandbox.test")
+    cert, key = _short_lived_cert(ops.dir, days=3)
+    ops.smtp_port, ops.pop3_port = free_port(), free_port()
+    ops.extra["alerts"] = {"check_interval_s": 0.1, "certificate_expiry_days": 14,
+                           "webhook": {"url": webhook.url, "format": "slack"}}
+    path = ops.write()
+    data = yaml.safe_load(path.read_text())
+    data["listen"]["smtp"].update({"tls": "starttls", "cert_file": cert, "key_file": key})
+    path.write_text(yaml.safe_dump(data))
+    proc = serve(path)
+    proc.wait_listening()
+    wait_until(lambda: webhook.bodies, what="the certificate alert")
+    [body] = webhook.bodies
+    assert list(body) == ["text"]
+    text = str(body["text"])
+    assert "certificate expiring" in text and cert in text and "expires in" in text
+    assert "systemctl reload xoauth2-relay" in text
