@@ -167,3 +167,26 @@ def test_expiring_listener_certificate_alerts(ops: OpsSetup, serve, webhook: Web
     text = str(body["text"])
     assert "certificate expiring" in text and cert in text and "expires in" in text
     assert "systemctl reload xoauth2-relay" in text
+
+
+def test_refresh_failing_longer_than_threshold_alerts_and_recovers(ops: OpsSetup, serve,
+                                                                  webhook: WebhookReceiver) -> None:
+    """The token endpoint failing (HTTP 503) for longer than refresh_failing_after_s gives one
+    refresh_failing alert; a successful refresh afterwards gives one recovery."""
+    ops.seed("ops", "ops@sandbox.test", expires_in_s=-60)
+    ops.smtp_port, ops.pop3_port = free_port(), free_port()
+    ops.extra["alerts"] = {"check_interval_s": 0.1, "refresh_failing_after_s": 0.5,
+                           "webhook": {"url": webhook.url}}
+    proc = serve(ops.write())
+    proc.wait_listening()
+    ops.world.oauth.fail_next(1000, 503)
+    with pytest.raises(smtplib.SMTPException):
+        send_mail(proc.ports["smtp"], "ops-app", "ops@sandbox.test", "x@sandbox.test")
+    wait_until(lambda: webhook.events("firing"), what="the refresh_failing alert")
+    [fired] = webhook.events("firing")
+    assert (fired["alert"], fired["account"]) == ("refresh_failing", "ops")
+    assert "relay check ops" in str(fired["fix"])
+    ops.world.oauth.clear_faults()
+    send_mail(proc.ports["smtp"], "ops-app", "ops@sandbox.test", "x@sandbox.test")
+    wait_until(lambda: webhook.events("resolved"), what="the recovery")
+    assert len(webhook.events("firing")) == 1 and len(webhook.events("resolved")) == 1
