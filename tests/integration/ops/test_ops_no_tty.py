@@ -62,6 +62,8 @@ def test_every_command_runs_without_a_terminal(ops: OpsSetup) -> None:
     check("authorize", "ops", "--manual", "-c", cfg, rc=6, error="nothing was pasted")
     check("authorize", "ops", "--no-browser", "--timeout", "1", "-c", cfg, rc=7, error="no sign-in completed")
     check("demo", "--once", "--smtp-port", "0", "--pop3-port", "0", rc=0)
+    check("explain", "535 5.7.139 Authentication unsuccessful", rc=0)
+    check("explain", rc=1)  # nothing on stdin: "unknown", exit 1
 
     serving = subprocess.Popen(relay_cmd("serve", "-c", cfg), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
