@@ -11,10 +11,12 @@ so it is never delivered.
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from relay.errors import RelayError
 from relay.explain import log_explanation
+from relay.metrics import RelayObserver
 from relay.smtp.bdat import BdatTransfer
 from relay.smtp.dataframe import DataFramer, DataProblem
 from relay.smtp.failures import client_reply_for_upstream
@@ -49,6 +51,11 @@ class SessionKeeper(Protocol):
         """Log an upstream failure mid-transaction, drop the session; return the client's 4xx."""
         ...
 
+    @property
+    def observer(self) -> RelayObserver:
+        """Where message outcomes are reported (relay.metrics)."""
+        ...
+
 
 def note(state: ConnectionState, reply: SmtpReply) -> None:
     """Remember the upstream's last reply (for the session summary log line)."""
@@ -69,6 +76,12 @@ class _Sink:
         self.error: BaseException | None = None
         self.abandoned = False
         self.refusal: SmtpReply | None = None  # the upstream refused the content: the final reply
+        self.started = time.monotonic()
+
+    def _report(self, code: int | None, size: int) -> None:
+        account = self.server.state.account
+        if account is not None:
+            self.keeper.observer.message_finished(account.name, code, size, time.monotonic() - self.started)
 
     @property
     def stopped(self) -> bool:
@@ -99,11 +112,13 @@ class _Sink:
     def _error_reply(self) -> str:
         assert self.error is not None
         self.abandon()
+        self._report(None, 0)
         return self.keeper.broken(self.server.state, self.error).render()
 
     def _refusal_reply(self) -> str:
         assert self.refusal is not None
         note(self.server.state, self.refusal)
+        self._report(self.refusal.code, 0)
         return client_reply_for_upstream(self.refusal).render()
 
     def _final_reply(self, reply: SmtpReply, framer: DataFramer, *, reset_on_failure: bool) -> str:
@@ -112,6 +127,7 @@ class _Sink:
         state = self.server.state
         state.in_transaction = reset_on_failure and not reply.is_positive
         note(state, reply)
+        self._report(reply.code, framer.received_bytes)
         if reply.is_positive:
             state.messages += 1
             state.bytes += framer.received_bytes

@@ -18,6 +18,7 @@ upstream also offers CHUNKING (`relay.smtp.datasink`).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
@@ -30,6 +31,7 @@ from relay.errors import (
     UpstreamBusy,
     UpstreamUnavailable,
 )
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.sasl import decode_login_field, decode_plain
 from relay.secret import Secret
 from relay.sender_policy import sender_refusal
@@ -63,6 +65,8 @@ _PASSWORD_B64 = "UGFzc3dvcmQ6"  # noqa: S105 - the base64 of the prompt "Passwor
 
 class RelayHandler:
     """aiosmtpd handler: local AUTH, forwarding to the account's upstream, error mapping."""
+
+    observer: RelayObserver = NULL_OBSERVER  # relay.metrics: set by the server when metrics are on
 
     def __init__(self, config: RelayConfig, tokens: TokenSource, authenticator: Any,
                  *, hostname: str = "localhost") -> None:
@@ -163,8 +167,13 @@ class RelayHandler:
             account = await self.authenticator.authenticate(username, password, server.state.client_ip)
         if account is None:
             log.info("smtp %s: failed login for %r from %s", server.state.session_id, username,
-                     server.state.client_address)
+                     server.state.client_address,
+                     extra={"session": server.state.session_id, "client": server.state.client_address,
+                            "protocol": "smtp", "outcome": "auth_failed"})
+            self.observer.local_auth_failed("smtp")
+            server.state.outcome = "auth_failed"
             return AUTH_INVALID
+        server.state.outcome = "ok"
         session.authenticated = True
         server.state.account = account
         return AUTH_OK
@@ -285,9 +294,15 @@ class RelayHandler:
         self.release_upstream(state)  # pooling: a session without an open transaction is reusable
         self.drop_upstream(state)
         account = state.account.name if state.account else "-"
+        duration_ms = round((time.monotonic() - state.started) * 1000)
+        self.observer.session_ended("smtp", state.account.name if state.account else None, state.outcome)
         log.info("smtp session %s end: account=%s client=%s messages=%d bytes=%d last_upstream=%r",
                  state.session_id, account, state.client_address, state.messages, state.bytes,
-                 state.last_upstream_reply)
+                 state.last_upstream_reply,
+                 extra={"account": account, "session": state.session_id, "client": state.client_address,
+                        "protocol": "smtp", "outcome": state.outcome, "messages": state.messages,
+                        "upstream_reply": state.last_upstream_reply, "duration_ms": duration_ms,
+                        "bytes": state.bytes})
 
     # --- MAIL and RCPT upstream -----------------------------------------------------------------
 
@@ -450,12 +465,22 @@ class RelayHandler:
             command_timeout_s=self.limits.upstream_command_timeout_s,
             data_timeout_s=self.limits.upstream_data_timeout_s,
         )
-        await up.connect()
+        started = time.monotonic()
         try:
-            await up.authenticate(account.mailbox, token)
-        except BaseException:
-            up.abort()
+            await up.connect()
+            try:
+                await up.authenticate(account.mailbox, token)
+            except BaseException:
+                up.abort()
+                raise
+        except UpstreamAuthRejected as exc:
+            self.observer.upstream_login(account.name, "smtp", time.monotonic() - started,
+                                         _reply_code(exc.reply) or 535)
             raise
+        except (RelayError, OSError):
+            self.observer.upstream_login(account.name, "smtp", time.monotonic() - started, None)
+            raise
+        self.observer.upstream_login(account.name, "smtp", time.monotonic() - started, 235)
         return up
 
     def _check_capabilities(self, up: UpstreamSmtpSession, options: dict[str, str]) -> str | None:
@@ -500,7 +525,13 @@ class RelayHandler:
 
     def _failure(self, state: ConnectionState, account: AccountConfig, exc: BaseException) -> SmtpReply:
         """Log one line naming the account, the upstream reply and the fix; return the 4xx."""
-        log.warning("smtp session %s: %s", state.session_id, describe_failure(exc, account))
+        explanation = describe_failure(exc, account)
+        log.warning("smtp session %s: %s", state.session_id, explanation,
+                    extra={"account": account.name, "session": state.session_id,
+                           "client": state.client_address, "protocol": "smtp",
+                           "outcome": "upstream_error", "upstream_reply": getattr(exc, "reply", None)})
+        state.outcome = "upstream_error"
+        self.observer.upstream_failure(account.name, "smtp", explanation)
         reply = reply_for_error(exc)
         state.last_upstream_reply = getattr(exc, "reply", None) or reply.one_line()
         return reply
@@ -536,6 +567,12 @@ def _accept_sender(envelope: Envelope, address: str, mail_options: list[str]) ->
     """What aiosmtpd records for an accepted MAIL (a hook returning a reply must do it itself)."""
     envelope.mail_from = address
     envelope.mail_options.extend(mail_options)
+
+
+def _reply_code(reply: str | None) -> int | None:
+    """The numeric code at the start of an upstream reply text, if any."""
+    head = (reply or "")[:3]
+    return int(head) if head.isdigit() else None
 
 
 def _died_while_idle(exc: BaseException) -> bool:

@@ -115,6 +115,7 @@ class ConnectionState:
     messages: int = 0
     bytes: int = 0
     last_upstream_reply: str | None = None
+    outcome: str = "ok"  # the session's outcome for metrics: ok | auth_failed | upstream_error
 
 
 class DataSink(Protocol):
