@@ -43,8 +43,9 @@ RUN useradd --uid 10001 --user-group --home-dir /data --no-create-home \
 USER relay
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 2525 1110
-# `relay health` exits 0 when every enabled listener greets (220 / +OK) within its timeout.
+EXPOSE 2525 1110 9025
+# `relay health` exits 0 when every enabled listener greets (220 / +OK) within its timeout; with an
+# admin listener configured, when /readyz says ready (listeners, token store, every grant usable).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=15s --retries=3 \
     CMD ["relay", "health", "--config", "/config/relay.yaml"]
 ENTRYPOINT ["relay"]

@@ -59,7 +59,8 @@ class RelayProcess(ChildServer):
     _hash: str | None = None  # one scrypt hash for every relay of a run
 
     def __init__(self, upstream: UpstreamProcess, workdir: Path, name: str, *, pool: bool = False,
-                 log_level: str = "INFO", token_store: dict[str, object] | None = None) -> None:
+                 log_level: str = "INFO", token_store: dict[str, object] | None = None,
+                 extra: dict[str, object] | None = None) -> None:
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.workdir / "relay.log", free_port())
@@ -70,6 +71,7 @@ class RelayProcess(ChildServer):
         config = relay_config(upstream, self.workdir, self.smtp_port, self.pop3_port, pool=pool,
                               password_hash=RelayProcess._hash, imap_port=self.imap_port,
                               token_store=token_store)
+        config.update(extra or {})  # more sections, e.g. admin (bench/admin_overhead.py)
         self.config_path = self.workdir / "relay.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.output_path

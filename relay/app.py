@@ -5,6 +5,9 @@
 - SIGHUP: re-read the configuration file. When it is valid, new listeners (and a new token
   manager over the same store) take over; sessions already running finish on the old ones. When
   it is invalid, the error is logged and the running configuration stays.
+- With ``admin:`` the admin HTTP listener (relay.admin) serves /metrics, /healthz, /readyz and
+  /status; with ``alerts:`` the alert monitor (relay.alerts) watches the accounts. Under systemd
+  (``NOTIFY_SOCKET``) READY/RELOADING/STOPPING/WATCHDOG are sent (relay.sdnotify).
 """
 
 from __future__ import annotations
@@ -13,15 +16,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from relay import sdnotify
 from relay.config.model import ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.errors import RelayError
+from relay.metrics import RelayMetrics
 from relay.tokens.interface import TokenStore
 from relay.tokens.manager import AccountTokenStatus, TokenManager
 from relay.tokens.store import open_store_async
+
+if TYPE_CHECKING:
+    from relay.admin.report import ListenerState
 
 log = logging.getLogger("relay.app")
 
@@ -54,6 +64,14 @@ class RelayApp:
         self._stop_requested = asyncio.Event()
         self._signals = 0
         self._reload_lock = asyncio.Lock()
+        self.started_at = time.time()
+        # Metrics are collected only for the admin listener and the alerts: otherwise the mail
+        # paths report to relay.metrics.NULL_OBSERVER.
+        self.metrics: RelayMetrics | None = None
+        if config.admin is not None or config.alerts is not None:
+            self.metrics = RelayMetrics(config.accounts)
+        self._admin: object | None = None
+        self._alerts: object | None = None
 
     # --- properties -----------------------------------------------------------------------------
 
@@ -78,6 +96,41 @@ class RelayApp:
         assert self._current is not None, "RelayApp is not started"
         return self._current.tokens
 
+    @property
+    def admin_port(self) -> int | None:
+        """The bound admin listener port (None when it is not configured)."""
+        return getattr(self._admin, "port", None)
+
+    def listener_states(self) -> list[ListenerState]:
+        """The running mail listeners (for /status and /readyz)."""
+        from relay.admin.report import ListenerState  # noqa: PLC0415 - only with an admin listener
+
+        states: list[ListenerState] = []
+        gen = self._current
+        if gen is None:
+            return states
+        for name, server in gen.servers.items():
+            listener: ListenerConfig = getattr(gen.config.listen, name)
+            raw = getattr(server, "_server", None)  # the asyncio.Server of SmtpRelayServer / Pop3ProxyServer
+            serving = bool(raw is not None and raw.is_serving())
+            active = getattr(server, "active_sessions", None)
+            if active is None:
+                active = len(getattr(server, "_tasks", ()))
+            states.append(ListenerState(name, listener.host, int(getattr(server, "port", 0)), listener.tls,
+                                        serving, int(active)))
+        return states
+
+    def pool_sessions(self) -> dict[str, int]:
+        """Pooled upstream SMTP sessions by state (empty when pooling is off)."""
+        gen = self._current
+        smtp = gen.servers.get("smtp") if gen else None
+        pool = getattr(getattr(smtp, "handler", None), "pool", None)
+        if pool is None or gen is None:
+            return {}
+        total = sum(pool.sessions(name) for name in gen.config.accounts)
+        idle = sum(pool.idle_sessions(name) for name in gen.config.accounts)
+        return {"idle": idle, "in_use": total - idle}
+
     def _port(self, name: str) -> int | None:
         server = self._current.servers.get(name) if self._current else None
         return getattr(server, "port", None) if server is not None else None
@@ -90,6 +143,26 @@ class RelayApp:
             self._store = await open_store_async(self.config.token_store)
             self._owns_store = True
         self._current = await self._start_generation(self.config)
+        try:
+            await self._start_operations()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start_operations(self) -> None:
+        """The admin listener and the alert monitor (once per process; not replaced by a reload)."""
+        if self.config.admin is not None:
+            from relay.admin.server import AdminServer  # noqa: PLC0415 - only when configured
+
+            admin = AdminServer(self, self.config.admin)
+            await admin.start()
+            self._admin = admin
+        if self.config.alerts is not None:
+            from relay.alerts.monitor import AlertMonitor  # noqa: PLC0415 - only when configured
+
+            monitor = AlertMonitor(self)
+            monitor.start()
+            self._alerts = monitor
 
     async def _start_generation(self, config: RelayConfig, *, bind_retries: int = 1) -> _Generation:
         from relay.imap.server import ImapProxyServer  # noqa: PLC0415 - keeps `relay --help` fast
@@ -99,15 +172,18 @@ class RelayApp:
 
         assert self._store is not None
         tokens = TokenManager(config, self._store, lease_ttl_s=config.token_store.lease_ttl_s)
+        if self.metrics is not None:
+            self.metrics.add_accounts(config.accounts)
+            tokens.observer = self.metrics
         gen = _Generation(config, tokens)
         authenticator = LocalAuthenticator(config)
         try:
             if config.listen.smtp.enabled:
-                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator)
+                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator, observer=self.metrics)
             if config.listen.pop3.enabled:
-                gen.servers["pop3"] = Pop3ProxyServer(config, tokens, authenticator)
+                gen.servers["pop3"] = Pop3ProxyServer(config, tokens, authenticator, observer=self.metrics)
             if config.listen.imap.enabled:
-                gen.servers["imap"] = ImapProxyServer(config, tokens, authenticator)
+                gen.servers["imap"] = ImapProxyServer(config, tokens, authenticator, observer=self.metrics)
             for name, server in gen.servers.items():
                 await _start_with_retries(server, bind_retries)
                 _log_listener(name, getattr(config.listen, name), server.port)  # type: ignore[attr-defined]
@@ -123,6 +199,11 @@ class RelayApp:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, give sessions ``grace_s`` (limits.shutdown_grace_s) to end, then close."""
+        for part in (self._alerts, self._admin):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    await part.stop()  # type: ignore[attr-defined]
+        self._alerts = self._admin = None
         gen, self._current = self._current, None
         self._stopping = gen
         if grace_s is None:
@@ -154,9 +235,12 @@ class RelayApp:
                 loop.add_signal_handler(signum, handler, signum)
                 installed.append(signum)
         log.info("relay running (pid signals: TERM/INT stop gracefully, HUP reloads the configuration)")
+        sdnotify.notify(sdnotify.ready(self._status_line()))
+        watchdog = sdnotify.start_watchdog()
         stopping: asyncio.Task[None] | None = None
         try:
             await self._stop_requested.wait()
+            sdnotify.notify(sdnotify.stopping())
             grace_s = self.config.limits.shutdown_grace_s
             if self._current is not None:
                 grace_s = self._current.config.limits.shutdown_grace_s
@@ -170,8 +254,15 @@ class RelayApp:
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
+            if watchdog is not None:
+                watchdog.cancel()
         log.info("stopped")
         return 0
+
+    def _status_line(self) -> str:
+        ports = ", ".join(f"{name} {getattr(server, 'port', '?')}"
+                          for name, server in (self._current.servers.items() if self._current else ()))
+        return f"serving {len(self.config.accounts)} account(s); listeners: {ports or 'none'}"
 
     def request_stop(self) -> None:
         """Ask `run` to stop gracefully (what SIGTERM does)."""
@@ -193,9 +284,15 @@ class RelayApp:
     # --- reload ---------------------------------------------------------------------------------
 
     def _on_reload_signal(self, signum: int) -> None:
-        task = asyncio.ensure_future(self.reload())
+        sdnotify.notify(sdnotify.reloading())
+        task = asyncio.ensure_future(self._reload_and_notify())
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
+
+    async def _reload_and_notify(self) -> None:
+        await self.reload()
+        if self._current is not None:
+            sdnotify.notify(sdnotify.ready(self._status_line()))
 
     async def reload(self) -> bool:
         """Re-read the configuration file; swap in new listeners when it is valid. True on success."""
@@ -227,6 +324,8 @@ class RelayApp:
                 self._current = None
                 self._stop_requested.set()
                 return False
+            if new_config.admin != self.config.admin or new_config.alerts != self.config.alerts:
+                log.warning("SIGHUP: the admin and alerts sections changed; restart the relay to apply them")
             self.config = new_config
             log.info("SIGHUP: configuration reloaded from %s; %d session(s) finish on the old one",
                      path, sum(getattr(s, "active_sessions", 0) for s in old.servers.values()))

@@ -264,6 +264,10 @@ class Authorizer:
             except TimeoutError:
                 raise AuthorizeTimeout(f"nothing was pasted within {timeout_s:.0f} s; "
                                        "nothing was stored") from None
+            if not line.strip():
+                raise AuthorizeFlowError("nothing was pasted (standard input is empty or closed); run "
+                                         "`relay authorize --manual` in a terminal, or use --device",
+                                         account=acc.name)
             code = code_from_redirect(_params_of_pasted(line), state)
         else:
             listener = RedirectListener(state, port=creds.redirect_port, redirect_host=creds.redirect_host)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -29,8 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reopen_closed_std_fds() -> None:
+    """Put /dev/null on a closed stdin/stdout/stderr (cron, ``<&-``).
+
+    Otherwise the next socket would get descriptor 0, 1 or 2 (uvloop aborts on that, and a print
+    would write into a connection) and ``sys.stdin`` would be None.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdin is None:
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            with contextlib.suppress(OSError):
+                setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the process exit code."""
+    reopen_closed_std_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--to", required=True, metavar="ADDR", help="the recipient")
     add_config_argument(p)
     p.add_argument("--password-stdin", action="store_true",
-                   help="read the account's local password from standard input (else it is prompted)")
+                   help="read the account's local password from standard input (else it is prompted; "
+                        "needed without a terminal: cron, CI, containers)")
     p.add_argument("--subject", default="xoauth2-relay test message")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="SMTP timeout in seconds (60)")
     p.set_defaults(func=cmd_send_test)
@@ -85,6 +86,12 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         raise ConfigError("listen.smtp.enabled", "the SMTP listener is disabled; nothing to send through")
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ConfigError("--password-stdin", "standard input gave no password (it is empty or closed); "
+                              f"pipe the local password of {account.username} into the command")
+    elif not sys.stdin.isatty():
+        raise ConfigError("--password-stdin", "there is no terminal to ask for the password; pass "
+                          "--password-stdin and pipe the password into the command")
     else:
         password = getpass.getpass(f"Local password of {account.username}: ")
     where = f"{connect_host(listener.host)}:{listener.port}"

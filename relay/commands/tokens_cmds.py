@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -110,13 +111,20 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             finally:
                 await manager.close()
 
-    rows = [("ACCOUNT", "CREDENTIALS", "FLOW", "STATUS", "VALID UNTIL (UTC)", "LAST ERROR")]
+    keepalive = timedelta(days=config.limits.token_keepalive_days)
+    rows = [("ACCOUNT", "CREDENTIALS", "FLOW", "STATUS", "VALID UNTIL (UTC)", "KEEP-ALIVE REFRESH BY",
+             "LAST ERROR")]
     for s in asyncio.run(run()):
         until = s.valid_until.strftime("%Y-%m-%d %H:%M:%S") if s.valid_until else "-"
-        rows.append((s.account, s.credentials, s.flow, s.state, until, s.last_error or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        due = "-"
+        if s.obtained_at is not None and s.state in ("valid", "expired"):
+            due = (s.obtained_at + keepalive).strftime("%Y-%m-%d %H:%M")
+        rows.append((s.account, s.credentials, s.flow, s.state, until, due, s.last_error or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=True)) + "  " + row[6])
+    print(f"Idle grants are refreshed at least every {config.limits.token_keepalive_days:g} days "
+          "(limits.token_keepalive_days) while `relay serve` runs.")
     return 0
 
 

@@ -35,6 +35,7 @@ from relay.config.model import (
     TokenStoreConfig,
     UpstreamEndpoint,
 )
+from relay.config.ops_sections import build_admin, build_alerts
 from relay.errors import ConfigError
 from relay.localauth import is_loopback
 from relay.passwords import parse_hash
@@ -293,8 +294,10 @@ class _Builder:
         )
         credentials, provider_classes = self.all_credentials(top.get("credentials"))
         accounts = self.all_accounts(top.get("accounts"), credentials, provider_classes)
+        admin = build_admin(self, top.get("admin"))
+        alerts = build_alerts(self, top.get("alerts"), accounts)
         return RelayConfig(listen=listen, token_store=store, credentials=credentials, accounts=accounts,
-                           limits=limits, upstream_pool=pool)
+                           limits=limits, upstream_pool=pool, admin=admin, alerts=alerts)
 
     def listen(self, value: object) -> ListenConfig:
         data = self.mapping(value, "listen", ("smtp", "pop3", "imap")) or {}

@@ -194,7 +194,12 @@ class LimitsConfig:
     auth_failure_delay_s: float = 1.0
     auth_failures_before_throttle: int = 5
     auth_throttle_window_s: float = 300.0
-    token_refresh_margin_s: float = 300.0
+    # Renew this long before expiry: Exchange Online's High Volume Email refuses tokens that expire
+    # within ~10 minutes (PROTOCOLS.md 9.3), so 15 minutes.
+    token_refresh_margin_s: float = 900.0
+    # Refresh every grant at least this often even when idle: Microsoft refresh tokens die after
+    # 90 days unused.
+    token_keepalive_days: float = 7.0
     # How long a session waits for a free upstream slot (accounts.NAME.max_upstream_sessions).
     upstream_slot_wait_s: float = 60.0
     shutdown_grace_s: float = 30.0
@@ -210,6 +215,50 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin HTTP listener (/metrics, /healthz, /readyz, /status); off unless configured."""
+
+    host: str = "127.0.0.1"
+    port: int = 9025
+    auth_token: Secret | None = None  # when set, every request needs `Authorization: Bearer <token>`
+
+
+WebhookFormat = Literal["plain", "slack", "teams"]
+"""`plain`: the alert as JSON fields; `slack` / `teams`: a JSON object with a `text` field."""
+
+
+@dataclass(frozen=True)
+class WebhookAlertConfig:
+    """Alerts as a JSON POST to ``url``."""
+
+    url: str
+    format: WebhookFormat = "plain"
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class EmailAlertConfig:
+    """Alerts as an email sent upstream through one of the relay's own accounts."""
+
+    account: str
+    to: tuple[str, ...]
+    sender: str | None = None  # YAML `from`; default: the account's mailbox
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """When and where the relay tells its operator that something needs doing."""
+
+    webhook: WebhookAlertConfig | None = None
+    email: EmailAlertConfig | None = None
+    check_interval_s: float = 30.0
+    repeat_interval_s: float = 4 * 3600.0  # while a problem lasts, say it again this often
+    refresh_failing_after_s: float = 3600.0  # token refresh failing for longer than this
+    token_rejections: int = 3  # the upstream refused this many fresh tokens in a row
+    certificate_expiry_days: int = 14  # a configured certificate expires within this many days
+
+
+@dataclass(frozen=True)
 class RelayConfig:
     """The whole configuration, as loaded from one YAML file."""
 
@@ -219,6 +268,8 @@ class RelayConfig:
     accounts: Mapping[str, AccountConfig]
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     upstream_pool: PoolConfig = field(default_factory=PoolConfig)
+    admin: AdminConfig | None = None  # None: no admin listener
+    alerts: AlertsConfig | None = None  # None: problems are only logged
     source_path: Path | None = None  # the YAML file it came from, for messages
 
     def account_by_username(self, username: str) -> AccountConfig | None:

@@ -16,6 +16,7 @@ from relay.config.model import RelayConfig
 from relay.imap.session import ImapProxySession, SessionContext
 from relay.imap.syntax import untagged
 from relay.listening import listen_backlog
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.tlsutil import listener_context
 from relay.tokens.source import TokenSource
 from relay.upstream.stream import set_nodelay
@@ -32,7 +33,7 @@ class ImapProxyServer:
     """Local IMAP listener that forwards each logged-in session upstream with XOAUTH2."""
 
     def __init__(self, config: RelayConfig, tokens: TokenSource,
-                 authenticator: LocalAuthenticator) -> None:
+                 authenticator: LocalAuthenticator, *, observer: RelayObserver | None = None) -> None:
         self._config = config
         listener = config.listen.imap
         self._ctx = SessionContext(
@@ -41,6 +42,7 @@ class ImapProxyServer:
             tokens=tokens,
             authenticator=authenticator,
             tls_context=listener_context(listener, "listen.imap"),
+            observer=observer or NULL_OBSERVER,
         )
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -88,6 +90,9 @@ class ImapProxyServer:
             await self._refuse(writer)
             return
         self._tasks.add(task)
+        observer = self._ctx.observer
+        observer.session_started("imap")
+        session: ImapProxySession | None = None
         try:
             session = ImapProxySession(reader, writer, self._ctx, secrets.token_hex(4))
             await session.run()
@@ -97,6 +102,8 @@ class ImapProxyServer:
             return
         finally:
             self._tasks.discard(task)
+            account = session.stats.account if session is not None else None
+            observer.session_ended("imap", account if account and account != "-" else None, "ok")
 
     async def _refuse(self, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

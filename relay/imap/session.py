@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig
@@ -35,6 +36,7 @@ from relay.imap.protocol import NEED_DATA, PAUSED, ImapProtocol, LoginAttempt, R
 from relay.imap.splice import Splice
 from relay.imap.syntax import tagged, untagged
 from relay.imap.upstream import UpstreamImapSession, client_capabilities, open_upstream
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.tokens.source import TokenSource
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class SessionContext:
     tokens: TokenSource
     authenticator: LocalAuthenticator
     tls_context: ssl.SSLContext | None  # the listener's context (implicit TLS or STARTTLS)
+    observer: RelayObserver = field(default=NULL_OBSERVER)  # relay.metrics
 
 
 class ImapProxySession:
@@ -84,6 +87,7 @@ class ImapProxySession:
         self._writer = writer
         self._ctx = ctx
         self.session_id = session_id
+        self._started = time.monotonic()
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.client_ip = str(peer[0])
         self.client = f"{peer[0]}:{peer[1]}"
@@ -193,6 +197,7 @@ class ImapProxySession:
         account = await self._ctx.authenticator.authenticate(
             event.username, event.password.reveal(), self.client_ip)
         if account is None:
+            self._ctx.observer.local_auth_failed("imap")
             self._proto.login_failed()
             await self._write(tagged(event.tag, "NO", "Invalid credentials", "AUTHENTICATIONFAILED"))
             return False
@@ -298,7 +303,11 @@ class ImapProxySession:
         s = self.stats
         log.info("imap session %s ended: account=%s client=%s commands=%d bytes_in=%d "
                  "bytes_out=%d outcome=%s", self.session_id, s.account, self.client, s.commands,
-                 s.bytes_in, s.bytes_out, s.outcome)
+                 s.bytes_in, s.bytes_out, s.outcome,
+                 extra={"account": s.account, "session": self.session_id, "client": self.client,
+                        "protocol": "imap", "outcome": s.outcome, "upstream_reply": None,
+                        "duration_ms": round((time.monotonic() - self._started) * 1000),
+                        "bytes": s.bytes_out, "bytes_in": s.bytes_in})
 
 
 def _drain_reader(reader: asyncio.StreamReader) -> bytes:

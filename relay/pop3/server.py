@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from relay.config.model import RelayConfig
 from relay.listening import listen_backlog
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.pop3.replies import err
 from relay.pop3.session import Pop3ProxySession, SessionContext
 from relay.tlsutil import listener_context
@@ -32,7 +33,7 @@ class Pop3ProxyServer:
     """Local POP3 listener that forwards each logged-in session upstream with XOAUTH2."""
 
     def __init__(self, config: RelayConfig, tokens: TokenSource,
-                 authenticator: LocalAuthenticator) -> None:
+                 authenticator: LocalAuthenticator, *, observer: RelayObserver | None = None) -> None:
         self._config = config
         listener = config.listen.pop3
         self._ctx = SessionContext(
@@ -41,6 +42,7 @@ class Pop3ProxyServer:
             tokens=tokens,
             authenticator=authenticator,
             tls_context=listener_context(listener, "listen.pop3"),
+            observer=observer or NULL_OBSERVER,
         )
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()

@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig
@@ -32,6 +33,7 @@ from relay.errors import (
 )
 from relay.explain import log_explanation
 from relay.flow import needs_drain
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.pop3.protocol import (
     NEED_DATA,
     PAUSED,
@@ -63,6 +65,9 @@ class SessionStats:
     bytes_in: int = 0
     bytes_out: int = 0
     outcome: str = "closed"
+    result: str = "ok"  # for metrics: ok | auth_failed | upstream_error
+    upstream_reply: str | None = None  # the upstream's last status line
+    started: float = field(default_factory=time.monotonic)
 
 
 class _ClientGone(Exception):
@@ -78,6 +83,7 @@ class SessionContext:
     tokens: TokenSource
     authenticator: LocalAuthenticator
     tls_context: ssl.SSLContext | None  # the listener's context (implicit TLS or STLS)
+    observer: RelayObserver = field(default=NULL_OBSERVER)  # relay.metrics
 
 
 class Pop3ProxySession:
@@ -141,6 +147,7 @@ class Pop3ProxySession:
 
     async def run(self) -> None:
         """Serve the connection until QUIT, disconnect, timeout or error; log one line."""
+        self._ctx.observer.session_started("pop3")
         try:
             await self._write(ok("POP3 relay ready"))
             await self._loop()
@@ -202,9 +209,12 @@ class Pop3ProxySession:
         account = await self._ctx.authenticator.authenticate(
             event.username, event.password.reveal(), self.client_ip)
         if account is None:
+            self._ctx.observer.local_auth_failed("pop3")
+            self.stats.result = "auth_failed"
             self._proto.login_failed()
             await self._write(err("Invalid credentials", "AUTH"))
             return
+        self.stats.result = "ok"
         self.stats.account = account.name
         reply = await self._connect_upstream(account)
         if self._upstream is None:
@@ -220,8 +230,13 @@ class Pop3ProxySession:
             log.warning("pop3 login for account '%s' refused: the account has no pop3 upstream "
                         "(set accounts.%s.pop3)", account.name, account.name)
             return err(f"Account {account.username} has no POP3 mailbox configured", "SYS/PERM")
+        started = time.monotonic()
         try:
             self._upstream, status = await open_upstream(account, self._ctx.tokens, self._ctx.limits)
+            self._ctx.observer.upstream_login(account.name, "pop3", time.monotonic() - started, 200)
+        except UpstreamAuthRejected as exc:
+            self._ctx.observer.upstream_login(account.name, "pop3", time.monotonic() - started, 535)
+            return self._auth_rejected(account, exc)
         except AuthorizationNeeded as exc:
             self._log_login_failure(account, exc, f"run `relay authorize {account.name}`")
             return err("Mailbox re-authorization needed; ask the relay operator", "AUTH")
@@ -233,26 +248,34 @@ class Pop3ProxySession:
             self._log_login_failure(account, exc, "check the upstream host, port and TLS settings "
                                     f"under accounts.{account.name}.pop3")
             return err("Upstream mail server unavailable; try again later", "SYS/TEMP")
-        except UpstreamAuthRejected as exc:
-            code = exc.reply.enhanced_code if exc.reply else None
-            if exc.reply is not None and code in _PASSED_THROUGH_CODES:
-                self._log_login_failure(account, exc, "the upstream mailbox refused the session")
-                return f"-ERR {exc.reply.text}\r\n".encode()
-            self._log_login_failure(account, exc, f"the token was rejected after a refresh: check "
-                                    f"that POP access is enabled for {account.mailbox} and the "
-                                    f"app has POP permission, then run `relay authorize "
-                                    f"{account.name}`")
-            return err("Upstream mailbox login rejected; re-authorization needed", "AUTH")
         except (UpstreamError, RelayError) as exc:
             self._log_login_failure(account, exc, "see the error above")
             return err("Upstream mail server error; try again later", "SYS/TEMP")
         return status.raw
 
+    def _auth_rejected(self, account: AccountConfig, exc: UpstreamAuthRejected) -> bytes:
+        """The upstream refused the token even after a refresh: the client's reply."""
+        code = exc.reply.enhanced_code if exc.reply else None
+        if code in _PASSED_THROUGH_CODES:
+            self._log_login_failure(account, exc, "the upstream mailbox refused the session")
+            return f"-ERR {exc.reply.text if exc.reply else ''}\r\n".encode()
+        self._log_login_failure(account, exc, f"the token was rejected after a refresh: check "
+                                f"that POP access is enabled for {account.mailbox} and the "
+                                f"app has POP permission, then run `relay authorize "
+                                f"{account.name}`")
+        return err("Upstream mailbox login rejected; re-authorization needed", "AUTH")
+
     def _log_login_failure(self, account: AccountConfig, exc: Exception, fix: str) -> None:
         provider_error = getattr(exc, "provider_error", None)
         detail = f" (provider error: {provider_error})" if provider_error else ""
-        log.warning("pop3 session %s: upstream login for account '%s' (%s) failed: %s%s; fix: %s",
-                    self.session_id, account.name, account.mailbox, exc, detail, fix)
+        explanation = (f"upstream login for account '{account.name}' ({account.mailbox}) failed: "
+                       f"{exc}{detail}; fix: {fix}")
+        self.stats.result = "upstream_error"
+        self._ctx.observer.upstream_failure(account.name, "pop3", explanation)
+        log.warning("pop3 session %s: %s", self.session_id, explanation,
+                    extra={"account": account.name, "session": self.session_id, "client": self.client,
+                           "protocol": "pop3", "outcome": "upstream_error",
+                           "upstream_reply": str(getattr(exc, "reply", None) or "") or None})
         reply = getattr(exc, "reply", None)  # an UpstreamReply value, when the upstream answered
         log_explanation(account.name, account.mailbox, reply.one_line() if reply else str(exc))
 
@@ -268,6 +291,7 @@ class Pop3ProxySession:
                 await self._write(status.raw)
                 return
             status = await upstream.command(command.line)
+            self.stats.upstream_reply = _status_line(status.raw)
         except UpstreamError as exc:
             # Nothing of this reply reached the client yet: say why, then close.
             self.stats.outcome = f"upstream failed: {exc}"
@@ -276,6 +300,8 @@ class Pop3ProxySession:
         if not (status.ok and command.multiline):
             await self._write(status.raw)
             return
+        if command.keyword == "RETR" and self.stats.account != "-":
+            self._ctx.observer.message_fetched(self.stats.account, 0)
         # The status line goes out with the first body part in one send when that part is
         # already buffered (the usual RETR: status and body arrive together); otherwise at once.
         pending: bytes | None = status.raw if upstream.has_buffered_data else None
@@ -304,6 +330,17 @@ class Pop3ProxySession:
         except (OSError, TimeoutError):
             self._writer.transport.abort()
         s = self.stats
+        self._ctx.observer.session_ended("pop3", s.account if s.account != "-" else None, s.result)
         log.info("pop3 session %s ended: account=%s client=%s commands=%d bytes_in=%d "
                  "bytes_out=%d outcome=%s", self.session_id, s.account, self.client, s.commands,
-                 s.bytes_in, s.bytes_out, s.outcome)
+                 s.bytes_in, s.bytes_out, s.outcome,
+                 extra={"account": s.account, "session": self.session_id, "client": self.client,
+                        "protocol": "pop3", "outcome": s.result, "detail": s.outcome,
+                        "upstream_reply": s.upstream_reply,
+                        "duration_ms": round((time.monotonic() - s.started) * 1000),
+                        "bytes": s.bytes_out, "bytes_in": s.bytes_in})
+
+
+def _status_line(raw: bytes) -> str:
+    """The first line of a POP3 status, for the session log line (never a body; at most 200 chars)."""
+    return raw.split(b"\r\n", 1)[0][:200].decode("utf-8", "replace")

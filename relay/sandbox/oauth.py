@@ -17,14 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-from relay.sandbox.httpwire import (
-    BadRequest,
-    HttpRequest,
-    HttpResponse,
-    json_response,
-    read_request,
-    render_response,
-)
+from relay.httpserver import HttpLimits, HttpRequest, HttpResponse, json_response, serve_connection
 from relay.sandbox.loop import LoopbackServer
 from relay.sandbox.oauth_assertions import CLIENT_ASSERTION_TYPE, ClientAssertions
 from relay.sandbox.oauth_grants import (
@@ -49,6 +42,8 @@ GRANT_COUNTERS = {
     "device_code": "device_code_requests",
     "urn:ietf:params:oauth:grant-type:jwt-bearer": "jwt_bearer_requests",
 }
+
+_LIMITS = HttpLimits(max_head_bytes=64 * 1024, idle_timeout_s=30.0)
 
 __all__ = ["ANY_MAILBOX", "DEFAULT_CLIENT_ID", "DEFAULT_CLIENT_SECRET", "DEFAULT_SCOPE",
            "SandboxOAuthProvider"]
@@ -274,17 +269,8 @@ class SandboxOAuthProvider(LoopbackServer):
     # --- HTTP -----------------------------------------------------------------------------------
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one HTTP request and close."""
-        try:
-            request = await read_request(reader)
-        except BadRequest as exc:
-            response = json_response(400, {"error": "invalid_request", "error_description": str(exc)})
-        else:
-            if request is None:
-                return
-            response = await self._route(request)
-        writer.write(render_response(response))
-        await writer.drain()
+        """Serve HTTP requests on one connection (relay.httpserver, keep-alive) until it closes."""
+        await serve_connection(reader, writer, self._route, _LIMITS)
 
     async def _route(self, req: HttpRequest) -> HttpResponse:
         routes: dict[tuple[str, str], Callable[[HttpRequest], HttpResponse]] = {

@@ -11,11 +11,13 @@ one transaction.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 from relay.config.model import AccountConfig, LimitsConfig, RelayConfig
 from relay.errors import RelayError
 from relay.explain import log_explanation
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.secret import Secret
 from relay.smtp.dataframe import DataFramer
 from relay.smtp.datasink import UpstreamBdatSink, UpstreamDataSink
@@ -57,6 +59,7 @@ class LiveForwarding:
         self.tokens = tokens
         self.limits = config.limits
         self.slots = UpstreamSlots(self.limits.upstream_slot_wait_s)  # per-mailbox session cap
+        self.observer: RelayObserver = NULL_OBSERVER  # relay.metrics (the handler passes it on)
         self.pool: UpstreamPool | None = None
         if config.upstream_pool.enabled:
             self.pool = UpstreamPool(config.upstream_pool, tokens,
@@ -65,7 +68,7 @@ class LiveForwarding:
     def __call__(self, account: AccountConfig, conn: ConnectionInfo) -> LiveSmtpDelivery:
         """A delivery forwarding ``account``'s transactions on this connection."""
         return LiveSmtpDelivery(account, conn, tokens=self.tokens, limits=self.limits, pool=self.pool,
-                                slots=self.slots)
+                                slots=self.slots, observer=self.observer)
 
     async def close(self) -> None:
         """QUIT the pooled upstream sessions, if pooling is on."""
@@ -78,7 +81,8 @@ class LiveSmtpDelivery:
 
     def __init__(self, account: AccountConfig, conn: ConnectionInfo, *, tokens: TokenSource,
                  limits: LimitsConfig, pool: UpstreamPool | None,
-                 slots: UpstreamSlots | None = None) -> None:
+                 slots: UpstreamSlots | None = None,
+                 observer: RelayObserver = NULL_OBSERVER) -> None:
         self.account = account
         self.conn = conn
         self.tokens = tokens
@@ -86,6 +90,9 @@ class LiveSmtpDelivery:
         self.pool = pool
         self.slots = slots or UpstreamSlots(limits.upstream_slot_wait_s)
         self._explained: SmtpReply | None = None
+        self.observer = observer
+        self.failed = False  # an upstream failure was logged (the session outcome for metrics)
+        self._content_started = 0.0
         self.core = RelayTransaction(max_message_bytes=limits.max_message_bytes,
                                      pooled=pool is not None)
         self.up: UpstreamSmtpSession | None = None
@@ -120,6 +127,7 @@ class LiveSmtpDelivery:
         if isinstance(command, Answer):
             return command.reply
         assert isinstance(command, StartContent) and self.up is not None
+        self._content_started = time.monotonic()
         up, limit = self.up, self.core.size_limit()
         if command.chunking:
             return _ForwardedContent(self, UpstreamBdatSink(up, limit, self.conn.busy))
@@ -131,9 +139,14 @@ class LiveSmtpDelivery:
 
     async def content_done(self, result: ContentResult, framer: DataFramer | None) -> SmtpReply:
         """The end of a message: count it when accepted; the client's final reply."""
+        size = 0
         if result.reply is not None and result.reply.is_positive and framer is not None:
+            size = framer.received_bytes
             self.messages += 1
-            self.bytes += framer.received_bytes
+            self.bytes += size
+        final = result.reply or result.refused
+        self.observer.message_finished(self.account.name, final.code if final else None, size,
+                                       time.monotonic() - self._content_started)
         return await self._run(self.core.content_done(result))
 
     async def reset(self) -> None:
@@ -214,12 +227,18 @@ class LiveSmtpDelivery:
         slot = await self.slots.acquire(smtp_slot_key(account.smtp.host, account.mailbox),
                                         account.max_upstream_sessions, account=account.name,
                                         setting=f"accounts.{account.name}.max_upstream_sessions")
+        started = time.monotonic()
         try:
             up, token = await open_logged_in(account, self.tokens, self.limits,
                                              hostname=self.conn.hostname)
-        except BaseException:
+        except BaseException as exc:
             slot.release()
+            if isinstance(exc, RelayError | OSError):
+                reply = getattr(exc, "reply", None)
+                code = int(reply.code) if reply is not None and reply.code.isdigit() else None
+                self.observer.upstream_login(account.name, "smtp", time.monotonic() - started, code)
             raise
+        self.observer.upstream_login(account.name, "smtp", time.monotonic() - started, 235)
         up.on_close = slot.release
         return up, token
 
@@ -249,9 +268,15 @@ class LiveSmtpDelivery:
 
     def _log_failure(self, exc: BaseException, reply: SmtpReply) -> None:
         """One line naming the account, the upstream reply and the fix."""
-        log.warning("smtp session %s: %s", self.conn.session_id, describe_failure(exc, self.account))
+        explanation = describe_failure(exc, self.account)
         upstream_reply = getattr(exc, "reply", None)
         self._failure_reply = (upstream_reply or reply).one_line()
+        log.warning("smtp session %s: %s", self.conn.session_id, explanation,
+                    extra={"account": self.account.name, "session": self.conn.session_id,
+                           "client": self.conn.client_address, "protocol": "smtp",
+                           "outcome": "upstream_error", "upstream_reply": self._failure_reply})
+        self.failed = True
+        self.observer.upstream_failure(self.account.name, "smtp", explanation)
 
 
 class _ForwardedContent:

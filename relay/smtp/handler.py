@@ -11,12 +11,14 @@ EHLO keywords, address syntax, and aiosmtpd's envelope bookkeeping.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
 from relay.config.model import AccountConfig, RelayConfig
 from relay.errors import ProtocolInputError
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.sasl import decode_login_field, decode_plain
 from relay.sender_policy import sender_refusal
 from relay.smtp import replies
@@ -44,6 +46,18 @@ class RelayHandler:
         self.hostname = hostname
         self.limits = config.limits
         self.deliveries: DeliveryFactory = deliveries or LiveForwarding(config, tokens)
+        self._observer: RelayObserver = NULL_OBSERVER
+
+    @property
+    def observer(self) -> RelayObserver:
+        """Where sessions, logins and messages are reported (relay.metrics; set by the server)."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: RelayObserver) -> None:
+        self._observer = observer
+        if isinstance(self.deliveries, LiveForwarding):
+            self.deliveries.observer = observer
 
     @property
     def pool(self) -> UpstreamPool | None:
@@ -109,8 +123,13 @@ class RelayHandler:
             account = await self.authenticator.authenticate(username, password, state.client_ip)
         if account is None:
             log.info("smtp %s: failed login for %r from %s", state.session_id, username,
-                     state.client_address)
+                     state.client_address,
+                     extra={"session": state.session_id, "client": state.client_address,
+                            "protocol": "smtp", "outcome": "auth_failed"})
+            self.observer.local_auth_failed("smtp")
+            state.outcome = "auth_failed"
             return replies.AUTH_INVALID.wire
+        state.outcome = "ok"
         session.authenticated = True
         state.account = account
         if state.delivery is not None and state.delivery.account.name != account.name:
@@ -217,9 +236,15 @@ class RelayHandler:
         state = server.state
         self._end_delivery(state)
         account = state.account.name if state.account else "-"
+        duration_ms = round((time.monotonic() - state.started) * 1000)
+        self.observer.session_ended("smtp", state.account.name if state.account else None, state.outcome)
         log.info("smtp session %s end: account=%s client=%s messages=%d bytes=%d last_upstream=%r",
                  state.session_id, account, state.client_address, state.messages, state.bytes,
-                 state.last_upstream_reply)
+                 state.last_upstream_reply,
+                 extra={"account": account, "session": state.session_id, "client": state.client_address,
+                        "protocol": "smtp", "outcome": state.outcome, "messages": state.messages,
+                        "upstream_reply": state.last_upstream_reply, "duration_ms": duration_ms,
+                        "bytes": state.bytes})
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -252,6 +277,8 @@ class RelayHandler:
             state.messages += messages
             state.bytes += size
             state.last_upstream_reply = last or state.last_upstream_reply
+            if getattr(delivery, "failed", False):
+                state.outcome = "upstream_error"
             delivery.close()
 
     async def _reset(self, server: RelaySMTP) -> None:

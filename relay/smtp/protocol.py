@@ -106,6 +106,7 @@ class ConnectionState:
     messages: int = 0  # of deliveries already ended (STARTTLS, another login), for the summary
     bytes: int = 0
     last_upstream_reply: str | None = None
+    outcome: str = "ok"  # the session's outcome for metrics: ok | auth_failed | upstream_error
 
 
 class _Busy:

@@ -9,6 +9,7 @@ from typing import Any
 
 from relay.config.model import RelayConfig
 from relay.listening import listen_backlog
+from relay.metrics import RelayObserver
 from relay.smtp.delivery import DeliveryFactory
 from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import RelaySMTP
@@ -33,12 +34,15 @@ class SmtpRelayServer:
     """Listens on ``config.listen.smtp`` and relays each session to the account's upstream."""
 
     def __init__(self, config: RelayConfig, tokens: TokenSource, authenticator: Any,
-                 *, hostname: str | None = None, deliveries: DeliveryFactory | None = None) -> None:
+                 *, hostname: str | None = None, deliveries: DeliveryFactory | None = None,
+                 observer: RelayObserver | None = None) -> None:
         self.config = config
         self.listener = config.listen.smtp
         self.hostname = hostname or socket.getfqdn()
         self.handler = RelayHandler(config, tokens, authenticator, hostname=self.hostname,
                                     deliveries=deliveries)
+        if observer is not None:
+            self.handler.observer = observer
         self._tls = listener_context(self.listener, "listen.smtp")
         self._server: asyncio.Server | None = None
         self._sessions: set[RelaySMTP] = set()
@@ -70,6 +74,7 @@ class SmtpRelayServer:
             loop=asyncio.get_running_loop(),
         )
         self._sessions.add(proto)
+        self.handler.observer.session_started("smtp")
         asyncio.get_running_loop().create_task(self._forget_when_closed(proto))
         return proto
 

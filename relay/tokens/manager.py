@@ -12,6 +12,8 @@
 - Transient failures are retried with exponential backoff and jitter, then TokenRefreshFailed.
 - A dead grant (invalid_grant ...) marks the account, in memory and in the store, and is logged
   once as an ERROR naming `relay authorize ACCOUNT`; later calls fail fast without a request.
+- Keep-alive: a grant not refreshed for ``limits.token_keepalive_days`` is refreshed even when the
+  account is idle (Microsoft refresh tokens die after 90 days unused).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, RelayConfig
 from relay.errors import AuthorizationNeeded, ConfigError, OAuthError, TokenRefreshFailed, TokenStoreError
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.providers.base import OAuthProvider, TokenResponse
 from relay.providers.registry import load_provider_class
 from relay.secret import Secret
@@ -66,6 +69,8 @@ def new_http_client(timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> httpx.AsyncCli
 
 class TokenManager:
     """Implements relay.tokens.source.TokenSource over a TokenStore and the configured providers."""
+
+    observer: RelayObserver = NULL_OBSERVER  # relay.metrics: token refresh outcomes
 
     def __init__(self, config: RelayConfig, store: TokenStore, *, http: httpx.AsyncClient | None = None,
                  clock: Clock | None = None, sleep: Sleep | None = None, retry_attempts: int = 3,
@@ -154,6 +159,7 @@ class TokenManager:
             self._errors.pop(name, None)
             log.info("account '%s': tokens kept in memory are saved now", name)
         ahead_s = 2 * self._margin_s() + self._check_interval_s
+        keepalive_s = self.config.limits.token_keepalive_days * 86400
         for acc in self.config.accounts.values():
             try:
                 current = await self._current(acc.name)
@@ -163,10 +169,17 @@ class TokenManager:
                 continue
             if current.refresh_token is None and self._flow(acc) not in ON_DEMAND_FLOWS:
                 continue
-            if current.remaining_s(self._clock()) > ahead_s:
+            idle_s = (self._clock() - current.obtained_at).total_seconds()
+            keepalive = current.refresh_token is not None and idle_s >= keepalive_s
+            if current.remaining_s(self._clock()) > ahead_s and not keepalive:
                 continue
             try:
-                await self._single_flight(acc, force=False, margin_s=ahead_s)
+                if keepalive:
+                    log.info("account '%s': keep-alive refresh (last refresh %.1f days ago; "
+                             "limits.token_keepalive_days: %g)", acc.name, idle_s / 86400,
+                             self.config.limits.token_keepalive_days,
+                             extra={"account": acc.name, "outcome": "keepalive"})
+                await self._single_flight(acc, force=keepalive, margin_s=ahead_s)
                 refreshed.append(acc.name)
             except (OAuthError, TokenStoreError) as exc:
                 log.debug("background refresh for account '%s' failed: %s", acc.name, exc)
@@ -183,6 +196,17 @@ class TokenManager:
         return [account_status(acc, self._flow(acc), newer(stored.get(acc.name), self._memory.get(acc.name)),
                                self._errors.get(acc.name), now)
                 for acc in self.config.accounts.values()]
+
+    def forget(self, name: str) -> None:
+        """Drop what is kept in memory for an account whose stored tokens were deleted (revoke)."""
+        for kept in (self._memory, self._errors, self._reported):
+            kept.pop(name, None)
+        self._unsaved.pop(name, None)
+
+    @property
+    def unsaved_accounts(self) -> frozenset[str]:
+        """Accounts whose newest tokens could not be written to the store (kept in memory)."""
+        return frozenset(self._unsaved)
 
     def provider_for(self, account: AccountConfig) -> OAuthProvider:
         """Return (and cache) the provider instance of the account's credentials."""
@@ -336,9 +360,11 @@ class TokenManager:
                 response = await self._with_retries(
                     lambda: provider.refresh(self._client(), refresh_token, account=name))
         except AuthorizationNeeded as exc:
+            self.observer.token_refreshed(name, "needs_authorization", str(exc))
             await self._mark_needs_authorization(name, current, str(exc))
             raise
         except TokenRefreshFailed as exc:
+            self.observer.token_refreshed(name, "failed", str(exc))
             self._errors[name] = str(exc)
             if current is not None and not force and current.is_usable(self._clock(), 0):
                 log.warning("account '%s': refresh failed, using the current token until it expires: %s",
@@ -347,10 +373,13 @@ class TokenManager:
             raise
         except (OAuthError, ConfigError) as exc:
             # A setting is wrong (client secret, tenant, key file): an operator must act.
+            self.observer.token_refreshed(name, "needs_authorization", str(exc))
             self._errors[name] = str(exc)
             self._report(name, str(exc))
             raise AuthorizationNeeded(str(exc), account=name) from None
-        return await self._save(name, self._token_set(acc, response, current), version)
+        fresh = self._token_set(acc, response, current)
+        self.observer.token_refreshed(name, "ok")
+        return await self._save(name, fresh, version)
 
     async def _save(self, name: str, fresh: TokenSet, version: int | None) -> TokenSet:
         """Persist (compare-and-set) fresh tokens; keep them in memory if the write fails."""
@@ -376,7 +405,8 @@ class TokenManager:
         self._unsaved.pop(name, None)
         self._errors.pop(name, None)
         self._reported.pop(name, None)
-        log.info("account '%s': token refreshed, valid until %s", name, fresh.expires_at.isoformat())
+        log.info("account '%s': token refreshed, valid until %s", name, fresh.expires_at.isoformat(),
+                 extra={"account": name, "outcome": "refreshed"})
         return fresh
 
     def _token_set(self, acc: AccountConfig, response: TokenResponse, current: TokenSet | None) -> TokenSet:
@@ -418,7 +448,7 @@ class TokenManager:
         """Log an operator-facing ERROR once per account and message."""
         if self._reported.get(name) != message:
             self._reported[name] = message
-            log.error("%s", message)
+            log.error("%s", message, extra={"account": name, "outcome": "token_error"})
 
     async def _refresh_loop(self) -> None:
         while True:

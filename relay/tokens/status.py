@@ -22,6 +22,7 @@ class AccountTokenStatus:
     state: str  # valid | expired | needs authorize | not authorized | on demand
     valid_until: datetime | None
     last_error: str | None
+    obtained_at: datetime | None = None  # the last refresh (keep-alive counts from here)
 
 
 def account_status(acc: AccountConfig, flow: str, ts: TokenSet | None, error: str | None,
@@ -38,7 +39,8 @@ def account_status(acc: AccountConfig, flow: str, ts: TokenSet | None, error: st
         state = "on demand" if flow in ON_DEMAND_FLOWS else "expired"
     else:
         state = "valid"
-    return AccountTokenStatus(acc.name, acc.credentials, flow, state, ts.expires_at if ts else None, error)
+    return AccountTokenStatus(acc.name, acc.credentials, flow, state, ts.expires_at if ts else None, error,
+                              ts.obtained_at if ts else None)
 
 
 def newer(a: TokenSet | None, b: TokenSet | None) -> TokenSet | None:

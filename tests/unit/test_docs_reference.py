@@ -11,7 +11,8 @@ from relay.config import model
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = [model.ListenerConfig, model.TokenStoreConfig, model.CredentialsConfig, model.AccountConfig,
-            model.UpstreamEndpoint, model.LimitsConfig, model.PoolConfig]
+            model.UpstreamEndpoint, model.LimitsConfig, model.PoolConfig, model.AdminConfig,
+            model.AlertsConfig, model.WebhookAlertConfig]
 
 
 @pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.__name__)

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.sandbox.httpwire import BadRequest, parse_head
 from relay.sandbox.lines import BufferedLines, LineTooLong
 from relay.sandbox.oauth_grants import pkce_challenge, redirect_uri_matches
 from relay.sandbox.oauth_jwt import (
@@ -110,14 +109,6 @@ def test_registered_path_must_match() -> None:
     """A registration with a path accepts that path on any loopback port, and no other path."""
     assert redirect_uri_matches(("http://127.0.0.1/cb",), "http://127.0.0.1:4444/cb")
     assert not redirect_uri_matches(("http://127.0.0.1/cb",), "http://127.0.0.1:4444/other")
-
-
-def test_parse_head_and_bad_request_line() -> None:
-    """Request line, query and lower-cased headers are parsed; a garbage line is a BadRequest."""
-    method, path, query, headers = parse_head(b"GET /authorize?a=1&b=&a=2 HTTP/1.1\r\nX-Y: z")
-    assert (method, path, query, headers) == ("GET", "/authorize", {"a": "1", "b": ""}, {"x-y": "z"})
-    with pytest.raises(BadRequest):
-        parse_head(b"NONSENSE")
 
 
 def test_jwt_verify_rejects_bad_claims() -> None:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from relay.tokens.store import EncryptedFileStore, decode_key
 
 PASSWORD = "ops test password 42"
 LISTENER_LINE = re.compile(r"listener (smtp|pop3) on [^:]+:(\d+)")
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -45,6 +46,7 @@ class OpsSetup:
     accounts: dict[str, dict[str, Any]]
     smtp_port: int = 0
     pop3_port: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # more top-level sections (admin, alerts)
 
     @property
     def config_path(self) -> Path:
@@ -69,18 +71,20 @@ class OpsSetup:
             "accounts": self.accounts,
             "limits": {"auth_failure_delay_s": 0.05, "shutdown_grace_s": 20,
                        "upstream_connect_timeout_s": 10, "upstream_command_timeout_s": 20},
+            **self.extra,
         }
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         return self.config_path
 
-    def seed(self, account: str, token_user: str) -> tuple[str, str]:
+    def seed(self, account: str, token_user: str, expires_in_s: float = 3600) -> tuple[str, str]:
         """Store tokens for ``account`` issued to ``token_user`` (as `relay authorize` would)."""
         access = self.world.oauth.issue_access_token(token_user)
         refresh = self.world.oauth.issue_refresh_token(token_user)
         store = EncryptedFileStore(self.dir / "tokens.enc", decode_key(self.key, "test"))
         now = datetime.now(UTC)
         asyncio.run(store.put(TokenSet(account=account, credentials="sandbox", access_token=Secret(access),
-                                       expires_at=now + timedelta(hours=1), refresh_token=Secret(refresh),
+                                       expires_at=now + timedelta(seconds=expires_in_s),
+                                       refresh_token=Secret(refresh),
                                        scopes=tuple(DEFAULT_SCOPE.split()), obtained_at=now)))
         return access, refresh
 
@@ -160,3 +164,74 @@ class ServeProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
         self._log.close()
+
+
+def enable_admin(setup: OpsSetup, *, token: str | None = ADMIN_TOKEN) -> int:
+    """Add an admin listener on a free loopback port (with a bearer token unless None); its port."""
+    port = free_port()
+    setup.extra["admin"] = {"host": "127.0.0.1", "port": port, **({"auth_token": token} if token else {})}
+    return port
+
+
+def http_get(port: int, path: str, token: str | None = ADMIN_TOKEN, method: str = "GET",
+             timeout_s: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """One request to the admin listener: (status, lower-case headers, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def raw_http(port: int, data: bytes, timeout_s: float = 10) -> bytes:
+    """Send raw bytes to a port and read until the server closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return out
+
+
+def send_mail(port: int, user: str, sender: str, to: str, body: str = "hello\r\n") -> None:
+    """Log in to the relay's SMTP listener and send one message (raises on any refusal)."""
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.login(user, PASSWORD)
+        client.sendmail(sender, [to], f"From: {sender}\r\nTo: {to}\r\nSubject: t\r\n\r\n{body}")
+
+
+def wait_until(predicate: Any, timeout_s: float = 20, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def require_program(name: str, package: str) -> str:
+    """The path of a program from Debian; under CI=true its absence fails the test, else skips it."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if path:
+        return path
+    message = f"{name} is not installed (apt-get install {package}; .ci/run installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

@@ -1,0 +1,1 @@
+"""The admin HTTP listener: metrics, health, readiness and status endpoints."""

@@ -1,0 +1,1 @@
+"""Alerts: tell the operator when an account needs action (rules -> tracker -> channels)."""
