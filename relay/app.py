@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay import sdnotify
-from relay.config.model import AccountConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
+from relay.config.model import ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.errors import RelayError
 from relay.metrics import RelayMetrics
 from relay.tokens.interface import TokenStore
@@ -388,11 +388,4 @@ async def _log_accounts(config: RelayConfig, tokens: TokenManager) -> None:
                 account.name, account.username, account.mailbox, account.credentials,
                 _endpoint(account.smtp), _endpoint(account.pop3), _endpoint(account.imap),
                 describe_token(status))
-        _warn_unverified(account)
-
-
-def _warn_unverified(account: AccountConfig) -> None:
-    # The POP3 server warns about its own endpoints at start.
-    if account.smtp is not None and not account.smtp.verify_tls:
-        log.warning("accounts.%s.smtp.verify_tls is false: the upstream certificate is NOT verified "
-                    "(tests only)", account.name)
+    # verify_tls: false is warned about by each listener for its own endpoints, once, at start.

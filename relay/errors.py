@@ -20,9 +20,14 @@ cryptography's InvalidTag, binascii.Error ...) are translated into these at modu
     │   ├── UpstreamAuthRejected    the upstream refused the XOAUTH2 login
     │   └── UpstreamProtocolError   the upstream said something we cannot parse
     └── ProtocolInputError          a client sent bad input (bad base64, control characters ...)
+
+`UpstreamError.reply` carries the upstream's own reply as an `UpstreamReply` value (code, enhanced
+code, text), so it is passed on and matched without parsing a message string.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class RelayError(Exception):
@@ -101,13 +106,39 @@ class AuthorizeStateMismatch(AuthorizeFlowError):
     exit_code = 9
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """An upstream server's reply as a value, for any protocol.
+
+    ``code`` is the SMTP reply code (``"535"``) or the POP3/IMAP status (``"-ERR"``, ``"NO"``);
+    ``enhanced_code`` the RFC 3463 code (``"5.7.8"``) or the POP3/IMAP response code
+    (``"SYS/TEMP"``, ``"AUTHENTICATIONFAILED"``); ``text`` the reply's text (for POP3/IMAP the
+    whole text after the status, ``[response code]`` included).
+    """
+
+    code: str
+    enhanced_code: str | None
+    text: str
+
+    def one_line(self) -> str:
+        """The reply on one line, as the upstream sent it (for logs and messages)."""
+        if not self.code.isdigit() or self.enhanced_code is None:  # POP3/IMAP: code in the text
+            return f"{self.code} {self.text}".rstrip()
+        return f"{self.code} {self.enhanced_code} {self.text}".rstrip()
+
+    def __str__(self) -> str:
+        return self.one_line()
+
+
 class UpstreamError(RelayError):
     """Base for errors talking to the upstream mail server.
 
-    ``reply`` is the upstream's own reply text when there was one, so it can be passed on.
+    ``reply`` is the upstream's own reply (an `UpstreamReply`) when there was one, so it can be
+    passed on and matched without parsing a message string.
     """
 
-    def __init__(self, message: str, *, account: str | None = None, reply: str | None = None):
+    def __init__(self, message: str, *, account: str | None = None,
+                 reply: UpstreamReply | None = None):
         self.account = account
         self.reply = reply
         super().__init__(message)

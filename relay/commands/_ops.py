@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 from relay.config.model import RelayConfig
-from relay.errors import ConfigError
 from relay.logging_setup import register_secret
 
 DEFAULT_CONFIG = "relay.yaml"
@@ -22,10 +21,8 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_config_file(path: Path) -> RelayConfig:
     """Load and validate the configuration; register its secrets with the log redaction."""
-    try:
-        from relay.config.loader import load_config  # noqa: PLC0415 - keeps `relay --help` fast
-    except ImportError:
-        raise ConfigError("", "the configuration loader is not available in this build") from None
+    from relay.config.loader import load_config  # noqa: PLC0415 - keeps `relay --help` fast
+
     config = load_config(path)
     for creds in config.credentials.values():
         register_secret(creds.client_secret)

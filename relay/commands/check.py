@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay.commands._ops import add_config_argument, load_config_file
-from relay.config.model import AccountConfig, RelayConfig
+from relay.config.model import AccountConfig, LimitsConfig, RelayConfig
 from relay.errors import (
     AuthorizationNeeded,
     OAuthError,
@@ -124,7 +124,8 @@ async def check_account(config: RelayConfig, manager: TokenManager, account: Acc
     result.oauth = await _token_cell(manager, name)
     _preflight(config, account, token, result)
     if account.smtp is not None:
-        result.smtp = await _check_smtp(manager, account, token, timeout_s, result.fixes, result.claims)
+        result.smtp = await _check_smtp(config, manager, account, timeout_s, result.fixes,
+                                        result.claims)
     if account.pop3 is not None:
         result.pop3 = await _check_pop3(config, manager, account, timeout_s, result.fixes)
     if account.imap is not None:
@@ -161,43 +162,30 @@ async def _token_cell(manager: TokenManager, name: str) -> str:
     return "valid"
 
 
-async def _check_smtp(manager: TokenManager, account: AccountConfig, token: Secret, timeout_s: float,
-                      fixes: list[str], claims: dict[str, object] | None = None) -> str:
-    from relay.smtp.upstream import UpstreamSmtpSession  # noqa: PLC0415
+async def _check_smtp(config: RelayConfig, manager: TokenManager, account: AccountConfig,
+                      timeout_s: float, fixes: list[str], claims: dict[str, object] | None = None) -> str:
+    from relay.smtp.upstream import open_logged_in  # noqa: PLC0415
 
-    endpoint = account.smtp
-    assert endpoint is not None
-
-    async def login(tok: Secret) -> None:
-        session = UpstreamSmtpSession(endpoint, account=account.name, connect_timeout_s=timeout_s,
-                                      command_timeout_s=timeout_s)
-        try:
-            await session.connect()
-            await session.authenticate(account.mailbox, tok)
-        finally:
-            await session.quit()
-
-    try:
-        try:
-            await login(token)
-        except UpstreamAuthRejected:
-            # The relay does the same: one forced refresh, in case the token was revoked early.
-            await login(await manager.force_refresh(account.name, rejected=token))
+    try:  # one forced refresh on refusal, as the relay does (login_with_refresh)
+        session, _ = await open_logged_in(account, manager, _limits(config, timeout_s))
     except (UpstreamError, OAuthError) as exc:
         return _failure("smtp", account, exc, fixes, claims)
+    await session.quit()
     return OK
+
+
+def _limits(config: RelayConfig, timeout_s: float) -> LimitsConfig:
+    """The configured limits with ``--timeout`` for connecting and each command."""
+    return replace(config.limits, upstream_connect_timeout_s=timeout_s,
+                   upstream_command_timeout_s=timeout_s)
 
 
 async def _check_pop3(config: RelayConfig, manager: TokenManager, account: AccountConfig,
                       timeout_s: float, fixes: list[str]) -> str:
-    from dataclasses import replace  # noqa: PLC0415
-
     from relay.pop3.upstream import open_upstream  # noqa: PLC0415
 
-    limits = replace(config.limits, upstream_connect_timeout_s=timeout_s,
-                     upstream_command_timeout_s=timeout_s)
-    try:
-        session, _ = await open_upstream(account, manager, limits)  # forced refresh included
+    try:  # forced refresh included
+        session, _ = await open_upstream(account, manager, _limits(config, timeout_s))
     except (UpstreamError, OAuthError) as exc:
         return _failure("pop3", account, exc, fixes)
     try:
@@ -209,14 +197,10 @@ async def _check_pop3(config: RelayConfig, manager: TokenManager, account: Accou
 
 async def _check_imap(config: RelayConfig, manager: TokenManager, account: AccountConfig,
                       timeout_s: float, fixes: list[str]) -> str:
-    from dataclasses import replace  # noqa: PLC0415
-
     from relay.imap.upstream import open_upstream  # noqa: PLC0415
 
-    limits = replace(config.limits, upstream_connect_timeout_s=timeout_s,
-                     upstream_command_timeout_s=timeout_s)
-    try:
-        session, _ = await open_upstream(account, manager, limits)  # forced refresh included
+    try:  # forced refresh included
+        session, _ = await open_upstream(account, manager, _limits(config, timeout_s))
     except (UpstreamError, OAuthError) as exc:
         return _failure("imap", account, exc, fixes)
     await session.logout()
@@ -233,7 +217,7 @@ def _failure(kind: str, account: AccountConfig, exc: Exception, fixes: list[str]
         fixes.append(f"{name} ({kind}): {exc} -> run `relay authorize {name}`")
         return "needs authorize"
     if isinstance(exc, UpstreamAuthRejected):
-        reply = exc.reply or str(exc)
+        reply = exc.reply.one_line() if exc.reply else str(exc)
         fixes.append(f"{name} ({kind}): {endpoint.host}:{endpoint.port} refused the token for "
                      f"{account.mailbox}: {reply} -> {_auth_fix(kind, account, reply, claims)}")
         return "REJECTED"

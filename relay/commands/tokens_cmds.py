@@ -62,11 +62,9 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _load(path: Path) -> RelayConfig:
-    try:
-        from relay.config.loader import load_config  # noqa: PLC0415 - written in parallel; import on use
-    except ImportError:
-        raise ConfigError("", "the configuration loader is not available in this build") from None
-    return load_config(path)
+    from relay.commands._ops import load_config_file  # noqa: PLC0415 - keeps `relay --help` fast
+
+    return load_config_file(path)
 
 
 def cmd_authorize(args: argparse.Namespace) -> int:

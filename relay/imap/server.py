@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 from typing import TYPE_CHECKING
 
 from relay.config.model import RelayConfig
@@ -20,6 +19,7 @@ from relay.listening import listen_backlog
 from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.tlsutil import listener_context
 from relay.tokens.source import TokenSource
+from relay.upstream.stream import set_nodelay
 
 if TYPE_CHECKING:
     from relay.localauth import LocalAuthenticator
@@ -84,9 +84,7 @@ class ImapProxyServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(writer.get_extra_info("socket"))
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
         if len(self._tasks) >= self._ctx.limits.max_connections:
             await self._refuse(writer)

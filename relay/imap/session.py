@@ -242,7 +242,7 @@ class ImapProxySession:
         return tagged(tag, "OK", "Logged in", f"CAPABILITY {caps}")
 
     def _rejected(self, account: AccountConfig, exc: UpstreamAuthRejected, tag: bytes) -> bytes:
-        upstream_text = (exc.reply or "").partition(" ")[2]
+        upstream_text = exc.reply.text if exc.reply else ""
         if upstream_text.upper().startswith(_PASSED_THROUGH_CODES):
             self._log_login_failure(account, exc, "the upstream mailbox refused the session")
             return tag + b" NO " + upstream_text.encode() + b"\r\n"

@@ -15,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 import ssl
 from dataclasses import dataclass
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
-from relay.errors import UpstreamAuthRejected, UpstreamProtocolError, UpstreamUnavailable
+from relay.errors import UpstreamAuthRejected, UpstreamProtocolError, UpstreamReply, UpstreamUnavailable
 from relay.imap.refresh import TokenRejected, login_with_refresh
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
-from relay.tlsutil import client_context
 from relay.tokens.source import TokenSource
+from relay.upstream.stream import open_stream, tls_context
 
 READ_CHUNK_BYTES = 64 * 1024
 MAX_LINE_OCTETS = 64 * 1024  # a greeting or CAPABILITY line; generous, but bounded
@@ -124,7 +123,8 @@ class UpstreamImapSession:
                 if line[:6].upper() == b"* BYE ":
                     text = line.rstrip(b"\r\n").decode("utf-8", errors="replace")
                     raise UpstreamUnavailable(f"upstream IMAP server {self.where} closed the "
-                                              f"session: {text}", reply=text)
+                                              f"session: {text}",
+                                              reply=UpstreamReply("BYE", None, text[6:]))
                 return line
             if len(self._buf) > MAX_LINE_OCTETS:
                 raise UpstreamProtocolError(f"upstream IMAP server {self.where} sent an overlong line")
@@ -216,7 +216,7 @@ class UpstreamImapSession:
         reply = await self.command(b"STARTTLS")
         if reply.status != "OK":
             raise UpstreamUnavailable(f"upstream IMAP server {self.where} refused STARTTLS: "
-                                      f"{reply.status} {reply.text}", reply=reply.text)
+                                      f"{reply.status} {reply.text}", reply=reply_value(reply))
         if self._buf:
             raise UpstreamProtocolError(f"upstream IMAP server {self.where} sent data before TLS")
         try:
@@ -271,31 +271,25 @@ class UpstreamImapSession:
         text = f"{reply.status} {code}{reply.text}"
         message = (f"upstream IMAP server {self.where} refused the XOAUTH2 login for {mailbox}: "
                    f"{text}{detail}")
+        value = reply_value(reply)
         if reply.code in _TEMPORARY:
-            return UpstreamUnavailable(message, reply=text)
+            return UpstreamUnavailable(message, reply=value)
         if reply.status == "BAD" or reply.code in _NOT_A_TOKEN_PROBLEM:
-            return UpstreamAuthRejected(message, reply=text)
-        return TokenRejected(message, reply=text)
+            return UpstreamAuthRejected(message, reply=value)
+        return TokenRejected(message, reply=value)
 
 
 async def _connect(endpoint: UpstreamEndpoint, limits: LimitsConfig) -> UpstreamImapSession:
-    ctx = client_context(endpoint) if endpoint.tls != "none" else None
+    ctx = tls_context(endpoint)
     where = f"{endpoint.host}:{endpoint.port}"
-    implicit = endpoint.tls == "implicit"
-    try:
+    try:  # TCP (TLS first for tls: implicit) with TCP_NODELAY, as for SMTP and POP3
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(endpoint.host, endpoint.port, limit=2 * READ_CHUNK_BYTES,
-                                    ssl=ctx if implicit else None,
-                                    server_hostname=endpoint.host if implicit else None),
-            limits.upstream_connect_timeout_s)
+            open_stream(endpoint, read_limit=2 * READ_CHUNK_BYTES), limits.upstream_connect_timeout_s)
     except TimeoutError:
         raise UpstreamUnavailable(f"connecting to upstream IMAP server {where} timed out after "
                                   f"{limits.upstream_connect_timeout_s:g} s") from None
     except OSError as exc:
         raise UpstreamUnavailable(f"cannot connect to upstream IMAP server {where}: {exc}") from None
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     session = UpstreamImapSession(reader, writer, endpoint, limits)
     try:
         await session.greet()
@@ -330,3 +324,9 @@ async def open_upstream(account: AccountConfig, tokens: TokenSource,
             raise
 
     return await login_with_refresh(tokens, account, attempt)
+
+
+def reply_value(reply: TaggedReply) -> UpstreamReply:
+    """A tagged reply as the value `relay.errors.UpstreamError` carries (``[CODE]`` in the text)."""
+    code = f"[{reply.code}] " if reply.code else ""
+    return UpstreamReply(reply.status, reply.code, f"{code}{reply.text}")

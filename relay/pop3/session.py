@@ -44,7 +44,7 @@ from relay.pop3.protocol import (
     UpstreamCommand,
 )
 from relay.pop3.replies import err, ok
-from relay.pop3.upstream import UpstreamPop3Session, open_upstream, response_code
+from relay.pop3.upstream import UpstreamPop3Session, open_upstream
 from relay.tokens.source import TokenSource
 
 if TYPE_CHECKING:
@@ -255,10 +255,10 @@ class Pop3ProxySession:
 
     def _auth_rejected(self, account: AccountConfig, exc: UpstreamAuthRejected) -> bytes:
         """The upstream refused the token even after a refresh: the client's reply."""
-        code = response_code(exc.reply or "")
+        code = exc.reply.enhanced_code if exc.reply else None
         if code in _PASSED_THROUGH_CODES:
             self._log_login_failure(account, exc, "the upstream mailbox refused the session")
-            return f"-ERR {exc.reply}\r\n".encode()
+            return f"-ERR {exc.reply.text if exc.reply else ''}\r\n".encode()
         self._log_login_failure(account, exc, f"the token was rejected after a refresh: check "
                                 f"that POP access is enabled for {account.mailbox} and the "
                                 f"app has POP permission, then run `relay authorize "
@@ -275,8 +275,9 @@ class Pop3ProxySession:
         log.warning("pop3 session %s: %s", self.session_id, explanation,
                     extra={"account": account.name, "session": self.session_id, "client": self.client,
                            "protocol": "pop3", "outcome": "upstream_error",
-                           "upstream_reply": getattr(exc, "reply", None)})
-        log_explanation(account.name, account.mailbox, getattr(exc, "reply", None) or str(exc))
+                           "upstream_reply": str(getattr(exc, "reply", None) or "") or None})
+        reply = getattr(exc, "reply", None)  # an UpstreamReply value, when the upstream answered
+        log_explanation(account.name, account.mailbox, reply.one_line() if reply else str(exc))
 
     # --- TRANSACTION -----------------------------------------------------------------------
 

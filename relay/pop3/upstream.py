@@ -1,29 +1,36 @@
 """Async client for an account's upstream POP3 server, logged in with SASL XOAUTH2.
 
-`open_upstream` connects (TLS on connect or STLS, verifying certificate and host name), reads the
-greeting and CAPA, and runs the two-step ``AUTH XOAUTH2`` exchange (RFC 5034). A token the
-upstream rejects is refreshed once (``TokenSource.force_refresh``) and tried again on a fresh
-connection. Every low-level failure leaves this module as a `relay.errors` exception:
-timeouts, OSError and TLS errors as `UpstreamUnavailable`, refusals as `UpstreamAuthRejected`
-(carrying the upstream's own reply), garbage as `UpstreamProtocolError`.
+`UpstreamPop3Session` has the shape of the SMTP client (`relay.smtp.upstream`): ``await
+connect()`` (TLS on connect or STLS, verifying certificate and host name, through
+`relay.upstream.stream`; greeting; CAPA), ``await authenticate(mailbox, token)`` (the two-step
+``AUTH XOAUTH2`` of RFC 5034), then commands, ``quit()`` or ``close()``. `open_upstream` logs in
+with `relay.upstream.login.login_with_refresh`: a token the upstream rejects is refreshed once and
+tried again on a fresh connection. Every low-level failure leaves this module as a `relay.errors`
+exception: timeouts, OSError and TLS errors as `UpstreamUnavailable`, refusals as
+`UpstreamAuthRejected` (carrying the upstream's reply as an `UpstreamReply`), garbage as
+`UpstreamProtocolError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
-from relay.errors import UpstreamAuthRejected, UpstreamProtocolError, UpstreamUnavailable
+from relay.errors import (
+    UpstreamAuthRejected,
+    UpstreamProtocolError,
+    UpstreamReply,
+    UpstreamUnavailable,
+)
 from relay.flow import needs_drain
 from relay.pop3.replies import MultilineEndScanner, StatusLine, parse_status
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
-from relay.tlsutil import client_context
 from relay.tokens.source import TokenSource
+from relay.upstream.login import login_with_refresh
+from relay.upstream.stream import open_stream, start_tls, translate_failure
 from relay.upstream_slots import loop_slots, pop3_slot_key
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -48,15 +55,21 @@ def response_code(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-class UpstreamPop3Session:
-    """One connection to an upstream POP3 server; after `open_upstream`, in TRANSACTION state."""
+def error_reply(status: StatusLine) -> UpstreamReply:
+    """A ``-ERR`` status line as the value carried by `relay.errors.UpstreamError`."""
+    return UpstreamReply("-ERR", response_code(status.text), status.text)
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 endpoint: UpstreamEndpoint, limits: LimitsConfig) -> None:
-        self._reader = reader
-        self._writer = writer
+
+class UpstreamPop3Session:
+    """One connection to an upstream POP3 server for one account; after `connect` and
+    `authenticate` it is in the TRANSACTION state."""
+
+    def __init__(self, endpoint: UpstreamEndpoint, limits: LimitsConfig, *, account: str) -> None:
         self.endpoint = endpoint
+        self.account = account
         self._limits = limits
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self._buf = bytearray()
         self.capabilities: tuple[str, ...] | None = None  # None: the server has no CAPA
         self.closed = False
@@ -73,16 +86,26 @@ class UpstreamPop3Session:
         try:
             # asyncio.timeout, not wait_for: no new Task per read (Python 3.11).
             async with asyncio.timeout(timeout_s):
-                data = await self._reader.read(READ_CHUNK_BYTES)
+                data = await self._stream()[0].read(READ_CHUNK_BYTES)
         except TimeoutError:
             raise UpstreamUnavailable(f"upstream POP3 server {self.where} did not answer within "
-                                      f"{timeout_s:g} s") from None
+                                      f"{timeout_s:g} s", account=self.account) from None
         except OSError as exc:  # includes ssl.SSLError and ConnectionResetError
-            raise UpstreamUnavailable(f"connection to upstream POP3 server {self.where} "
-                                      f"failed: {exc}") from None
+            raise self._translate(exc, "read") from None
         if not data:
-            raise UpstreamUnavailable(f"upstream POP3 server {self.where} closed the connection")
+            raise UpstreamUnavailable(f"upstream POP3 server {self.where} closed the connection",
+                                      account=self.account)
         return data
+
+    def _stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._reader is None or self._writer is None:
+            raise UpstreamUnavailable(f"upstream POP3 server {self.where} connection is closed",
+                                      account=self.account)
+        return self._reader, self._writer
+
+    def _translate(self, exc: BaseException, step: str) -> BaseException:
+        return translate_failure(exc, server=f"upstream POP3 server {self.where}", step=step,
+                                 account=self.account)
 
     async def read_line(self) -> bytes:
         """Return the next line including its line end."""
@@ -98,16 +121,16 @@ class UpstreamPop3Session:
 
     async def send(self, line: bytes) -> None:
         """Write one command line (with CRLF)."""
+        writer = self._stream()[1]
         try:
-            self._writer.write(line)
+            writer.write(line)
             # A command line never fills the buffer: skip the drain and its timer (relay.flow);
             # the reply read that follows has its own timeout.
-            if needs_drain(self._writer):
+            if needs_drain(writer):
                 async with asyncio.timeout(self._limits.upstream_command_timeout_s):
-                    await self._writer.drain()
+                    await writer.drain()
         except (OSError, TimeoutError) as exc:
-            raise UpstreamUnavailable(f"sending to upstream POP3 server {self.where} failed: "
-                                      f"{exc or 'timeout'}") from None
+            raise self._translate(exc, "send") from None
 
     async def command(self, line: bytes) -> StatusLine:
         """Send a command and return its status line (a multi-line body is left to read)."""
@@ -168,41 +191,71 @@ class UpstreamPop3Session:
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close()  # frees the mailbox's session slot
-        self._writer.close()
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is None:
+            return
+        writer.close()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), 5)
+            await asyncio.wait_for(writer.wait_closed(), 5)
         except (OSError, TimeoutError):
-            self._writer.transport.abort()
+            writer.transport.abort()
 
     # --- session setup ---------------------------------------------------------------------
+
+    async def connect(self) -> StatusLine:
+        """Connect (TLS on connect, or STLS), read the greeting, read CAPA; return the greeting."""
+        try:
+            async with asyncio.timeout(self._limits.upstream_connect_timeout_s):
+                self._reader, self._writer = await open_stream(self.endpoint,
+                                                               read_limit=2 * READ_CHUNK_BYTES)
+        except (OSError, TimeoutError) as exc:
+            raise self._translate(exc, "connect") from None
+        try:
+            greeting = parse_status(await self.read_line())
+            if not greeting.ok:
+                raise UpstreamUnavailable(f"upstream POP3 server {self.where} refused the "
+                                          f"connection: -ERR {greeting.text}",
+                                          account=self.account, reply=error_reply(greeting))
+            if self.endpoint.tls == "starttls":
+                await self._stls()
+            await self._capa()
+        except BaseException:
+            await self.close()
+            raise
+        return greeting
 
     async def _capa(self) -> None:
         status = await self.command(b"CAPA\r\n")
         self.capabilities = tuple(await self.read_multiline_lines()) if status.ok else None
 
-    async def _stls(self, host: str, ctx: ssl.SSLContext) -> None:
+    async def _stls(self) -> None:
         status = await self.command(b"STLS\r\n")
         if not status.ok:
             raise UpstreamUnavailable(f"upstream POP3 server {self.where} refused STLS: "
-                                      f"-ERR {status.text}", reply=status.text)
+                                      f"-ERR {status.text}", account=self.account,
+                                      reply=error_reply(status))
         if self._buf:
-            raise UpstreamProtocolError(f"upstream POP3 server {self.where} sent data before TLS")
+            raise UpstreamProtocolError(f"upstream POP3 server {self.where} sent data before TLS",
+                                        account=self.account)
         try:
-            await asyncio.wait_for(self._writer.start_tls(ctx, server_hostname=host),
-                                   self._limits.upstream_connect_timeout_s)
+            async with asyncio.timeout(self._limits.upstream_connect_timeout_s):
+                await start_tls(self._stream()[1], self.endpoint)
         except (OSError, TimeoutError) as exc:
-            raise UpstreamUnavailable(f"TLS with upstream POP3 server {self.where} failed: "
-                                      f"{exc or 'timeout'}") from None
+            raise self._translate(exc, "STLS") from None
 
-    async def _auth_xoauth2(self, mailbox: str, token: Secret) -> StatusLine:
-        """Run ``AUTH XOAUTH2`` -> ``+`` -> response; return the final +OK line."""
+    async def authenticate(self, mailbox: str, token: Secret) -> StatusLine:
+        """Run ``AUTH XOAUTH2`` -> ``+`` -> response; return the final +OK line.
+
+        Raises `TokenRejected` when the refusal is about the token (a refresh may help),
+        `UpstreamAuthRejected` for other refusals ([IN-USE] ...), `UpstreamUnavailable` for
+        [SYS/TEMP]."""
         await self.send(b"AUTH XOAUTH2\r\n")
         line = await self.read_line()
         if not _is_continuation(line):
             status = parse_status(line)
             raise UpstreamAuthRejected(
                 f"upstream POP3 server {self.where} refused AUTH XOAUTH2: -ERR {status.text}",
-                reply=status.text)
+                account=self.account, reply=error_reply(status))
         await self.send(encode_xoauth2(mailbox, token.reveal()).encode("ascii") + b"\r\n")
         line = await self.read_line()
         detail = ""
@@ -216,57 +269,12 @@ class UpstreamPop3Session:
             return status
         message = (f"upstream POP3 server {self.where} refused the XOAUTH2 login for {mailbox}: "
                    f"-ERR {status.text}{detail}")
-        code = response_code(status.text)
-        if code == "SYS/TEMP":
-            raise UpstreamUnavailable(message, reply=status.text)
-        if code in _NOT_A_TOKEN_PROBLEM:
-            raise UpstreamAuthRejected(message, reply=status.text)
-        raise TokenRejected(message, reply=status.text)
-
-
-async def _connect(endpoint: UpstreamEndpoint, limits: LimitsConfig) -> UpstreamPop3Session:
-    ctx = client_context(endpoint) if endpoint.tls != "none" else None
-    where = f"{endpoint.host}:{endpoint.port}"
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                endpoint.host, endpoint.port, limit=2 * READ_CHUNK_BYTES,
-                ssl=ctx if endpoint.tls == "implicit" else None,
-                server_hostname=endpoint.host if endpoint.tls == "implicit" else None),
-            limits.upstream_connect_timeout_s)
-    except TimeoutError:
-        raise UpstreamUnavailable(f"connecting to upstream POP3 server {where} timed out after "
-                                  f"{limits.upstream_connect_timeout_s:g} s") from None
-    except OSError as exc:
-        raise UpstreamUnavailable(f"cannot connect to upstream POP3 server {where}: {exc}") from None
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    session = UpstreamPop3Session(reader, writer, endpoint, limits)
-    try:
-        greeting = parse_status(await session.read_line())
-        if not greeting.ok:
-            raise UpstreamUnavailable(f"upstream POP3 server {where} refused the connection: "
-                                      f"-ERR {greeting.text}", reply=greeting.text)
-        if endpoint.tls == "starttls":
-            assert ctx is not None
-            await session._stls(endpoint.host, ctx)
-        await session._capa()
-    except BaseException:
-        await session.close()
-        raise
-    return session
-
-
-async def _login(account: AccountConfig, endpoint: UpstreamEndpoint, token: Secret,
-                 limits: LimitsConfig) -> tuple[UpstreamPop3Session, StatusLine]:
-    session = await _connect(endpoint, limits)
-    try:
-        status = await session._auth_xoauth2(account.mailbox, token)
-    except BaseException:
-        await session.close()
-        raise
-    return session, status
+        reply = error_reply(status)
+        if reply.enhanced_code == "SYS/TEMP":
+            raise UpstreamUnavailable(message, account=self.account, reply=reply)
+        if reply.enhanced_code in _NOT_A_TOKEN_PROBLEM:
+            raise UpstreamAuthRejected(message, account=self.account, reply=reply)
+        raise TokenRejected(message, account=self.account, reply=reply)
 
 
 async def open_upstream(account: AccountConfig, tokens: TokenSource,
@@ -281,6 +289,7 @@ async def open_upstream(account: AccountConfig, tokens: TokenSource,
     if endpoint is None:
         raise UpstreamAuthRejected(f"account '{account.name}' has no pop3 upstream configured",
                                    account=account.name)
+
     slot = await loop_slots().acquire(  # accounts.NAME.max_upstream_pop3_sessions (None: no cap)
         pop3_slot_key(endpoint.host, account.mailbox), account.max_upstream_pop3_sessions,
         account=account.name, setting=f"accounts.{account.name}.max_upstream_pop3_sessions",
@@ -296,13 +305,21 @@ async def open_upstream(account: AccountConfig, tokens: TokenSource,
 
 async def _login_refreshing(account: AccountConfig, endpoint: UpstreamEndpoint, tokens: TokenSource,
                             limits: LimitsConfig) -> tuple[UpstreamPop3Session, StatusLine]:
-    token = await tokens.get_token(account.name)
+    """Log in with `login_with_refresh`; a token refused twice is `UpstreamAuthRejected`."""
+
+    async def login(token: Secret) -> tuple[UpstreamPop3Session, StatusLine]:
+        session = UpstreamPop3Session(endpoint, limits, account=account.name)
+        await session.connect()
+        try:
+            return session, await session.authenticate(account.mailbox, token)
+        except BaseException:
+            await session.close()
+            raise
+
     try:
-        return await _login(account, endpoint, token, limits)
-    except TokenRejected:
-        token = await tokens.force_refresh(account.name, rejected=token)
-    try:
-        return await _login(account, endpoint, token, limits)
+        result, _ = await login_with_refresh(
+            tokens, account.name, login, token_refused=lambda exc: isinstance(exc, TokenRejected))
     except TokenRejected as exc:
         raise UpstreamAuthRejected(f"{exc} (also after a forced token refresh)",
                                    account=account.name, reply=exc.reply) from None
+    return result

@@ -1,7 +1,6 @@
 """The interface every OAuth provider implements (built-in or the user's own class).
 
-CONTRACT (fixed; the OAuth-engine work fills in the grant methods below it):
-class attributes ``name``, ``requires_tenant``, ``supported_flows``, ``default_smtp``,
+A provider has the class attributes ``name``, ``requires_tenant``, ``supported_flows``, ``default_smtp``,
 ``default_pop3``, optional ``default_imap``; the constructor
 ``Provider(credentials: CredentialsConfig)``; and the classmethod
 ``config_problems(credentials) -> list[(field, message)]`` used by the config loader

@@ -1,87 +1,49 @@
-"""Where one message's content goes upstream, and the client's reply to its final dot.
+"""One message's content to the upstream, by DATA or as one BDAT chunk, and how it ended.
 
 `RelaySMTP.smtp_DATA` frames the client's DATA and streams the dot-stuffed content into a sink:
 `UpstreamDataSink` forwards it with the upstream's DATA (unchanged: the upstream unstuffs what the
-client stuffed), `UpstreamBdatSink` as BDAT chunks (`relay.smtp.bdat`) when the upstream offers
-CHUNKING. Either way the client's final reply is the upstream's reply to the end of the content,
-or a 4xx/5xx of ours: a message we refuse (size, line length, bare CR/LF) or whose upstream
-transfer fails is abandoned by closing the upstream connection before its end (final dot / LAST),
-so it is never delivered.
+client stuffed), `UpstreamBdatSink` as one ``BDAT LAST`` chunk (`relay.smtp.bdat`) when the upstream
+offers CHUNKING and the message fits `CHUNK_BYTES`; a larger message switches to DATA before any of
+it went upstream. A sink only moves bytes: `finish` returns a `ContentResult` and the transaction
+core (`relay.smtp.transaction`) decides what happens to the session. A message we refuse (size,
+line length, bare CR/LF) or whose transfer fails is abandoned by closing the upstream connection
+before its end (final dot / LAST), so it is never delivered.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Protocol
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from relay.errors import RelayError
-from relay.explain import log_explanation
-from relay.metrics import RelayObserver
-from relay.smtp.bdat import BdatTransfer
+from relay.smtp import replies
+from relay.smtp.bdat import CHUNK_BYTES, Unstuffer, send_last_chunk
 from relay.smtp.dataframe import DataFramer, DataProblem
-from relay.smtp.failures import client_reply_for_upstream
-from relay.smtp.protocol import ConnectionState, RelaySMTP
 from relay.smtp.reply import SmtpReply
+from relay.smtp.transaction import ContentResult
 from relay.smtp.upstream import UpstreamSmtpSession
 
-TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
-LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 998 octets + CRLF)"
-BARE_LINE_END = ("554 5.6.0 Message refused: bare LF or bare CR in the content (RFC 5321 2.3.8); "
-                 "end every line with CRLF")
-LARGE_BY_DATA = True
-"""A message bigger than one BDAT chunk (`relay.smtp.bdat.CHUNK_BYTES`) goes by DATA after all:
-streamed as it arrives, with no unstuffing copy and no per-chunk replies, it is cheaper than BDAT
-once the round trip BDAT saves is small next to the transfer (5 MB: relay CPU 22.5 -> ~17 ms)."""
-_DATA_PROBLEM_REPLY = {DataProblem.TOO_BIG: TOO_BIG, DataProblem.LINE_TOO_LONG: LINE_TOO_LONG,
-                       DataProblem.BARE_LINE_END: BARE_LINE_END}
+Busy = Callable[[], AbstractContextManager[None]]
+
+_PROBLEM_REPLY = {DataProblem.TOO_BIG: replies.TOO_BIG, DataProblem.LINE_TOO_LONG: replies.LINE_TOO_LONG,
+                  DataProblem.BARE_LINE_END: replies.BARE_LINE_END}
 
 
-class SessionKeeper(Protocol):
-    """What a sink needs from the handler that owns the connection's upstream session."""
+class UpstreamDataSink:
+    """Content through the upstream's DATA (already sent), dot-stuffed as received.
 
-    def drop_upstream(self, state: ConnectionState) -> None:
-        """Close the session (never reused)."""
-        ...
+    The upstream's reply to DATA is read before the first content goes (our 354 went to the
+    client at once); a refusal of DATA is the final reply and the content is read and dropped.
+    """
 
-    def release_upstream(self, state: ConnectionState) -> None:
-        """Pooling: give the session back when no transaction is open."""
-        ...
-
-    def broken(self, state: ConnectionState, exc: BaseException) -> SmtpReply:
-        """Log an upstream failure mid-transaction, drop the session; return the client's 4xx."""
-        ...
-
-    @property
-    def observer(self) -> RelayObserver:
-        """Where message outcomes are reported (relay.metrics)."""
-        ...
-
-
-def note(state: ConnectionState, reply: SmtpReply) -> None:
-    """Remember the upstream's last reply (for the session summary log line)."""
-    state.last_upstream_reply = reply.one_line()
-    if reply.code >= 400 and state.account is not None:  # cause + fix, once per account and cause
-        log_explanation(state.account.name, state.account.mailbox, state.last_upstream_reply)
-
-
-class _Sink:
-    """The common part: failures, abandoning, the end of a transaction."""
-
-    def __init__(self, keeper: SessionKeeper, server: RelaySMTP, up: UpstreamSmtpSession,
-                 max_bytes: int) -> None:
-        self.keeper = keeper
-        self.server = server
+    def __init__(self, up: UpstreamSmtpSession, max_bytes: int, busy: Busy) -> None:
         self.up = up
         self.max_bytes = max_bytes
+        self.busy = busy
         self.error: BaseException | None = None
         self.abandoned = False
-        self.refusal: SmtpReply | None = None  # the upstream refused the content: the final reply
-        self.started = time.monotonic()
-
-    def _report(self, code: int | None, size: int) -> None:
-        account = self.server.state.account
-        if account is not None:
-            self.keeper.observer.message_finished(account.name, code, size, time.monotonic() - self.started)
+        self.refusal: SmtpReply | None = None  # the upstream refused DATA: the final reply
+        self._go_ahead_read = False
 
     @property
     def stopped(self) -> bool:
@@ -92,77 +54,25 @@ class _Sink:
         """Close the upstream before the end of the content: the message is never delivered."""
         if not self.abandoned:
             self.abandoned = True
-            state = self.server.state
-            if state.upstream is self.up:
-                self.keeper.drop_upstream(state)
-            else:
-                self.up.abort()
-
-    def _fail(self, exc: BaseException) -> None:
-        self.error = exc
-        self.abandon()
-
-    def _problem_reply(self, framer: DataFramer) -> str | None:
-        """Our own refusal of the content (never forwarded to its end), if any."""
-        if framer.problem is None:
-            return None
-        self.abandon()
-        return _DATA_PROBLEM_REPLY[framer.problem]
-
-    def _error_reply(self) -> str:
-        assert self.error is not None
-        self.abandon()
-        self._report(None, 0)
-        return self.keeper.broken(self.server.state, self.error).render()
-
-    def _refusal_reply(self) -> str:
-        assert self.refusal is not None
-        note(self.server.state, self.refusal)
-        self._report(self.refusal.code, 0)
-        return client_reply_for_upstream(self.refusal).render()
-
-    def _final_reply(self, reply: SmtpReply, framer: DataFramer, *, reset_on_failure: bool) -> str:
-        """The upstream's reply to the end of the content ends the transaction. With
-        ``reset_on_failure`` a refusal leaves its state unknown (RFC 3030: RSET before reuse)."""
-        state = self.server.state
-        state.in_transaction = reset_on_failure and not reply.is_positive
-        note(state, reply)
-        self._report(reply.code, framer.received_bytes)
-        if reply.is_positive:
-            state.messages += 1
-            state.bytes += framer.received_bytes
-        elif reply.code == 421:
-            self.keeper.drop_upstream(state)
-        self.keeper.release_upstream(state)  # pooling: the transaction is over (unless RSET is due)
-        return client_reply_for_upstream(reply).render()
-
-
-class UpstreamDataSink(_Sink):
-    """Content through the upstream's DATA (already sent by the handler), dot-stuffed as received."""
-
-    def __init__(self, keeper: SessionKeeper, server: RelaySMTP, up: UpstreamSmtpSession,
-                 max_bytes: int) -> None:
-        super().__init__(keeper, server, up, max_bytes)
-        self._go_ahead_read = False
+            self.up.abort()
 
     async def _upstream_ready(self) -> bool:
         """Read the upstream's reply to DATA once; True when it was 354 (content may go)."""
         if not self._go_ahead_read:
             self._go_ahead_read = True
             try:
-                with self.server.busy():
+                with self.busy():
                     reply = await self.up.data_reply()
             except (RelayError, OSError) as exc:
-                self._fail(exc)
+                self.error = exc
+                self.abandon()
                 return False
-            note(self.server.state, reply)
             if reply.code != 354:
-                # The upstream's transaction stays open for us: RSET before the next MAIL.
-                self.refusal = reply
+                self.refusal = reply  # its transaction stays open upstream: RSET before reuse
         return not self.stopped
 
     async def write(self, wire_bytes: bytes) -> None:
-        """Forward content; after an upstream failure keep reading the client but drop the bytes.
+        """Forward content; after a failure keep reading the client but drop the bytes.
 
         Until the upstream's 354 has been read this waits for it (and so stops reading the
         client: what the client sent meanwhile stays in the socket buffers, bounded by TCP)."""
@@ -171,106 +81,90 @@ class UpstreamDataSink(_Sink):
         if not self._go_ahead_read and not await self._upstream_ready():
             return
         try:
-            with self.server.busy():
+            with self.busy():
                 await self.up.data_write(wire_bytes)
         except (RelayError, OSError) as exc:
-            self._fail(exc)
+            self.error = exc
+            self.abandon()
 
-    async def finish(self, framer: DataFramer, tail: bytes = b"") -> str:
-        """Send ``tail`` (the content of the chunk that held the end of DATA) with the final dot
-        and pass the upstream's reply on, or refuse (size, line, failure, or the upstream's
-        refusal of DATA)."""
-        if (problem := self._problem_reply(framer)) is not None:
-            return problem
-        if self.error is None and not self.abandoned:
+    async def finish(self, framer: DataFramer, tail: bytes = b"") -> ContentResult:
+        """Send ``tail`` with the final dot; the upstream's reply, our refusal or the failure."""
+        if framer.problem is not None:
+            self.abandon()
+            return ContentResult(refused=_PROBLEM_REPLY[framer.problem])
+        if not self.stopped:
             await self._upstream_ready()  # an empty message: no write() read it yet
         if self.refusal is not None:
-            return client_reply_for_upstream(self.refusal).render()
+            return ContentResult(reply=self.refusal, open_after=True)
         if self.error is None:
-            try:
-                with self.server.busy():
-                    reply = await self.up.data_finish(tail)
+            try:  # the caller waits inside its busy(): no client idle timeout meanwhile
+                return ContentResult(reply=await self.up.data_finish(tail))
             except (RelayError, OSError) as exc:
                 self.error = exc
-        if self.error is not None:
-            return self._error_reply()
-        return self._final_reply(reply, framer, reset_on_failure=False)
+        self.abandon()
+        return ContentResult(error=self.error)
 
 
-class UpstreamBdatSink(_Sink):
-    """Content as BDAT chunks: unstuffed, coalesced, the last one with LAST (see relay.smtp.bdat).
+class UpstreamBdatSink:
+    """Content as one ``BDAT LAST`` chunk; past `CHUNK_BYTES` it goes by DATA instead."""
 
-    A refused chunk fails the message: the client's final reply is that refusal, LAST is never
-    sent and the connection is closed (RFC 3030 leaves the transaction state unknown). With
-    `LARGE_BY_DATA`, a message that outgrows the first chunk before its end is sent with DATA
-    instead (nothing of it went upstream yet), through an `UpstreamDataSink`."""
-
-    def __init__(self, keeper: SessionKeeper, server: RelaySMTP, up: UpstreamSmtpSession,
-                 max_bytes: int) -> None:
-        super().__init__(keeper, server, up, max_bytes)
-        self.transfer = BdatTransfer(up)
-        self._wire: list[bytes] | None = [] if LARGE_BY_DATA else None  # kept until a chunk is due
+    def __init__(self, up: UpstreamSmtpSession, max_bytes: int, busy: Busy) -> None:
+        self.up = up
+        self.max_bytes = max_bytes
+        self.busy = busy
+        self.abandoned = False
+        self._wire: list[bytes] = []  # kept until the end, or until the message outgrows a chunk
+        self._content: list[bytes] = []  # the same, unstuffed as it arrives
+        self._unstuffer = Unstuffer()
+        self._buffered = 0
         self._data: UpstreamDataSink | None = None  # the DATA sink once the message went that way
 
     async def write(self, wire_bytes: bytes) -> None:
-        """Buffer content; send a chunk when enough is buffered (or switch to DATA, see above)."""
+        """Buffer content; switch to DATA when it outgrows one chunk."""
         if self._data is not None:
             await self._data.write(wire_bytes)
             return
-        if self._wire is not None:
-            self._wire.append(wire_bytes)
-        if self.stopped or not self.transfer.add(wire_bytes):
+        if self.abandoned:
             return
-        if self._wire is not None:
+        self._wire.append(wire_bytes)
+        self._content.append(self._unstuffer.feed(wire_bytes))
+        self._buffered += len(wire_bytes)
+        if self._buffered > CHUNK_BYTES:
             await self._switch_to_data()
-            return
-        try:
-            with self.server.busy():
-                refusal = await self.transfer.send_chunk()
-        except (RelayError, OSError) as exc:
-            self._fail(exc)
-            return
-        if refusal is not None:
-            self.refusal = refusal
-            self.abandon()
 
     async def _switch_to_data(self) -> None:
         """Send DATA and the wire bytes kept so far; the rest of the message follows them."""
-        wire, self._wire = b"".join(self._wire or ()), None
-        self.transfer = BdatTransfer(self.up)  # drop the unstuffed copy
+        wire, self._wire, self._content = b"".join(self._wire), [], []
+        self._data = UpstreamDataSink(self.up, self.max_bytes, self.busy)
         try:
             self.up.data_send()
         except (RelayError, OSError) as exc:
-            self._fail(exc)
+            self._data.error = exc
+            self._data.abandon()
             return
-        self._data = UpstreamDataSink(self.keeper, self.server, self.up, self.max_bytes)
         await self._data.write(wire)
 
     def abandon(self) -> None:
         """Close the upstream before the end of the content (whichever way it was going)."""
         if self._data is not None:
             self._data.abandon()
-        super().abandon()
+        if not self.abandoned:
+            self.abandoned = True
+            self.up.abort()
 
-    async def finish(self, framer: DataFramer, tail: bytes = b"") -> str:
-        """Send the rest with LAST and pass the upstream's reply on, or refuse (size, line,
-        failure, or the upstream's refusal of a chunk)."""
+    async def finish(self, framer: DataFramer, tail: bytes = b"") -> ContentResult:
+        """Send the whole message with LAST (or finish the DATA); the upstream's reply, our
+        refusal or the failure. A refused LAST leaves the transaction open (RFC 3030: RSET)."""
         if self._data is not None:
             return await self._data.finish(framer, tail)
-        if (problem := self._problem_reply(framer)) is not None:
-            return problem
-        if self.error is None and self.refusal is None:  # abandoned: finish() fails on the closed session
-            try:
-                with self.server.busy():
-                    reply, delivered = await self.transfer.finish(tail)
-            except (RelayError, OSError) as exc:
-                self.error = exc
-            else:
-                if not delivered:
-                    self.refusal = reply
-                    self.abandon()
-        if self.refusal is not None:
-            return self._refusal_reply()
-        if self.error is not None:
-            return self._error_reply()
-        return self._final_reply(reply, framer, reset_on_failure=True)
+        if framer.problem is not None:
+            self.abandon()
+            return ContentResult(refused=_PROBLEM_REPLY[framer.problem])
+        self._content.append(self._unstuffer.feed(tail))
+        content, self._content, self._wire = self._content, [], []
+        try:  # the caller waits inside its busy(): no client idle timeout meanwhile
+            reply = await send_last_chunk(self.up, content)
+        except (RelayError, OSError) as exc:
+            self.abandon()
+            return ContentResult(error=exc)
+        return ContentResult(reply=reply, open_after=not reply.is_positive)

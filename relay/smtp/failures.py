@@ -18,13 +18,18 @@ from relay.errors import (
     UpstreamUnavailable,
 )
 from relay.explain import explain
+from relay.smtp.replies import (
+    LOCAL_ERROR,
+    TEMP_AUTH_FAILURE,
+    UPSTREAM_BUSY,
+    UPSTREAM_CONNECTION_LOST,
+    UPSTREAM_UNREACHABLE,
+)
 from relay.smtp.reply import SmtpReply
 
-TEMP_AUTH_FAILURE = SmtpReply.make(454, "4.7.0", "Temporary authentication failure upstream, try again later")
-UPSTREAM_UNREACHABLE = SmtpReply.make(451, "4.4.1", "Upstream mail server unreachable, try again later")
-UPSTREAM_CONNECTION_LOST = SmtpReply.make(451, "4.4.2", "Connection to the upstream mail server failed")
-UPSTREAM_BUSY = SmtpReply.make(451, "4.3.2", "Too many concurrent upstream sessions, try again later")
-LOCAL_ERROR = SmtpReply.make(451, "4.3.0", "Local error in processing, try again later")
+__all__ = ["LOCAL_ERROR", "TEMP_AUTH_FAILURE", "UPSTREAM_BUSY", "UPSTREAM_CONNECTION_LOST",
+           "UPSTREAM_UNREACHABLE", "client_reply_for_upstream", "describe_failure",
+           "explain_upstream_reply", "reply_for_error"]
 
 
 def reply_for_error(error: BaseException, *, connected: bool = False) -> SmtpReply:
@@ -68,7 +73,7 @@ def describe_failure(error: BaseException, account: AccountConfig) -> str:
     if isinstance(error, TokenRefreshFailed):
         return f"{prefix}: token refresh failed (temporary, will be retried): {error}"
     if isinstance(error, UpstreamAuthRejected):
-        reply = error.reply or str(error)
+        reply = error.reply.one_line() if error.reply else str(error)
         advice = explain_upstream_reply(reply, account) or (
             f"check the upstream settings and token scopes; if it persists run "
             f"`relay authorize {account.name}`"
@@ -77,7 +82,7 @@ def describe_failure(error: BaseException, account: AccountConfig) -> str:
                 f"upstream said {reply!r}; {advice}")
     if isinstance(error, UpstreamUnavailable | UpstreamProtocolError):
         where = _endpoint(account)
-        reply = f"; upstream said {error.reply!r}" if error.reply else ""
+        reply = f"; upstream said {error.reply.one_line()!r}" if error.reply else ""
         return f"{prefix}: upstream {where} unavailable: {error}{reply}"
     if isinstance(error, ConfigError):
         return f"{prefix}: configuration problem: {error}"

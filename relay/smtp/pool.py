@@ -17,7 +17,8 @@ reused most-recently-returned first (so surplus sessions age out) and closed wit
 * when it answers neither RSET after a long idle nor a quick liveness look (EOF, stray reply);
 * on `close` (server stop).
 
-A session that dies between this check and MAIL is the handler's business: it discards it and
+A session that dies between this check and MAIL is the transaction core's business
+(`relay.smtp.transaction`): it discards it and
 retries once on a fresh one (``acquire(fresh=True)``), so the client never sees the difference.
 """
 

@@ -32,16 +32,20 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, syntax
 
 from relay.config.model import AccountConfig, BareLfMode
+from relay.smtp import replies
 from relay.smtp.dataframe import DataFramer, LineEndNormalizer
 from relay.smtp.fastinit import cheap_introspection
-from relay.smtp.upstream import UpstreamSmtpSession, set_nodelay
+from relay.smtp.reply import SmtpReply
+from relay.upstream.stream import set_nodelay
+
+if TYPE_CHECKING:
+    from relay.smtp.delivery import ContentSink, Delivery
 
 # Built-in aiosmtpd replies without an enhanced status code get this one (by reply code). Only the
 # codes aiosmtpd uses for errors and the exact plain "250 OK"/"221 Bye": EHLO lines must stay bare.
@@ -89,15 +93,6 @@ def _with_old_style_auth(responses: list[str]) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
-class PendingMail:
-    """A MAIL checked and answered locally, sent upstream together with the first RCPT."""
-
-    sender: str  # as it goes upstream ("" for the null reverse-path)
-    options: Mapping[str, str]  # the client's MAIL parameters, ``{"SIZE": "12", ...}``
-    reused: bool  # on a kept or pooled session: if that turns out dead, retry once on a fresh one
-
-
 @dataclass
 class ConnectionState:
     """Per-connection relay state; unlike aiosmtpd's Session it survives STARTTLS."""
@@ -107,34 +102,27 @@ class ConnectionState:
     client_ip: str = ""
     started: float = field(default_factory=time.monotonic)
     account: AccountConfig | None = None
-    upstream: UpstreamSmtpSession | None = None
-    in_transaction: bool = False  # MAIL went upstream and was not refused; no final reply yet
-    upstream_broken: bool = False  # the upstream failed mid-transaction: answer 4xx until RSET/MAIL
-    pending_mail: PendingMail | None = None  # delayed sender verdict: MAIL not sent upstream yet
-    mail_refused: str | None = None  # the upstream refused the delayed MAIL: every RCPT's reply
-    messages: int = 0
+    delivery: Delivery | None = None  # the account's transactions (relay.smtp.delivery)
+    messages: int = 0  # of deliveries already ended (STARTTLS, another login), for the summary
     bytes: int = 0
     last_upstream_reply: str | None = None
     outcome: str = "ok"  # the session's outcome for metrics: ok | auth_failed | upstream_error
 
 
-class DataSink(Protocol):
-    """Where `RelaySMTP.smtp_DATA` streams content (the handler's upstream transaction)."""
+class _Busy:
+    """`RelaySMTP.busy`'s context manager (re-entrant: a counter)."""
 
-    max_bytes: int
+    __slots__ = ("_server",)
 
-    async def write(self, wire_bytes: bytes) -> None:
-        """Forward dot-stuffed content; upstream failures are remembered, not raised."""
-        ...
+    def __init__(self, server: RelaySMTP) -> None:
+        self._server = server
 
-    def abandon(self) -> None:
-        """Give the transaction up: close the upstream before the end (final dot or BDAT LAST)."""
-        ...
+    def __enter__(self) -> None:
+        self._server._busy += 1
 
-    async def finish(self, framer: DataFramer, tail: bytes = b"") -> str:
-        """Forward ``tail`` with the terminator; return the client's final reply (the
-        upstream's, or ours if we refused)."""
-        ...
+    def __exit__(self, *exc_info: object) -> None:
+        self._server._busy -= 1
+        self._server._reset_timeout()
 
 
 class RelaySMTP(SMTP):
@@ -151,6 +139,7 @@ class RelaySMTP(SMTP):
         self.state = ConnectionState()
         self.closed = asyncio.Event()
         self._busy = 0
+        self._busy_cm = _Busy(self)
         self._started = False
 
     # --- connection life cycle ----------------------------------------------------------------
@@ -212,15 +201,12 @@ class RelaySMTP(SMTP):
 
     # --- timers -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """While inside, the client idle timeout does not fire: we are waiting, not the client."""
-        self._busy += 1
-        try:
-            yield
-        finally:
-            self._busy -= 1
-            self._reset_timeout()
+    def busy(self) -> _Busy:
+        """While inside, the client idle timeout does not fire: we are waiting, not the client.
+
+        A plain class, not @contextmanager: it is entered several times per SMTP command and a
+        generator-based one costs a generator and four extra calls each time."""
+        return self._busy_cm
 
     def _timeout_cb(self) -> None:
         if self._busy:
@@ -296,7 +282,7 @@ class RelaySMTP(SMTP):
 
         Raises ValueError when the line is longer than the stream buffer.
         """
-        await self.push(f"334 {challenge_b64}")
+        await self.push(replies.auth_challenge(challenge_b64).wire)
         line = await self._reader.readline()
         if not line.endswith(b"\n"):
             raise ConnectionResetError("client closed the connection during AUTH")
@@ -311,18 +297,18 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+            await self.push(replies.NEED_RCPT.wire)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(replies.DATA_SYNTAX.wire)
             return
         opened = await self.event_handler.open_data(self)
-        if isinstance(opened, str):
+        if isinstance(opened, SmtpReply):  # refused
             self._set_post_data_state()  # type: ignore[no-untyped-call]
-            await self.push(opened)
+            await self.push(opened.wire)
             return
-        sink: DataSink = opened
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        sink: ContentSink = opened
+        await self.push(replies.START_DATA.wire)
         framer = DataFramer(sink.max_bytes, lf_normalized=self.bare_lf == "normalize")
         line_ends = LineEndNormalizer()
         tail = b""
@@ -354,9 +340,10 @@ class RelaySMTP(SMTP):
             log.info("smtp %s: %d bare LF line end(s) in DATA from %s read as CRLF "
                      "(listen.smtp.bare_lf: normalize)", self.state.session_id,
                      line_ends.bare_lf_seen, self.state.client_address)
-        status = await sink.finish(framer, tail)
+        with self.busy():
+            status = await sink.finish(framer, tail)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status)
+        await self.push(status.wire)
 
     async def _read_data_chunk(self) -> bytes:
         """Read whatever DATA the client has sent so far, in bulk (what follows the final dot is

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from relay.errors import UpstreamProtocolError
+from relay.errors import UpstreamProtocolError, UpstreamReply
 
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?= |$)")
 MAX_REPLY_LINES = 200
@@ -51,6 +51,21 @@ class SmtpReply:
     def is_permanent(self) -> bool:
         """5xx: do not retry unchanged."""
         return self.code >= 500
+
+    @property
+    def wire(self) -> str:
+        """`render`, computed once per reply (the relay's own replies are shared constants).
+
+        Cached in the instance dict by hand: functools.cached_property takes a lock per first
+        access on Python 3.11, which costs more than rendering a one-line upstream reply."""
+        wire = self.__dict__.get("_wire")
+        if wire is None:
+            wire = self.__dict__["_wire"] = self.render()
+        return wire
+
+    def as_upstream_reply(self) -> UpstreamReply:
+        """This reply as the protocol-neutral value carried by `relay.errors.UpstreamError`."""
+        return UpstreamReply(str(self.code), self.enhanced_code, self.text)
 
     def render(self) -> str:
         """Return the reply as wire text without the final CRLF (lines joined by CRLF)."""

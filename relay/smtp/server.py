@@ -10,12 +10,15 @@ from typing import Any
 from relay.config.model import RelayConfig
 from relay.listening import listen_backlog
 from relay.metrics import RelayObserver
+from relay.smtp.delivery import DeliveryFactory
 from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import RelaySMTP
+from relay.smtp.replies import TOO_MANY_CONNECTIONS
 from relay.tlsutil import listener_context
 from relay.tokens.source import TokenSource
 
 log = logging.getLogger("relay.smtp")
+_TOO_MANY = TOO_MANY_CONNECTIONS.wire.encode() + b"\r\n"
 
 
 class _Refuse(asyncio.Protocol):
@@ -23,7 +26,7 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Duck-typed: uvloop's transports are not asyncio.WriteTransport subclasses.
-        transport.write(b"421 4.7.0 Too many connections, try again later\r\n")  # type: ignore[attr-defined]
+        transport.write(_TOO_MANY)  # type: ignore[attr-defined]
         transport.close()
 
 
@@ -31,11 +34,13 @@ class SmtpRelayServer:
     """Listens on ``config.listen.smtp`` and relays each session to the account's upstream."""
 
     def __init__(self, config: RelayConfig, tokens: TokenSource, authenticator: Any,
-                 *, hostname: str | None = None, observer: RelayObserver | None = None) -> None:
+                 *, hostname: str | None = None, deliveries: DeliveryFactory | None = None,
+                 observer: RelayObserver | None = None) -> None:
         self.config = config
         self.listener = config.listen.smtp
         self.hostname = hostname or socket.getfqdn()
-        self.handler = RelayHandler(config, tokens, authenticator, hostname=self.hostname)
+        self.handler = RelayHandler(config, tokens, authenticator, hostname=self.hostname,
+                                    deliveries=deliveries)
         if observer is not None:
             self.handler.observer = observer
         self._tls = listener_context(self.listener, "listen.smtp")

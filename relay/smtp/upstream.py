@@ -17,14 +17,11 @@ login `UpstreamAuthRejected` carrying the upstream's reply text.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import socket
-import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
-from relay.config.model import UpstreamEndpoint
+from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
 from relay.errors import (
     ProtocolInputError,
     UpstreamAuthRejected,
@@ -35,7 +32,9 @@ from relay.flow import needs_drain
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
 from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply
-from relay.tlsutil import client_context
+from relay.tokens.source import TokenSource
+from relay.upstream.login import login_with_refresh
+from relay.upstream.stream import open_stream, start_tls, translate_failure
 
 T = TypeVar("T")
 
@@ -44,20 +43,12 @@ _STUFF = re.compile(rb"(?m)^\.")
 READ_LIMIT = 64 * 1024
 
 
-def set_nodelay(sock: socket.socket | None) -> None:
-    """Disable Nagle: SMTP is request/reply, small writes must leave at once."""
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    with contextlib.suppress(OSError):  # not fatal: only latency
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class UpstreamSmtpSession:
     """A client session with one upstream SMTP server for one account.
 
     Use: ``await connect()``, ``await authenticate(mailbox, token)``, then per message ``mail``
     (or ``mail_rcpt``, pipelined), ``rcpt``..., then ``data_start``, ``data_write``...,
-    ``data_finish`` (or BDAT chunks through `relay.smtp.bdat.BdatTransfer`); ``quit()`` or
+    ``data_finish`` (or one BDAT LAST chunk: `relay.smtp.bdat.send_last_chunk`); ``quit()`` or
     ``abort()``.
     """
 
@@ -98,7 +89,7 @@ class UpstreamSmtpSession:
         ``421`` idle timeout) buffered. A cheap check, without a round trip, before reusing."""
         reader = self._reader
         # StreamReader has no public "bytes buffered" accessor; _buffer is stable since 3.4.
-        return reader is not None and not reader.at_eof() and not reader._buffer
+        return reader is not None and not reader.at_eof() and not reader._buffer  # type: ignore[attr-defined]
 
     @property
     def pipelining(self) -> bool:
@@ -112,41 +103,27 @@ class UpstreamSmtpSession:
         return self.pipelining and self.capabilities.chunking
 
     @property
-    def reply_waiting(self) -> bool:
-        """True when a reply line has already arrived (reading it will not wait)."""
-        reader = self._reader
-        return reader is not None and b"\n" in reader._buffer
-
-    @property
     def where(self) -> str:
         """host:port, for messages."""
         return f"{self.endpoint.host}:{self.endpoint.port}"
 
     async def connect(self) -> SmtpReply:
         """Open the connection, read the greeting, EHLO, upgrade to TLS, EHLO again."""
-        ep = self.endpoint
-        tls = ep.tls
-        ctx = client_context(ep) if tls != "none" else None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                self._reader, self._writer = await asyncio.open_connection(
-                    ep.host, ep.port, limit=READ_LIMIT,
-                    ssl=ctx if tls == "implicit" else None,
-                    server_hostname=ep.host if tls == "implicit" else None,
-                )
-                set_nodelay(self._writer.get_extra_info("socket"))
+                self._reader, self._writer = await open_stream(self.endpoint, read_limit=READ_LIMIT)
                 greeting = await self._read_reply()
                 if greeting.code != 220:
                     raise UpstreamUnavailable(
                         f"upstream {self.where} refused the session: {greeting}",
-                        account=self.account, reply=greeting.one_line())
+                        account=self.account, reply=greeting.as_upstream_reply())
                 reply = await self._ehlo()
-                if tls == "starttls":
+                if self.endpoint.tls == "starttls":
                     if not self.capabilities.starttls:
                         raise UpstreamUnavailable(
                             f"upstream {self.where} does not offer STARTTLS (smtp.tls: starttls)",
                             account=self.account)
-                    await self._starttls(ctx)
+                    await self._starttls()
                     reply = await self._ehlo()
         except BaseException as exc:
             self.abort()
@@ -160,17 +137,17 @@ class UpstreamSmtpSession:
         reply = await self._command(f"EHLO {self.local_hostname}")
         if reply.code != 250:
             raise UpstreamUnavailable(f"upstream {self.where} refused EHLO: {reply}",
-                                      account=self.account, reply=reply.one_line())
+                                      account=self.account, reply=reply.as_upstream_reply())
         self.capabilities = EhloCapabilities.parse(reply)
         return reply
 
-    async def _starttls(self, ctx: ssl.SSLContext | None) -> None:
+    async def _starttls(self) -> None:
         reply = await self._command("STARTTLS")
         if reply.code != 220:
             raise UpstreamUnavailable(f"upstream {self.where} refused STARTTLS: {reply}",
-                                      account=self.account, reply=reply.one_line())
-        assert self._writer is not None and ctx is not None
-        await self._writer.start_tls(ctx, server_hostname=self.endpoint.host)
+                                      account=self.account, reply=reply.as_upstream_reply())
+        assert self._writer is not None
+        await start_tls(self._writer, self.endpoint)
 
     async def quit(self) -> None:
         """Send QUIT (best effort) and close."""
@@ -217,7 +194,7 @@ class UpstreamSmtpSession:
             return reply
         error_cls = UpstreamUnavailable if reply.code == 421 else UpstreamAuthRejected
         raise error_cls(f"upstream {self.where} refused XOAUTH2 for {mailbox}: {reply}",
-                        account=self.account, reply=reply.one_line())
+                        account=self.account, reply=reply.as_upstream_reply())
 
     # --- transaction --------------------------------------------------------------------------
 
@@ -365,17 +342,31 @@ class UpstreamSmtpSession:
             raise translated from exc
 
     def _translate(self, exc: BaseException, what: str) -> BaseException:
-        if isinstance(exc, UpstreamAuthRejected | UpstreamUnavailable | UpstreamProtocolError):
-            return exc
-        if isinstance(exc, TimeoutError):
-            return UpstreamUnavailable(f"upstream {self.where} timed out during {what}", account=self.account)
-        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-            return UpstreamUnavailable(f"TLS with upstream {self.where} failed during {what}: {exc}",
-                                       account=self.account)
-        if isinstance(exc, OSError | EOFError | asyncio.IncompleteReadError):
-            return UpstreamUnavailable(f"upstream {self.where} connection failed during {what}: {exc}",
-                                       account=self.account)
-        return exc
+        return translate_failure(exc, server=f"upstream {self.where}", step=what, account=self.account)
+
+
+async def open_logged_in(account: AccountConfig, tokens: TokenSource, limits: LimitsConfig, *,
+                         hostname: str = "localhost") -> tuple[UpstreamSmtpSession, Secret]:
+    """A connected session logged in with the account's token (refreshed once if refused, see
+    `relay.upstream.login.login_with_refresh`); returns it and the token it used."""
+    endpoint = account.smtp
+    assert endpoint is not None
+
+    async def login(token: Secret) -> UpstreamSmtpSession:
+        up = UpstreamSmtpSession(
+            endpoint, account=account.name, local_hostname=hostname,
+            connect_timeout_s=limits.upstream_connect_timeout_s,
+            command_timeout_s=limits.upstream_command_timeout_s,
+            data_timeout_s=limits.upstream_data_timeout_s)
+        await up.connect()
+        try:
+            await up.authenticate(account.mailbox, token)
+        except BaseException:
+            up.abort()
+            raise
+        return up
+
+    return await login_with_refresh(tokens, account.name, login)
 
 
 def command_line(line: str, *, sensitive: bool = False) -> bytes:
@@ -383,12 +374,15 @@ def command_line(line: str, *, sensitive: bool = False) -> bytes:
     if _CONTROL.search(line):
         what = "credentials" if sensitive else repr(line[:60])
         raise ProtocolInputError(f"control character in SMTP command {what}")
-    return line.encode("utf-8") + b"\r\n"
+    try:
+        return line.encode("utf-8") + b"\r\n"
+    except UnicodeEncodeError:  # undecodable client bytes (aiosmtpd keeps them as surrogates)
+        raise ProtocolInputError("SMTP command argument is not valid UTF-8") from None
 
 
 def mail_command(address: str, params: Iterable[str] = ()) -> bytes:
     """The checked ``MAIL FROM:<address> [params]`` line."""
-    extra = "".join(f" {p}" for p in params)
+    extra = "".join([f" {p}" for p in params]) if params else ""
     return command_line(f"MAIL FROM:<{address}>{extra}")
 
 

@@ -7,7 +7,6 @@ by the live tests; the fuzz tests need none of them.
 
 from __future__ import annotations
 
-import ipaddress
 import poplib
 import smtplib
 import socket
@@ -29,6 +28,8 @@ from support.relay_harness import (
 )
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
+from relay.localauth import LocalAuthenticator
+from relay.passwords import hash_password
 from relay.pop3.server import Pop3ProxyServer
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
@@ -42,35 +43,10 @@ PASSWORD = "rel pass phrase 42"
 MAILBOX = "rel@sandbox.test"
 TIMEOUT_S = 30.0
 
-try:  # the real local authenticator, once its module is in the tree
-    from relay.localauth import LocalAuthenticator
-    from relay.passwords import hash_password
-except ImportError:  # pragma: no cover - only while relay/localauth.py is being written
-    LocalAuthenticator = None  # type: ignore[assignment,misc]
-    hash_password = None  # type: ignore[assignment]
 
-
-class FallbackAuthenticator:
-    """Used only until relay.localauth exists: same interface, plain compare, loopback rule."""
-
-    def __init__(self, config: RelayConfig) -> None:
-        self.config = config
-
-    async def authenticate(self, username: str, password: str, client_ip: str) -> AccountConfig | None:
-        account = self.config.account_by_username(username)
-        return account if account is not None and password == PASSWORD else None
-
-    def plaintext_auth_allowed(self, listener: ListenerConfig, client_ip: str, tls_active: bool) -> bool:
-        ip = ipaddress.ip_address(client_ip)
-        return tls_active or ip.is_loopback or any(ip in n for n in listener.allow_plaintext_auth_from)
-
-    def trusted_account_for(self, client_ip: str) -> AccountConfig | None:
-        return None
-
-
-def make_authenticator(config: RelayConfig) -> Any:
-    """The real LocalAuthenticator when available, else the fallback above."""
-    return LocalAuthenticator(config) if LocalAuthenticator is not None else FallbackAuthenticator(config)
+def make_authenticator(config: RelayConfig) -> LocalAuthenticator:
+    """The real local authenticator for ``config``."""
+    return LocalAuthenticator(config)
 
 
 def fast_limits(**changes: Any) -> LimitsConfig:
@@ -85,7 +61,7 @@ def build_config(sandbox: SandboxWorld, store_path: Path, *, limits: LimitsConfi
                  smtp_listener: ListenerConfig | None = None,
                  pop3_listener: ListenerConfig | None = None) -> RelayConfig:
     """One account ``rel`` (login rel-app) sending and reading through the sandbox."""
-    pw_hash = hash_password(PASSWORD) if hash_password is not None else None
+    pw_hash = hash_password(PASSWORD)
     smtp = smtp or sandbox_smtp_upstream(sandbox)
     pop3 = pop3 or sandbox_pop3_upstream(sandbox)
     account = AccountConfig(name="rel", username=USERNAME, password_hash=pw_hash, mailbox=MAILBOX,

@@ -203,3 +203,33 @@ def test_startup_log_states_the_same_plaintext_rule_as_the_authenticator(tmp_pat
     _log_listener("smtp", listener, 2525)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("listener smtp"))
     assert ("any client (bound to loopback)" in line) == allowed
+
+
+def test_verify_tls_false_is_warned_once_per_endpoint_under_relay_app(sandbox, tmp_path, caplog):
+    """Through RelayApp (what `relay serve` runs), verify_tls: false on the SMTP and the POP3
+    upstream is warned about exactly once each (it was logged twice for SMTP)."""
+    from relay.app import RelayApp
+    from relay.sandbox.loop import LoopThread
+    from relay.tokens.store import EncryptedFileStore, decode_key, generate_key
+
+    from .conftest import build_config, seed_store
+
+    caplog.set_level(logging.INFO)
+    smtp = UpstreamEndpoint(sandbox.host, sandbox.smtp_port, "starttls", ca_file=sandbox.ca_file,
+                            verify_tls=False)
+    pop3 = UpstreamEndpoint(sandbox.host, sandbox.pop3_port, "implicit", ca_file=sandbox.ca_file,
+                            verify_tls=False)
+    config = build_config(sandbox, tmp_path / "tokens.enc", smtp=smtp, pop3=pop3)
+    key = decode_key(generate_key(), "test")
+    seed_store(sandbox, config.token_store.path, key)
+    thread = LoopThread("rel-app-verify-tls").start()
+    app = RelayApp(config, store=EncryptedFileStore(config.token_store.path, key).open())
+    try:
+        thread.run(app.start())
+    finally:
+        thread.run(app.stop(0.5), timeout_s=20)
+        thread.stop()
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "verify_tls is false" in r.getMessage()]
+    assert sorted(text.split(" ")[0] for text in warned) == ["accounts.rel.pop3.verify_tls",
+                                                            "accounts.rel.smtp.verify_tls"]

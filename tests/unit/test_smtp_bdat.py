@@ -1,19 +1,16 @@
-"""BDAT without sockets: dot-unstuffing across every chunk split, and BdatTransfer's chunking, CRLF
-rule and pipelined chunk replies against a fake upstream session."""
+"""BDAT without sockets: dot-unstuffing across every chunk split, and the one LAST chunk's framing
+and CRLF rule."""
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.errors import UpstreamUnavailable
-from relay.smtp.bdat import BdatTransfer, Unstuffer
+from relay.smtp.bdat import Unstuffer, last_chunk, unstuff
 from relay.smtp.dataframe import DataFramer
-from relay.smtp.reply import SmtpReply, parse_reply
 
 
 def reference_unstuff(wire: bytes) -> bytes:
@@ -99,95 +96,16 @@ def test_framer_output_unstuffs_to_the_client_content(parts: list[bytes], sizes:
     assert b"".join(out) == content
 
 
-class FakeUpstream:
-    """Records writes; answers chunks from a script (``replies``), arriving at once or later."""
-
-    data_timeout_s = 1.0
-
-    def __init__(self, replies: list[str] | None = None, *, arrived: bool = True) -> None:
-        self.writes: list[bytes] = []
-        self.script = deque(parse_reply(r.encode() + b"\r\n") for r in replies or [])
-        self.arrived = arrived  # replies to sent chunks are already buffered
-        self.unread = 0
-
-    async def send_bytes(self, data: bytes, what: str) -> None:
-        self.writes.append(data)
-        self.unread += 1
-
-    @property
-    def reply_waiting(self) -> bool:
-        return self.arrived and self.unread > 0
-
-    async def read_reply(self, what: str, timeout_s: float | None = None) -> SmtpReply:
-        if not self.unread:
-            raise UpstreamUnavailable("read without a command")
-        self.unread -= 1
-        return self.script.popleft() if self.script else parse_reply(b"250 2.0.0 OK\r\n")
+def test_small_message_is_one_last_chunk_with_the_unstuffed_content() -> None:
+    """A whole message: a single 'BDAT n LAST' write with the unstuffed content."""
+    content = unstuff(b"Subject: x\r\n\r\n..dot\r\nend\r\n")
+    assert content == b"Subject: x\r\n\r\n.dot\r\nend\r\n"
+    assert last_chunk([content[:5], b"", content[5:]]) == b"BDAT %d LAST\r\n" % len(content) + content
 
 
-def transfer(up: FakeUpstream, chunk_bytes: int = 100) -> BdatTransfer:
-    return BdatTransfer(up, chunk_bytes=chunk_bytes)  # type: ignore[arg-type]
-
-
-async def test_small_message_is_one_write_with_last() -> None:
-    """Content below the chunk size: a single 'BDAT n LAST' write with the unstuffed content."""
-    up = FakeUpstream()
-    t = transfer(up)
-    assert not t.add(b"Subject: x\r\n\r\n..dot\r\n")
-    reply, sent = await t.finish(b"end\r\n")
-    assert (reply.code, sent) == (250, True)
-    content = b"Subject: x\r\n\r\n.dot\r\nend\r\n"
-    assert up.writes == [b"BDAT %d LAST\r\n" % len(content) + content]
-
-
-async def test_empty_message_and_missing_final_crlf() -> None:
+def test_empty_message_and_missing_final_crlf() -> None:
     """An empty message is 'BDAT 0 LAST'; content not ending in CRLF gets one (as DATA adds it)."""
-    up = FakeUpstream()
-    await transfer(up).finish(b"")
-    assert up.writes == [b"BDAT 0 LAST\r\n"]
-    up = FakeUpstream()
-    await transfer(up).finish(b"no newline")
-    assert up.writes == [b"BDAT 12 LAST\r\nno newline\r\n"]
-
-
-async def test_big_content_goes_in_coalesced_chunks_and_all_replies_are_read() -> None:
-    """Small client pieces are coalesced into chunks of at least chunk_bytes; LAST carries the rest
-    and goes only after every chunk reply was read."""
-    up = FakeUpstream(arrived=False)
-    t = transfer(up, chunk_bytes=100)
-    for _ in range(50):
-        if t.add(b"0123456789abcdefghi\r\n"):
-            assert await t.send_chunk() is None
-    reply, sent = await t.finish(b"")
-    assert (reply.code, sent) == (250, True)
-    body = b"".join(w.split(b"\r\n", 1)[1] for w in up.writes)
-    assert body == b"0123456789abcdefghi\r\n" * 50
-    headers = [w.split(b"\r\n", 1)[0] for w in up.writes]
-    assert all(h.startswith(b"BDAT ") and int(h.split()[1]) >= 100 for h in headers[:-1])
-    assert headers[-1].endswith(b" LAST") and not any(h.endswith(b"LAST") for h in headers[:-1])
-    assert up.unread == 0
-
-
-async def test_refused_chunk_seen_early_stops_the_transfer() -> None:
-    """A refusal of chunk 1 that already arrived: the next chunk is not sent, it is returned."""
-    up = FakeUpstream(["452 4.3.1 Insufficient system storage"])
-    t = transfer(up, chunk_bytes=10)
-    assert t.add(b"a" * 10 + b"\r\n")
-    assert await t.send_chunk() is None
-    assert t.add(b"b" * 10 + b"\r\n")
-    refusal = await t.send_chunk()
-    assert refusal is not None and refusal.one_line() == "452 4.3.1 Insufficient system storage"
-    assert len(up.writes) == 1
-
-
-async def test_refused_chunk_read_at_the_end_means_last_is_never_sent() -> None:
-    """Chunk replies not yet arrived while streaming: finish reads them first; a refusal of any
-    chunk is returned with False and LAST is never written."""
-    up = FakeUpstream(["250 2.0.0 ok", "554 5.6.0 chunk refused"], arrived=False)
-    t = transfer(up, chunk_bytes=10)
-    for piece in (b"a" * 10, b"b" * 10, b"c" * 10):
-        assert t.add(piece + b"\r\n")
-        assert await t.send_chunk() is None
-    reply, sent = await t.finish(b"tail\r\n")
-    assert (reply.one_line(), sent) == ("554 5.6.0 chunk refused", False)
-    assert len(up.writes) == 3 and not any(b"LAST" in w.split(b"\r\n", 1)[0] for w in up.writes)
+    assert last_chunk([b"", b""]) == b"BDAT 0 LAST\r\n"
+    assert last_chunk([b"no newline"]) == b"BDAT 12 LAST\r\nno newline\r\n"
+    assert last_chunk([b"split\r", b"", b"\n"]) == b"BDAT 7 LAST\r\nsplit\r\n"
+    assert last_chunk([b"lf only", b"\n", b""]) == b"BDAT 10 LAST\r\nlf only\n\r\n"

@@ -11,6 +11,7 @@ from relay.errors import (
     TokenRefreshFailed,
     UpstreamAuthRejected,
     UpstreamProtocolError,
+    UpstreamReply,
     UpstreamUnavailable,
 )
 from relay.smtp.failures import (
@@ -33,7 +34,8 @@ ACCOUNT = AccountConfig(
     [
         (AuthorizationNeeded("no refresh token"), False, 454, "4.7.0"),
         (TokenRefreshFailed("HTTP 503"), False, 454, "4.7.0"),
-        (UpstreamAuthRejected("535", reply="535 5.7.3 Authentication unsuccessful"), True, 454, "4.7.0"),
+        (UpstreamAuthRejected("535", reply=UpstreamReply("535", "5.7.3", "Authentication unsuccessful")),
+         True, 454, "4.7.0"),
         (UpstreamUnavailable("connect refused"), False, 451, "4.4.1"),
         (UpstreamUnavailable("dropped"), True, 451, "4.4.2"),
         (UpstreamProtocolError("garbage"), True, 451, "4.4.2"),
@@ -92,7 +94,8 @@ def test_unknown_replies_have_no_explanation():
 
 def test_describe_failure_names_account_reply_and_fix_in_one_line():
     """The log line for a final auth refusal names the account, the upstream reply and the fix."""
-    error = UpstreamAuthRejected("refused", reply="535 5.7.139 SmtpClientAuthentication is disabled")
+    error = UpstreamAuthRejected("refused", reply=UpstreamReply("535", "5.7.139",
+                                                                "SmtpClientAuthentication is disabled"))
     line = describe_failure(error, ACCOUNT)
     assert "\n" not in line
     assert "sales" in line and "535 5.7.139" in line and "SmtpClientAuthenticationDisabled" in line

@@ -14,7 +14,6 @@ from support.relay_harness import sandbox_smtp_upstream
 
 from relay.config.model import LimitsConfig, PoolConfig
 from relay.sasl import encode_plain
-from relay.smtp import datasink
 from relay.smtp.bdat import CHUNK_BYTES
 from relay.smtp.upstream import UpstreamSmtpSession
 
@@ -30,12 +29,6 @@ def big_message(size: int) -> bytes:
     chunk boundaries somewhere."""
     lines = [(b"." if i % 7 == 0 else b"") + b"%07d " % i + b"x" * 70 + b"\r\n" for i in range(size // 80)]
     return b"Subject: big\r\n\r\n" + b"".join(lines)
-
-
-@pytest.fixture
-def multi_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Large messages stay on BDAT (several chunks) instead of switching to DATA."""
-    monkeypatch.setattr(datasink, "LARGE_BY_DATA", False)
 
 
 def login(raw: RawClient) -> None:
@@ -116,38 +109,25 @@ def test_mail_without_rcpt_sends_nothing_upstream(start_relay, sandbox):
     assert "MAIL" not in transcript.verbs() and "RSET" not in transcript.verbs()
 
 
-def test_chunk_refused_mid_message_gives_its_reply_and_nothing_is_delivered(start_relay, sandbox,
-                                                                           multi_chunk):
-    """The upstream refuses the second BDAT chunk of a ~1 MB message: the client's reply to the
-    final dot is that refusal, LAST is never sent, nothing is stored; the next message works."""
-    sandbox.smtp.bdat_replies = {2: "452 4.3.1 Insufficient system storage"}
+def test_refused_last_chunk_gives_its_reply_and_the_session_is_reset_before_reuse(start_relay,
+                                                                                  sandbox):
+    """The upstream refuses the BDAT LAST of a small message: the client's reply to the final dot
+    is that refusal, nothing is stored, and the kept session gets RSET (RFC 3030 leaves the
+    transaction open) before the next message goes on it."""
+    sandbox.smtp.bdat_replies = {1: "452 4.3.1 Insufficient system storage"}
     relay = start_relay()
-    body = big_message(4 * CHUNK_BYTES)
     with relay.smtp() as client:
         with pytest.raises(smtplib.SMTPDataError) as info:
-            client.sendmail("app@example.com", ["a@example.com"], body)
+            client.sendmail("app@example.com", ["a@example.com"], MSG)
         assert (info.value.smtp_code, info.value.smtp_error) == (452, b"4.3.1 Insufficient system storage")
         assert sandbox.smtp.messages() == []
         sandbox.smtp.bdat_replies = {}
-        client.rset()
         assert client.sendmail("app@example.com", ["a@example.com"], MSG) == {}
     assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [MSG]
-    first = sandbox.smtp.transcripts()[0].verbs()
-    assert first.count("BDAT") >= 2 and "BDAT LAST" not in first
-
-
-def test_ten_megabyte_message_through_bdat_is_byte_exact(start_relay, sandbox, multi_chunk):
-    """10 MB with dot lines: several coalesced chunks (each at least CHUNK_BYTES but the last), the
-    stored bytes equal what the client meant."""
-    relay = start_relay()
-    body = big_message(10 * 1024 * 1024)
-    with relay.smtp() as client:
-        assert client.sendmail("app@example.com", ["a@example.com"], body) == {}
-    [msg] = sandbox.smtp.wait_for_messages(1, timeout_s=60)
-    assert msg.data == body
-    verbs = sandbox.smtp.transcripts()[0].verbs()
-    assert verbs.count("BDAT") >= 10 and verbs.count("BDAT LAST") == 1
-    assert verbs.count("BDAT") <= len(body) // CHUNK_BYTES
+    [transcript] = sandbox.smtp.transcripts()
+    verbs = transcript.verbs()
+    first_last = verbs.index("BDAT LAST")
+    assert verbs[first_last + 1:first_last + 3] == ["RSET", "MAIL"]
 
 
 @pytest.mark.parametrize(("problem", "limits", "reply"), [
@@ -157,14 +137,11 @@ def test_ten_megabyte_message_through_bdat_is_byte_exact(start_relay, sandbox, m
     (b"y" * 1200 + b"\r\n", LIMITS, "500 5.5.2"),
     (b"", replace(LIMITS, max_message_bytes=700_000), "552 5.3.4"),
 ], ids=["bare-cr-dot", "line-too-long", "too-big"])
-@pytest.mark.parametrize("large_by_data", [False, True], ids=["bdat-chunks", "switched-to-data"])
-def test_refused_content_after_chunks_went_upstream_is_never_delivered(start_relay, sandbox, problem,
-                                                                       limits, reply, large_by_data,
-                                                                       monkeypatch):
-    """A problem found after part of a large message went upstream, as BDAT chunks or (switched)
-    with DATA (smuggling, line length, size): our refusal, the upstream connection closed without
-    LAST or the final dot, nothing stored; the session goes on."""
-    monkeypatch.setattr(datasink, "LARGE_BY_DATA", large_by_data)
+def test_refused_content_after_part_went_upstream_is_never_delivered(start_relay, sandbox, problem,
+                                                                     limits, reply):
+    """A problem found after part of a large message went upstream (switched from BDAT to DATA:
+    smuggling, line length, size): our refusal, the upstream connection closed without the final
+    dot, nothing stored; the session goes on."""
     relay = start_relay(limits=limits)
     raw = relay.raw()
     login(raw)
@@ -182,10 +159,7 @@ def test_refused_content_after_chunks_went_upstream_is_never_delivered(start_rel
     time.sleep(0.1)
     assert len(sandbox.smtp.messages()) == 1
     first = sandbox.smtp.transcripts()[0].verbs()
-    if large_by_data:
-        assert "DATA" in first and "." not in first and "BDAT" not in first
-    else:
-        assert "BDAT" in first and "BDAT LAST" not in first
+    assert "DATA" in first and "." not in first and "BDAT" not in first
 
 
 @pytest.mark.parametrize("size", [CHUNK_BYTES // 2, 2 * CHUNK_BYTES, 3 * 1024 * 1024])
@@ -202,9 +176,9 @@ def test_a_message_larger_than_one_chunk_goes_by_data(start_relay, sandbox, size
     assert verbs == (["BDAT LAST"] if size < CHUNK_BYTES else ["DATA", "."])
 
 
-def test_upstream_dropping_mid_bdat_gives_4xx_and_nothing_is_stored(start_relay, sandbox, multi_chunk):
-    """The upstream connection dies after ~300 KB of a 1 MB message: 451, nothing stored; the next
-    message in the session is delivered over a new connection."""
+def test_upstream_dropping_mid_message_gives_4xx_and_nothing_is_stored(start_relay, sandbox):
+    """The upstream connection dies after ~300 KB of a 1 MB message (switched to DATA): 451,
+    nothing stored; the next message in the session is delivered over a new connection."""
     sandbox.smtp.drop_after_data_bytes = 300_000
     relay = start_relay()
     with relay.smtp() as client:
@@ -293,14 +267,16 @@ def test_pool_gets_the_session_back_after_a_refused_mail_and_a_held_one(pooled, 
     assert pool is not None and pool.sessions("sales") == 1
 
 
-def test_pool_never_keeps_a_session_after_a_refused_chunk(pooled, sandbox, multi_chunk):
-    """A BDAT chunk refusal leaves the upstream transaction unknown: that session is closed, not
-    pooled; the next message uses a new one."""
+def test_pool_resets_a_session_after_a_refused_last_chunk(pooled, sandbox):
+    """A refused BDAT LAST leaves the upstream transaction open: the session goes back to the pool
+    only after an RSET answered 250, and the next message reuses it cleanly."""
     sandbox.smtp.bdat_replies = {1: "452 4.3.1 Insufficient system storage"}
     with pooled.smtp() as client, pytest.raises(smtplib.SMTPDataError):
-        client.sendmail("app@example.com", ["a@example.com"], big_message(2 * CHUNK_BYTES))
+        client.sendmail("app@example.com", ["a@example.com"], MSG)
     sandbox.smtp.bdat_replies = {}
     with pooled.smtp() as client:
         assert client.sendmail("app@example.com", ["a@example.com"], MSG) == {}
     assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [MSG]
-    assert sandbox.smtp.counters["connections"] == 2
+    [transcript] = sandbox.smtp.transcripts()
+    verbs = transcript.verbs()
+    assert verbs[verbs.index("BDAT LAST") + 1] == "RSET"

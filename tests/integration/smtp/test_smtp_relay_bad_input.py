@@ -201,3 +201,26 @@ def test_auth_without_tls_refused_when_plaintext_not_allowed(start_relay, sandbo
         client.ehlo()
         assert client.has_extn("auth")
         client.login(USERNAME, PASSWORD)
+
+
+@pytest.mark.parametrize(("line", "reply"), [
+    (b"MAIL FROM:<\xff\xfe@example.com>", "553 5.1.7"),
+    (b"RCPT TO:<b\xc3(@example.com>", "553 5.1.3"),
+], ids=["sender", "recipient"])
+def test_addresses_that_are_not_utf8_are_refused_without_a_traceback(start_relay, sandbox, caplog,
+                                                                     line, reply):
+    """Issue 22.11: MAIL/RCPT with bytes that are not UTF-8 get 553 (the app stops retrying), not
+    451 with a traceback; nothing reaches the upstream and the session goes on."""
+    relay = start_relay()
+    raw = _logged_in(relay)
+    if line.startswith(b"RCPT"):
+        assert raw.cmd("MAIL FROM:<app@example.com>").startswith("250")
+    answer = raw.cmd(line)
+    assert answer.startswith(reply), answer
+    assert not [r for r in caplog.records if r.exc_info], "no traceback is logged"
+    assert raw.cmd("RSET").startswith("250")
+    assert raw.cmd("MAIL FROM:<app@example.com>").startswith("250")
+    assert raw.cmd("RCPT TO:<b@example.com>").startswith("250")
+    raw.close()
+    [transcript] = sandbox.smtp.transcripts()
+    assert (transcript.verbs().count("MAIL"), transcript.verbs().count("RCPT")) == (1, 1)

@@ -216,3 +216,70 @@ async def test_100_concurrent_sessions_of_10_messages_each_delivered_exactly_onc
     subjects = sorted(m.data.split(b"\r\n")[0] for m in msgs)
     assert len(msgs) == 1000
     assert subjects == sorted(f"Subject: {n}-{i}".encode() for n in range(100) for i in range(10))
+
+
+
+@pytest.fixture
+def trusted_and_ops(sandbox, tmp_path):  # type: ignore[no-untyped-def]
+    """A relay where 127.0.0.0/8 is trusted as 'sales' and 'ops' (ops-app / "ops pass") logs in."""
+    from dataclasses import replace as dc_replace
+
+    from support.relay_harness import authorized_token_set
+
+    from relay.passwords import hash_password
+    from relay.sandbox.loop import LoopThread
+
+    from .conftest import RunningRelay, build_config, make_authenticator, seed_tokens_async
+
+    config = build_config(sandbox, tmp_path, allow_without_auth_from=(
+        ipaddress.ip_network("127.0.0.0/8"),))
+    sales = config.accounts["sales"]
+    ops = dc_replace(sales, name="ops", username="ops-app", mailbox="ops@sandbox.test",
+                     password_hash=hash_password("ops pass", log2_n=10), allow_without_auth_from=())
+    config = dc_replace(config, accounts={"sales": sales, "ops": ops})
+    thread = LoopThread("relay-smtp-trusted-and-ops").start()
+
+    async def make():  # type: ignore[no-untyped-def]
+        tokens = await seed_tokens_async(sandbox, config)
+        await tokens.store.put(authorized_token_set(sandbox.oauth, "ops", ops.mailbox))
+        server = SmtpRelayServer(config, tokens, make_authenticator(config), hostname="relay.test")
+        await server.start()
+        return server, tokens
+
+    server, tokens = thread.run(make())
+    relay = RunningRelay(config, sandbox, server, tokens, thread)
+    yield relay
+    relay.stop()
+
+
+def test_auth_inside_a_transaction_is_refused(trusted_and_ops, sandbox):
+    """Issue 22.12: a trusted client mapped to 'sales' at MAIL may not AUTH before the transaction
+    ends (503 5.5.1, RFC 4954 4); the transaction goes on as 'sales'."""
+    from relay.sasl import encode_plain
+
+    with trusted_and_ops.smtp(login=False) as client:
+        client.ehlo()
+        assert client.mail("app@example.com")[0] == 250
+        code, text = client.docmd("AUTH", "PLAIN " + encode_plain("ops-app", "ops pass"))
+        assert (code, text[:5]) == (503, b"5.5.1")
+        assert client.rcpt("a@example.com")[0] == 250
+        assert client.data(b"as sales\r\n")[0] == 250
+    [msg] = sandbox.smtp.wait_for_messages(1)
+    assert (msg.user, msg.data) == (MAILBOX, b"as sales\r\n")
+
+
+def test_a_login_to_another_account_never_uses_the_kept_session(trusted_and_ops, sandbox):
+    """Issue 22.12: after a message as the trusted 'sales', AUTH as 'ops' drops the kept 'sales'
+    upstream session: ops's mail leaves on a new session logged in as ops's mailbox."""
+    from relay.sasl import encode_plain
+
+    with trusted_and_ops.smtp(login=False) as client:
+        client.ehlo()
+        assert client.sendmail("app@example.com", ["a@example.com"], b"as sales\r\n") == {}
+        code, _ = client.docmd("AUTH", "PLAIN " + encode_plain("ops-app", "ops pass"))
+        assert code == 235
+        assert client.sendmail("app@example.com", ["a@example.com"], b"as ops\r\n") == {}
+    first, second = sandbox.smtp.wait_for_messages(2)
+    assert (first.user, first.data) == (MAILBOX, b"as sales\r\n")
+    assert (second.user, second.data) == ("ops@sandbox.test", b"as ops\r\n")
+    assert sandbox.smtp.counters["connections"] == 2

@@ -1,0 +1,49 @@
+"""`login_with_refresh`: the one "log in, on refusal force a token refresh, retry once" policy.
+
+A token can look valid (not expired) and still be refused: revoked, replaced by a sign-in
+elsewhere, or its scopes changed. The upstream's refusal is then the only signal, so the relay
+forces a refresh naming the rejected token (the token manager refreshes only if that token is
+still the current one: concurrent sessions do not refresh twice) and tries once more. A second
+refusal is final and goes to the operator with the upstream's reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from relay.errors import UpstreamAuthRejected
+from relay.secret import Secret
+from relay.tokens.source import TokenSource
+
+log = logging.getLogger("relay.upstream")
+
+T = TypeVar("T")
+
+
+def refused_token(exc: UpstreamAuthRejected) -> bool:
+    """The default test: every XOAUTH2 refusal may be a bad token."""
+    return True
+
+
+async def login_with_refresh(
+    tokens: TokenSource, account: str, login: Callable[[Secret], Awaitable[T]], *,
+    token_refused: Callable[[UpstreamAuthRejected], bool] = refused_token,
+) -> tuple[T, Secret]:
+    """Run ``login(token)`` with the account's token; when it raises `UpstreamAuthRejected` that
+    ``token_refused`` says is about the token, force one refresh and run it once more.
+
+    Returns what ``login`` returned and the token it succeeded with. Raises what ``tokens``
+    raises (`AuthorizationNeeded`, `TokenRefreshFailed`) and the second attempt's errors.
+    """
+    token = await tokens.get_token(account)
+    try:
+        return await login(token), token
+    except UpstreamAuthRejected as first:
+        if not token_refused(first):
+            raise
+        log.debug("account %s: upstream refused the token (%s); forcing a refresh", account,
+                  first.reply or first)
+    token = await tokens.force_refresh(account, rejected=token)
+    return await login(token), token
