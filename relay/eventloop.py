@@ -54,7 +54,7 @@ def describe(kind: str) -> str:
     if kind == "uvloop":
         import uvloop  # noqa: PLC0415
 
-        return f"uvloop {uvloop.__version__}"
+        return f"uvloop {uvloop.__version__}"  # type: ignore[attr-defined]  # not re-exported in its stubs
     return "asyncio"
 
 

@@ -193,7 +193,7 @@ class LoopbackServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self._writers.add(writer)
         with self.lock:  # "open_connections" is a gauge; "peak_open_connections" its maximum
             self._counters["connections"] += 1
@@ -211,7 +211,7 @@ class LoopbackServer:
         finally:
             self.count("open_connections", -1)
             self._writers.discard(writer)
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             writer.close()
 
     def drop_connections(self) -> int:

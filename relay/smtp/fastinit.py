@@ -33,7 +33,8 @@ class _AuthMembersInspect:
     @staticmethod
     def getmembers(obj: object, predicate: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
         """``inspect.getmembers`` restricted to the ``auth_*`` names (sorted, like the original)."""
-        names = _class_auth_names(type(obj))
+        cls: Any = type(obj)  # typeshed's type[object] does not count as Hashable for lru_cache
+        names = _class_auth_names(cls)
         own = [name for name in getattr(obj, "__dict__", ()) if name.startswith("auth_")]
         if own:
             names = tuple(sorted(set(names).union(own)))
@@ -69,8 +70,8 @@ def cheap_introspection() -> Iterator[None]:
     if not ENABLED:
         yield
         return
-    aiosmtpd_smtp.inspect = _SHIM  # type: ignore[assignment]
+    aiosmtpd_smtp.inspect = _SHIM  # type: ignore[attr-defined,assignment]  # aiosmtpd.smtp's module global
     try:
         yield
     finally:
-        aiosmtpd_smtp.inspect = inspect
+        aiosmtpd_smtp.inspect = inspect  # type: ignore[attr-defined]  # aiosmtpd.smtp's module global
