@@ -395,6 +395,12 @@ class SandboxOAuthProvider(LoopbackServer):
 
     def _device_authorization(self, req: HttpRequest) -> HttpResponse:
         self.count("device_authorization_requests")
+        with self.lock:  # invalid_json_next covers this endpoint too (a 200 that is not JSON)
+            bad_json = self._invalid_json_next > 0
+            if bad_json:
+                self._invalid_json_next -= 1
+        if bad_json:
+            return HttpResponse(200, b"<html>this is not JSON</html>", "application/json")
         client = self._client_from(req)
         grant = self.grants.new_device(client, req.form.get("scope", "") or DEFAULT_SCOPE)
         verification_uri = f"{self.url}/device"

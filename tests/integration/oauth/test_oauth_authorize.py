@@ -11,7 +11,13 @@ import httpx
 import pytest
 
 from relay.authorize import Authorizer
-from relay.errors import AuthorizationNeeded, AuthorizeDenied, AuthorizeStateMismatch, AuthorizeTimeout
+from relay.errors import (
+    AuthorizationNeeded,
+    AuthorizeDenied,
+    AuthorizeStateMismatch,
+    AuthorizeTimeout,
+    TokenRefreshFailed,
+)
 from relay.sandbox.oauth import DEFAULT_CLIENT_SECRET, SandboxOAuthProvider
 from relay.tokens.manager import TokenManager
 
@@ -165,6 +171,17 @@ async def test_device_flow_denied(sandbox, tmp_path, store):
 
     with pytest.raises(AuthorizeDenied):
         await Authorizer(config, store, out=out, sleep=sleep).run("sales", mode="device")
+    assert await store.list_accounts() == []
+
+
+async def test_device_endpoint_answering_non_json_is_a_relay_error(sandbox, tmp_path, store):
+    """A device authorization endpoint answering 200 with a body that is not JSON gives a RelayError naming
+    the credentials (it escaped the exception tree as AttributeError before), and stores nothing."""
+    sandbox.invalid_json_next()
+    config = make_config(sandbox, tmp_path)
+    with pytest.raises(TokenRefreshFailed, match=r"credentials '\w+': the device authorization answer lacks"):
+        await Authorizer(config, store, out=io.StringIO()).run("sales", mode="device")
+    assert sandbox.counters["device_authorization_requests"] == 1
     assert await store.list_accounts() == []
 
 
