@@ -76,6 +76,8 @@ log = logging.getLogger("relay.smtp")
 
 BARE_LF_REFUSED = "521 5.5.2 Error: bare <LF> received; end every line with <CR><LF>"
 
+# An AUTH continuation line (RFC 4954 sets no limit; ours matches POP3's SASL line limit).
+MAX_AUTH_LINE_OCTETS = 2048
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_ANGLE_ADDR = re.compile(
@@ -280,12 +282,15 @@ class RelaySMTP(SMTP):
     async def read_auth_line(self, challenge_b64: str) -> bytes:
         """Send ``334 challenge`` and return the client's response line without CRLF.
 
-        Raises ValueError when the line is longer than the stream buffer.
+        Raises ValueError when the line is longer than MAX_AUTH_LINE_OCTETS (a PLAIN or LOGIN
+        response is far shorter; a longer one is junk or a memory probe) or the stream buffer.
         """
         await self.push(replies.auth_challenge(challenge_b64).wire)
         line = await self._reader.readline()
         if not line.endswith(b"\n"):
             raise ConnectionResetError("client closed the connection during AUTH")
+        if len(line) > MAX_AUTH_LINE_OCTETS:
+            raise ValueError("AUTH response line too long")
         if self.bare_lf == "reject" and not line.endswith(b"\r\n"):
             await self.refuse_bare_lf("AUTH response")
         return line.rstrip(b"\r\n")

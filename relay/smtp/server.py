@@ -9,6 +9,7 @@ from typing import Any
 
 from relay.config.model import RelayConfig
 from relay.listening import listen_backlog
+from relay.logging_setup import install_aiosmtpd_mask
 from relay.metrics import RelayObserver
 from relay.smtp.delivery import DeliveryFactory
 from relay.smtp.handler import RelayHandler
@@ -36,6 +37,7 @@ class SmtpRelayServer:
     def __init__(self, config: RelayConfig, tokens: TokenSource, authenticator: Any,
                  *, hostname: str | None = None, deliveries: DeliveryFactory | None = None,
                  observer: RelayObserver | None = None) -> None:
+        install_aiosmtpd_mask()  # aiosmtpd's mail.log may echo a base64 password otherwise
         self.config = config
         self.listener = config.listen.smtp
         self.hostname = hostname or socket.getfqdn()
