@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from relay.config.model import AccountConfig, BareLfMode
 from relay.smtp import replies
@@ -215,6 +215,19 @@ class RelaySMTP(SMTP):
             self._reset_timeout()
             return
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    # --- STARTTLS -----------------------------------------------------------------------------
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's STARTTLS; a failed handshake is the client's problem: one INFO line (no
+        ERROR with a traceback from the handler's exception hook), and the connection closes."""
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as exc:
+            log.info("smtp %s: TLS handshake with %s failed: %s", self.state.session_id,
+                     self.state.client_address, exc.__cause__ or exc)
+            self.close()
 
     # --- output -------------------------------------------------------------------------------
 
