@@ -193,7 +193,7 @@ class Pop3ProxySession:
         # clear-text stream buffer. Whatever already sits in that buffer came before the +OK, so
         # it is clear text pipelined behind STLS and is dropped (RFC 2595 section 4). asyncio
         # offers no public way to empty a StreamReader, hence the private attribute.
-        self._writer.transport.pause_reading()
+        self._writer.transport.pause_reading()  # type: ignore[attr-defined]
         self._reader._buffer.clear()  # type: ignore[attr-defined]
         await self._write(event.reply)
         try:
@@ -251,6 +251,10 @@ class Pop3ProxySession:
         except (UpstreamError, RelayError) as exc:
             self._log_login_failure(account, exc, "see the error above")
             return err("Upstream mail server error; try again later", "SYS/TEMP")
+        except Exception:  # a bug: the client still gets an answer it can retry on
+            log.exception("pop3 session %s: unexpected error logging in upstream for account '%s'",
+                          self.session_id, account.name)
+            return err("Local error; try again later", "SYS/TEMP")
         return status.raw
 
     def _auth_rejected(self, account: AccountConfig, exc: UpstreamAuthRejected) -> bytes:
@@ -292,8 +296,10 @@ class Pop3ProxySession:
                 return
             status = await upstream.command(command.line)
             self.stats.upstream_reply = _status_line(status.raw)
-        except UpstreamError as exc:
+        except (UpstreamError, Exception) as exc:
             # Nothing of this reply reached the client yet: say why, then close.
+            if not isinstance(exc, UpstreamError):
+                log.exception("pop3 session %s: unexpected upstream error", self.session_id)
             self.stats.outcome = f"upstream failed: {exc}"
             await self._write(err("Upstream mail server connection lost", "SYS/TEMP"))
             raise _ClientGone(self.stats.outcome) from None

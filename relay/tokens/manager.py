@@ -183,6 +183,8 @@ class TokenManager:
                 refreshed.append(acc.name)
             except (OAuthError, TokenStoreError) as exc:
                 log.debug("background refresh for account '%s' failed: %s", acc.name, exc)
+            except Exception:  # a bug must not end the refresher: the next pass tries again
+                log.exception("background refresh for account '%s' failed unexpectedly", acc.name)
         return refreshed
 
     async def status(self) -> list[AccountTokenStatus]:
@@ -452,5 +454,9 @@ class TokenManager:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await self.refresh_due()
+            try:
+                await self.refresh_due()
+            except Exception:  # e.g. the store failing in an unforeseen way: try again next pass
+                log.exception("background token refresh pass failed; retrying in %.0f s",
+                              self._check_interval_s)
             await asyncio.sleep(self._check_interval_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 
 import pytest
 
@@ -49,3 +50,67 @@ def test_auth_continuation_line_is_capped_at_2k(rel_relay):
     assert raw.smtp("NOOP").startswith("250")
     assert raw.smtp(f"AUTH PLAIN {encode_plain(USERNAME, PASSWORD)}").startswith("235")
     raw.close()
+
+
+MSG = b"Subject: t\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize("expires_in", [float("inf"), 1e12])
+def test_absurd_expires_in_is_clamped_and_mail_flows(rel_relay, sandbox, caplog, expires_in):
+    """Item 10: a token endpoint answering expires_in Infinity or 1e12 gives a usable token
+    (clamped lifetime): SMTP delivers and POP3 logs in, no traceback anywhere."""
+    caplog.set_level(logging.INFO)
+    sandbox.oauth.settings.expired_expires_in = expires_in
+    sandbox.oauth.issue_expired_tokens = True
+    relay = rel_relay(expired=True)
+    with relay.smtp() as client:
+        assert client.sendmail("a@x.test", ["b@x.test"], MSG) == {}
+    pop = relay.pop()
+    assert pop.stat()[0] >= 0
+    pop.quit()
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    statuses = relay.thread.run(relay.tokens.status())
+    assert statuses[0].state == "valid"
+
+
+def test_pop3_unexpected_upstream_error_is_sys_temp(rel_relay, caplog):
+    """Item 10: an unexpected error while logging in upstream answers -ERR [SYS/TEMP] (the client
+    is not dropped without a reply) and the session ends cleanly."""
+    relay = rel_relay()
+
+    async def broken(account: str) -> None:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    relay.tokens.get_token = broken  # type: ignore[method-assign]
+    raw = Raw(relay.pop3_port)
+    assert raw.line().startswith(b"+OK")
+    raw.send(f"USER {USERNAME}\r\n".encode())
+    assert raw.line().startswith(b"+OK")
+    raw.send(f"PASS {PASSWORD}\r\n".encode())
+    assert raw.line().startswith(b"-ERR [SYS/TEMP]")
+    raw.send(b"QUIT\r\n")
+    assert raw.line().startswith(b"+OK")
+    raw.close()
+
+
+def test_background_refresher_survives_an_unexpected_exception(rel_relay, sandbox):
+    """Item 10: one pass of the background refresher raising something unexpected does not end
+    it: the next pass refreshes the (nearly expired) token."""
+    relay = rel_relay(expired=True)
+    relay.tokens._check_interval_s = 0.05
+    calls = {"n": 0}
+    original = relay.tokens._single_flight
+
+    async def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("unexpected bug in one pass")
+        return await original(*args, **kwargs)
+
+    relay.tokens._single_flight = flaky  # type: ignore[method-assign]
+    relay.thread.run(relay.tokens.start())
+    deadline = time.monotonic() + 10
+    while sandbox.oauth.counters.get("refresh_requests", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls["n"] >= 2
+    assert sandbox.oauth.counters.get("refresh_requests", 0) >= 1
