@@ -202,6 +202,9 @@ class LimitsConfig:
     token_keepalive_days: float = 7.0
     # How long a session waits for a free upstream slot (accounts.NAME.max_upstream_sessions).
     upstream_slot_wait_s: float = 60.0
+    # After the upstream refuses a freshly refreshed token: no token requests for this long
+    # (doubling while it keeps happening, up to 15 min); sessions get a temporary error meanwhile.
+    upstream_auth_cooldown_s: float = 60.0
     shutdown_grace_s: float = 30.0
 
 

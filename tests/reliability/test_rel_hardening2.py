@@ -114,3 +114,40 @@ def test_background_refresher_survives_an_unexpected_exception(rel_relay, sandbo
         time.sleep(0.05)
     assert calls["n"] >= 2
     assert sandbox.oauth.counters.get("refresh_requests", 0) >= 1
+
+
+def _mail_code(relay) -> int:
+    with relay.smtp() as client:
+        code, _ = client.mail("from@x.test")
+        if code == 250:
+            client.rcpt("to@x.test")
+            code, _ = client.data(MSG)
+    return code
+
+
+def test_refused_fresh_token_cools_down_without_token_requests(rel_relay, sandbox, caplog):
+    """Item 9: while the upstream refuses every token (SMTP AUTH disabled), 20 sessions cause one
+    token request, not 20, and all get 454; after the cool-down one more request is allowed, and
+    once the upstream accepts again mail flows."""
+    caplog.set_level(logging.INFO)
+    relay = rel_relay(limits=fast_limits(upstream_auth_cooldown_s=1.0))
+    sandbox.smtp.authorize = sandbox.pop3.authorize = lambda token, user: False
+    for _ in range(20):
+        assert _mail_code(relay) == 454
+    assert sandbox.oauth.counters.get("refresh_requests", 0) == 1
+    assert sum("no token is requested" in r.getMessage() for r in caplog.records) == 1
+    pop = Raw(relay.pop3_port)  # POP3 shares the cool-down: no request either
+    assert pop.line().startswith(b"+OK")
+    pop.send(f"USER {USERNAME}\r\n".encode())
+    pop.line()
+    pop.send(f"PASS {PASSWORD}\r\n".encode())
+    assert pop.line().startswith(b"-ERR")
+    pop.close()
+    assert sandbox.oauth.counters.get("refresh_requests", 0) == 1
+    time.sleep(1.1)  # the cool-down ends: one new token is tried (and refused: the next is 2 s)
+    assert _mail_code(relay) == 454
+    assert _mail_code(relay) == 454
+    assert sandbox.oauth.counters.get("refresh_requests", 0) == 2
+    sandbox.smtp.authorize = sandbox.pop3.authorize = sandbox.oauth.token_allows
+    time.sleep(2.1)
+    assert _mail_code(relay) == 250
