@@ -1,7 +1,9 @@
 """The one-time authorize flows that give an account its first refresh token.
 
 - loopback (default): authorization code + PKCE S256 + state, with a single-use HTTP listener on
-  127.0.0.1 receiving the redirect (RFC 8252); the browser is opened when one is available.
+  127.0.0.1 receiving the redirect (RFC 8252; redirect URI http://127.0.0.1:PORT/, or
+  http://localhost:PORT/ for Microsoft, then also bound on [::1]); the browser is opened when one
+  is available. Requests without this run's state are answered 400 and do not end the wait.
 - manual: the same URL; the operator pastes the redirected URL (for machines without a browser).
 - device: RFC 8628 device grant; the operator enters a user code on another device.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import hashlib
 import html
 import os
@@ -52,6 +55,7 @@ REDIRECT_PATH = "/"
 LISTEN_HOST = "127.0.0.1"
 PROGRESS_EVERY_S = 30.0
 MAX_REQUEST_HEAD_BYTES = 16 * 1024
+BIND_ATTEMPTS = 5
 
 
 def new_pkce() -> tuple[str, str]:
@@ -66,8 +70,19 @@ def new_state() -> str:
     return secrets.token_urlsafe(24)
 
 
+def state_matches(params: dict[str, str], expected_state: str) -> bool:
+    """True when the redirect's ``state`` is this run's (constant-time compare)."""
+    return secrets.compare_digest(params.get("state", "").encode(), expected_state.encode())
+
+
 def code_from_redirect(params: dict[str, str], expected_state: str) -> str:
-    """Return the code of a redirect's query parameters, or raise the matching flow error."""
+    """Return the code of a redirect's query parameters, or raise the matching flow error.
+
+    The state is checked first: an ``error`` without this run's state (a stale tab, a cross-site
+    request) says nothing about this sign-in."""
+    if not state_matches(params, expected_state):
+        raise AuthorizeStateMismatch("the redirect's state does not match this authorize run (a stale "
+                                     "or forged redirect); nothing was stored — start again")
     error = params.get("error")
     if error:
         detail = params.get("error_description", "")
@@ -77,43 +92,80 @@ def code_from_redirect(params: dict[str, str], expected_state: str) -> str:
                                   provider_error=error)
         raise AuthorizeFlowError(f"the provider returned an error ({error}{detail}); nothing was stored",
                                  provider_error=error)
-    if not secrets.compare_digest(params.get("state", ""), expected_state):
-        raise AuthorizeStateMismatch("the redirect's state does not match this authorize run (a stale "
-                                     "or forged redirect); nothing was stored — start again")
     code = params.get("code")
     if not code:
         raise AuthorizeFlowError("the redirect carries neither a code nor an error; nothing was stored")
     return code
 
 
-class RedirectListener:
-    """A single-use loopback HTTP listener for the authorization redirect."""
+def default_redirect_host(provider: str) -> str:
+    """The redirect host when credentials.NAME.redirect_host is not set.
 
-    def __init__(self, expected_state: str, *, port: int = 0, redirect_host: str = "localhost",
+    RFC 8252 section 8.3: the loopback IP literal, not ``localhost`` (which a browser may resolve
+    to ::1 first, where nothing or another user's program listens). Microsoft's app registrations
+    accept ``http://127.0.0.1`` only through the manifest, so for them it stays ``localhost`` (the
+    listener then holds the port on ::1 as well)."""
+    return "localhost" if provider == "microsoft" else LISTEN_HOST
+
+
+class RedirectListener:
+    """A single-use loopback HTTP listener for the authorization redirect.
+
+    Requests without this run's ``state`` (a bookmark, ``GET /``, a cross-site image carrying
+    ``?error=access_denied``) are answered 400 and ignored: the listener keeps waiting."""
+
+    def __init__(self, expected_state: str, *, port: int = 0, redirect_host: str = LISTEN_HOST,
                  path: str = REDIRECT_PATH) -> None:
         self.expected_state = expected_state
         self.path = path
         self.redirect_host = redirect_host
         self._requested_port = port
         self.port = 0
-        self._server: asyncio.Server | None = None
+        self.ignored_requests = 0
+        self._servers: list[asyncio.Server] = []
         self._result: asyncio.Future[str] | None = None
 
     @property
     def redirect_uri(self) -> str:
-        """The redirect URI to register and send (``http://localhost:PORT/``)."""
+        """The redirect URI to register and send (``http://127.0.0.1:PORT/``)."""
         return f"http://{self.redirect_host}:{self.port}{self.path}"
 
     async def start(self) -> None:
-        """Bind 127.0.0.1 (port from the credentials, 0 = any free port)."""
+        """Bind 127.0.0.1 (port from the credentials, 0 = any free port), and [::1] on the same
+        port when the redirect host is ``localhost``."""
         self._result = asyncio.get_running_loop().create_future()
+        for _ in range(BIND_ATTEMPTS):
+            server = await self._bind(LISTEN_HOST, self._requested_port)
+            self.port = server.sockets[0].getsockname()[1]
+            self._servers = [server]
+            if self.redirect_host != "localhost" or await self._bind_ipv6_too():
+                return
+        raise AuthorizeFlowError("cannot find a port free on both 127.0.0.1 and [::1] for the redirect; "
+                                 "set credentials.NAME.redirect_host: 127.0.0.1 if the provider accepts it")
+
+    async def _bind(self, host: str, port: int) -> asyncio.Server:
         try:
-            self._server = await asyncio.start_server(self._handle, LISTEN_HOST, self._requested_port)
+            return await asyncio.start_server(self._handle, host, port)
         except OSError as exc:
             raise AuthorizeFlowError(
-                f"cannot listen on {LISTEN_HOST}:{self._requested_port} for the redirect: {exc.strerror}; "
+                f"cannot listen on {host}:{port} for the redirect: {exc.strerror}; "
                 "change credentials.NAME.redirect_port (0 = any free port)") from None
-        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _bind_ipv6_too(self) -> bool:
+        """Hold [::1]:port too (a browser may resolve localhost there); False: try another port."""
+        try:
+            self._servers.append(await asyncio.start_server(self._handle, "::1", self.port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return True  # no IPv6 loopback on this host: localhost can only be 127.0.0.1
+            await self.close()
+            if self._requested_port:
+                raise AuthorizeFlowError(
+                    f"[::1]:{self.port} is in use by another program, which a browser resolving "
+                    "localhost to ::1 would reach; choose another credentials.NAME.redirect_port or "
+                    "set redirect_host: 127.0.0.1") from None
+            return False
+        return True
 
     async def wait_for_code(self, timeout_s: float) -> str:
         """Return the code once the redirect arrived; raise the flow error it carried or on timeout."""
@@ -121,6 +173,11 @@ class RedirectListener:
         try:
             return await asyncio.wait_for(asyncio.shield(self._result), timeout_s)
         except TimeoutError:
+            if self.ignored_requests:
+                raise AuthorizeStateMismatch(
+                    f"no redirect for this authorize run arrived within {timeout_s:.0f} s; "
+                    f"{self.ignored_requests} request(s) with a missing or wrong state (a stale or "
+                    "forged redirect) were ignored; nothing was stored — start again") from None
             raise AuthorizeTimeout(f"no sign-in completed within {timeout_s:.0f} s; nothing was stored "
                                    "(use --timeout for more time)") from None
         finally:
@@ -128,9 +185,10 @@ class RedirectListener:
 
     async def close(self) -> None:
         """Stop listening (idempotent)."""
-        server, self._server = self._server, None
-        if server is not None:
+        servers, self._servers = self._servers, []
+        for server in servers:
             server.close()
+        for server in servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
 
@@ -149,23 +207,32 @@ class RedirectListener:
             if target.path != self.path:
                 await self._respond(writer, 404, "Not found.")
                 return
-            assert self._result is not None
-            if self._result.done():
-                await self._respond(writer, 410, "This sign-in link was already used.")
-                return
-            try:
-                code = code_from_redirect(dict(parse_qsl(target.query)), self.expected_state)
-            except AuthorizeFlowError as exc:
-                self._result.set_exception(exc)
-                await self._respond(writer, 400, f"Sign-in failed: {exc}")
-                return
-            self._result.set_result(code)
-            await self._respond(writer, 200, "Authorization complete. You can close this window and "
-                                "return to the terminal.")
+            await self._redirect(writer, dict(parse_qsl(target.query)))
         except ConnectionError:
             return
         finally:
             writer.close()
+
+    async def _redirect(self, writer: asyncio.StreamWriter, params: dict[str, str]) -> None:
+        assert self._result is not None
+        if not state_matches(params, self.expected_state):
+            self.ignored_requests += 1
+            await self._respond(writer, 400, "This request does not carry the state of the running "
+                                "sign-in (a stale tab or another page), so it was ignored; the relay "
+                                "is still waiting for the sign-in to finish.")
+            return
+        if self._result.done():
+            await self._respond(writer, 410, "This sign-in link was already used.")
+            return
+        try:
+            code = code_from_redirect(params, self.expected_state)
+        except AuthorizeFlowError as exc:
+            self._result.set_exception(exc)
+            await self._respond(writer, 400, f"Sign-in failed: {exc}")
+            return
+        self._result.set_result(code)
+        await self._respond(writer, 200, "Authorization complete. You can close this window and "
+                            "return to the terminal.")
 
     @staticmethod
     async def _respond(writer: asyncio.StreamWriter, status: int, text: str) -> None:
@@ -252,9 +319,10 @@ class Authorizer:
         creds = provider.credentials
         verifier, challenge = new_pkce()
         state = new_state()
+        redirect_host = creds.redirect_host or default_redirect_host(creds.provider)
         if mode == "manual":
             port = f":{creds.redirect_port}" if creds.redirect_port else ""
-            redirect_uri = f"http://{creds.redirect_host}{port}{REDIRECT_PATH}"
+            redirect_uri = f"http://{redirect_host}{port}{REDIRECT_PATH}"
             url = provider.authorization_url(redirect_uri, state, challenge, login_hint=acc.mailbox)
             self._say(f"Open this URL in a browser and sign in as {acc.mailbox}:\n\n  {url}\n\n"
                       "The browser then tries to load a localhost page that fails to open; that is "
@@ -270,7 +338,7 @@ class Authorizer:
                                          account=acc.name)
             code = code_from_redirect(_params_of_pasted(line), state)
         else:
-            listener = RedirectListener(state, port=creds.redirect_port, redirect_host=creds.redirect_host)
+            listener = RedirectListener(state, port=creds.redirect_port, redirect_host=redirect_host)
             await listener.start()
             try:
                 url = provider.authorization_url(listener.redirect_uri, state, challenge,

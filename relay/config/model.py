@@ -138,7 +138,8 @@ class CredentialsConfig:
     scopes: tuple[str, ...] | None = None  # None: the provider's defaults for SMTP + POP3
     # Port of the loopback redirect listener for `relay authorize` (0: any free port).
     redirect_port: int = 0
-    redirect_host: str = "localhost"
+    # None: 127.0.0.1 (RFC 8252 8.3), or localhost for Microsoft (see relay.authorize).
+    redirect_host: str | None = None
     # Endpoint overrides (required for `generic`, optional elsewhere).
     authorize_url: str | None = None
     token_url: str | None = None

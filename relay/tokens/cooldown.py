@@ -77,7 +77,7 @@ class RefusedTokenCooldown:
         raise self._error(account, delay)
 
     def issued(self, account: str, token: Secret) -> None:
-        """Remember the token a forced refresh handed out."""
+        """Remember the token a forced refresh handed out after the upstream refused another."""
         state = self._accounts.setdefault(account, _AccountState())
         state.fresh, state.issued_at = _digest(token), self._clock()
 

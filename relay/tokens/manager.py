@@ -119,7 +119,8 @@ class TokenManager:
         self._cooldown.check(acc.name, rejected)  # the upstream refuses even fresh tokens: no request
         token = (await self._single_flight(acc, force=True, margin_s=self._margin_s(),
                                            rejected=rejected)).access_token
-        self._cooldown.issued(acc.name, token)
+        if rejected is not None:  # issued because the upstream refused a token: watch this one
+            self._cooldown.issued(acc.name, token)
         return token
 
     # --- lifecycle -----------------------------------------------------------------------------
