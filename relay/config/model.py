@@ -186,6 +186,13 @@ class LimitsConfig:
 
     max_message_bytes: int = 35 * 1024 * 1024
     max_connections: int = 1000  # per listener
+    # Per client address (IPv6: per /64) and listener; loopback clients are exempt (see
+    # relay.sessionlimits).
+    max_connections_per_client: int = 100
+    # A connection must log in (or, for trusted SMTP clients, send MAIL) within this time.
+    login_timeout_s: float = 120.0
+    # NOOP/RSET/HELP/refused commands allowed in a row without progress before the session closes.
+    max_commands_without_progress: int = 50
     smtp_command_timeout_s: float = 300.0  # RFC 5321 4.5.3.2 suggests 5 minutes
     pop3_idle_timeout_s: float = 600.0  # RFC 1939: at least 10 minutes
     imap_idle_timeout_s: float = 1800.0  # RFC 9051 5.4 / RFC 2177: at least 30 minutes

@@ -151,3 +151,125 @@ def test_refused_fresh_token_cools_down_without_token_requests(rel_relay, sandbo
     sandbox.smtp.authorize = sandbox.pop3.authorize = sandbox.oauth.token_allows
     time.sleep(2.1)
     assert _mail_code(relay) == 250
+
+
+def _smtp_login(raw: Raw) -> None:
+    assert raw.smtp_reply().startswith("220")
+    assert raw.smtp("EHLO app.test").startswith("250")
+    assert raw.smtp(f"AUTH PLAIN {encode_plain(USERNAME, PASSWORD)}").startswith("235")
+
+
+def _pop3_login(raw: Raw) -> None:
+    assert raw.line().startswith(b"+OK")
+    raw.send(f"USER {USERNAME}\r\n".encode())
+    assert raw.line().startswith(b"+OK")
+    raw.send(f"PASS {PASSWORD}\r\n".encode())
+    assert raw.line().startswith(b"+OK")
+
+
+def _until_closed(raw: Raw, send: bytes, every_s: float, deadline_s: float) -> tuple[list[bytes], float]:
+    """Send ``send`` every ``every_s`` until the server closes; return (lines read, seconds)."""
+    started = time.monotonic()
+    lines: list[bytes] = []
+    raw.sock.settimeout(every_s)
+    while time.monotonic() - started < deadline_s:
+        try:
+            raw.send(send)
+        except OSError:
+            break
+        try:
+            line = raw.line()
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not line:
+            break
+        lines.append(line)
+    took = time.monotonic() - started
+    raw.sock.settimeout(2)
+    try:  # whatever the server said before closing
+        while line := raw.line():
+            lines.append(line)
+    except OSError:
+        pass
+    return lines, took
+
+
+def test_smtp_noop_budget_closes_a_session_without_progress(rel_relay):
+    """Item 2: after max_commands_without_progress NOOP/RSET in a row the SMTP session gets 421 and
+    is closed; a MAIL (progress) in between starts the budget over."""
+    relay = rel_relay(limits=fast_limits(max_commands_without_progress=4))
+    raw = Raw(relay.smtp_port)
+    _smtp_login(raw)
+    for verb in ("NOOP", "RSET", "NOOP", "NOOP"):
+        assert raw.smtp(verb).startswith("250")
+    assert raw.smtp("MAIL FROM:<a@x.test>").startswith("250")
+    for _ in range(4):
+        assert raw.smtp("RSET").startswith("250")
+    assert raw.smtp("NOOP").startswith("421 4.7.0")
+    assert raw.closed_by_peer()
+
+
+def test_pop3_noop_budget_closes_a_session_without_progress(rel_relay):
+    """Item 2: POP3 NOOPs (and refused commands) beyond the budget end the session with -ERR."""
+    relay = rel_relay(limits=fast_limits(max_commands_without_progress=4))
+    raw = Raw(relay.pop3_port)
+    _pop3_login(raw)
+    for _ in range(4):
+        raw.send(b"NOOP\r\n")
+        assert raw.line().startswith(b"+OK")
+    raw.send(b"NOOP\r\n")
+    assert raw.line().startswith(b"-ERR [SYS/TEMP]")
+    assert raw.closed_by_peer()
+
+
+@pytest.mark.parametrize("listener", ["smtp", "pop3"])
+def test_login_deadline_closes_a_connection_that_never_logs_in(rel_relay, listener):
+    """Item 2: a connection that keeps talking (a NOOP every 0.2 s) but never logs in is closed
+    after limits.login_timeout_s, with 421 / -ERR."""
+    relay = rel_relay(limits=fast_limits(login_timeout_s=1.0))
+    raw = Raw(relay.smtp_port if listener == "smtp" else relay.pop3_port)
+    raw.line()
+    lines, took = _until_closed(raw, b"NOOP\r\n", 0.2, 8)
+    assert took < 5, "still open long after the login deadline"
+    assert any(line.startswith((b"421", b"-ERR [SYS/TEMP]")) for line in lines), lines[-3:]
+
+
+def test_pop3_idle_timer_is_per_line_not_per_byte(rel_relay):
+    """Item 2: one byte every 0.2 s never completing a line does not keep a POP3 slot: the idle
+    timeout counts from the start of the line."""
+    relay = rel_relay(limits=fast_limits(pop3_idle_timeout_s=1.0))
+    raw = Raw(relay.pop3_port)
+    raw.line()
+    lines, took = _until_closed(raw, b"N", 0.2, 8)
+    assert took < 5, "a trickle of bytes kept the slot"
+    assert lines and lines[-1].startswith(b"-ERR [SYS/TEMP]")
+
+
+@pytest.mark.parametrize("listener", ["smtp", "pop3"])
+def test_per_client_connection_cap(rel_relay, listener):
+    """Item 2: with max_connections_per_client 3, a client's fourth connection is refused (421 /
+    -ERR) while a slot freed by a closed one is usable again. Loopback clients are exempt in
+    production; the test counts them like remote ones."""
+    relay = rel_relay(limits=fast_limits(max_connections_per_client=3))
+    server = relay.smtp_server if listener == "smtp" else relay.pop3_server
+    server.client_slots.exempt_loopback = False
+    port = relay.smtp_port if listener == "smtp" else relay.pop3_port
+    held = [Raw(port) for _ in range(3)]
+    for raw in held:
+        assert raw.line().startswith((b"220", b"+OK"))
+    extra = Raw(port)
+    assert extra.line().startswith((b"421 4.7.0", b"-ERR [SYS/TEMP]"))
+    assert extra.closed_by_peer()
+    held.pop().close()
+    deadline = time.monotonic() + 10
+    while True:
+        again = Raw(port)
+        first = again.line()
+        again.close()
+        if first.startswith((b"220", b"+OK")) or time.monotonic() > deadline:
+            break
+    assert first.startswith((b"220", b"+OK"))
+    for raw in held:
+        raw.close()
