@@ -20,7 +20,11 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
   (see `relay.smtp.dataframe.LineEndNormalizer`); ``reject`` answers ``521`` at once and closes,
   for commands as for DATA, as Postfix's ``smtpd_forbid_bare_newline`` does;
 * ``connection_made``/``connection_lost``: TCP_NODELAY, and connection state that survives
-  STARTTLS (aiosmtpd replaces its Session then) plus the end-of-session hook.
+  STARTTLS (aiosmtpd replaces its Session then) plus the end-of-session hook;
+* session limits (`apply_limits`, relay.sessionlimits): the per-client connection cap (421 at
+  connect), the login deadline (421 unless AUTH succeeded or a MAIL was accepted in time) and the
+  budget of commands without progress (NOOP, RSET, HELP, VRFY, 4xx/5xx replies; reset by a
+  successful AUTH or MAIL).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
-from relay.config.model import AccountConfig, BareLfMode
+from relay.config.model import AccountConfig, BareLfMode, LimitsConfig
+from relay.sessionlimits import ClientSlots, CommandBudget
 from relay.smtp import replies
 from relay.smtp.dataframe import DataFramer, LineEndNormalizer
 from relay.smtp.fastinit import cheap_introspection
@@ -143,6 +148,18 @@ class RelaySMTP(SMTP):
         self._busy = 0
         self._busy_cm = _Busy(self)
         self._started = False
+        self._slots: ClientSlots | None = None
+        self._slot: str | None = None
+        self._refused = False
+        self._budget: CommandBudget | None = None
+        self._login_timeout_s = 0.0
+        self._login_timer: asyncio.TimerHandle | None = None
+
+    def apply_limits(self, limits: LimitsConfig, slots: ClientSlots) -> None:
+        """Enforce the per-client cap, login deadline and command budget (before the connection)."""
+        self._slots = slots
+        self._budget = CommandBudget(limits.max_commands_without_progress)
+        self._login_timeout_s = limits.login_timeout_s
 
     # --- connection life cycle ----------------------------------------------------------------
 
@@ -154,9 +171,69 @@ class RelaySMTP(SMTP):
             if isinstance(peer, tuple) and peer:
                 self.state.client_ip = str(peer[0])
                 self.state.client_address = f"{peer[0]}:{peer[1]}"
+            if not self._admit(transport):
+                return
         super().connection_made(transport)
 
+    def _admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Take a per-client slot and arm the login deadline; False: refused with 421."""
+        if self._slots is None:
+            return True
+        self._slot = self._slots.take(self.state.client_ip)
+        if self._slot is None:
+            self._refused = True
+            log.warning("smtp: refusing a connection from %s: limits.max_connections_per_client (%d) "
+                        "reached for this client", self.state.client_ip, self._slots.per_client)
+            transport.write(b"421 4.7.0 Too many connections from your address, try again later\r\n")  # type: ignore[attr-defined]
+            transport.close()
+            return False
+        self._login_timer = self.loop.call_later(self._login_timeout_s, self._login_too_late)
+        return True
+
+    def _login_too_late(self) -> None:
+        self._login_timer = None
+        if self.transport is not None:
+            log.info("smtp %s: no login within limits.login_timeout_s (%.0f s) from %s; closing",
+                     self.state.session_id, self._login_timeout_s, self.state.client_address)
+            self.transport.write(b"421 4.4.2 Login timeout, closing connection\r\n")  # type: ignore[attr-defined]
+            self.close()
+
+    def progress(self) -> None:
+        """The session did something useful (logged in, MAIL accepted): no deadline, fresh budget."""
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if self._budget is not None:
+            self._budget.progress()
+
+    async def _wasted(self) -> bool:
+        """Count a command without progress; True (after a 421 and close) once over the budget."""
+        if self._budget is None or self._budget.spend():
+            return False
+        log.info("smtp %s: %d commands without progress from %s; closing", self.state.session_id,
+                 self._budget.limit, self.state.client_address)
+        self._budget = None  # the 421 below must not count again
+        await super().push("421 4.7.0 Too many commands without progress, closing connection")
+        self.close()
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._refused else super().eof_received()
+
     def connection_lost(self, error: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if self._slots is not None and self._slot is not None:
+            self._slots.release(self._slot)
+            self._slot = None
+        if self._refused:
+            self.closed.set()
+            return
         super().connection_lost(error)
         if not self.closed.is_set():
             self.closed.set()
@@ -234,7 +311,41 @@ class RelaySMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
             status = add_enhanced_code(status)
+            if status.startswith("235"):
+                self.progress()
+            elif status[:1] in ("4", "5") and not status.startswith("421"):
+                await super().push(status)
+                await self._wasted()
+                return
         await super().push(status)  # type: ignore[type-var]
+
+    # --- commands that count against the budget, and MAIL (progress) ---------------------------
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._wasted():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._wasted():
+            await super().smtp_RSET(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._wasted():
+            await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._wasted():
+            await super().smtp_VRFY(arg)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(arg)
+        if self.envelope is not None and self.envelope.mail_from:
+            self.progress()
 
     # --- addresses ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from relay.config.model import RelayConfig
 from relay.listening import listen_backlog
 from relay.logging_setup import install_aiosmtpd_mask
 from relay.metrics import RelayObserver
+from relay.sessionlimits import ClientSlots
 from relay.smtp.delivery import DeliveryFactory
 from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import RelaySMTP
@@ -48,6 +49,7 @@ class SmtpRelayServer:
         self._tls = listener_context(self.listener, "listen.smtp")
         self._server: asyncio.Server | None = None
         self._sessions: set[RelaySMTP] = set()
+        self.client_slots = ClientSlots(config.limits.max_connections_per_client)
         self.port = 0
 
     @property
@@ -75,6 +77,7 @@ class SmtpRelayServer:
             bare_lf=self.listener.bare_lf,
             loop=asyncio.get_running_loop(),
         )
+        proto.apply_limits(limits, self.client_slots)
         self._sessions.add(proto)
         self.handler.observer.session_started("smtp")
         asyncio.get_running_loop().create_task(self._forget_when_closed(proto))
