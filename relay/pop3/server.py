@@ -13,7 +13,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from relay.config.model import RelayConfig
-from relay.listening import listen_backlog
+from relay.listening import accept_batch, widen_backlog
 from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.pop3.replies import err
 from relay.pop3.session import Pop3ProxySession, SessionContext
@@ -61,8 +61,9 @@ class Pop3ProxyServer:
             self._handle, listener.host, listener.port,
             ssl=self._ctx.tls_context if listener.tls == "implicit" else None,
             limit=128 * 1024,
-            backlog=listen_backlog(self._config.limits.max_connections),
+            backlog=accept_batch(asyncio.get_running_loop(), self._config.limits.max_connections),
         )
+        widen_backlog(self._server, self._config.limits.max_connections)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("pop3 proxy listening on %s:%d (tls: %s)", listener.host, self.port, listener.tls)
 

@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 from relay.config.model import RelayConfig
-from relay.listening import listen_backlog
+from relay.listening import accept_batch, widen_backlog
 from relay.logging_setup import install_aiosmtpd_mask
 from relay.metrics import RelayObserver
 from relay.sessionlimits import ClientSlots
@@ -98,8 +98,9 @@ class SmtpRelayServer:
             self._make_protocol, host=self.listener.host, port=self.listener.port,
             ssl=self._tls if self.listener.tls == "implicit" else None,
             reuse_address=True,
-            backlog=listen_backlog(self.config.limits.max_connections),
+            backlog=accept_batch(loop, self.config.limits.max_connections),
         )
+        widen_backlog(self._server, self.config.limits.max_connections)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("smtp: listening on %s:%d (tls: %s)", self.listener.host, self.port, self.listener.tls)
 
