@@ -36,6 +36,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -154,9 +155,14 @@ class RelaySMTP(SMTP):
         self._budget: CommandBudget | None = None
         self._login_timeout_s = 0.0
         self._login_timer: asyncio.TimerHandle | None = None
+        self._on_open: Callable[[RelaySMTP], None] | None = None
 
-    def apply_limits(self, limits: LimitsConfig, slots: ClientSlots) -> None:
-        """Enforce the per-client cap, login deadline and command budget (before the connection)."""
+    def apply_limits(self, limits: LimitsConfig, slots: ClientSlots,
+                     on_open: Callable[[RelaySMTP], None] | None = None) -> None:
+        """Enforce the per-client cap, login deadline and command budget (before the connection);
+        ``on_open`` is called once the connection is admitted (with implicit TLS: after the
+        handshake, so a failed one never counts as a session)."""
+        self._on_open = on_open
         self._slots = slots
         self._budget = CommandBudget(limits.max_commands_without_progress)
         self._login_timeout_s = limits.login_timeout_s
@@ -188,6 +194,8 @@ class RelaySMTP(SMTP):
             transport.close()
             return False
         self._login_timer = self.loop.call_later(self._login_timeout_s, self._login_too_late)
+        if self._on_open is not None:
+            self._on_open(self)
         return True
 
     def _login_too_late(self) -> None:
@@ -304,7 +312,12 @@ class RelaySMTP(SMTP):
         except TLSSetupException as exc:
             log.info("smtp %s: TLS handshake with %s failed: %s", self.state.session_id,
                      self.state.client_address, exc.__cause__ or exc)
-            self.close()
+            # The TLS layer never reports this connection lost to us: close the socket and end
+            # the session ourselves, or it would keep its connection slot forever.
+            if self._original_transport is not None:
+                self._original_transport.abort()
+            if not self.closed.is_set():
+                self.connection_lost(None)
 
     # --- output -------------------------------------------------------------------------------
 

@@ -22,6 +22,9 @@ from relay.tokens.source import TokenSource
 log = logging.getLogger("relay.smtp")
 _TOO_MANY = TOO_MANY_CONNECTIONS.wire.encode() + b"\r\n"
 
+# Implicit TLS: a connection counts as a session only after its handshake, which must finish in this.
+TLS_HANDSHAKE_TIMEOUT_S = 30.0
+
 
 class _Refuse(asyncio.Protocol):
     """Answers 421 and closes: used when limits.max_connections sessions are already open."""
@@ -77,11 +80,14 @@ class SmtpRelayServer:
             bare_lf=self.listener.bare_lf,
             loop=asyncio.get_running_loop(),
         )
-        proto.apply_limits(limits, self.client_slots)
+        proto.apply_limits(limits, self.client_slots, on_open=self._opened)
+        return proto
+
+    def _opened(self, proto: RelaySMTP) -> None:
+        """A connection was admitted (after the TLS handshake with implicit TLS): count it."""
         self._sessions.add(proto)
         self.handler.observer.session_started("smtp")
         asyncio.get_running_loop().create_task(self._forget_when_closed(proto))
-        return proto
 
     async def _forget_when_closed(self, proto: RelaySMTP) -> None:
         await proto.closed.wait()
@@ -98,6 +104,7 @@ class SmtpRelayServer:
             self._make_protocol, host=self.listener.host, port=self.listener.port,
             ssl=self._tls if self.listener.tls == "implicit" else None,
             reuse_address=True,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if self.listener.tls == "implicit" else None,
             backlog=accept_batch(loop, self.config.limits.max_connections),
         )
         widen_backlog(self._server, self.config.limits.max_connections)

@@ -1,10 +1,12 @@
 """Issue 22 item 14: a client failing the TLS handshake is the client's problem: one INFO line,
-no ERROR, no traceback (implicit TLS and STARTTLS/STLS, SMTP and POP3)."""
+no ERROR, no traceback (implicit TLS and STARTTLS/STLS, SMTP and POP3), and no connection slot
+kept for it."""
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import pytest
 
@@ -48,6 +50,11 @@ def test_failed_tls_handshake_is_logged_at_info_without_traceback(rel_relay, tmp
     port = relay.smtp_port if listener == "smtp" else relay.pop3_port
     upgrade = None if tls == "implicit" else (b"STARTTLS" if listener == "smtp" else b"STLS")
     _junk_handshake(port, b"+OK" if listener == "pop3" else None, upgrade)
+    if listener == "smtp":  # the failed connection must not keep a connection slot
+        deadline = time.monotonic() + 10
+        while relay.smtp_server.active_sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert relay.smtp_server.active_sessions == 0
     relay.stop()
     bad = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not bad, [(r.name, r.levelname, r.getMessage()) for r in bad]
