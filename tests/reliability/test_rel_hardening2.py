@@ -127,10 +127,13 @@ def _mail_code(relay) -> int:
 
 def test_refused_fresh_token_cools_down_without_token_requests(rel_relay, sandbox, caplog):
     """Item 9: while the upstream refuses every token (SMTP AUTH disabled), 20 sessions cause one
-    token request, not 20, and all get 454; after the cool-down one more request is allowed, and
-    once the upstream accepts again mail flows."""
+    token request, not 20, and all get 454; after the cool-down one more request is allowed (then
+    a doubled cool-down), and once the upstream accepts again mail flows. The cool-down's clock is
+    the test's, so load cannot end it early."""
     caplog.set_level(logging.INFO)
-    relay = rel_relay(limits=fast_limits(upstream_auth_cooldown_s=1.0))
+    relay = rel_relay(limits=fast_limits(upstream_auth_cooldown_s=60.0))
+    now = [1000.0]
+    relay.tokens._cooldown._clock = lambda: now[0]
     sandbox.smtp.authorize = sandbox.pop3.authorize = lambda token, user: False
     for _ in range(20):
         assert _mail_code(relay) == 454
@@ -144,12 +147,15 @@ def test_refused_fresh_token_cools_down_without_token_requests(rel_relay, sandbo
     assert pop.line().startswith(b"-ERR")
     pop.close()
     assert sandbox.oauth.counters.get("refresh_requests", 0) == 1
-    time.sleep(1.1)  # the cool-down ends: one new token is tried (and refused: the next is 2 s)
+    now[0] += 61  # the cool-down ends: one new token is tried (and refused: the next is 120 s)
     assert _mail_code(relay) == 454
     assert _mail_code(relay) == 454
     assert sandbox.oauth.counters.get("refresh_requests", 0) == 2
+    now[0] += 60
+    assert _mail_code(relay) == 454
+    assert sandbox.oauth.counters.get("refresh_requests", 0) == 2  # still cooling down (doubled)
     sandbox.smtp.authorize = sandbox.pop3.authorize = sandbox.oauth.token_allows
-    time.sleep(2.1)
+    now[0] += 61
     assert _mail_code(relay) == 250
 
 
