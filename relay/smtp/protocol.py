@@ -315,7 +315,7 @@ class RelaySMTP(SMTP):
             # The TLS layer never reports this connection lost to us: close the socket and end
             # the session ourselves, or it would keep its connection slot forever.
             if self._original_transport is not None:
-                self._original_transport.abort()
+                self._original_transport.abort()  # type: ignore[attr-defined]
             if not self.closed.is_set():
                 self.connection_lost(None)
 
