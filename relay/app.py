@@ -173,7 +173,7 @@ class RelayApp:
         from relay.smtp.server import SmtpRelayServer  # noqa: PLC0415
 
         assert self._store is not None
-        listeners = int(config.listen.smtp.enabled) + int(config.listen.pop3.enabled)
+        listeners = sum(int(getattr(config.listen, name).enabled) for name in ("smtp", "pop3", "imap"))
         config = dataclasses.replace(config, limits=fit_fd_limit(config.limits, listeners=listeners))
         tokens = TokenManager(config, self._store, lease_ttl_s=config.token_store.lease_ttl_s)
         if self.metrics is not None:
