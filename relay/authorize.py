@@ -46,8 +46,9 @@ from relay.redirect_listener import (  # noqa: F401 - RedirectListener and helpe
     default_redirect_host,
     state_matches,
 )
-from relay.tokens.manager import ON_DEMAND_FLOWS, new_http_client
+from relay.tokens.manager import new_http_client
 from relay.tokens.model import TokenSet, expiry_from
+from relay.tokens.status import ON_DEMAND_FLOWS
 from relay.tokens.store import TokenStore
 
 Mode = Literal["loopback", "manual", "device"]
