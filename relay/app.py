@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 from relay import sdnotify
 from relay.config.model import ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.errors import RelayError
+from relay.listening import fit_fd_limit
 from relay.metrics import RelayMetrics
 from relay.tokens.interface import TokenStore
 from relay.tokens.manager import AccountTokenStatus, TokenManager
@@ -171,6 +173,8 @@ class RelayApp:
         from relay.smtp.server import SmtpRelayServer  # noqa: PLC0415
 
         assert self._store is not None
+        listeners = sum(int(getattr(config.listen, name).enabled) for name in ("smtp", "pop3", "imap"))
+        config = dataclasses.replace(config, limits=fit_fd_limit(config.limits, listeners=listeners))
         tokens = TokenManager(config, self._store, lease_ttl_s=config.token_store.lease_ttl_s)
         if self.metrics is not None:
             self.metrics.add_accounts(config.accounts)

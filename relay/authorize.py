@@ -1,7 +1,9 @@
 """The one-time authorize flows that give an account its first refresh token.
 
 - loopback (default): authorization code + PKCE S256 + state, with a single-use HTTP listener on
-  127.0.0.1 receiving the redirect (RFC 8252); the browser is opened when one is available.
+  127.0.0.1 receiving the redirect (RFC 8252; redirect URI http://127.0.0.1:PORT/, or
+  http://localhost:PORT/ for Microsoft, then also bound on [::1]); the browser is opened when one
+  is available. Requests without this run's state are answered 400 and do not end the wait.
 - manual: the same URL; the operator pastes the redirected URL (for machines without a browser).
 - device: RFC 8628 device grant; the operator enters a user code on another device.
 
@@ -15,7 +17,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import html
 import os
 import secrets
 import sys
@@ -29,9 +30,7 @@ import httpx
 
 from relay.config.model import AccountConfig, RelayConfig
 from relay.errors import (
-    AuthorizeDenied,
     AuthorizeFlowError,
-    AuthorizeStateMismatch,
     AuthorizeTimeout,
     ConfigError,
     OAuthError,
@@ -39,8 +38,17 @@ from relay.errors import (
 )
 from relay.providers.base import DevicePending, OAuthProvider, TokenResponse
 from relay.providers.registry import load_provider_class
-from relay.tokens.manager import ON_DEMAND_FLOWS, new_http_client
+from relay.redirect_listener import (  # noqa: F401 - RedirectListener and helpers are public here too
+    LISTEN_HOST,
+    REDIRECT_PATH,
+    RedirectListener,
+    code_from_redirect,
+    default_redirect_host,
+    state_matches,
+)
+from relay.tokens.manager import new_http_client
 from relay.tokens.model import TokenSet, expiry_from
+from relay.tokens.status import ON_DEMAND_FLOWS
 from relay.tokens.store import TokenStore
 
 Mode = Literal["loopback", "manual", "device"]
@@ -48,10 +56,7 @@ Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 ReadLine = Callable[[], Awaitable[str]]
 
-REDIRECT_PATH = "/"
-LISTEN_HOST = "127.0.0.1"
 PROGRESS_EVERY_S = 30.0
-MAX_REQUEST_HEAD_BYTES = 16 * 1024
 
 
 def new_pkce() -> tuple[str, str]:
@@ -64,120 +69,6 @@ def new_pkce() -> tuple[str, str]:
 def new_state() -> str:
     """Return an unguessable state value (RFC 6749 10.12)."""
     return secrets.token_urlsafe(24)
-
-
-def code_from_redirect(params: dict[str, str], expected_state: str) -> str:
-    """Return the code of a redirect's query parameters, or raise the matching flow error."""
-    error = params.get("error")
-    if error:
-        detail = params.get("error_description", "")
-        detail = f": {detail[:300]}" if detail else ""
-        if error == "access_denied":
-            raise AuthorizeDenied(f"the sign-in was declined (access_denied{detail}); nothing was stored",
-                                  provider_error=error)
-        raise AuthorizeFlowError(f"the provider returned an error ({error}{detail}); nothing was stored",
-                                 provider_error=error)
-    if not secrets.compare_digest(params.get("state", ""), expected_state):
-        raise AuthorizeStateMismatch("the redirect's state does not match this authorize run (a stale "
-                                     "or forged redirect); nothing was stored — start again")
-    code = params.get("code")
-    if not code:
-        raise AuthorizeFlowError("the redirect carries neither a code nor an error; nothing was stored")
-    return code
-
-
-class RedirectListener:
-    """A single-use loopback HTTP listener for the authorization redirect."""
-
-    def __init__(self, expected_state: str, *, port: int = 0, redirect_host: str = "localhost",
-                 path: str = REDIRECT_PATH) -> None:
-        self.expected_state = expected_state
-        self.path = path
-        self.redirect_host = redirect_host
-        self._requested_port = port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._result: asyncio.Future[str] | None = None
-
-    @property
-    def redirect_uri(self) -> str:
-        """The redirect URI to register and send (``http://localhost:PORT/``)."""
-        return f"http://{self.redirect_host}:{self.port}{self.path}"
-
-    async def start(self) -> None:
-        """Bind 127.0.0.1 (port from the credentials, 0 = any free port)."""
-        self._result = asyncio.get_running_loop().create_future()
-        try:
-            self._server = await asyncio.start_server(self._handle, LISTEN_HOST, self._requested_port)
-        except OSError as exc:
-            raise AuthorizeFlowError(
-                f"cannot listen on {LISTEN_HOST}:{self._requested_port} for the redirect: {exc.strerror}; "
-                "change credentials.NAME.redirect_port (0 = any free port)") from None
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def wait_for_code(self, timeout_s: float) -> str:
-        """Return the code once the redirect arrived; raise the flow error it carried or on timeout."""
-        assert self._result is not None
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._result), timeout_s)
-        except TimeoutError:
-            raise AuthorizeTimeout(f"no sign-in completed within {timeout_s:.0f} s; nothing was stored "
-                                   "(use --timeout for more time)") from None
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        """Stop listening (idempotent)."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30.0)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                return
-            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = request_line.split(" ")
-            if len(parts) != 3 or parts[0] != "GET":
-                await self._respond(writer, 405, "Only GET is accepted here.")
-                return
-            target = urlsplit(parts[1])
-            if target.path != self.path:
-                await self._respond(writer, 404, "Not found.")
-                return
-            assert self._result is not None
-            if self._result.done():
-                await self._respond(writer, 410, "This sign-in link was already used.")
-                return
-            try:
-                code = code_from_redirect(dict(parse_qsl(target.query)), self.expected_state)
-            except AuthorizeFlowError as exc:
-                self._result.set_exception(exc)
-                await self._respond(writer, 400, f"Sign-in failed: {exc}")
-                return
-            self._result.set_result(code)
-            await self._respond(writer, 200, "Authorization complete. You can close this window and "
-                                "return to the terminal.")
-        except ConnectionError:
-            return
-        finally:
-            writer.close()
-
-    @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, status: int, text: str) -> None:
-        body = (f"<!doctype html><meta charset=utf-8><title>xoauth2-relay</title>"
-                f"<p>{html.escape(text)}</p>").encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  410: "Gone"}[status]
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n"
-                     f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-                     .encode("latin-1") + body)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
 
 
 def browser_available() -> bool:
@@ -252,9 +143,10 @@ class Authorizer:
         creds = provider.credentials
         verifier, challenge = new_pkce()
         state = new_state()
+        redirect_host = creds.redirect_host or default_redirect_host(creds.provider)
         if mode == "manual":
             port = f":{creds.redirect_port}" if creds.redirect_port else ""
-            redirect_uri = f"http://{creds.redirect_host}{port}{REDIRECT_PATH}"
+            redirect_uri = f"http://{redirect_host}{port}{REDIRECT_PATH}"
             url = provider.authorization_url(redirect_uri, state, challenge, login_hint=acc.mailbox)
             self._say(f"Open this URL in a browser and sign in as {acc.mailbox}:\n\n  {url}\n\n"
                       "The browser then tries to load a localhost page that fails to open; that is "
@@ -270,7 +162,7 @@ class Authorizer:
                                          account=acc.name)
             code = code_from_redirect(_params_of_pasted(line), state)
         else:
-            listener = RedirectListener(state, port=creds.redirect_port, redirect_host=creds.redirect_host)
+            listener = RedirectListener(state, port=creds.redirect_port, redirect_host=redirect_host)
             await listener.start()
             try:
                 url = provider.authorization_url(listener.redirect_uri, state, challenge,

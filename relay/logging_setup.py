@@ -5,6 +5,11 @@ reach a log line some other way (an exception text quoting an HTTP body, a proto
 scrubs anything shaped like a bearer token, an XOAUTH2/OAUTHBEARER/PLAIN blob, a JWT or a
 ``access_token``/``refresh_token``/``client_secret``/``password`` value, plus every exact value
 registered with `register_secret` (the token manager and the config loader may register theirs).
+
+The text format escapes control characters (ESC, CR, NUL ...) and indents the lines after a
+newline, so client input can neither repaint a terminal nor forge a log record. aiosmtpd's own
+``mail.log`` lines that can echo a client line (an AUTH LOGIN exchange out of step sends the
+base64 password as a "command") are masked by `AiosmtpdLineMask`, installed on import.
 """
 
 from __future__ import annotations
@@ -41,6 +46,61 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # JWTs (id tokens, Microsoft access tokens, service-account assertions)
     (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), MASK),
 )
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# aiosmtpd commands whose arguments are useful and never a credential.
+_SHOWN_SMTP_LINES = re.compile(rb"(?i)(?:EHLO|HELO|MAIL|RCPT|DATA|RSET|NOOP|QUIT|STARTTLS|BDAT|VRFY|HELP)\b")
+
+_CRLF = b"\r\n"
+_ECHOED_COMMAND = re.compile(rb'command ".*" not recognized')
+
+
+def escape_controls(text: str) -> str:
+    """Escape control characters as ``\\xNN``; indent the lines after each newline."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text).replace("\n", "\n  ")
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, with control characters of the message escaped (see the module docstring)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """Escape the rendered message, then format as usual."""
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+class AiosmtpdLineMask(logging.Filter):
+    """On the ``mail.log`` logger: replace client lines that may hold a credential by their length.
+
+    "unrecognised: <command>" always (the "command" may be an upper-cased base64 password);
+    ``>>`` lines unless they start with a command that carries no credential (EHLO, MAIL, ...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask in place; never drops a record."""
+        args = record.args
+        if not isinstance(args, tuple) or not args:
+            return True
+        last = args[-1]
+        if record.msg == "%r unrecognised: %s" and isinstance(last, str):
+            last = f"<{len(last)} chars>"
+        elif (record.msg in ("%r >> %r", "_handle_client readline: %r") and isinstance(last, bytes)
+              and not _SHOWN_SMTP_LINES.match(last)):
+            last = f"<{len(last.rstrip(_CRLF))} bytes>"
+        elif record.msg == "%r << %r" and isinstance(last, bytes):
+            last = _ECHOED_COMMAND.sub(b'command "..." not recognized', last)
+        record.args = (*args[:-1], last)
+        return True
+
+
+def install_aiosmtpd_mask() -> None:
+    """Install `AiosmtpdLineMask` on ``mail.log`` once (idempotent)."""
+    mail_log = logging.getLogger("mail.log")
+    if not any(isinstance(f, AiosmtpdLineMask) for f in mail_log.filters):
+        mail_log.addFilter(AiosmtpdLineMask())
+
+
+install_aiosmtpd_mask()
 
 
 class SecretRegistry:
@@ -149,7 +209,7 @@ def configure_logging(level: str | int = "INFO", fmt: LogFormat = "text",
         old.close()
     handler = _RelayHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     # Third-party chatter that would print request URLs (with codes) at INFO.

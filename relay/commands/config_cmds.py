@@ -9,6 +9,7 @@ from pathlib import Path
 
 from relay.config.loader import load_config
 from relay.errors import ConfigError
+from relay.localauth import mixed_cost_warning
 from relay.passwords import hash_password
 from relay.sasl import FORBIDDEN_CHARS
 
@@ -37,6 +38,9 @@ def run_check_config(args: argparse.Namespace) -> int:
         return exc.exit_code
     print(f"OK: {_count(len(config.accounts), 'account')}, "
           f"{_count(len(config.credentials), 'credential')}")
+    warning = mixed_cost_warning(config)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
     return 0
 
 

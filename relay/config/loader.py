@@ -446,7 +446,7 @@ class _Builder:
             tenant_id=self.string(data.get("tenant_id"), f"{path}.tenant_id") or None,
             scopes=scopes,
             redirect_port=self.port(data.get("redirect_port"), f"{path}.redirect_port", 0, allow_zero=True),
-            redirect_host=self.string(data.get("redirect_host"), f"{path}.redirect_host") or "localhost",
+            redirect_host=self.string(data.get("redirect_host"), f"{path}.redirect_host") or None,
             authorize_url=self.url(data.get("authorize_url"), f"{path}.authorize_url"),
             token_url=self.url(data.get("token_url"), f"{path}.token_url"),
             device_authorization_url=self.url(data.get("device_authorization_url"),

@@ -138,7 +138,8 @@ class CredentialsConfig:
     scopes: tuple[str, ...] | None = None  # None: the provider's defaults for SMTP + POP3
     # Port of the loopback redirect listener for `relay authorize` (0: any free port).
     redirect_port: int = 0
-    redirect_host: str = "localhost"
+    # None: 127.0.0.1 (RFC 8252 8.3), or localhost for Microsoft (see relay.authorize).
+    redirect_host: str | None = None
     # Endpoint overrides (required for `generic`, optional elsewhere).
     authorize_url: str | None = None
     token_url: str | None = None
@@ -185,6 +186,13 @@ class LimitsConfig:
 
     max_message_bytes: int = 35 * 1024 * 1024
     max_connections: int = 1000  # per listener
+    # Per client address (IPv6: per /64) and listener; loopback clients are exempt (see
+    # relay.sessionlimits).
+    max_connections_per_client: int = 100
+    # A connection must log in (or, for trusted SMTP clients, send MAIL) within this time.
+    login_timeout_s: float = 120.0
+    # NOOP/RSET/HELP/refused commands allowed in a row without progress before the session closes.
+    max_commands_without_progress: int = 50
     smtp_command_timeout_s: float = 300.0  # RFC 5321 4.5.3.2 suggests 5 minutes
     pop3_idle_timeout_s: float = 600.0  # RFC 1939: at least 10 minutes
     imap_idle_timeout_s: float = 1800.0  # RFC 9051 5.4 / RFC 2177: at least 30 minutes
@@ -202,6 +210,9 @@ class LimitsConfig:
     token_keepalive_days: float = 7.0
     # How long a session waits for a free upstream slot (accounts.NAME.max_upstream_sessions).
     upstream_slot_wait_s: float = 60.0
+    # After the upstream refuses a freshly refreshed token: no token requests for this long
+    # (doubling while it keeps happening, up to 15 min); sessions get a temporary error meanwhile.
+    upstream_auth_cooldown_s: float = 60.0
     shutdown_grace_s: float = 30.0
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from relay.config.model import RelayConfig
 from relay.imap.session import ImapProxySession, SessionContext
 from relay.imap.syntax import untagged
-from relay.listening import listen_backlog
+from relay.listening import accept_batch, widen_backlog
 from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.tlsutil import listener_context
 from relay.tokens.source import TokenSource
@@ -59,8 +59,9 @@ class ImapProxyServer:
             self._handle, listener.host, listener.port,
             ssl=self._ctx.tls_context if listener.tls == "implicit" else None,
             limit=128 * 1024,
-            backlog=listen_backlog(self._config.limits.max_connections),
+            backlog=accept_batch(asyncio.get_running_loop(), self._config.limits.max_connections),
         )
+        widen_backlog(self._server, self._config.limits.max_connections)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("imap proxy listening on %s:%d (tls: %s)", listener.host, self.port, listener.tls)
 

@@ -1,4 +1,4 @@
-"""The POP3 proxy listener: accepts connections, enforces the connection limit, runs sessions.
+"""The POP3 proxy listener: accepts connections, enforces the connection limits, runs sessions.
 
 Each connection is a `Pop3ProxySession` (relay/pop3/session.py); this module only owns the
 listening socket, TLS setup (TLS on connect or STLS with the operator's certificate from
@@ -13,10 +13,11 @@ import secrets
 from typing import TYPE_CHECKING
 
 from relay.config.model import RelayConfig
-from relay.listening import listen_backlog
+from relay.listening import accept_batch, widen_backlog
 from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.pop3.replies import err
 from relay.pop3.session import Pop3ProxySession, SessionContext
+from relay.sessionlimits import ClientSlots
 from relay.tlsutil import listener_context
 from relay.tokens.source import TokenSource
 from relay.upstream.stream import set_nodelay
@@ -46,6 +47,7 @@ class Pop3ProxyServer:
         )
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.client_slots = ClientSlots(config.limits.max_connections_per_client)
         self.port = 0
 
     async def start(self) -> None:
@@ -59,8 +61,9 @@ class Pop3ProxyServer:
             self._handle, listener.host, listener.port,
             ssl=self._ctx.tls_context if listener.tls == "implicit" else None,
             limit=128 * 1024,
-            backlog=listen_backlog(self._config.limits.max_connections),
+            backlog=accept_batch(asyncio.get_running_loop(), self._config.limits.max_connections),
         )
+        widen_backlog(self._server, self._config.limits.max_connections)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("pop3 proxy listening on %s:%d (tls: %s)", listener.host, self.port, listener.tls)
 
@@ -86,7 +89,13 @@ class Pop3ProxyServer:
         set_nodelay(writer.get_extra_info("socket"))
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
         if len(self._tasks) >= self._ctx.limits.max_connections:
-            await self._refuse(writer)
+            await self._refuse(writer, f"max_connections ({self._ctx.limits.max_connections}) reached")
+            return
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        slot = self.client_slots.take(str(peer[0]))
+        if slot is None:
+            await self._refuse(writer, "limits.max_connections_per_client "
+                               f"({self.client_slots.per_client}) reached for this client")
             return
         self._tasks.add(task)
         try:
@@ -98,11 +107,11 @@ class Pop3ProxyServer:
             return
         finally:
             self._tasks.discard(task)
+            self.client_slots.release(slot)
 
-    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
         peer = writer.get_extra_info("peername")
-        log.warning("pop3: refusing connection from %s: max_connections (%d) reached",
-                    peer, self._ctx.limits.max_connections)
+        log.warning("pop3: refusing connection from %s: %s", peer, why)
         try:
             writer.write(err("Too many connections; try again later", "SYS/TEMP"))
             await asyncio.wait_for(writer.drain(), 5)

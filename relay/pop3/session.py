@@ -45,6 +45,7 @@ from relay.pop3.protocol import (
 )
 from relay.pop3.replies import err, ok
 from relay.pop3.upstream import UpstreamPop3Session, open_upstream
+from relay.sessionlimits import CommandBudget
 from relay.tokens.source import TokenSource
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ log = logging.getLogger("relay.pop3")
 
 CLIENT_READ_BYTES = 64 * 1024
 _PASSED_THROUGH_CODES = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/PERM"})
+_WASTED_COMMANDS = frozenset({"NOOP", "RSET"})  # forwarded, but no progress (relay.sessionlimits)
+_PROGRESS_COMMANDS = frozenset({"RETR", "TOP", "DELE"})
 
 
 @dataclass
@@ -107,6 +110,10 @@ class Pop3ProxySession:
         )
         self._upstream: UpstreamPop3Session | None = None
         self.stats = SessionStats()
+        self._budget = CommandBudget(ctx.limits.max_commands_without_progress)
+        loop = asyncio.get_running_loop()
+        self._login_deadline: float | None = loop.time() + ctx.limits.login_timeout_s
+        self._line_deadline: float | None = None  # when the line being read must be complete
 
     def _plaintext_allowed(self, tls_active: bool) -> bool:
         return self._ctx.authenticator.plaintext_auth_allowed(
@@ -128,20 +135,38 @@ class Pop3ProxySession:
             raise _ClientGone(f"client write failed: {exc or 'timeout'}") from None
 
     async def _read(self) -> bytes:
+        """Read more of the current command line. The idle timeout runs from the start of the
+        line (a byte at a time does not keep a slot), and before login the login deadline too."""
+        loop = asyncio.get_running_loop()
+        if self._line_deadline is None:
+            self._line_deadline = loop.time() + self._ctx.limits.pop3_idle_timeout_s
+        deadline = self._line_deadline
+        if self._login_deadline is not None:
+            deadline = min(deadline, self._login_deadline)
         try:
-            async with asyncio.timeout(self._ctx.limits.pop3_idle_timeout_s):  # see _write
+            async with asyncio.timeout_at(deadline):  # see _write
                 data = await self._reader.read(CLIENT_READ_BYTES)
         except TimeoutError:
-            self.stats.outcome = "idle timeout"
+            login_late = self._login_deadline is not None and deadline == self._login_deadline
+            self.stats.outcome = "login timeout" if login_late else "idle timeout"
+            text = "Login timeout" if login_late else "Disconnected for inactivity"
             with contextlib.suppress(_ClientGone):
-                await self._write(err("Disconnected for inactivity", "SYS/TEMP"))
-            raise _ClientGone("idle timeout") from None
+                await self._write(err(text, "SYS/TEMP"))
+            raise _ClientGone(self.stats.outcome) from None
         except OSError as exc:
             raise _ClientGone(f"client read failed: {exc}") from None
         if not data:
             raise _ClientGone("client disconnected")
         self.stats.bytes_in += len(data)
         return data
+
+    async def _spend(self) -> None:
+        """Count a command without progress; over the budget, say so and close."""
+        if not self._budget.spend():
+            self.stats.outcome = "too many commands without progress"
+            with contextlib.suppress(_ClientGone):
+                await self._write(err("Too many commands without progress; closing", "SYS/TEMP"))
+            raise _ClientGone(self.stats.outcome)
 
     # --- main loop -------------------------------------------------------------------------
 
@@ -172,8 +197,11 @@ class Pop3ProxySession:
                 continue
             if event is PAUSED:  # only reachable if a decision was not made: a bug
                 raise RuntimeError("POP3 protocol paused without a pending decision")
+            self._line_deadline = None  # a command line is complete: the next one gets its own
             self.stats.commands += 1
             if isinstance(event, Reply):
+                if event.data.startswith(b"-ERR") and not event.close:
+                    await self._spend()
                 await self._write(event.data)
                 if event.close:
                     self.stats.outcome = "quit"
@@ -183,6 +211,10 @@ class Pop3ProxySession:
             elif isinstance(event, StartTls):
                 await self._start_tls(event)
             elif isinstance(event, UpstreamCommand):
+                if event.keyword in _WASTED_COMMANDS:
+                    await self._spend()
+                elif event.keyword in _PROGRESS_COMMANDS:
+                    self._budget.progress()
                 await self._forward(event)
                 if event.quit:
                     return
@@ -193,7 +225,7 @@ class Pop3ProxySession:
         # clear-text stream buffer. Whatever already sits in that buffer came before the +OK, so
         # it is clear text pipelined behind STLS and is dropped (RFC 2595 section 4). asyncio
         # offers no public way to empty a StreamReader, hence the private attribute.
-        self._writer.transport.pause_reading()
+        self._writer.transport.pause_reading()  # type: ignore[attr-defined]
         self._reader._buffer.clear()  # type: ignore[attr-defined]
         await self._write(event.reply)
         try:
@@ -222,6 +254,8 @@ class Pop3ProxySession:
         else:
             self._proto.set_upstream_capabilities(self._upstream.capabilities)
             self._proto.login_succeeded()
+            self._login_deadline = None
+            self._budget.progress()
         await self._write(reply)
 
     async def _connect_upstream(self, account: AccountConfig) -> bytes:
@@ -251,6 +285,10 @@ class Pop3ProxySession:
         except (UpstreamError, RelayError) as exc:
             self._log_login_failure(account, exc, "see the error above")
             return err("Upstream mail server error; try again later", "SYS/TEMP")
+        except Exception:  # a bug: the client still gets an answer it can retry on
+            log.exception("pop3 session %s: unexpected error logging in upstream for account '%s'",
+                          self.session_id, account.name)
+            return err("Local error; try again later", "SYS/TEMP")
         return status.raw
 
     def _auth_rejected(self, account: AccountConfig, exc: UpstreamAuthRejected) -> bytes:
@@ -292,8 +330,10 @@ class Pop3ProxySession:
                 return
             status = await upstream.command(command.line)
             self.stats.upstream_reply = _status_line(status.raw)
-        except UpstreamError as exc:
+        except (UpstreamError, Exception) as exc:
             # Nothing of this reply reached the client yet: say why, then close.
+            if not isinstance(exc, UpstreamError):
+                log.exception("pop3 session %s: unexpected upstream error", self.session_id)
             self.stats.outcome = f"upstream failed: {exc}"
             await self._write(err("Upstream mail server connection lost", "SYS/TEMP"))
             raise _ClientGone(self.stats.outcome) from None

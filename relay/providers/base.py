@@ -25,6 +25,7 @@ from relay.errors import AuthorizeDenied, AuthorizeTimeout, OAuthError, TokenRef
 from relay.providers.proxy import proxied_client, proxy_refused
 from relay.providers.token_errors import map_token_error
 from relay.secret import Secret
+from relay.tokens.model import clamp_lifetime
 
 if TYPE_CHECKING:
     # httpx (~4 MiB resident) is imported by the first token request, not at start-up: a relay
@@ -239,7 +240,7 @@ class OAuthProvider(ABC):
                 device_code=Secret(str(payload["device_code"])),
                 user_code=str(payload["user_code"]),
                 verification_uri=str(uri),
-                expires_in_s=int(payload.get("expires_in", 900)),
+                expires_in_s=clamp_lifetime(payload.get("expires_in", 900), 900),
                 interval_s=max(1, int(payload.get("interval", 5))),
                 verification_uri_complete=str(complete) if complete else None,
             )
@@ -349,14 +350,11 @@ class OAuthProvider(ABC):
             raise TokenRefreshFailed(
                 f"credentials '{self.credentials.name}': the token endpoint answered 200 without an "
                 "access_token", account=account)
-        try:
-            expires_in = int(payload.get("expires_in", 3600))
-        except (TypeError, ValueError):
-            expires_in = 3600
+        expires_in = clamp_lifetime(payload.get("expires_in", 3600), 3600)  # Infinity, 1e12 ...
         refresh = payload.get("refresh_token")
         return TokenResponse(
             access_token=Secret(payload["access_token"]),
-            expires_in_s=max(0, expires_in),
+            expires_in_s=expires_in,
             refresh_token=Secret(refresh) if isinstance(refresh, str) and refresh else None,
             scope=payload.get("scope") if isinstance(payload.get("scope"), str) else None,
             token_type=str(payload.get("token_type", "Bearer")),

@@ -18,6 +18,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from relay.config.model import AccountConfig, RelayConfig
 from relay.errors import ProtocolInputError
+from relay.localauth import shown_username
 from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.sasl import decode_login_field, decode_plain
 from relay.sender_policy import sender_refusal
@@ -122,7 +123,8 @@ class RelayHandler:
         with server.busy():
             account = await self.authenticator.authenticate(username, password, state.client_ip)
         if account is None:
-            log.info("smtp %s: failed login for %r from %s", state.session_id, username,
+            log.info("smtp %s: failed login for %s from %s", state.session_id,
+                     shown_username(username, known=self.config.account_by_username(username) is not None),
                      state.client_address,
                      extra={"session": state.session_id, "client": state.client_address,
                             "protocol": "smtp", "outcome": "auth_failed"})

@@ -20,7 +20,11 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
   (see `relay.smtp.dataframe.LineEndNormalizer`); ``reject`` answers ``521`` at once and closes,
   for commands as for DATA, as Postfix's ``smtpd_forbid_bare_newline`` does;
 * ``connection_made``/``connection_lost``: TCP_NODELAY, and connection state that survives
-  STARTTLS (aiosmtpd replaces its Session then) plus the end-of-session hook.
+  STARTTLS (aiosmtpd replaces its Session then) plus the end-of-session hook;
+* session limits (`apply_limits`, relay.sessionlimits): the per-client connection cap (421 at
+  connect), the login deadline (421 unless AUTH succeeded or a MAIL was accepted in time) and the
+  budget of commands without progress (NOOP, RSET, HELP, VRFY, 4xx/5xx replies; reset by a
+  successful AUTH or MAIL).
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
-from relay.config.model import AccountConfig, BareLfMode
+from relay.config.model import AccountConfig, BareLfMode, LimitsConfig
+from relay.sessionlimits import ClientSlots, CommandBudget
 from relay.smtp import replies
 from relay.smtp.dataframe import DataFramer, LineEndNormalizer
 from relay.smtp.fastinit import cheap_introspection
@@ -76,6 +82,8 @@ log = logging.getLogger("relay.smtp")
 
 BARE_LF_REFUSED = "521 5.5.2 Error: bare <LF> received; end every line with <CR><LF>"
 
+# An AUTH continuation line (RFC 4954 sets no limit; ours matches POP3's SASL line limit).
+MAX_AUTH_LINE_OCTETS = 2048
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_ANGLE_ADDR = re.compile(
@@ -141,6 +149,23 @@ class RelaySMTP(SMTP):
         self._busy = 0
         self._busy_cm = _Busy(self)
         self._started = False
+        self._slots: ClientSlots | None = None
+        self._slot: str | None = None
+        self._refused = False
+        self._budget: CommandBudget | None = None
+        self._login_timeout_s = 0.0
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._on_open: Callable[[RelaySMTP], None] | None = None
+
+    def apply_limits(self, limits: LimitsConfig, slots: ClientSlots,
+                     on_open: Callable[[RelaySMTP], None] | None = None) -> None:
+        """Enforce the per-client cap, login deadline and command budget (before the connection);
+        ``on_open`` is called once the connection is admitted (with implicit TLS: after the
+        handshake, so a failed one never counts as a session)."""
+        self._on_open = on_open
+        self._slots = slots
+        self._budget = CommandBudget(limits.max_commands_without_progress)
+        self._login_timeout_s = limits.login_timeout_s
 
     # --- connection life cycle ----------------------------------------------------------------
 
@@ -152,9 +177,71 @@ class RelaySMTP(SMTP):
             if isinstance(peer, tuple) and peer:
                 self.state.client_ip = str(peer[0])
                 self.state.client_address = f"{peer[0]}:{peer[1]}"
+            if not self._admit(transport):
+                return
         super().connection_made(transport)
 
+    def _admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Take a per-client slot and arm the login deadline; False: refused with 421."""
+        if self._slots is None:
+            return True
+        self._slot = self._slots.take(self.state.client_ip)
+        if self._slot is None:
+            self._refused = True
+            log.warning("smtp: refusing a connection from %s: limits.max_connections_per_client (%d) "
+                        "reached for this client", self.state.client_ip, self._slots.per_client)
+            transport.write(b"421 4.7.0 Too many connections from your address, try again later\r\n")  # type: ignore[attr-defined]
+            transport.close()
+            return False
+        self._login_timer = self.loop.call_later(self._login_timeout_s, self._login_too_late)
+        if self._on_open is not None:
+            self._on_open(self)
+        return True
+
+    def _login_too_late(self) -> None:
+        self._login_timer = None
+        if self.transport is not None:
+            log.info("smtp %s: no login within limits.login_timeout_s (%.0f s) from %s; closing",
+                     self.state.session_id, self._login_timeout_s, self.state.client_address)
+            self.transport.write(b"421 4.4.2 Login timeout, closing connection\r\n")  # type: ignore[attr-defined]
+            self.close()
+
+    def progress(self) -> None:
+        """The session did something useful (logged in, MAIL accepted): no deadline, fresh budget."""
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if self._budget is not None:
+            self._budget.progress()
+
+    async def _wasted(self) -> bool:
+        """Count a command without progress; True (after a 421 and close) once over the budget."""
+        if self._budget is None or self._budget.spend():
+            return False
+        log.info("smtp %s: %d commands without progress from %s; closing", self.state.session_id,
+                 self._budget.limit, self.state.client_address)
+        self._budget = None  # the 421 below must not count again
+        await super().push("421 4.7.0 Too many commands without progress, closing connection")
+        self.close()
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._refused else super().eof_received()
+
     def connection_lost(self, error: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if self._slots is not None and self._slot is not None:
+            self._slots.release(self._slot)
+            self._slot = None
+        if self._refused:
+            self.closed.set()
+            return
         super().connection_lost(error)
         if not self.closed.is_set():
             self.closed.set()
@@ -214,12 +301,64 @@ class RelaySMTP(SMTP):
             return
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
+    # --- STARTTLS -----------------------------------------------------------------------------
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's STARTTLS; a failed handshake is the client's problem: one INFO line (no
+        ERROR with a traceback from the handler's exception hook), and the connection closes."""
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as exc:
+            log.info("smtp %s: TLS handshake with %s failed: %s", self.state.session_id,
+                     self.state.client_address, exc.__cause__ or exc)
+            # The TLS layer never reports this connection lost to us: close the socket and end
+            # the session ourselves, or it would keep its connection slot forever.
+            if self._original_transport is not None:
+                self._original_transport.abort()  # type: ignore[attr-defined]
+            if not self.closed.is_set():
+                self.connection_lost(None)
+
     # --- output -------------------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
             status = add_enhanced_code(status)
+            if status.startswith("235"):
+                self.progress()
+            elif status[:1] in ("4", "5") and not status.startswith("421"):
+                await super().push(status)
+                await self._wasted()
+                return
         await super().push(status)  # type: ignore[type-var]
+
+    # --- commands that count against the budget, and MAIL (progress) ---------------------------
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._wasted():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._wasted():
+            await super().smtp_RSET(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._wasted():
+            await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._wasted():
+            await super().smtp_VRFY(arg)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(arg)
+        if self.envelope is not None and self.envelope.mail_from:
+            self.progress()
 
     # --- addresses ----------------------------------------------------------------------------
 
@@ -280,12 +419,15 @@ class RelaySMTP(SMTP):
     async def read_auth_line(self, challenge_b64: str) -> bytes:
         """Send ``334 challenge`` and return the client's response line without CRLF.
 
-        Raises ValueError when the line is longer than the stream buffer.
+        Raises ValueError when the line is longer than MAX_AUTH_LINE_OCTETS (a PLAIN or LOGIN
+        response is far shorter; a longer one is junk or a memory probe) or the stream buffer.
         """
         await self.push(replies.auth_challenge(challenge_b64).wire)
         line = await self._reader.readline()
         if not line.endswith(b"\n"):
             raise ConnectionResetError("client closed the connection during AUTH")
+        if len(line) > MAX_AUTH_LINE_OCTETS:
+            raise ValueError("AUTH response line too long")
         if self.bare_lf == "reject" and not line.endswith(b"\r\n"):
             await self.refuse_bare_lf("AUTH response")
         return line.rstrip(b"\r\n")

@@ -8,8 +8,10 @@ import socket
 from typing import Any
 
 from relay.config.model import RelayConfig
-from relay.listening import listen_backlog
+from relay.listening import accept_batch, widen_backlog
+from relay.logging_setup import install_aiosmtpd_mask
 from relay.metrics import RelayObserver
+from relay.sessionlimits import ClientSlots
 from relay.smtp.delivery import DeliveryFactory
 from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import RelaySMTP
@@ -19,6 +21,9 @@ from relay.tokens.source import TokenSource
 
 log = logging.getLogger("relay.smtp")
 _TOO_MANY = TOO_MANY_CONNECTIONS.wire.encode() + b"\r\n"
+
+# Implicit TLS: a connection counts as a session only after its handshake, which must finish in this.
+TLS_HANDSHAKE_TIMEOUT_S = 30.0
 
 
 class _Refuse(asyncio.Protocol):
@@ -36,6 +41,7 @@ class SmtpRelayServer:
     def __init__(self, config: RelayConfig, tokens: TokenSource, authenticator: Any,
                  *, hostname: str | None = None, deliveries: DeliveryFactory | None = None,
                  observer: RelayObserver | None = None) -> None:
+        install_aiosmtpd_mask()  # aiosmtpd's mail.log may echo a base64 password otherwise
         self.config = config
         self.listener = config.listen.smtp
         self.hostname = hostname or socket.getfqdn()
@@ -46,6 +52,7 @@ class SmtpRelayServer:
         self._tls = listener_context(self.listener, "listen.smtp")
         self._server: asyncio.Server | None = None
         self._sessions: set[RelaySMTP] = set()
+        self.client_slots = ClientSlots(config.limits.max_connections_per_client)
         self.port = 0
 
     @property
@@ -73,10 +80,14 @@ class SmtpRelayServer:
             bare_lf=self.listener.bare_lf,
             loop=asyncio.get_running_loop(),
         )
+        proto.apply_limits(limits, self.client_slots, on_open=self._opened)
+        return proto
+
+    def _opened(self, proto: RelaySMTP) -> None:
+        """A connection was admitted (after the TLS handshake with implicit TLS): count it."""
         self._sessions.add(proto)
         self.handler.observer.session_started("smtp")
         asyncio.get_running_loop().create_task(self._forget_when_closed(proto))
-        return proto
 
     async def _forget_when_closed(self, proto: RelaySMTP) -> None:
         await proto.closed.wait()
@@ -93,8 +104,10 @@ class SmtpRelayServer:
             self._make_protocol, host=self.listener.host, port=self.listener.port,
             ssl=self._tls if self.listener.tls == "implicit" else None,
             reuse_address=True,
-            backlog=listen_backlog(self.config.limits.max_connections),
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if self.listener.tls == "implicit" else None,
+            backlog=accept_batch(loop, self.config.limits.max_connections),
         )
+        widen_backlog(self._server, self.config.limits.max_connections)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("smtp: listening on %s:%d (tls: %s)", self.listener.host, self.port, self.listener.tls)
 

@@ -34,6 +34,7 @@ from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.providers.base import OAuthProvider, TokenResponse
 from relay.providers.registry import load_provider_class
 from relay.secret import Secret
+from relay.tokens.cooldown import RefusedTokenCooldown
 from relay.tokens.interface import Lease, LocalLease, TokenStore, VersionConflict
 from relay.tokens.model import TokenSet, expiry_from
 from relay.tokens.status import ON_DEMAND_FLOWS, AccountTokenStatus, account_status, newer, still_older
@@ -95,6 +96,7 @@ class TokenManager:
         # unreadable); such tokens are the newest and live only in memory until saved
         self._unsaved: dict[str, int | None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._cooldown = RefusedTokenCooldown(config.limits.upstream_auth_cooldown_s)
 
     # --- TokenSource ---------------------------------------------------------------------------
 
@@ -114,8 +116,12 @@ class TokenManager:
         upstream refuses (revoked right after issue) is still replaced.
         """
         acc = self._account(account)
-        return (await self._single_flight(acc, force=True, margin_s=self._margin_s(),
-                                          rejected=rejected)).access_token
+        self._cooldown.check(acc.name, rejected)  # the upstream refuses even fresh tokens: no request
+        token = (await self._single_flight(acc, force=True, margin_s=self._margin_s(),
+                                           rejected=rejected)).access_token
+        if rejected is not None:  # issued because the upstream refused a token: watch this one
+            self._cooldown.issued(acc.name, token)
+        return token
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -183,6 +189,8 @@ class TokenManager:
                 refreshed.append(acc.name)
             except (OAuthError, TokenStoreError) as exc:
                 log.debug("background refresh for account '%s' failed: %s", acc.name, exc)
+            except Exception:  # a bug must not end the refresher: the next pass tries again
+                log.exception("background refresh for account '%s' failed unexpectedly", acc.name)
         return refreshed
 
     async def status(self) -> list[AccountTokenStatus]:
@@ -452,5 +460,9 @@ class TokenManager:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await self.refresh_due()
+            try:
+                await self.refresh_due()
+            except Exception:  # e.g. the store failing in an unforeseen way: try again next pass
+                log.exception("background token refresh pass failed; retrying in %.0f s",
+                              self._check_interval_s)
             await asyncio.sleep(self._check_interval_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -73,9 +74,28 @@ class TokenSet:
                                   f"({type(exc).__name__}); run `relay authorize {name}` again") from None
 
 
-def expiry_from(obtained_at: datetime, expires_in_s: int) -> datetime:
-    """Return the UTC expiry for a token that lives ``expires_in_s`` seconds from ``obtained_at``."""
-    return obtained_at.astimezone(UTC) + timedelta(seconds=expires_in_s)
+# The longest token lifetime believed: a provider answering more (expires_in Infinity, 1e12) gets
+# its token refreshed after this instead of an OverflowError.
+MAX_TOKEN_LIFETIME_S = 365 * 24 * 3600
+
+
+def clamp_lifetime(expires_in: object, default_s: int) -> int:
+    """A token endpoint's ``expires_in`` as whole seconds in 0..MAX_TOKEN_LIFETIME_S.
+
+    Not a number (or NaN): ``default_s``; negative: 0; infinite or huge: the maximum."""
+    try:
+        value = float(expires_in)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return default_s
+    if math.isnan(value):
+        return default_s
+    return int(min(max(value, 0.0), MAX_TOKEN_LIFETIME_S))
+
+
+def expiry_from(obtained_at: datetime, expires_in_s: float) -> datetime:
+    """Return the UTC expiry for a token that lives ``expires_in_s`` seconds from ``obtained_at``
+    (clamped to MAX_TOKEN_LIFETIME_S)."""
+    return obtained_at.astimezone(UTC) + timedelta(seconds=clamp_lifetime(expires_in_s, 0))
 
 
 def _utc(value: object) -> datetime:

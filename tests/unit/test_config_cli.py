@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from relay.cli import main
-from relay.passwords import verify_password
+from relay.passwords import hash_password, verify_password
 
 
 def valid_config() -> dict[str, Any]:
@@ -98,3 +98,21 @@ def test_check_config_uses_relay_config_env_and_names_a_missing_file(
     monkeypatch.setenv("RELAY_CONFIG", str(tmp_path / "absent.yaml"))
     assert main(["check-config"]) == 2
     assert str(tmp_path / "absent.yaml") in capsys.readouterr().err
+
+
+def test_check_config_warns_about_mixed_password_hash_costs(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22 item 13: hashes of different costs make usernames tell-able by timing: a warning
+    names the accounts per cost (the file is still valid)."""
+
+    data = valid_config()
+    data["accounts"] = {name: {"username": name, "mailbox": f"{name}@example.com", "credentials": "g",
+                               "password_hash": hash_password("pw", log2_n=ln)}
+                        for name, ln in (("cheap", 4), ("dear", 6))}
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check-config", "-c", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("OK: 2 accounts")
+    assert "WARNING: accounts' password hashes use different costs (ln=4,r=8,p=1: cheap; " \
+           "ln=6,r=8,p=1: dear)" in captured.err

@@ -88,9 +88,10 @@ async def test_control_characters_never_match(h: Harness) -> None:
     assert await h.auth.authenticate("erp\x01", "right", "127.0.0.1") is None
 
 
-async def test_address_is_throttled_but_login_from_elsewhere_works(h: Harness,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    """After N failures an address is refused even with the right password; others still log in."""
+async def test_pair_is_refused_but_other_users_and_addresses_are_not(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """After N failures an (address, username) pair is refused even with the right (uncached)
+    password; the same user from another address and another user from the same address work."""
     caplog.set_level(logging.WARNING, logger="relay.auth")
     for guess in ("guess1", "guess2", "guess3"):
         assert await h.auth.authenticate("erp", guess, "192.0.2.9") is None
@@ -98,13 +99,105 @@ async def test_address_is_throttled_but_login_from_elsewhere_works(h: Harness,
     assert await h.auth.authenticate("erp", "right", "192.0.2.9") is None
     assert await h.auth.authenticate("erp", "right", "::ffff:192.0.2.9") is None  # same address
     assert h.kdf_calls == calls  # refused without checking
-    assert h.sleeps == [0.25] * 5  # every refusal is delayed too
+    assert h.sleeps[-2:] == [0.25, 0.25]  # every refusal is delayed too
     assert await h.auth.authenticate("erp", "right", "192.0.2.10") is not None
-    warnings = [r for r in caplog.records if "throttling logins from 192.0.2.9" in r.getMessage()]
+    refusing = "refusing logins for user 'erp' from 192.0.2.9"
+    warnings = [r for r in caplog.records if refusing in r.getMessage()]
     assert len(warnings) == 1
     assert "guess" not in caplog.text and "right" not in caplog.text
     h.now += 61  # the window passes
     assert await h.auth.authenticate("erp", "right", "192.0.2.9") is not None
+
+
+async def test_known_good_login_passes_while_the_address_is_under_attack(h: Harness) -> None:
+    """Issue 22 item 1: a password verified before passes at once although the shared local
+    address has just failed many logins (any usernames) - one local process cannot lock all out."""
+    assert await h.auth.authenticate("erp", "right", "127.0.0.1") is not None
+    for i in range(10):
+        assert await h.auth.authenticate(f"intruder{i}", "guess", "127.0.0.1") is None
+    h.sleeps.clear()
+    calls = h.kdf_calls
+    for _ in range(14):
+        assert await h.auth.authenticate("erp", "right", "127.0.0.1") is not None
+    assert h.sleeps == [] and h.kdf_calls == calls
+
+
+async def test_uncached_correct_login_from_an_attacked_address_is_slowed_not_refused(h: Harness) -> None:
+    """Issue 22 item 1: an address under attack is only slowed down: a correct password never seen
+    before still passes (after the delay)."""
+    for i in range(5):
+        assert await h.auth.authenticate(f"intruder{i}", "guess", "127.0.0.1") is None
+    h.sleeps.clear()
+    assert await h.auth.authenticate("erp", "right", "127.0.0.1") is not None
+    assert h.sleeps == [0.25]
+
+
+@pytest.mark.parametrize(("sources", "other"), [
+    (["127.0.0.2", "127.3.4.5", "127.200.0.9"], "127.0.0.77"),
+    (["2001:db8::1", "2001:db8::2:3", "2001:db8::ffff:1"], "2001:db8::abcd"),
+])
+async def test_loopback_counts_as_one_address_and_ipv6_by_64(h: Harness, sources: list[str],
+                                                              other: str) -> None:
+    """Issue 22 item 1: rotating the source inside 127.0.0.0/8 or one IPv6 /64 does not buy more
+    guesses: the fourth source is refused like the first."""
+    for i, source in enumerate(sources):
+        assert await h.auth.authenticate("erp", f"guess{i}", source) is None
+    calls = h.kdf_calls
+    assert await h.auth.authenticate("erp", "right", other) is None
+    assert h.kdf_calls == calls
+
+
+async def test_username_cap_spaces_parallel_addresses_with_exponential_backoff(h: Harness) -> None:
+    """Issue 22 item 1: once a username failed N times, its checks from parallel addresses are
+    spaced one after the other, and the spacing doubles with every further failure."""
+    for i in range(3):
+        assert await h.auth.authenticate("erp", f"guess{i}", f"198.51.100.{i}") is None
+    h.sleeps.clear()
+    results = await asyncio.gather(*(h.auth.authenticate("erp", f"more{i}", f"203.0.113.{i}")
+                                     for i in range(5)))
+    assert results == [None] * 5
+    waits = sorted(s for s in h.sleeps if s != 0.25)
+    assert waits == [0.5, 0.75, 1.0, 1.25], h.sleeps  # spaced, not all at once
+    h.sleeps.clear()
+    assert await h.auth.authenticate("erp", "right", "203.0.113.200") is not None
+    assert h.sleeps == [1.25 + 0.25 * 2 ** 5]  # 8 failures: 2^5 times the delay after the last turn
+
+
+async def test_failure_tracking_is_bounded_and_keyed_by_digest() -> None:
+    """Issue 22 item 5: huge unknown usernames are tracked under one fixed-size key, never stored."""
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    auth = LocalAuthenticator(make_config(), sleep=no_sleep, verifier=lambda p, e: False)
+    for i in range(200):
+        assert await auth.authenticate(f"{i}-" + "x" * 20_000, "guess", f"192.0.2.{i % 250}") is None
+    users = auth._by_username._events
+    assert len(users) == 1
+    assert all(isinstance(k, bytes) and len(k) == 32 for k in users)
+
+
+async def test_unknown_users_use_the_highest_configured_cost() -> None:
+    """Issue 22 item 13: with mixed hash costs, an unknown username costs as much as the most
+    expensive account, so timing does not tell which usernames exist."""
+    cheap, dear = hash_password("a", log2_n=4), hash_password("b", log2_n=6)
+    config = parse_config({
+        "token_store": {"key_env": "K"},
+        "credentials": {"g": {"provider": "google", "client_id": "x"}},
+        "accounts": {name: {"username": name, "password_hash": hashed, "mailbox": f"{name}@example.com",
+                            "credentials": "g"} for name, hashed in (("cheap", cheap), ("dear", dear))},
+    }, env={})
+    seen: list[str] = []
+
+    def verifier(password: str, encoded: str) -> bool:
+        seen.append(encoded)
+        return False
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    auth = LocalAuthenticator(config, sleep=no_sleep, verifier=verifier)
+    assert await auth.authenticate("nobody", "x", "127.0.0.1") is None
+    assert parse_hash(seen[0]).log2_n == 6
 
 
 async def test_repeating_one_wrong_password_also_throttles(h: Harness) -> None:
@@ -122,7 +215,7 @@ async def test_successful_login_does_not_reset_the_address_count(h: Harness) -> 
     assert await h.auth.authenticate("erp", "right", "192.0.2.50") is not None
     assert await h.auth.authenticate("erp", "g3", "192.0.2.50") is None
     calls = h.kdf_calls
-    assert await h.auth.authenticate("nobody", "g4", "192.0.2.50") is None
+    assert await h.auth.authenticate("erp", "g4", "192.0.2.50") is None
     assert h.kdf_calls == calls
 
 

@@ -135,3 +135,31 @@ def test_unknown_format_is_refused() -> None:
     """A format other than text/json is a ValueError, not a silent default."""
     with pytest.raises(ValueError, match="text or json"):
         configure_logging("INFO", "xml")  # type: ignore[arg-type]
+
+
+def test_text_format_escapes_control_characters(captured: io.StringIO) -> None:
+    """Issue 22 item 7: ESC and CR from client input cannot repaint a terminal or forge a line;
+    a newline inside a message is indented so it never starts a record of its own."""
+    logging.getLogger("relay.test").warning("user %s done", "evil\x1b[2J\rFAKE\x00\x7f")
+    logging.getLogger("relay.test").warning("first\n2026-01-01 00:00:00 ERROR forged")
+    out = captured.getvalue()
+    assert "\x1b" not in out and "\r" not in out and "\x00" not in out and "\x7f" not in out
+    assert "evil\\x1b[2J\\x0dFAKE\\x00\\x7f" in out
+    assert "\n  2026-01-01 00:00:00 ERROR forged" in out
+
+
+def test_aiosmtpd_unrecognised_command_line_is_masked(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 22 item 7: aiosmtpd's "unrecognised" WARNING and its ">>" lines may carry a base64
+    password (an AUTH LOGIN exchange out of step); the masking filter leaves only a length."""
+    import relay.logging_setup  # noqa: F401 - installs the mail.log filter
+
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    password_b64 = base64.b64encode(b"S3cret-Pass!").decode()
+    mail_log = logging.getLogger("mail.log")
+    mail_log.warning("%r unrecognised: %s", ("127.0.0.1", 5), password_b64.upper())
+    mail_log.info("%r >> %r", ("127.0.0.1", 5), password_b64.encode())
+    mail_log.info("%r >> %r", ("127.0.0.1", 5), b"MAIL FROM:<a@example.com>")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert password_b64 not in text and password_b64.upper() not in text
+    assert "unrecognised: <16 chars>" in text
+    assert "MAIL FROM:<a@example.com>" in text

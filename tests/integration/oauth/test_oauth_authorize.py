@@ -91,7 +91,7 @@ async def test_state_mismatch_is_refused(sandbox, tmp_path, store):
                 await client.get(redirect_uri + "?code=stolen&state=forged")
         asyncio.get_running_loop().create_task(go())
     with pytest.raises(AuthorizeStateMismatch) as info:
-        await Authorizer(config, store, out=io.StringIO(), open_url=forged).run("sales", timeout_s=30)
+        await Authorizer(config, store, out=io.StringIO(), open_url=forged).run("sales", timeout_s=1.5)
     assert info.value.exit_code == 9
     assert await store.list_accounts() == []
     assert sandbox.counters.get("authorization_code_requests", 0) == 0
