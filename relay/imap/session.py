@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig
+from relay.drain import needs_drain
 from relay.errors import (
     AuthorizationNeeded,
     OAuthError,
@@ -31,7 +32,6 @@ from relay.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from relay.flow import needs_drain
 from relay.imap.protocol import NEED_DATA, PAUSED, ImapProtocol, LoginAttempt, Reply, StartTls
 from relay.imap.splice import Splice
 from relay.imap.syntax import tagged, untagged

@@ -18,13 +18,13 @@ import re
 from collections.abc import AsyncIterator, Callable
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
+from relay.drain import needs_drain
 from relay.errors import (
     UpstreamAuthRejected,
     UpstreamProtocolError,
     UpstreamReply,
     UpstreamUnavailable,
 )
-from relay.flow import needs_drain
 from relay.pop3.replies import MultilineEndScanner, StatusLine, parse_status
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
@@ -124,7 +124,7 @@ class UpstreamPop3Session:
         writer = self._stream()[1]
         try:
             writer.write(line)
-            # A command line never fills the buffer: skip the drain and its timer (relay.flow);
+            # A command line never fills the buffer: skip the drain and its timer (relay.drain);
             # the reply read that follows has its own timeout.
             if needs_drain(writer):
                 async with asyncio.timeout(self._limits.upstream_command_timeout_s):

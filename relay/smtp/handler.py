@@ -26,8 +26,8 @@ from relay.smtp import replies
 from relay.smtp.delivery import ConnectionInfo, ContentSink, Delivery, DeliveryFactory
 from relay.smtp.forward import LiveForwarding
 from relay.smtp.pool import UpstreamPool
-from relay.smtp.protocol import ConnectionState, RelaySMTP
 from relay.smtp.reply import SmtpReply
+from relay.smtp.session import ConnectionState, RelaySMTP
 from relay.tokens.source import TokenSource
 
 log = logging.getLogger("relay.smtp")

@@ -14,8 +14,8 @@ from relay.metrics import RelayObserver
 from relay.sessionlimits import ClientSlots
 from relay.smtp.delivery import DeliveryFactory
 from relay.smtp.handler import RelayHandler
-from relay.smtp.protocol import RelaySMTP
 from relay.smtp.replies import TOO_MANY_CONNECTIONS
+from relay.smtp.session import RelaySMTP
 from relay.tlsutil import listener_context
 from relay.tokens.source import TokenSource
 

@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
+from relay.drain import needs_drain
 from relay.errors import (
     ProtocolInputError,
     UpstreamAuthRejected,
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from relay.flow import needs_drain
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
 from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply
@@ -305,7 +305,7 @@ class UpstreamSmtpSession:
         """Write checked command line(s) in one write and read the (first) reply."""
         writer = self._require_writer()
         writer.write(lines)
-        if needs_drain(writer):  # a command line never fills the buffer; see relay.flow
+        if needs_drain(writer):  # a command line never fills the buffer; see relay.drain
             await writer.drain()
         return await self._read_reply()
 

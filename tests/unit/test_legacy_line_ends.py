@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from relay.pop3.protocol import NEED_DATA, Pop3Protocol, Reply
 from relay.smtp.dataframe import DataFramer, DataProblem, LineEndNormalizer, count_bare_lf
-from relay.smtp.protocol import _with_old_style_auth
+from relay.smtp.session import _with_old_style_auth
 
 _pieces = st.sampled_from([b"\r", b"\n", b".", b"\r\n", b".\n", b"\n.\n", b"a", b"xy ", b".."])
 _content = st.lists(_pieces, max_size=40).map(b"".join)

@@ -20,8 +20,8 @@ from relay.smtp.failures import (
     explain_upstream_reply,
     reply_for_error,
 )
-from relay.smtp.protocol import add_enhanced_code
 from relay.smtp.reply import SmtpReply, parse_reply
+from relay.smtp.session import add_enhanced_code
 
 ACCOUNT = AccountConfig(
     name="sales", username="sales-app", password_hash=None, mailbox="sales@contoso.com",

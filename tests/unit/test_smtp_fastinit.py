@@ -12,7 +12,7 @@ import aiosmtpd.smtp as aiosmtpd_smtp
 import pytest
 
 from relay.smtp import fastinit
-from relay.smtp.protocol import RelaySMTP
+from relay.smtp.session import RelaySMTP
 
 
 class Handler:
