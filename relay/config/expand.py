@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from relay.config.sources import MAX_SECRET_FILE_BYTES, SourceError, read_regular_file
+
 _REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -32,10 +34,10 @@ def expand_value(text: str, env: Mapping[str, str], base_dir: Path | None = None
             if not path.is_absolute() and base_dir is not None:
                 path = base_dir / path
             try:
-                content = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
+                content = read_regular_file(path, MAX_SECRET_FILE_BYTES).decode("utf-8")
+            except (SourceError, UnicodeDecodeError) as exc:
                 # Never str(exc) of a decode error: it quotes bytes of the secret.
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+                reason = str(exc) if isinstance(exc, SourceError) else "not UTF-8 text"
                 raise ExpansionError(f"cannot read ${{file:{path}}}: {reason}; create the file or fix "
                                      "the path") from None
             return content.rstrip("\r\n")

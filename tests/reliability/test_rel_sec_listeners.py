@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.config.loader import load_config
+from relay.configuration import load_config
 from relay.config.model import ListenerConfig, UpstreamEndpoint
 from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password

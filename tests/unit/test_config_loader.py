@@ -1,4 +1,4 @@
-"""Unit tests for the YAML configuration loader (relay.config.loader)."""
+"""Unit tests for the YAML configuration loader (relay.configuration)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from relay.config.loader import load_config, parse_config
+from relay.configuration import load_config, parse_config
 from relay.errors import ConfigError
 from relay.passwords import hash_password
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from relay.config.loader import parse_config
+from relay.configuration import parse_config
 from relay.config.model import ListenerConfig, RelayConfig
 from relay.localauth import LocalAuthenticator, is_loopback
 from relay.passwords import hash_password, parse_hash, verify_password
