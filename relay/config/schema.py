@@ -141,7 +141,8 @@ class Reader:
         return {k: v for k, v in value.items() if isinstance(k, str) and k in known}
 
     def section_values(self, cls: type, value: object, path: str, *, under: str | None = None,
-                       enforce_required: bool = True, defaults: Collection[str] = ()) -> dict[str, Any] | None:
+                       enforce_required: bool = True,
+                       defaults: Collection[str] = ()) -> dict[str, Any] | None:
         """Parse the keys of ``cls`` present in the mapping ``value``; None if it is no mapping.
 
         An absent key keeps the class's default (or the section's: ``defaults``); a key with

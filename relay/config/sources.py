@@ -24,7 +24,8 @@ class SourceError(ValueError):
 
 def read_regular_file(path: Path, limit: int) -> bytes:
     """Return the bytes of the regular file ``path``, refusing other kinds and files over ``limit``."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
@@ -69,7 +70,7 @@ class StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
         for key_node, _ in node.value:
-            name = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            name = self.construct_object(key_node, deep=True)
             try:
                 duplicate = name in seen
                 seen.add(name)

@@ -1,0 +1,101 @@
+"""The import graph of relay/: no cycle between packages; config phase 1 imports no other package."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+RELAY = Path(__file__).resolve().parents[2] / "relay"
+# Leaf modules (they import nothing from relay) that phase 1 may use.
+CONFIG_MAY_IMPORT = {"relay.config", "relay.errors", "relay.secret"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(RELAY.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every relay module ``path`` imports, anywhere in the file (also inside functions)."""
+    found: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+    return {name for name in found if name == "relay" or name.startswith("relay.")}
+
+
+def _unit(module: str) -> str:
+    """The package (or top-level module) a module belongs to: relay.smtp.handler -> relay.smtp."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Edges between units of relay/ (a subpackage, or a module directly in relay/)."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for path in RELAY.rglob("*.py"):
+        module = _module_name(path)
+        for target in _imports(path, module):
+            if _unit(target) != _unit(module) and target != "relay":
+                graph[_unit(module)].add(_unit(target))
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one unit (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_between_packages() -> None:
+    """No two packages/top-level modules of relay/ import each other, directly or around a loop."""
+    assert cycles(package_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    """The check itself works: a loop of three units is reported."""
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_config_phase_one_imports_no_other_package() -> None:
+    """relay/config/* (model, structure, parsers) imports only itself and leaf modules."""
+    outside = {(_module_name(path), target)
+               for path in (RELAY / "config").rglob("*.py")
+               for target in _imports(path, _module_name(path))
+               if _unit(target) not in CONFIG_MAY_IMPORT}
+    assert outside == set()
+    for leaf in ("errors", "secret"):
+        assert _imports(RELAY / f"{leaf}.py", f"relay.{leaf}") == set()
