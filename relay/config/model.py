@@ -114,7 +114,7 @@ class TokenStoreConfig:
     ``key_file``. ``relay init-key`` creates one.
     """
 
-    path: Path = key(file_path("relay-tokens.enc"))
+    path: Path = key(file_path("relay-tokens.enc"), placeholder=Path("relay-tokens.enc"))
     key_env: str | None = key(optional_text(pattern=ENV_NAME, what="a valid environment variable name"),
                               "RELAY_STORE_KEY", null_is_value=True)
     key_file: Path | None = key(file_path(), None)
@@ -205,7 +205,7 @@ class AccountConfig:
     name: str
     username: str = key(text(), required=True)  # the login the legacy app uses
     # From `relay hash-password`; None only with allow_without_auth_from.
-    password_hash: str | None = key(optional_text(secret=True))
+    password_hash: str | None = key(optional_text(secret=True), placeholder=None)
     mailbox: str = key(text(pattern=MAILBOX, what="an email address"), required=True)  # XOAUTH2 `user=`
     credentials: str = key(text(), required=True)  # name of a CredentialsConfig
     # The upstream servers, resolved at load from the written settings below and the provider's
@@ -326,7 +326,8 @@ class RelayConfig:
 
     listen: ListenConfig = key(section(ListenConfig))
     token_store: TokenStoreConfig = key(section(TokenStoreConfig))
-    credentials: Mapping[str, CredentialsConfig] = key(named(CredentialsConfig, what="names to credentials"))
+    credentials: Mapping[str, CredentialsConfig] = key(named(CredentialsConfig, what="names to credentials"),
+                                                       placeholder={})
     accounts: Mapping[str, AccountConfig] = key(
         named(AccountConfig, what="account names to accounts", nonempty=True), required=True, placeholder={})
     limits: LimitsConfig = key(section(LimitsConfig), default_factory=LimitsConfig)

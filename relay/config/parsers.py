@@ -260,7 +260,9 @@ def section(cls: type, *, defaults: Mapping[str, object] | None = None,
     def parse(reader: Reader, value: object, path: str) -> Any:
         if switch is not None and (value is None or isinstance(value, bool)):
             return cls(**{**base, switch: value is not False})
-        values = reader.section_values(cls, value, path, defaults=base) or {}
+        values = reader.section_values(cls, value, path, defaults=base)
+        if values is None:  # not a mapping (reported): go on with the defaults
+            values = reader.section_values(cls, None, path, defaults=base) or {}
         # A null/empty value for a key with a per-section default keeps that default.
         return cls(**{**base, **{k: v for k, v in values.items() if not (k in base and v is None)}})
 

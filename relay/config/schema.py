@@ -156,25 +156,27 @@ class Reader:
         for name, (item, spec) in keys.items():
             sub = join(path, name)
             self.seen(sub)
+            has_default = not (item.default is dataclasses.MISSING
+                               and item.default_factory is dataclasses.MISSING and item.name not in defaults)
             written = data.get(name)
             if written is None and not (spec.null_is_value and name in data):
                 if spec.required and enforce_required:
                     self.problem(sub, "is required")
                     values[item.name] = spec.placeholder
-                elif (item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
-                      and enforce_required and item.name not in defaults):
-                    values[item.name] = self.parse(spec, None, sub)  # the parser knows the default
+                elif not has_default and enforce_required:
+                    values[item.name] = self.parse(spec, None, sub, True)  # the parser knows the default
                 continue
-            values[item.name] = self.parse(spec, written, sub)
+            values[item.name] = self.parse(spec, written, sub, not has_default and enforce_required)
         return {k: v for k, v in values.items() if v is not _FAILED}
 
-    def parse(self, spec: Key, value: object, path: str) -> Any:
-        """Run one key's parser; a problem is recorded and the field keeps its default."""
+    def parse(self, spec: Key, value: object, path: str, needs_value: bool = False) -> Any:
+        """Run one key's parser; on a problem (recorded) the field keeps its default, or gets the
+        placeholder when it has none, so the rest of the configuration can still be checked."""
         try:
             return spec.parse(self, value, path)
         except Invalid as exc:
             self.problem(path, exc.message)
-            return spec.placeholder if spec.required else _FAILED
+            return spec.placeholder if spec.required or needs_value else _FAILED
 
 
 _FAILED = object()
