@@ -125,13 +125,17 @@ def number(low: float, high: float, *, integer: bool, allow_zero: bool = False) 
         if not math.isfinite(value):
             raise Invalid(f"must be a finite {kind} (got {shown})")
         if value < low or (value == 0 and not allow_zero):
-            bound = f">= {low:g}" if allow_zero or low > 0 else "> 0"
+            bound = f">= {_plain(low)}" if allow_zero or low > 0 else "> 0"
             raise Invalid(f"must be {bound} (got {shown})")
         if value > high:
-            raise Invalid(f"must be at most {high:g} (got {shown})")
+            raise Invalid(f"must be at most {_plain(high)} (got {shown})")
         return value
 
     return parse
+
+
+def _plain(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
 
 
 def whole(low: int, high: int, *, allow_zero: bool = False) -> Parser:
