@@ -115,7 +115,12 @@ class _Semantics:
                 self.existing_file(file, f"{path}.{field}")
 
     def existing_file(self, file: Path | None, path: str) -> None:
-        if file is not None and not file.is_file():
+        """A file a setting names must be a regular file (a FIFO would hang whoever reads it)."""
+        if file is None or file.is_file():
+            return
+        if file.exists():
+            self.problem(path, f"{file} is not a regular file")
+        else:
             self.problem(path, f"file {file} does not exist")
 
     def credentials(self, creds: CredentialsConfig, path: str) -> None:

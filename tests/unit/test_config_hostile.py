@@ -149,13 +149,13 @@ def test_oversized_config_and_secret_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_huge_environment_value_is_refused_without_echo() -> None:
-    """A 1 MB value from ${ENV} is refused as too long, naming the reference, not the value."""
+    """A 100 KB value from ${ENV} is refused as too long, naming the reference, not the value."""
     data = {k: dict(v) for k, v in VALID.items()}
     data["credentials"] = {"g": {"provider": "google", "client_id": "${BIG}"}}
     with pytest.raises(ConfigError) as info:
-        parse_config(data, env={"BIG": "Q" * 1_000_000})
+        parse_config(data, env={"BIG": "Q" * 100_000})
     assert info.value.problems == [("credentials.g.client_id", "is too long (the value of ${BIG}: "
-                                    "1000000 characters, at most 65536)")]
+                                    "100000 characters, at most 65536)")]
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
@@ -185,3 +185,29 @@ def test_values_from_references_are_never_echoed(tmp_path: Path, key: tuple[str,
     text = str(info.value)
     assert "TOP-SECRET" not in text
     assert any(message == expected for _, message in info.value.problems), text
+
+
+def test_repeated_references_cannot_multiply_a_value() -> None:
+    """A 60 KB variable referenced 10,000 times in one value stops expanding past the cap."""
+    data = {k: dict(v) for k, v in VALID.items()}
+    data["credentials"] = {"g": {"provider": "google", "client_id": "${BIG}" * 10_000}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={"BIG": "Q" * 60_000})
+    [(path, message)] = info.value.problems
+    assert path == "credentials.g.client_id" and message.startswith("expands to more than 262144 characters")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_files_named_by_settings_must_be_regular_files(tmp_path: Path) -> None:
+    """A FIFO as ca_file or a directory as service_account_file is named as not a regular file."""
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    data = {k: dict(v) for k, v in VALID.items()}
+    data["credentials"] = {"g": {"provider": "google", "client_id": "x",
+                                 "service_account_file": str(tmp_path)}}
+    data["accounts"] = {"a": {**VALID["accounts"]["a"], "smtp": {"ca_file": str(fifo)}}}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={})
+    assert info.value.problems == [
+        ("credentials.g.service_account_file", f"{tmp_path} is not a regular file"),
+        ("accounts.a.smtp.ca_file", f"{fifo} is not a regular file")]

@@ -370,7 +370,7 @@ def test_imap_listener_port_clash_is_reported() -> None:
 
 @pytest.mark.parametrize("section", [LimitsConfig, PoolConfig], ids=lambda c: c.__name__)
 def test_every_number_has_an_upper_bound(section: type) -> None:
-    """Each numeric limit refuses 10**23 at its YAML path (it used to pass check-config and break listen())."""
+    """Each numeric limit refuses 10**23 at its YAML path (it passed check-config and broke listen())."""
     name = "limits" if section is LimitsConfig else "upstream_pool"
     numeric = [k for k, (f, _) in yaml_keys(section).items() if f.type in ("int", "float")]
     assert numeric
