@@ -7,6 +7,7 @@ with a deadline, so a regression fails cleanly instead of hanging the suite.
 
 from __future__ import annotations
 
+import copy
 import os
 import resource
 import subprocess
@@ -25,12 +26,17 @@ from relay.passwords import hash_password
 HASH = hash_password("pw", log2_n=4)
 DEADLINE_S = 20.0
 CHILD_MEMORY_BYTES = 2 * 1024**3  # a regression that reads /dev/zero dies with MemoryError, not the host
-VALID = {
+VALID: dict[str, Any] = {
     "token_store": {"key_env": "K"},
     "credentials": {"g": {"provider": "google", "client_id": "x"}},
     "accounts": {"a": {"username": "u", "password_hash": HASH, "mailbox": "a@example.com",
                        "credentials": "g"}},
 }
+
+
+def valid() -> dict[str, Any]:
+    """A fresh copy of a small valid configuration."""
+    return copy.deepcopy(VALID)
 
 
 def check_config(path: Path, env: dict[str, str] | None = None) -> tuple[int, str, float]:
@@ -62,7 +68,7 @@ def write(tmp_path: Path, data: dict[str, Any], extra: str = "", name: str = "re
 @pytest.mark.parametrize("where", ["max_connections", "boolean", "key"])
 def test_alias_bomb_is_reported_in_a_short_message(tmp_path: Path, where: str) -> None:
     """An alias bomb where a number, a boolean or a key is expected: exit 2 at once, a short message."""
-    data: dict[str, Any] = {k: dict(v) for k, v in VALID.items()}
+    data = valid()
     body = yaml.safe_dump(data)
     if where == "max_connections":
         body += "limits:\n  max_connections: *x8\n"
@@ -91,7 +97,7 @@ def test_deep_nesting_in_memory_data_is_a_config_error() -> None:
     deep: list[Any] = []
     for _ in range(10_000):
         deep = [deep]
-    data = {k: dict(v) for k, v in VALID.items()}
+    data = valid()
     data["accounts"]["a"] = {**data["accounts"]["a"], "allow_without_auth_from": deep, "mailbox": deep}
     with pytest.raises(ConfigError) as info:
         parse_config(data, env={})
@@ -112,7 +118,7 @@ def test_secret_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     """`${file:FIFO}` is a problem at its YAML path, found at once."""
     fifo = tmp_path / "secret"
     os.mkfifo(fifo)
-    data = {k: dict(v) for k, v in VALID.items()}
+    data = valid()
     data["credentials"] = {"g": {"provider": "google", "client_id": "x",
                                  "client_secret": f"${{file:{fifo}}}"}}
     code, stderr, _ = check_config(write(tmp_path, data))
@@ -126,7 +132,7 @@ def test_dev_zero_as_config_or_secret_is_refused(tmp_path: Path) -> None:
     code, stderr, _ = check_config(Path("/dev/zero"))
     assert code == 2 and "cannot read configuration file /dev/zero: not a regular file (a character device)" \
         in stderr
-    data = {k: dict(v) for k, v in VALID.items()}
+    data = valid()
     data["accounts"]["a"] = {**data["accounts"]["a"], "password_hash": "${file:/dev/zero}"}
     code, stderr, _ = check_config(write(tmp_path, data))
     assert code == 2
@@ -141,7 +147,7 @@ def test_oversized_config_and_secret_files_are_refused(tmp_path: Path) -> None:
         load_config(big)
     secret = tmp_path / "secret"
     secret.write_text("s" * (64 * 1024 + 1))
-    data = {k: dict(v) for k, v in VALID.items()}
+    data = valid()
     data["credentials"] = {"g": {"provider": "google", "client_id": "x",
                                  "client_secret": f"${{file:{secret}}}"}}
     with pytest.raises(ConfigError, match=r"credentials.g.client_secret: cannot read .* too large"):
@@ -150,7 +156,7 @@ def test_oversized_config_and_secret_files_are_refused(tmp_path: Path) -> None:
 
 def test_huge_environment_value_is_refused_without_echo() -> None:
     """A 100 KB value from ${ENV} is refused as too long, naming the reference, not the value."""
-    data = {k: dict(v) for k, v in VALID.items()}
+    data = valid()
     data["credentials"] = {"g": {"provider": "google", "client_id": "${BIG}"}}
     with pytest.raises(ConfigError) as info:
         parse_config(data, env={"BIG": "Q" * 100_000})
@@ -173,8 +179,7 @@ def test_values_from_references_are_never_echoed(tmp_path: Path, key: tuple[str,
                                                  expected: str) -> None:
     """A wrong value that came from ${file:}/${ENV} is shown as its reference, never as the value."""
     (tmp_path / "SECRET").write_text("TOP-SECRET-FROM-FILE\n")
-    data: dict[str, Any] = {k: dict(v) for k, v in VALID.items()}
-    data["accounts"] = {"a": dict(VALID["accounts"]["a"])}  # type: ignore[index]
+    data = valid()
     node = data
     for part in key[:-1]:
         node = node.setdefault(part, {})
@@ -189,7 +194,7 @@ def test_values_from_references_are_never_echoed(tmp_path: Path, key: tuple[str,
 
 def test_repeated_references_cannot_multiply_a_value() -> None:
     """A 60 KB variable referenced 10,000 times in one value stops expanding past the cap."""
-    data = {k: dict(v) for k, v in VALID.items()}
+    data = valid()
     data["credentials"] = {"g": {"provider": "google", "client_id": "${BIG}" * 10_000}}
     with pytest.raises(ConfigError) as info:
         parse_config(data, env={"BIG": "Q" * 60_000})
@@ -202,10 +207,10 @@ def test_files_named_by_settings_must_be_regular_files(tmp_path: Path) -> None:
     """A FIFO as ca_file or a directory as service_account_file is named as not a regular file."""
     fifo = tmp_path / "ca.pem"
     os.mkfifo(fifo)
-    data = {k: dict(v) for k, v in VALID.items()}
+    data = valid()
     data["credentials"] = {"g": {"provider": "google", "client_id": "x",
                                  "service_account_file": str(tmp_path)}}
-    data["accounts"] = {"a": {**VALID["accounts"]["a"], "smtp": {"ca_file": str(fifo)}}}  # type: ignore[dict-item]
+    data["accounts"] = {"a": {**VALID["accounts"]["a"], "smtp": {"ca_file": str(fifo)}}}
     with pytest.raises(ConfigError) as info:
         parse_config(data, env={})
     assert info.value.problems == [

@@ -13,14 +13,17 @@ import signal
 import smtplib
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from ops_helpers import PASSWORD, OpsSetup, free_port
+from ops_helpers import PASSWORD, OpsSetup, ServeProcess, free_port
 
 from relay.app import RelayApp
 from relay.config.model import RelayConfig
 from relay.configuration import load_config
+
+Serve = Callable[..., ServeProcess]
 
 
 def _greeting(port: int, timeout_s: float = 10) -> bytes:
@@ -39,7 +42,7 @@ def _edit(config: Path, **listen_smtp: object) -> None:
     config.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def test_serve_keeps_its_listeners_when_the_new_port_is_taken(ops: OpsSetup, serve) -> None:
+def test_serve_keeps_its_listeners_when_the_new_port_is_taken(ops: OpsSetup, serve: Serve) -> None:
     """SIGHUP to a config whose SMTP port another process holds: the old port still accepts logins."""
     ops.smtp_port, ops.pop3_port = free_port(), free_port()
     ops.seed("ops", "ops@sandbox.test")
@@ -59,7 +62,7 @@ def test_serve_keeps_its_listeners_when_the_new_port_is_taken(ops: OpsSetup, ser
     assert proc.wait(60) == 0
 
 
-def test_serve_reload_with_a_fifo_secret_neither_hangs_nor_drops_listeners(ops: OpsSetup, serve,
+def test_serve_reload_with_a_fifo_secret_neither_hangs_nor_drops_listeners(ops: OpsSetup, serve: Serve,
                                                                            tmp_path: Path) -> None:
     """A `${file:FIFO}` in the new config is refused at once; sessions never stall meanwhile."""
     ops.smtp_port, ops.pop3_port = free_port(), free_port()
