@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -99,3 +101,16 @@ def test_config_phase_one_imports_no_other_package() -> None:
     assert outside == set()
     for leaf in ("errors", "secret"):
         assert _imports(RELAY / f"{leaf}.py", f"relay.{leaf}") == set()
+
+
+def test_phase_one_runs_without_any_other_relay_package() -> None:
+    """Reading a document's structure loads only relay.config and the leaf modules."""
+    code = ("import sys, pathlib\n"
+            "from relay.config.structure import read_structure\n"
+            "s = read_structure({'accounts': {'a': {'username': 'u', 'mailbox': 'a@b.cd', "
+            "'credentials': 'c', 'smtp': {'port': 'x'}}}}, {}, pathlib.Path('.'))\n"
+            "assert s.config is not None and s.reader.problems\n"
+            "print(sorted({'.'.join(m.split('.')[:2]) for m in sys.modules if m.startswith('relay.')}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=RELAY.parent)
+    assert result.stdout.strip() == str(sorted(CONFIG_MAY_IMPORT))
