@@ -420,3 +420,30 @@ def test_a_key_is_what_is_declared_not_the_field_order() -> None:
     assert "pipelining" in yaml_keys(UpstreamEndpoint, under="smtp")
     assert "pipelining" not in yaml_keys(UpstreamEndpoint, under="pop3")
     assert "source_path" not in yaml_keys(RelayConfig)
+
+
+def test_sender_proxy_certificate_and_session_cap_settings(tmp_path: Path) -> None:
+    """allowed_senders entries, proxy (string or mapping), client_certificate and the session
+    caps are checked at their paths; the provider fills the SMTP cap when it is not written."""
+    data = base()
+    data["accounts"]["sales"]["allowed_senders"] = ["sales@contoso.com", "*@contoso.com", "<>", "bad*"]
+    data["credentials"]["contoso"]["proxy"] = "http://user:pw@proxy.local:3128"
+    data["credentials"]["other"] = {"provider": "microsoft", "client_id": "y", "tenant_id": "t",
+                                    "proxy": {"url": "http://proxy.local:3128", "password": "p"},
+                                    "client_certificate": {"cert_file": str(tmp_path / "nope.pem")}}
+    found = problems(data)
+    assert [p for p, _ in found] == [
+        "credentials.contoso.proxy.url",
+        "credentials.other.client_certificate.key_file", "credentials.other.proxy.username",
+        "accounts.sales.allowed_senders[3]"]
+    assert found[0][1].startswith("must not contain credentials")
+    data = base()
+    data["credentials"]["contoso"]["proxy"] = "http://proxy.local:3128"
+    data["accounts"]["sales"].update(allowed_senders=["*@contoso.com"], max_upstream_pop3_sessions=0)
+    config = parse_config(data, env={"SECRET": "s"})
+    assert config.credentials["contoso"].proxy.url == "http://proxy.local:3128"
+    account = config.accounts["sales"]
+    assert (account.allowed_senders, account.max_upstream_sessions, account.max_upstream_pop3_sessions) == (
+        ("*@contoso.com",), 3, 0)
+    data["accounts"]["sales"]["max_upstream_sessions"] = 10**6
+    assert [p for p, _ in problems(data)] == ["accounts.sales.max_upstream_sessions"]
