@@ -332,8 +332,9 @@ class RelayConfig:
         named(AccountConfig, what="account names to accounts", nonempty=True), required=True, placeholder={})
     limits: LimitsConfig = key(section(LimitsConfig), default_factory=LimitsConfig)
     upstream_pool: PoolConfig = key(section(PoolConfig), default_factory=PoolConfig)
-    admin: AdminConfig | None = key(optional_section(AdminConfig, switch=True), None)  # None: no admin listener
-    alerts: AlertsConfig | None = key(optional_section(AlertsConfig, switch=True), None)  # None: only logged
+    # None: no admin listener / problems are only logged.
+    admin: AdminConfig | None = key(optional_section(AdminConfig, switch=True), None)
+    alerts: AlertsConfig | None = key(optional_section(AlertsConfig, switch=True), None)
     source_path: Path | None = None  # the YAML file it came from, for messages
 
     def account_by_username(self, username: str) -> AccountConfig | None:

@@ -286,9 +286,9 @@ def optional_section(cls: type, *, shorthand: str | None = None, switch: bool = 
         values = reader.section_values(cls, value, path)
         if values is None:
             return None
-        if any(spec.required and values.get(item.name) in (None, spec.placeholder)
-               for item, spec in yaml_keys(cls).values()):
-            return None
+        written = value if isinstance(value, dict) else {}
+        if any(spec.required and written.get(name) is None for name, (_, spec) in yaml_keys(cls).items()):
+            return None  # "is required" was reported
         return cls(**values)
 
     return parse

@@ -11,10 +11,12 @@ from pathlib import Path
 RELAY = Path(__file__).resolve().parents[2] / "relay"
 # Leaf modules (they import nothing from relay) that phase 1 may use.
 CONFIG_MAY_IMPORT = {"relay.config", "relay.errors", "relay.secret"}
-# Known module-level cycles between two top-level modules of one feature, each to be removed by
-# its owner; any other cycle fails. relay.explain lazily imports its table, and the table imports
-# the Explanation type from relay.explain (fix: make relay/explain a package, or move the type).
-KNOWN_CYCLES = [["relay.explain", "relay.explain_table"]]
+# Known cycles (found when this test was written), each to be removed by its owner; any other
+# cycle fails, and removing one of these makes the test ask for this list to shrink.
+# relay.explain lazily imports its table, which imports the Explanation type back (provider);
+# relay.metrics <-> relay.metrics_export and relay.admin <-> relay.alerts (ops).
+KNOWN_CYCLES = [["relay.explain", "relay.explain_table"], ["relay.metrics", "relay.metrics_export"],
+                ["relay.admin", "relay.alerts"]]
 
 
 def _module_name(path: Path) -> str:
