@@ -447,3 +447,17 @@ def test_sender_proxy_certificate_and_session_cap_settings(tmp_path: Path) -> No
         ("*@contoso.com",), 3, 0)
     data["accounts"]["sales"]["max_upstream_sessions"] = 10**6
     assert [p for p, _ in problems(data)] == ["accounts.sales.max_upstream_sessions"]
+
+
+def test_redis_token_store_settings() -> None:
+    """backend: redis needs a redis/valkey URL (valkey:// is taken as redis://); lease_ttl_s has a range."""
+    data = base()
+    data["token_store"] = {"key_env": "K", "backend": "redis", "url": "valkey://127.0.0.1:6379/0",
+                           "password": "${SECRET}"}
+    store = parse_config(data, env={"SECRET": "s"}).token_store
+    assert (store.backend, store.url, store.key_prefix, store.password.reveal()) == (
+        "redis", "redis://127.0.0.1:6379/0", "xoauth2-relay:", "s")
+    data["token_store"] = {"key_env": "K", "backend": "redis", "lease_ttl_s": 10**9}
+    assert [p for p, _ in problems(data)] == ["token_store.url", "token_store.lease_ttl_s"]
+    data["token_store"] = {"key_env": "K", "url": "http://x"}
+    assert problems(data) == [("token_store.url", "must start with redis://, rediss:// or unix://")]
