@@ -91,12 +91,14 @@ async def _running_app(ops: OpsSetup, loader: object, timeout_s: float = 30.0) -
     return app
 
 
-async def test_reload_that_breaks_listen_restores_the_old_listeners(ops: OpsSetup) -> None:
-    """A config whose listener start raises a non-OSError (OverflowError from listen()) keeps the relay up."""
+async def test_reload_that_breaks_listen_restores_the_old_listeners(ops: OpsSetup, tmp_path: Path) -> None:
+    """A config whose listener cannot start (its TLS key is unreadable at start) keeps the relay up."""
 
     def broken(path: Path) -> RelayConfig:
         good = load_config(path)
-        return dataclasses.replace(good, limits=dataclasses.replace(good.limits, max_connections=10**23))
+        smtp = dataclasses.replace(good.listen.smtp, tls="implicit", cert_file=tmp_path / "gone.pem",
+                                   key_file=tmp_path / "gone.key")
+        return dataclasses.replace(good, listen=dataclasses.replace(good.listen, smtp=smtp))
 
     app = await _running_app(ops, broken)
     try:
