@@ -2,9 +2,11 @@
 
 - SIGTERM / SIGINT: stop accepting, let running sessions finish for ``limits.shutdown_grace_s``,
   close what is left, exit 0. A second signal during the grace period closes sessions at once.
-- SIGHUP: re-read the configuration file. When it is valid, new listeners (and a new token
-  manager over the same store) take over; sessions already running finish on the old ones. When
-  it is invalid, the error is logged and the running configuration stays.
+- SIGHUP: re-read the configuration file (in a worker thread, with a deadline, so a slow or
+  hostile file never stalls sessions). When it is valid, new listeners (and a new token manager
+  over the same store) take over; sessions already running finish on the old ones. When it is
+  invalid, unreadable, or the new listeners cannot start, the error is logged and the relay keeps
+  listening with the running configuration (its listeners are restored if they were closed).
 - With ``admin:`` the admin HTTP listener (relay.admin) serves /metrics, /healthz, /readyz and
   /status; with ``alerts:`` the alert monitor (relay.alerts) watches the accounts. Under systemd
   (``NOTIFY_SOCKET``) READY/RELOADING/STOPPING/WATCHDOG are sent (relay.sdnotify).
@@ -21,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from relay import sdnotify
 from relay.config.model import ListenerConfig, RelayConfig, UpstreamEndpoint
@@ -40,6 +42,7 @@ log = logging.getLogger("relay.app")
 ConfigLoader = Callable[[Path], RelayConfig]
 BIND_RETRIES = 20
 BIND_RETRY_DELAY_S = 0.05
+RELOAD_TIMEOUT_S = 30.0  # reading + validating the YAML; it takes milliseconds normally
 
 
 @dataclass
@@ -55,14 +58,16 @@ class RelayApp:
     """The running relay: ``await app.start()`` then ``await app.stop()``, or ``await app.run()``."""
 
     def __init__(self, config: RelayConfig, *, store: TokenStore | None = None,
-                 loader: ConfigLoader | None = None) -> None:
+                 loader: ConfigLoader | None = None, reload_timeout_s: float = RELOAD_TIMEOUT_S) -> None:
         self.config = config
         self._store = store
         self._owns_store = False
         self._loader = loader
+        self._reload_timeout_s = reload_timeout_s
+        self.exit_code = 0  # 1 when the relay stopped because it could not listen any more
         self._current: _Generation | None = None
         self._stopping: _Generation | None = None
-        self._draining: set[asyncio.Task[None]] = set()
+        self._draining: set[asyncio.Future[Any]] = set()  # reloads, drains, forced stops
         self._stop_requested = asyncio.Event()
         self._signals = 0
         self._reload_lock = asyncio.Lock()
@@ -261,7 +266,7 @@ class RelayApp:
             if watchdog is not None:
                 watchdog.cancel()
         log.info("stopped")
-        return 0
+        return self.exit_code
 
     def _status_line(self) -> str:
         ports = ", ".join(f"{name} {getattr(server, 'port', '?')}"
@@ -292,6 +297,7 @@ class RelayApp:
         task = asyncio.ensure_future(self._reload_and_notify())
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
+        task.add_done_callback(_log_reload_crash)
 
     async def _reload_and_notify(self) -> None:
         await self.reload()
@@ -299,34 +305,25 @@ class RelayApp:
             sdnotify.notify(sdnotify.ready(self._status_line()))
 
     async def reload(self) -> bool:
-        """Re-read the configuration file; swap in new listeners when it is valid. True on success."""
+        """Re-read the configuration file; swap in new listeners when it is valid. True on success.
+
+        Any failure keeps the relay listening with the running configuration and is logged at
+        ERROR naming what to fix.
+        """
         async with self._reload_lock:
             path = self.config.source_path
             if self._loader is None or path is None or self._current is None:
                 log.warning("SIGHUP: this relay was not started from a configuration file; nothing to reload")
                 return False
-            try:
-                new_config = self._loader(path)
-            except Exception as exc:  # noqa: BLE001 - a reload must never take the running relay down
-                log.error("SIGHUP: %s is invalid, keeping the running configuration:\n%s", path, exc)
+            new_config = await self._load_in_thread(path)
+            if new_config is None:
                 return False
             if new_config.token_store != self.config.token_store:
                 log.error("SIGHUP: token_store changed; restart the relay to use another store "
                           "(keeping the running configuration)")
                 return False
             old = self._current
-            # Close the old listening sockets (sessions continue) so the new ones can bind the ports.
-            drain = asyncio.ensure_future(self._stop_generation(old, old.config.limits.shutdown_grace_s))
-            self._draining.add(drain)
-            drain.add_done_callback(self._draining.discard)
-            await asyncio.sleep(0)
-            try:
-                self._current = await self._start_generation(new_config, bind_retries=BIND_RETRIES)
-            except (RelayError, OSError) as exc:
-                log.error("SIGHUP: cannot start with the new configuration (%s); the relay has no "
-                          "listeners now, restart it", exc)
-                self._current = None
-                self._stop_requested.set()
+            if not await self._switch_to(new_config):
                 return False
             if new_config.admin != self.config.admin or new_config.alerts != self.config.alerts:
                 log.warning("SIGHUP: the admin and alerts sections changed; restart the relay to apply them")
@@ -334,6 +331,53 @@ class RelayApp:
             log.info("SIGHUP: configuration reloaded from %s; %d session(s) finish on the old one",
                      path, sum(getattr(s, "active_sessions", 0) for s in old.servers.values()))
             return True
+
+    async def _load_in_thread(self, path: Path) -> RelayConfig | None:
+        """The new configuration, read off the event loop within the reload deadline; None on failure."""
+        assert self._loader is not None
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._loader, path), self._reload_timeout_s)
+        except TimeoutError:
+            log.error("SIGHUP: reading %s took more than %.0f s (a file that never ends, a FIFO, a hung "
+                      "network file system?); keeping the running configuration", path,
+                      self._reload_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the running relay down
+            log.error("SIGHUP: %s is invalid, keeping the running configuration:\n%s", path, exc)
+        return None
+
+    async def _switch_to(self, new_config: RelayConfig) -> bool:
+        """Close the old listening sockets, start the new generation; on failure restore the old."""
+        old = self._current
+        assert old is not None
+        # Close the old listening sockets (sessions continue) so the new ones can bind the ports.
+        drain = asyncio.ensure_future(self._stop_generation(old, old.config.limits.shutdown_grace_s))
+        self._draining.add(drain)
+        drain.add_done_callback(self._draining.discard)
+        await asyncio.sleep(0)
+        try:
+            self._current = await self._start_generation(new_config, bind_retries=BIND_RETRIES)
+            return True
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the old listeners come back
+            log.error("SIGHUP: cannot start with the new configuration (%s: %s); restoring the "
+                      "running configuration's listeners", type(exc).__name__, exc)
+        try:
+            self._current = await self._start_generation(old.config, bind_retries=BIND_RETRIES)
+        except Exception as exc:  # noqa: BLE001
+            log.critical("SIGHUP: the previous listeners cannot be restored either (%s: %s); the relay "
+                         "has no listeners and stops now (exit 1) so its supervisor restarts it",
+                         type(exc).__name__, exc)
+            self._current = None
+            self.exit_code = 1
+            self._stop_requested.set()
+            return False
+        log.error("SIGHUP: the relay keeps running with the previous configuration; fix %s and send "
+                  "SIGHUP again", new_config.source_path or "the configuration")
+        return False
+
+
+def _log_reload_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("SIGHUP: reload failed unexpectedly", exc_info=task.exception())
 
 
 async def _start_with_retries(server: object, attempts: int) -> None:

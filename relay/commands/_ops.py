@@ -21,7 +21,7 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_config_file(path: Path) -> RelayConfig:
     """Load and validate the configuration; register its secrets with the log redaction."""
-    from relay.config.loader import load_config  # noqa: PLC0415 - keeps `relay --help` fast
+    from relay.configuration import load_config  # noqa: PLC0415 - keeps `relay --help` fast
 
     config = load_config(path)
     for creds in config.credentials.values():

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from relay.config.loader import load_config
+from relay.configuration import load_config
 from relay.errors import ConfigError
 from relay.localauth import mixed_cost_warning
 from relay.passwords import hash_password

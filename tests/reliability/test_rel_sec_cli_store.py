@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from relay.cli import main
-from relay.config.loader import load_config
 from relay.config.model import TokenStoreConfig
+from relay.configuration import load_config
 from relay.passwords import hash_password
 from relay.sandbox.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE, SandboxOAuthProvider
 from relay.secret import Secret

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.config.loader import load_config
 from relay.config.model import ListenerConfig, UpstreamEndpoint
+from relay.configuration import load_config
 from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.pop3.server import Pop3ProxyServer

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from relay.config.loader import parse_config
 from relay.config.model import ClientCertificateConfig, CredentialsConfig
+from relay.configuration import parse_config
 from relay.errors import ConfigError
 from relay.providers.client_assertion import b64url, build_client_assertion, load_signing_certificate
 from relay.providers.microsoft import MicrosoftProvider

@@ -116,3 +116,15 @@ def test_check_config_warns_about_mixed_password_hash_costs(tmp_path: Path,
     assert captured.out.startswith("OK: 2 accounts")
     assert "WARNING: accounts' password hashes use different costs (ln=4,r=8,p=1: cheap; " \
            "ln=6,r=8,p=1: dear)" in captured.err
+
+
+def test_check_config_refuses_an_absurd_limit_with_its_path(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """max_connections: 10**23 passed check-config and then killed the listeners; now exit 2."""
+    data = valid_config()
+    data["limits"] = {"max_connections": 10**23}
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check-config", "-c", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "limits.max_connections: must be at most 1000000 (got 100000000000000000000000)"]

@@ -1,4 +1,8 @@
-"""Unit tests for the YAML configuration loader (relay.config.loader)."""
+"""Unit tests for the YAML configuration loader (relay.configuration)."""
+
+# The tests read optional fields (account.smtp, client_secret) of configurations they just built
+# with those fields set; a None there fails the test with an AttributeError anyway.
+# mypy: disable-error-code="union-attr"
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from relay.config.loader import load_config, parse_config
+from relay.config.model import AccountConfig, LimitsConfig, PoolConfig, RelayConfig, UpstreamEndpoint
+from relay.config.schema import yaml_keys
+from relay.configuration import load_config, parse_config
 from relay.errors import ConfigError
 from relay.passwords import hash_password
 
@@ -365,3 +371,93 @@ def test_imap_listener_port_clash_is_reported() -> None:
     data = base()
     data["listen"] = {"imap": {"port": 2525}}
     assert [p for p, _ in problems(data)] == ["listen.imap.port"]
+
+@pytest.mark.parametrize("section", [LimitsConfig, PoolConfig], ids=lambda c: c.__name__)
+def test_every_number_has_an_upper_bound(section: type) -> None:
+    """Each numeric limit refuses 10**23 at its YAML path (it passed check-config and broke listen())."""
+    name = "limits" if section is LimitsConfig else "upstream_pool"
+    numeric = [k for k, (f, _) in yaml_keys(section).items() if f.type in ("int", "float")]
+    assert numeric
+    data = base()
+    data[name] = dict.fromkeys(numeric, 10**23)
+    found = problems(data)
+    assert [p for p, _ in found] == [f"{name}.{k}" for k in numeric]
+    assert all(m.startswith("must be at most ") and m.endswith("(got 100000000000000000000000)")
+               for _, m in found)
+
+
+def test_max_connections_range_and_float_forms() -> None:
+    """max_connections: 1e23 (float) is no whole number; 10**23 is over the cap; the cap itself loads."""
+    data = base()
+    data["limits"] = {"max_connections": 1e23}
+    assert problems(data) == [("limits.max_connections", "must be a whole number (got 1e+23)")]
+    data["limits"] = {"max_connections": 10**23}
+    assert problems(data) == [("limits.max_connections",
+                               "must be at most 1000000 (got 100000000000000000000000)")]
+    data["limits"] = {"max_connections": 1_000_000, "shutdown_grace_s": "86400"}
+    config = parse_config(data, env={"SECRET": "s"})
+    assert (config.limits.max_connections, config.limits.shutdown_grace_s) == (1_000_000, 86400.0)
+
+
+def test_problems_of_both_phases_come_in_document_order() -> None:
+    """Structure problems and meaning problems interleave in the order of the YAML keys."""
+    data = base()
+    data["accounts"]["sales"].update(credentials="nope", mailbox="bad")
+    data["accounts"]["b"] = {"username": "erp", "password_hash": HASH, "mailbox": "b@x.org",
+                             "credentials": "contoso", "colour": 1}
+    data["listen"] = {"smtp": {"tls": "implicit", "port": "x"}}
+    assert [p for p, _ in problems(data)] == [
+        "listen.smtp.port", "listen.smtp.cert_file", "listen.smtp.key_file",
+        "accounts.sales.mailbox", "accounts.sales.credentials",
+        "accounts.b.colour", "accounts.b.username"]
+
+
+def test_a_key_is_what_is_declared_not_the_field_order() -> None:
+    """YAML keys are the fields declared with key(...): not `name`, not the resolved smtp/pop3."""
+    assert "name" not in yaml_keys(AccountConfig) and "smtp_written" not in yaml_keys(AccountConfig)
+    assert list(yaml_keys(AccountConfig))[:6] == ["username", "password_hash", "mailbox", "credentials",
+                                                  "smtp", "pop3"]
+    assert "pipelining" in yaml_keys(UpstreamEndpoint, under="smtp")
+    assert "pipelining" not in yaml_keys(UpstreamEndpoint, under="pop3")
+    assert "source_path" not in yaml_keys(RelayConfig)
+
+
+def test_sender_proxy_certificate_and_session_cap_settings(tmp_path: Path) -> None:
+    """allowed_senders entries, proxy (string or mapping), client_certificate and the session
+    caps are checked at their paths; the provider fills the SMTP cap when it is not written."""
+    data = base()
+    data["accounts"]["sales"]["allowed_senders"] = ["sales@contoso.com", "*@contoso.com", "<>", "bad*"]
+    data["credentials"]["contoso"]["proxy"] = "http://user:pw@proxy.local:3128"
+    data["credentials"]["other"] = {"provider": "microsoft", "client_id": "y", "tenant_id": "t",
+                                    "proxy": {"url": "http://proxy.local:3128", "password": "p"},
+                                    "client_certificate": {"cert_file": str(tmp_path / "nope.pem")}}
+    found = problems(data)
+    assert [p for p, _ in found] == [
+        "credentials.contoso.proxy.url",
+        "credentials.other.client_certificate.key_file", "credentials.other.proxy.username",
+        "accounts.sales.allowed_senders[3]"]
+    assert found[0][1].startswith("must not contain credentials")
+    data = base()
+    data["credentials"]["contoso"]["proxy"] = "http://proxy.local:3128"
+    data["accounts"]["sales"].update(allowed_senders=["*@contoso.com"], max_upstream_pop3_sessions=0)
+    config = parse_config(data, env={"SECRET": "s"})
+    assert config.credentials["contoso"].proxy.url == "http://proxy.local:3128"
+    account = config.accounts["sales"]
+    assert (account.allowed_senders, account.max_upstream_sessions, account.max_upstream_pop3_sessions) == (
+        ("*@contoso.com",), 3, 0)
+    data["accounts"]["sales"]["max_upstream_sessions"] = 10**6
+    assert [p for p, _ in problems(data)] == ["accounts.sales.max_upstream_sessions"]
+
+
+def test_redis_token_store_settings() -> None:
+    """backend: redis needs a redis/valkey URL (valkey:// is taken as redis://); lease_ttl_s has a range."""
+    data = base()
+    data["token_store"] = {"key_env": "K", "backend": "redis", "url": "valkey://127.0.0.1:6379/0",
+                           "password": "${SECRET}"}
+    store = parse_config(data, env={"SECRET": "s"}).token_store
+    assert (store.backend, store.url, store.key_prefix, store.password.reveal()) == (
+        "redis", "redis://127.0.0.1:6379/0", "xoauth2-relay:", "s")
+    data["token_store"] = {"key_env": "K", "backend": "redis", "lease_ttl_s": 10**9}
+    assert [p for p, _ in problems(data)] == ["token_store.url", "token_store.lease_ttl_s"]
+    data["token_store"] = {"key_env": "K", "url": "http://x"}
+    assert problems(data) == [("token_store.url", "must start with redis://, rediss:// or unix://")]

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from relay.config.loader import parse_config
+from relay.configuration import parse_config
 from relay.errors import ConfigError
 from relay.passwords import hash_password
 from relay.providers.registry import load_provider_class

@@ -132,7 +132,7 @@ def test_listener_settings_defaults_and_yaml_numbers() -> None:
     """Defaults normalize / 1.2; `min_tls_version: 1.0` (a YAML float) is read as "1.0"."""
     import yaml
 
-    from relay.config.loader import parse_config
+    from relay.configuration import parse_config
     default = parse_config(_config({}), env={})
     assert (default.listen.smtp.bare_lf, default.listen.smtp.min_tls_version) == ("normalize", "1.2")
     data = yaml.safe_load("smtp: {bare_lf: reject, min_tls_version: 1.0}\npop3: {min_tls_version: '1.1'}")
@@ -143,7 +143,7 @@ def test_listener_settings_defaults_and_yaml_numbers() -> None:
 
 def test_bad_listener_settings_name_the_yaml_path() -> None:
     """Unknown values are config errors naming listen.smtp.bare_lf / listen.pop3.min_tls_version."""
-    from relay.config.loader import parse_config
+    from relay.configuration import parse_config
     from relay.errors import ConfigError
     with pytest.raises(ConfigError) as info:
         parse_config(_config({"smtp": {"bare_lf": "strip"}, "pop3": {"min_tls_version": 0.9}}), env={})

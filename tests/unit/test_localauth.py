@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from relay.config.loader import parse_config
 from relay.config.model import ListenerConfig, RelayConfig
+from relay.configuration import parse_config
 from relay.localauth import LocalAuthenticator, is_loopback
 from relay.passwords import hash_password, parse_hash, verify_password
 

@@ -17,8 +17,8 @@ from relay.admin.report import ListenerState, RelayReport, readiness, status_doc
 from relay.admin.server import bearer_ok
 from relay.alerts.channels import alert_message, webhook_payload
 from relay.alerts.rules import Alert, AlertTracker, Condition, evaluate
-from relay.config.loader import parse_config
 from relay.config.model import AlertsConfig
+from relay.configuration import parse_config
 from relay.errors import ConfigError
 from relay.httpserver import HttpResponse, build_request, response_headers
 from relay.logging_setup import configure_logging, register_secret
