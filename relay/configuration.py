@@ -170,10 +170,15 @@ class _Semantics:
         if provider is not None and creds is not None:
             defaults = provider.upstream_defaults(creds)
         smtp_cap, pop3_cap = account.max_upstream_sessions, account.max_upstream_pop3_sessions
+        def hint(service: str) -> str:
+            return provider.default_server_hint(creds, service) if provider and creds else ""
+
         return dataclasses.replace(
             account,
-            smtp=self.endpoint(account.smtp_written, f"{path}.smtp", provider, defaults[0]),
-            pop3=self.endpoint(account.pop3_written, f"{path}.pop3", provider, defaults[1]),
+            smtp=self.endpoint(account.smtp_written, f"{path}.smtp", provider, defaults[0],
+                               hint=hint("smtp")),
+            pop3=self.endpoint(account.pop3_written, f"{path}.pop3", provider, defaults[1],
+                               hint=hint("pop3")),
             # No problem when the provider has no IMAP default: IMAP came later, so existing
             # generic-provider accounts without an `imap:` key simply have no IMAP access.
             imap=self.endpoint(account.imap_written, f"{path}.imap", provider, defaults[2], required=False),
@@ -183,7 +188,8 @@ class _Semantics:
                 provider, "default_max_pop3_sessions", None))
 
     def endpoint(self, written: EndpointOverride, path: str, provider: type[OAuthProvider] | None,
-                 default: UpstreamEndpoint | None, *, required: bool = True) -> UpstreamEndpoint | None:
+                 default: UpstreamEndpoint | None, *, required: bool = True,
+                 hint: str = "") -> UpstreamEndpoint | None:
         """The server from what is written and the provider's ``default``
         (``required``: a provider without a default needs the server written, or ``false``)."""
         if written.off:
@@ -191,7 +197,7 @@ class _Semantics:
         if not written.values:
             if default is None and provider is not None and required:
                 self.problem(path, "the provider has no default server: give host, port and tls, "
-                             "or false to turn this service off")
+                             f"or false to turn this service off{hint}")
             return default
         values = dict(written.values)
         base = {"host": "", "port": 0, "tls": "starttls"}
@@ -199,7 +205,7 @@ class _Semantics:
             base = {"host": default.host, "port": default.port, "tls": default.tls}
         for name in ("host", "port"):
             if name not in values and not base[name]:
-                self.problem(f"{path}.{name}", "is required")
+                self.problem(f"{path}.{name}", f"is required{hint}")
         resolved = UpstreamEndpoint(**{**base, **values})
         self.existing_file(resolved.ca_file, f"{path}.ca_file")
         if resolved.tls == "none" and resolved.host and not is_loopback(resolved.host):

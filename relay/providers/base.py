@@ -112,6 +112,11 @@ class OAuthProvider(ABC):
         return cls.default_smtp, cls.default_pop3, cls.default_imap
 
     @classmethod
+    def default_server_hint(cls, credentials: CredentialsConfig, service: str) -> str:
+        """Appended to "no default server" for ``service`` (smtp, pop3, imap): what to write."""
+        return ""
+
+    @classmethod
     def config_problems(cls, credentials: CredentialsConfig) -> list[tuple[str, str]]:
         """Return provider-specific problems as (field, message); empty when fine."""
         problems: list[tuple[str, str]] = []

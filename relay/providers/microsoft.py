@@ -71,10 +71,29 @@ class MicrosoftProvider(OAuthProvider):
 
     @classmethod
     def upstream_defaults(cls, credentials: CredentialsConfig) -> UpstreamDefaults:
-        """SMTP (587 STARTTLS), POP3 (995 TLS) and IMAP (993 TLS) servers of the credentials' cloud."""
+        """SMTP (587 STARTTLS), POP3 (995 TLS) and IMAP (993 TLS) servers of the worldwide cloud.
+
+        Microsoft documents its mail hosts for the worldwide cloud only; the US Government and
+        China hosts are known from working clients, not from Microsoft, so they are no silent
+        default there: the operator writes them (`default_server_hint` says which are reported).
+        """
+        if credentials.cloud != "global":
+            return None, None, None
         hosts = cloud_hosts(credentials.cloud)
         return (UpstreamEndpoint(hosts.smtp, 587, "starttls"), UpstreamEndpoint(hosts.pop3, 995, "implicit"),
                 UpstreamEndpoint(hosts.pop3, 993, "implicit"))
+
+    @classmethod
+    def default_server_hint(cls, credentials: CredentialsConfig, service: str) -> str:
+        """For a national cloud: the host working clients report (no Microsoft page lists them)."""
+        if credentials.cloud == "global":
+            return ""
+        hosts = cloud_hosts(credentials.cloud)
+        host, port, tls = {"smtp": (hosts.smtp, 587, "starttls"), "pop3": (hosts.pop3, 995, "implicit"),
+                           "imap": (hosts.pop3, 993, "implicit")}[service]
+        return (f"; Microsoft does not document the {service.upper()} server of cloud "
+                f"'{credentials.cloud}' (credentials.{credentials.name}.cloud): working clients report "
+                f"{{host: {host}, port: {port}, tls: {tls}}}; check it with your tenant's documentation")
 
     @property
     def hosts(self) -> CloudHosts:

@@ -127,26 +127,48 @@ def _base(creds: dict[str, object]) -> dict[str, object]:
                                "credentials": "ms"}}}
 
 
-@pytest.mark.parametrize(("cloud", "login", "smtp", "pop3", "scope"), [
-    ("global", "login.microsoftonline.com", "smtp.office365.com", "outlook.office365.com",
-     "https://outlook.office.com/SMTP.Send"),
-    ("usgovernment", "login.microsoftonline.us", "smtp.office365.us", "outlook.office365.us",
-     "https://outlook.office365.us/SMTP.Send"),
-    ("china", "login.partner.microsoftonline.cn", "smtp.partner.outlook.cn", "partner.outlook.cn",
-     "https://partner.outlook.cn/SMTP.Send"),
+@pytest.mark.parametrize(("cloud", "login", "scope"), [
+    ("global", "login.microsoftonline.com", "https://outlook.office.com/SMTP.Send"),
+    ("usgovernment", "login.microsoftonline.us", "https://outlook.office365.us/SMTP.Send"),
+    ("china", "login.partner.microsoftonline.cn", "https://partner.outlook.cn/SMTP.Send"),
 ])
-def test_cloud_selects_login_scope_and_mail_hosts(cloud: str, login: str, smtp: str, pop3: str,
-                                                  scope: str) -> None:
-    """cloud: picks the sign-in host, the scope resource and the default SMTP/POP3 servers."""
-    config = parse_config(_base({"cloud": cloud}))
-    account = config.accounts["a"]
-    assert account.smtp is not None and account.pop3 is not None
-    hosts = (account.smtp.host, account.smtp.port, account.pop3.host, account.pop3.port)
-    assert hosts == (smtp, 587, pop3, 995)
-    assert account.max_upstream_sessions == 3
+def test_cloud_selects_login_and_scope(cloud: str, login: str, scope: str) -> None:
+    """cloud: picks the sign-in host and the scope resource (mail servers written where needed)."""
+    servers = {} if cloud == "global" else {
+        "smtp": {"host": "smtp.example.test", "port": 587, "tls": "starttls"},
+        "pop3": {"host": "pop.example.test", "port": 995, "tls": "implicit"}}
+    data = _base({"cloud": cloud})
+    data["accounts"]["a"].update(servers)  # type: ignore[index]
+    config = parse_config(data)
     provider = MicrosoftProvider(config.credentials["ms"])
     assert provider.endpoints().token_url == f"https://{login}/t/oauth2/v2.0/token"
     assert scope in provider.default_scopes()
+    assert config.accounts["a"].max_upstream_sessions == 3
+
+
+def test_global_cloud_has_microsofts_documented_mail_servers() -> None:
+    """The worldwide cloud defaults to smtp.office365.com:587 and outlook.office365.com:995/993."""
+    account = parse_config(_base({})).accounts["a"]
+    assert account.smtp is not None and account.pop3 is not None and account.imap is not None
+    assert (account.smtp.host, account.smtp.port, account.smtp.tls) == ("smtp.office365.com", 587, "starttls")
+    assert (account.pop3.host, account.pop3.port) == ("outlook.office365.com", 995)
+    assert (account.imap.host, account.imap.port) == ("outlook.office365.com", 993)
+
+
+@pytest.mark.parametrize(("cloud", "smtp", "pop3"), [
+    ("usgovernment", "smtp.office365.us", "outlook.office365.us"),
+    ("china", "smtp.partner.outlook.cn", "partner.outlook.cn"),
+])
+def test_national_cloud_mail_servers_are_never_guessed(cloud: str, smtp: str, pop3: str) -> None:
+    """Microsoft documents no mail hosts for the national clouds: the config names the settings to
+    write and the hosts working clients report, instead of silently defaulting to them."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(_base({"cloud": cloud}))
+    problems = dict(info.value.problems)
+    assert set(problems) == {"accounts.a.smtp", "accounts.a.pop3"}
+    assert f"host: {smtp}, port: 587" in problems["accounts.a.smtp"]
+    assert f"host: {pop3}, port: 995" in problems["accounts.a.pop3"]
+    assert "credentials.ms.cloud" in problems["accounts.a.smtp"]
 
 
 def test_unknown_cloud_and_certificate_with_secret_are_config_errors(tmp_path: Path) -> None:
