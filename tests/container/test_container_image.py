@@ -9,6 +9,7 @@ Locally a missing tool skips the test; with CI=true it fails.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import poplib
@@ -43,6 +44,7 @@ CONTAINER_UID = 10001  # the Dockerfile's `relay` user
 MAILBOX = "ops@sandbox.test"
 LOGIN = "ops-app"
 PASSWORD = "container demo pw"
+ADMIN_TOKEN = "container-admin-token-0123456789abcdef"
 PROXY_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -81,8 +83,10 @@ def sandbox_world(tmp_path: Path) -> Iterator[SandboxWorld]:
         yield world
 
 
-def _write_volumes(tmp_path: Path, world: SandboxWorld, smtp_port: int, pop3_port: int) -> tuple[Path, ...]:
-    """Config dir (relay.yaml + sandbox CA), data dir (seeded token store), secrets dir (store key)."""
+def _write_volumes(tmp_path: Path, world: SandboxWorld, smtp_port: int, pop3_port: int,
+                   admin_port: int) -> tuple[Path, ...]:
+    """Config dir (relay.yaml + sandbox CA), data dir (seeded token store), secrets dir (store key and
+    admin token); the admin listener as in docs/docker/relay.yaml (all interfaces, bearer token)."""
     from relay.passwords import hash_password
 
     config_dir, data_dir, secrets_dir = (tmp_path / d for d in ("config", "data", "secrets"))
@@ -91,8 +95,11 @@ def _write_volumes(tmp_path: Path, world: SandboxWorld, smtp_port: int, pop3_por
     shutil.copy(world.ca_file, config_dir / "sandbox-ca.pem")
     key = generate_key()
     (secrets_dir / "relay_store_key").write_text(key + "\n")
+    (secrets_dir / "relay_admin_token").write_text(ADMIN_TOKEN + "\n")
     account = world.account_yaml(LOGIN, hash_password(PASSWORD), MAILBOX)
-    account["smtp"]["ca_file"] = account["pop3"]["ca_file"] = "/config/sandbox-ca.pem"  # type: ignore[index]
+    for service in ("smtp", "pop3", "imap"):
+        if isinstance(account.get(service), dict):
+            account[service]["ca_file"] = "/config/sandbox-ca.pem"  # type: ignore[index]
     config = {
         "listen": {
             # Bound to all addresses, as in a container: plaintext AUTH only from the listed network.
@@ -106,6 +113,8 @@ def _write_volumes(tmp_path: Path, world: SandboxWorld, smtp_port: int, pop3_por
         "credentials": world.credentials_yaml("sandbox"),
         "accounts": {"ops": account},
         "limits": {"shutdown_grace_s": 10},
+        "admin": {"host": "0.0.0.0", "port": admin_port,
+                  "auth_token": "${file:/run/secrets/relay_admin_token}"},
     }
     (config_dir / "relay.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     # The tokens `relay authorize ops` would have stored, written with the same key.
@@ -118,8 +127,20 @@ def _write_volumes(tmp_path: Path, world: SandboxWorld, smtp_port: int, pop3_por
     for d in (config_dir, data_dir, secrets_dir):
         for path in (d, *d.iterdir()):
             os.chown(path, CONTAINER_UID, CONTAINER_UID)
-    (secrets_dir / "relay_store_key").chmod(0o400)
+    for secret in ("relay_store_key", "relay_admin_token"):
+        (secrets_dir / secret).chmod(0o400)
     return config_dir, data_dir, secrets_dir
+
+
+def _admin_get(port: int, path: str, token: str | None) -> tuple[int, str]:
+    """GET ``path`` from the container's admin listener (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
 
 
 def _wait_for_greeting(port: int, timeout_s: float) -> bool:
@@ -158,8 +179,9 @@ def test_image_builds_runs_relays_mail_and_reports_health(podman: Podman, sandbo
         assert "health" in " ".join(healthcheck.get("Test", [])), f"HEALTHCHECK lost: {healthcheck}"
         assert inspect["Config"]["User"] == "relay"
 
-        smtp_port, pop3_port = _free_port(), _free_port()
-        config_dir, data_dir, secrets_dir = _write_volumes(tmp_path, sandbox_world, smtp_port, pop3_port)
+        smtp_port, pop3_port, admin_port = _free_port(), _free_port(), _free_port()
+        config_dir, data_dir, secrets_dir = _write_volumes(tmp_path, sandbox_world, smtp_port, pop3_port,
+                                                           admin_port)
         t0 = time.monotonic()
         run = podman.run("run", "-d", "--network", "host",
                          "-v", f"{config_dir}:/config:ro", "-v", f"{data_dir}:/data",
@@ -188,10 +210,22 @@ def test_image_builds_runs_relays_mail_and_reports_health(podman: Podman, sandbo
         pop.quit()
         assert b"Subject: waiting in the mailbox" in lines
 
+        # The admin page and readiness on the container's admin port, as the Docker example publishes it.
+        status, page = _admin_get(admin_port, "/", ADMIN_TOKEN)
+        assert status == 200 and "ops" in page and "valid" in page, page[:2000]
+        assert ADMIN_TOKEN not in page
+        assert _admin_get(admin_port, "/readyz", None)[0] == 401
+        status, ready = _admin_get(admin_port, "/readyz", ADMIN_TOKEN)
+        assert status == 200, ready
+
         health = podman.run("healthcheck", "run", container_id, timeout_s=60)
         assert health.returncode == 0, health.stdout + health.stderr
         direct = podman.run("exec", container_id, "relay", "health", "--config", "/config/relay.yaml")
-        assert direct.returncode == 0 and "smtp" in direct.stdout and "ok" in direct.stdout, direct
+        assert direct.returncode == 0 and "ready" in direct.stdout, direct  # asks the admin /readyz
+        greetings = podman.run("exec", container_id, "relay", "health", "--greetings", "--config",
+                               "/config/relay.yaml")
+        assert greetings.returncode == 0 and "smtp" in greetings.stdout, greetings
+        assert "ok" in greetings.stdout, greetings
 
         t0 = time.monotonic()
         podman.run("stop", "-t", "20", container_id, timeout_s=60, check=True)
@@ -201,7 +235,8 @@ def test_image_builds_runs_relays_mail_and_reports_health(podman: Podman, sandbo
         output = logs.stdout + logs.stderr
         assert exit_code == "0", output[-3000:]
         assert "listener smtp" in output
-        for secret in (PASSWORD, (secrets_dir / "relay_store_key").read_text().strip(), "sandbox-secret"):
+        for secret in (PASSWORD, (secrets_dir / "relay_store_key").read_text().strip(), "sandbox-secret",
+                       ADMIN_TOKEN):
             assert secret not in output
     finally:
         if container_id:
