@@ -40,7 +40,7 @@ def graph_choice(builder: _Builder, data: dict[str, Any], path: str,
         has_defaults = bool(getattr(provider_class, "graph_delegated_scopes", ()))
         if provider_class is not None and not has_defaults:
             builder.problem(f"credentials.{creds.name}.graph_scopes",
-                            f"account '{path.split('.')[-1]}' uses Graph but provider "
+                            f"account '{path.rsplit('.', maxsplit=1)[-1]}' uses Graph but provider "
                             f"'{creds.provider}' has no Graph scopes: list them here (e.g. "
                             "https://graph.microsoft.com/Mail.Send offline_access)")
     return send_via, read_via, graph
