@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig
-from relay.drain import needs_drain
 from relay.errors import (
     AuthorizationNeeded,
     OAuthError,
@@ -33,7 +32,9 @@ from relay.errors import (
     UpstreamUnavailable,
 )
 from relay.explain import log_explanation
+from relay.flow import needs_drain
 from relay.metrics import NULL_OBSERVER, RelayObserver
+from relay.pop3.mailbox import MailboxOpener, Pop3Mailbox
 from relay.pop3.protocol import (
     NEED_DATA,
     PAUSED,
@@ -44,7 +45,7 @@ from relay.pop3.protocol import (
     UpstreamCommand,
 )
 from relay.pop3.replies import err, ok
-from relay.pop3.upstream import UpstreamPop3Session, open_upstream
+from relay.pop3.upstream import open_upstream
 from relay.sessionlimits import CommandBudget
 from relay.tokens.source import TokenSource
 
@@ -86,6 +87,7 @@ class SessionContext:
     tokens: TokenSource
     authenticator: LocalAuthenticator
     tls_context: ssl.SSLContext | None  # the listener's context (implicit TLS or STLS)
+    open_mailbox: MailboxOpener = open_upstream  # relay.pop3.mailbox: upstream POP3 or Graph
     observer: RelayObserver = field(default=NULL_OBSERVER)  # relay.metrics
 
 
@@ -108,7 +110,7 @@ class Pop3ProxySession:
             plaintext_allowed=self._plaintext_allowed(tls_active),
             bare_lf=ctx.listener.bare_lf,
         )
-        self._upstream: UpstreamPop3Session | None = None
+        self._upstream: Pop3Mailbox | None = None
         self.stats = SessionStats()
         self._budget = CommandBudget(ctx.limits.max_commands_without_progress)
         loop = asyncio.get_running_loop()
@@ -126,7 +128,7 @@ class Pop3ProxySession:
         try:
             self._writer.write(data)
             # Drain (and arm its timer) only when the buffer is at its high-water mark or the
-            # connection is closing (relay.drain): a timer per reply and per chunk is measurable.
+            # connection is closing (relay.flow): a timer per reply and per chunk is measurable.
             # asyncio.timeout, not wait_for: wait_for wraps the coroutine in a new Task per call.
             if needs_drain(self._writer):
                 async with asyncio.timeout(self._ctx.limits.pop3_idle_timeout_s):
@@ -260,13 +262,14 @@ class Pop3ProxySession:
 
     async def _connect_upstream(self, account: AccountConfig) -> bytes:
         """Log in upstream; return the reply for the client (and set ``_upstream`` on success)."""
-        if account.pop3 is None:
+        if not account.can_read:
             log.warning("pop3 login for account '%s' refused: the account has no pop3 upstream "
                         "(set accounts.%s.pop3)", account.name, account.name)
             return err(f"Account {account.username} has no POP3 mailbox configured", "SYS/PERM")
         started = time.monotonic()
         try:
-            self._upstream, status = await open_upstream(account, self._ctx.tokens, self._ctx.limits)
+            self._upstream, status = await self._ctx.open_mailbox(account, self._ctx.tokens,
+                                                                  self._ctx.limits)
             self._ctx.observer.upstream_login(account.name, "pop3", time.monotonic() - started, 200)
         except UpstreamAuthRejected as exc:
             self._ctx.observer.upstream_login(account.name, "pop3", time.monotonic() - started, 535)
