@@ -294,7 +294,7 @@ def test_client_gone_mid_data_sends_nothing(start_graph_relay: StartGraphRelay, 
     client.putcmd("DATA")
     assert client.getreply()[0] == 354
     client.send(message())  # no final dot
-    client.sock.close()
+    client.close()  # both the socket and its file: the connection really drops, no QUIT
     with relay.smtp() as second:
         assert second.sendmail(FROM, ["a@example.com"], message()) == {}
     assert world.graph.sent() == [message()]
