@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from relay.graph.answers import GraphAnswer, advice, graph_error, parse_answer, parse_retry_after, send_reply
@@ -12,7 +14,7 @@ from relay.graph.send import raw_limit
 
 def error_body(code: str, message: str) -> bytes:
     """A Graph error document."""
-    return ('{"error": {"code": "%s", "message": "%s"}}' % (code, message)).encode()
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 @pytest.mark.parametrize(("status", "code", "retry", "reply"), [
@@ -42,7 +44,7 @@ def test_send_reply_mapping(status: int, code: str | None, retry: str | None,
 
 def test_parse_answer_reads_code_message_and_wait() -> None:
     """Graph's error code and message come out; the message is one bounded line."""
-    answer = parse_answer(429, {"retry-after": "7"}, error_body("ApplicationThrottled", "over\\nlimit"))
+    answer = parse_answer(429, {"retry-after": "7"}, error_body("ApplicationThrottled", "over\nlimit"))
     assert answer == GraphAnswer(429, "ApplicationThrottled", "over limit", 7.0)
     assert parse_answer(502, {}, b"<html>bad gateway</html>").message == "<html>bad gateway</html>"
     assert parse_answer(400, {}, b'{"error": "x"}').code is None
