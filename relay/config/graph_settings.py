@@ -48,7 +48,8 @@ def graph_choice(builder: _Builder, data: dict[str, Any], path: str,
 
 def _default_url(creds: CredentialsConfig | None) -> str:
     """Graph's v1.0 root in the credentials' Microsoft cloud (worldwide unless ``cloud`` says)."""
-    cloud = getattr(creds, "cloud", "global") if creds is not None and creds.provider == "microsoft" else "global"
+    microsoft = creds is not None and creds.provider == "microsoft"
+    cloud = getattr(creds, "cloud", "global") if microsoft else "global"
     from relay.providers.microsoft import cloud_hosts  # noqa: PLC0415 - the loader imports this module
 
     try:

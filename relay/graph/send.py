@@ -189,13 +189,21 @@ class GraphContent:
         return await self.delivery.send(mime)
 
 
-def graph_deliveries(service: GraphService, limits: LimitsConfig,
-                     otherwise: DeliveryFactory) -> DeliveryFactory:
-    """A factory: Graph for ``send_via: graph`` accounts, ``otherwise`` (live SMTP) for the rest."""
+class GraphDeliveries:
+    """A `DeliveryFactory`: Graph for ``send_via: graph`` accounts, ``otherwise`` (live SMTP
+    forwarding) for the rest."""
 
-    def make(account: AccountConfig, conn: ConnectionInfo) -> Delivery:
+    def __init__(self, service: GraphService, limits: LimitsConfig, otherwise: DeliveryFactory) -> None:
+        self.service = service
+        self.limits = limits
+        self.otherwise = otherwise
+
+    def __call__(self, account: AccountConfig, conn: ConnectionInfo) -> Delivery:
+        """The delivery for ``account`` on this connection."""
         if account.send_via == "graph":
-            return GraphDelivery(account, conn, client=service.client_for(account), limits=limits)
-        return otherwise(account, conn)
+            return GraphDelivery(account, conn, client=self.service.client_for(account), limits=self.limits)
+        return self.otherwise(account, conn)
 
-    return make
+    async def close(self) -> None:
+        """Release the live forwarding's shared parts (the Graph service is closed by its owner)."""
+        await self.otherwise.close()
