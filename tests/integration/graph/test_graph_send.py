@@ -263,8 +263,8 @@ def test_graph_unreachable_is_451(start_graph_relay: StartGraphRelay, world: San
 
 def test_bad_input_gets_protocol_replies_and_sends_nothing(start_graph_relay: StartGraphRelay,
                                                           world: SandboxWorld) -> None:
-    """Bare LF, an over-long line, DATA without RCPT and RCPT without MAIL are refused as on the SMTP
-    path, the session stays up, and Graph receives nothing."""
+    """A bare CR next to a dot, an over-long line, DATA without RCPT and RCPT without MAIL are
+    refused as on the SMTP path, the session stays up, and Graph receives nothing."""
     relay = start_graph_relay()
     with relay.smtp() as client:
         assert client.docmd("RCPT TO:<a@example.com>")[0] == 503
@@ -273,7 +273,7 @@ def test_bad_input_gets_protocol_replies_and_sends_nothing(start_graph_relay: St
         client.rcpt("a@example.com")
         client.putcmd("DATA")
         assert client.getreply()[0] == 354
-        client.send(b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n")
+        client.send(b"Subject: x\r\n\r\nbare\r.CR next to a dot\r\n.\r\n")
         assert client.getreply()[0] == 554
         client.mail(FROM)
         client.rcpt("a@example.com")
@@ -283,6 +283,19 @@ def test_bad_input_gets_protocol_replies_and_sends_nothing(start_graph_relay: St
         assert client.getreply()[0] == 500
         assert client.noop()[0] == 250
     assert sent_requests(world) == []
+
+
+def test_bare_lf_is_normalized_before_graph(start_graph_relay: StartGraphRelay, world: SandboxWorld) -> None:
+    """Under the default listen.smtp.bare_lf: normalize, a bare LF reaches Graph as CRLF."""
+    relay = start_graph_relay()
+    with relay.smtp() as client:
+        client.mail(FROM)
+        client.rcpt("a@example.com")
+        client.putcmd("DATA")
+        assert client.getreply()[0] == 354
+        client.send(message(body=b"bare\nLF\r\n") + b".\r\n")
+        assert client.getreply()[0] == 250
+    assert world.graph.sent() == [message(body=b"bare\r\nLF\r\n")]
 
 
 def test_client_gone_mid_data_sends_nothing(start_graph_relay: StartGraphRelay, world: SandboxWorld) -> None:
