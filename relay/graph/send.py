@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from relay.config.model import AccountConfig, LimitsConfig
 from relay.errors import GraphError, OAuthError, RelayError
+from relay.explain import log_explanation
 from relay.graph.answers import send_reply
 from relay.graph.client import GraphClient, GraphService
 from relay.graph.envelope import envelope_into_headers
@@ -137,6 +138,7 @@ class GraphDelivery:
         except GraphError as exc:
             self._log(str(exc))
             self.last_reply = exc.reply.one_line() if exc.reply else None
+            log_explanation(self.account.name, self.account.mailbox, self.last_reply)  # once per cause
             return send_reply(exc)
         except OAuthError as exc:
             self._log(f"no Microsoft Graph token: {exc}")

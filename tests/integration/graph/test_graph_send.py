@@ -13,6 +13,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from relay.explain import EXPLAINED_ONCE
 from relay.sandbox.world import SandboxWorld
 
 from .conftest import MAILBOX, StartGraphRelay
@@ -132,7 +133,8 @@ def test_missing_permission_is_550_and_explained(start_graph_relay: StartGraphRe
     """A token without Mail.Send: 550 5.7.1, and the log names the account, Mail.Send and admin consent."""
     relay = start_graph_relay()
     world.graph.denied_permissions.add("Mail.Send")
-    caplog.set_level(logging.WARNING, logger="relay.graph")
+    EXPLAINED_ONCE.forget("sales")
+    caplog.set_level(logging.WARNING)
     with relay.smtp() as client:
         client.mail(FROM)
         client.rcpt("a@example.com")
@@ -140,6 +142,7 @@ def test_missing_permission_is_550_and_explained(start_graph_relay: StartGraphRe
     assert code == 550 and b"5.7.1" in text and b"Mail.Send" in text
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "account 'sales'" in logged and "Mail.Send" in logged and "admin consent" in logged
+    assert logged.count("[graph-access-denied]") == 1  # the explanation table's entry, once
     assert world.graph.sent() == []
 
 
