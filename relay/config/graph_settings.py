@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 SEND_VIA = ("smtp", "graph")
 READ_VIA = ("pop3", "graph")
 DELETE_MODES = ("move", "delete")
+LARGE_MESSAGES = ("refuse", "upload_session")
 GRAPH_KEYS = tuple(f.name for f in dataclasses.fields(GraphConfig))
 # Graph carries message content in one request; below this no useful message fits.
 MIN_REQUEST_BYTES = 64 * 1024
@@ -81,6 +82,8 @@ def _graph_settings(builder: _Builder, value: object, path: str, default_url: st
     return GraphConfig(
         url=url.rstrip("/"),
         max_request_bytes=request_bytes,
+        large_messages=builder.choice(data.get("large_messages"), f"{path}.large_messages",  # type: ignore[arg-type]
+                                      LARGE_MESSAGES, defaults.large_messages),
         max_messages=builder.number(data.get("max_messages"), f"{path}.max_messages",
                                     defaults.max_messages, integer=True),
         page_size=min(1000, builder.number(data.get("page_size"), f"{path}.page_size",

@@ -1,15 +1,18 @@
 """Sending through Microsoft Graph: a `relay.smtp.delivery.Delivery` for ``send_via: graph``.
 
-MAIL and RCPT collect the envelope locally (MAIL refuses a declared SIZE over Graph's limit);
-the content is unstuffed into memory (it is at most Graph's 4 MB request, about 3 MB of MIME)
-and, after the final dot, sent as one ``POST /users/{mailbox}/sendMail`` with the base64 MIME
-(``Content-Type: text/plain``, PROTOCOLS.md 9.1). Envelope-only recipients become a Bcc field
+MAIL and RCPT collect the envelope locally (MAIL refuses a declared SIZE over the limit). The
+content is unstuffed into memory: at most Graph's 4 MB request (about 3 MB of MIME), or
+``limits.max_message_bytes`` with ``large_messages: upload_session``. After the final dot it is
+sent as one ``POST /users/{mailbox}/sendMail`` with the base64 MIME (``Content-Type:
+text/plain``, PROTOCOLS.md 9.1); a larger message with ``upload_session`` goes as draft +
+attachment uploads (`relay.graph.upload`). Envelope-only recipients become a Bcc field
 (`relay.graph.envelope`). The client hears 250 only on ``202 Accepted``; every other answer is
 mapped by `relay.graph.answers.send_reply` and logged with the operator's fix.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Mapping
@@ -20,6 +23,7 @@ from relay.explain import log_explanation
 from relay.graph.answers import send_reply
 from relay.graph.client import GraphClient, GraphService
 from relay.graph.envelope import envelope_into_headers
+from relay.graph.upload import Split, send_large, split_large
 from relay.smtp import replies
 from relay.smtp.bdat import Unstuffer
 from relay.smtp.dataframe import DataFramer, DataProblem
@@ -38,6 +42,8 @@ TOO_MANY_RECIPIENTS = SmtpReply.make(452, "4.5.3", f"Too many recipients (at mos
                                      "per message through Microsoft Graph)")
 TOKEN_UNAVAILABLE = SmtpReply.make(454, "4.7.0", "Temporary authentication failure, the relay "
                                    "operator must check the account's authorization")
+NOTHING_TO_DETACH = SmtpReply.make(552, "5.3.4", "Message too big for Microsoft Graph and it has no "
+                                  "attachment to upload separately; shorten the message text")
 _PROBLEMS = {DataProblem.LINE_TOO_LONG: replies.LINE_TOO_LONG,
              DataProblem.BARE_LINE_END: replies.BARE_LINE_END}
 
@@ -62,7 +68,10 @@ class GraphDelivery:
         self.conn = conn
         self.client = client
         self.raw_limit = raw_limit(client.graph.max_request_bytes)
-        self.limit = min(limits.max_message_bytes, self.raw_limit - BCC_ROOM_BYTES)
+        self.upload_sessions = client.graph.large_messages == "upload_session"
+        own_limit = self.raw_limit - BCC_ROOM_BYTES
+        self.limit = limits.max_message_bytes if self.upload_sessions else min(limits.max_message_bytes,
+                                                                               own_limit)
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.messages = 0
@@ -128,13 +137,21 @@ class GraphDelivery:
             self._log(f"message refused before sending: {enveloped.refusal.one_line()}")
             return enveloped.refusal
         body = base64.b64encode(enveloped.mime)
+        split: Split | None = None
         if len(body) > self.client.graph.max_request_bytes:
-            return too_big(self.limit)
+            if not self.upload_sessions:
+                return too_big(self.limit)
+            split = await asyncio.to_thread(split_large, enveloped.mime, self.client.graph.max_request_bytes)
+            if split is None:
+                return NOTHING_TO_DETACH
         try:
             with self.conn.busy():
-                await self.client.request(
-                    "POST", f"{self.client.user_path}/sendMail", what="sendMail", content=body,
-                    headers={"Content-Type": "text/plain"}, expect=(202,))
+                if split is not None:
+                    await send_large(self.client, split)
+                else:
+                    await self.client.request(
+                        "POST", f"{self.client.user_path}/sendMail", what="sendMail", content=body,
+                        headers={"Content-Type": "text/plain"}, expect=(202,))
         except GraphError as exc:
             self._log(str(exc))
             self.last_reply = exc.reply.one_line() if exc.reply else None

@@ -3,7 +3,10 @@
 Endpoints below ``/v1.0/users/{mailbox}`` (PROTOCOLS.md 9.1, 9.2): ``POST sendMail`` (base64
 MIME, ``text/plain``; 202), ``GET mailFolders/{folder}`` and ``.../messages`` (``$top``, paged by
 ``@odata.nextLink``, the PidTagMessageSize property), ``GET messages/{id}/$value``, ``POST
-messages/{id}/move``, ``DELETE messages/{id}``. Tokens come from the sandbox OAuth provider and
+messages/{id}/move``, ``DELETE messages/{id}``; for large messages ``POST messages`` (a draft from
+base64 MIME), ``POST messages/{id}/attachments`` (fileAttachment), ``.../createUploadSession``
+with ``PUT /upload/{token}`` chunks (pre-authenticated: a request *with* Authorization is
+refused) and ``POST messages/{id}/send``. Tokens come from the sandbox OAuth provider and
 are checked as Graph does: unknown or expired -> 401, a token for another resource (no
 graph.microsoft.com scope) -> 401 "Invalid audience", a missing permission or a mailbox the
 token may not use -> 403, an unknown mailbox -> 404. Fault switches: `throttle` (429/503 with
@@ -17,11 +20,12 @@ import base64
 import binascii
 import json
 import re
+import secrets
 import urllib.parse
 from dataclasses import dataclass
 
 from relay.graph.envelope import field_addresses, header_fields
-from relay.sandbox.graph_store import FOLDERS, GraphMailboxes
+from relay.sandbox.graph_store import FOLDERS, FileAttachment, GraphMailboxes
 from relay.sandbox.httpwire import (
     BadRequest,
     HttpRequest,
@@ -39,6 +43,20 @@ GRAPH_SCOPES = ("https://graph.microsoft.com/Mail.Send", "https://graph.microsof
 ALL_PERMISSIONS = frozenset({"Mail.Send", "Mail.Read", "Mail.ReadWrite"})
 READ_PERMISSIONS = frozenset({"Mail.Read", "Mail.ReadWrite"})
 _ROUTE = re.compile(r"/v1\.0/users/(?P<mailbox>[^/]+)(?P<rest>/.*)?")
+_UPLOAD = re.compile(r"/upload/(?P<token>[A-Za-z0-9_-]+)")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+@dataclass
+class UploadSession:
+    """An attachment upload in progress."""
+
+    mailbox: str
+    draft_id: str
+    name: str
+    content_type: str
+    size: int
+    received: bytearray
 
 
 @dataclass
@@ -69,6 +87,7 @@ class SandboxGraphServer(LoopbackServer):
         self.denied_permissions: set[str] = set()
         self.send_as: dict[str, set[str]] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.uploads: dict[str, UploadSession] = {}
         self._faults: list[Fault] = []
 
     @property
@@ -128,6 +147,9 @@ class SandboxGraphServer(LoopbackServer):
     def route(self, req: HttpRequest) -> HttpResponse:
         """Authenticate, apply faults, dispatch."""
         self.count("requests")
+        upload = _UPLOAD.fullmatch(req.path)
+        if upload is not None and req.method == "PUT":
+            return self._upload_chunk(req, upload["token"])
         match = _ROUTE.fullmatch(req.path)
         if match is None:
             return _error(400, "BadRequest", f"Resource not found for the segment '{req.path}'.")
@@ -171,6 +193,8 @@ class SandboxGraphServer(LoopbackServer):
         denied = _error(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
         if req.method == "POST" and rest == "/sendMail":
             return self._send_mail(req, mailbox) if "Mail.Send" in granted else denied
+        if req.method == "POST" and rest == "/messages":
+            return self._create_draft(req, mailbox) if "Mail.ReadWrite" in granted else denied
         parts = rest.strip("/").split("/")
         if req.method == "GET" and parts[:1] == ["mailFolders"] and len(parts) in (2, 3):
             if not granted & READ_PERMISSIONS:
@@ -182,10 +206,11 @@ class SandboxGraphServer(LoopbackServer):
                 return json_response(200, {"id": parts[1], "totalItemCount": count})
             if parts[2] == "messages":
                 return self._list(req, mailbox, parts[1].lower())
-        if parts[:1] == ["messages"] and len(parts) in (2, 3):
+        if parts[:1] == ["messages"] and 2 <= len(parts) <= 4:
             message_id = urllib.parse.unquote(parts[1])
             found = self.mailboxes.find(mailbox, message_id)
-            need = READ_PERMISSIONS if req.method == "GET" else frozenset({"Mail.ReadWrite"})
+            need = (READ_PERMISSIONS if req.method == "GET" else frozenset({"Mail.Send"})
+                    if parts[2:] == ["send"] else frozenset({"Mail.ReadWrite"}))
             if not granted & need:
                 return denied
             if found is None:
@@ -209,6 +234,15 @@ class SandboxGraphServer(LoopbackServer):
         if req.method == "DELETE" and not tail:
             self.mailboxes.delete(mailbox, message_id)
             return HttpResponse(204, b"", "text/plain")
+        if req.method == "POST" and tail == ["send"]:
+            refusal = self._send_as_refusal(mailbox, mime)
+            if refusal is not None:
+                return refusal
+            if not self.mailboxes.send_draft(mailbox, message_id):
+                return _error(400, "ErrorInvalidRequest", "Only drafts can be sent.")
+            return HttpResponse(202, b"", "text/plain")
+        if req.method == "POST" and tail[:1] == ["attachments"]:
+            return self._attachment(req, mailbox, message_id, tail[1:])
         return _error(405, "ErrorInvalidRequest", "The OData request is not supported.")
 
     def _list(self, req: HttpRequest, mailbox: str, folder: str) -> HttpResponse:
@@ -230,7 +264,8 @@ class SandboxGraphServer(LoopbackServer):
                                           + urllib.parse.urlencode(query))
         return json_response(200, payload)
 
-    def _send_mail(self, req: HttpRequest, mailbox: str) -> HttpResponse:
+    def _mime_body(self, req: HttpRequest) -> bytes | HttpResponse:
+        """The MIME of a text/plain base64 request body, or the error answer."""
         if len(req.body) > self.max_request_bytes:
             return _error(413, "RequestEntityTooLarge", "The maximum request length supported is 4MB.")
         content_type = req.headers.get("content-type", "")
@@ -243,6 +278,73 @@ class SandboxGraphServer(LoopbackServer):
         if not mime:
             return _error(400, "ErrorMimeContentInvalidBase64String",
                           "Invalid base64 string for MIME content.")
+        return mime
+
+    def _create_draft(self, req: HttpRequest, mailbox: str) -> HttpResponse:
+        mime = self._mime_body(req)
+        if isinstance(mime, HttpResponse):
+            return mime
+        draft_id = self.mailboxes.deliver(mailbox, mime, folder="drafts")
+        return json_response(201, {"id": draft_id, "isDraft": True})
+
+    def _attachment(self, req: HttpRequest, mailbox: str, draft_id: str, tail: list[str]) -> HttpResponse:
+        if len(req.body) > self.max_request_bytes:
+            return _error(413, "RequestEntityTooLarge", "The maximum request length supported is 4MB.")
+        try:
+            payload = json.loads(req.body)
+            if tail == ["createUploadSession"]:
+                item = payload["AttachmentItem"]
+                token = secrets.token_urlsafe(24)
+                with self.lock:
+                    self.uploads[token] = UploadSession(mailbox, draft_id, str(item["name"]),
+                                                        str(item.get("contentType", "")), int(item["size"]),
+                                                        bytearray())
+                return json_response(201, {"uploadUrl": f"http://{self.host}:{self.port}/upload/{token}",
+                                           "nextExpectedRanges": ["0-"]})
+            if not tail:
+                data = base64.b64decode(payload["contentBytes"], validate=True)
+                self.mailboxes.attach(draft_id, FileAttachment(str(payload["name"]),
+                                                               str(payload.get("contentType", "")), data))
+                return json_response(201, {"name": payload["name"], "size": len(data)})
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return _error(400, "ErrorInvalidRequest", "Malformed attachment request.")
+        return _error(400, "BadRequest", "Unsupported attachments request.")
+
+    def _upload_chunk(self, req: HttpRequest, token: str) -> HttpResponse:
+        if "authorization" in req.headers:
+            return _error(401, "InvalidAuthenticationToken", "Do not send an Authorization header to "
+                          "the pre-authenticated upload URL.")
+        with self.lock:
+            session = self.uploads.get(token)
+        match = _CONTENT_RANGE.fullmatch(req.headers.get("content-range", ""))
+        if session is None:
+            return _error(404, "ErrorItemNotFound", "The upload session does not exist.")
+        if match is None or len(req.body) > self.max_request_bytes:
+            return _error(400, "InvalidRange", "Content-Range is missing or the chunk is too large.")
+        start, end, total = (int(g) for g in match.groups())
+        if start != len(session.received) or end - start + 1 != len(req.body) or total != session.size:
+            return _error(416, "InvalidRange", f"Expected range {len(session.received)}-.")
+        session.received += req.body
+        if len(session.received) < session.size:
+            return json_response(200, {"nextExpectedRanges": [f"{len(session.received)}-"]})
+        with self.lock:
+            del self.uploads[token]
+        self.mailboxes.attach(session.draft_id, FileAttachment(session.name, session.content_type,
+                                                               bytes(session.received)))
+        return json_response(201, {"name": session.name, "size": session.size})
+
+    def _send_mail(self, req: HttpRequest, mailbox: str) -> HttpResponse:
+        mime = self._mime_body(req)
+        if isinstance(mime, HttpResponse):
+            return mime
+        refusal = self._send_as_refusal(mailbox, mime)
+        if refusal is not None:
+            return refusal
+        self.mailboxes.record_sent(mailbox, mime, req.headers.get("content-type", ""))
+        return HttpResponse(202, b"", "text/plain")
+
+    def _send_as_refusal(self, mailbox: str, mime: bytes) -> HttpResponse | None:
+        """403 ErrorSendAsDenied when the From is not the mailbox or one it may send as."""
         senders = [a.lower() for f in header_fields(mime) if f.name == b"from"
                    for a in field_addresses(mime, f)]
         allowed = {mailbox.lower(), *(a.lower() for a in self.send_as.get(mailbox.lower(), ()))}
@@ -250,5 +352,4 @@ class SandboxGraphServer(LoopbackServer):
             return _error(403, "ErrorSendAsDenied", "The user account which was used to submit this "
                           "request does not have the right to send mail on behalf of the specified "
                           "sending account. Cannot submit message.")
-        self.mailboxes.record_sent(mailbox, mime, content_type)
-        return HttpResponse(202, b"", "text/plain")
+        return None

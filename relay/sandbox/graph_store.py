@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-FOLDERS = ("inbox", "deleteditems", "sentitems")
+FOLDERS = ("inbox", "deleteditems", "sentitems", "drafts")
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -36,13 +36,24 @@ class StoredMessage:
                 "singleValueExtendedProperties": [{"id": "Integer 0x0E08", "value": str(len(self.mime))}]}
 
 
+@dataclass(frozen=True)
+class FileAttachment:
+    """An attachment added to a draft (upload session or fileAttachment)."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+
 @dataclass
 class SentMessage:
-    """What sendMail received: the mailbox in the URL and the decoded MIME bytes."""
+    """What was sent: the mailbox in the URL, the MIME bytes (sendMail, or the draft's MIME) and
+    the attachments added to a draft before its send."""
 
     mailbox: str
     mime: bytes
     content_type: str
+    attachments: tuple[FileAttachment, ...] = ()
 
 
 @dataclass
@@ -52,6 +63,7 @@ class GraphMailboxes:
     lock: threading.RLock = field(default_factory=threading.RLock)
     folders: dict[str, dict[str, dict[str, StoredMessage]]] = field(default_factory=dict)
     sent: list[SentMessage] = field(default_factory=list)
+    attachments: dict[str, list[FileAttachment]] = field(default_factory=dict)  # draft id -> files
     _counter: int = 0
 
     def add_mailbox(self, mailbox: str) -> None:
@@ -109,10 +121,27 @@ class GraphMailboxes:
             del self.folders[mailbox.lower()][found[0]][message_id]
             return True
 
-    def record_sent(self, mailbox: str, mime: bytes, content_type: str) -> None:
+    def attach(self, draft_id: str, item: FileAttachment) -> None:
+        """Add an attachment to a draft."""
+        with self.lock:
+            self.attachments.setdefault(draft_id, []).append(item)
+
+    def send_draft(self, mailbox: str, draft_id: str) -> bool:
+        """Send a draft: logged like a sendMail with its attachments; False if it is not a draft."""
+        with self.lock:
+            found = self.find(mailbox, draft_id)
+            if found is None or found[0] != "drafts":
+                return False
+            del self.folders[mailbox.lower()]["drafts"][draft_id]
+            files = tuple(self.attachments.pop(draft_id, []))
+            self.record_sent(mailbox, found[1].mime, "text/plain", files)
+            return True
+
+    def record_sent(self, mailbox: str, mime: bytes, content_type: str,
+                    attachments: tuple[FileAttachment, ...] = ()) -> None:
         """Log a sendMail and file a copy in Sent Items (as Exchange does for MIME sends)."""
         with self.lock:
-            self.sent.append(SentMessage(mailbox.lower(), mime, content_type))
+            self.sent.append(SentMessage(mailbox.lower(), mime, content_type, attachments))
             self.add_mailbox(mailbox)
             self._counter += 1
             msg = StoredMessage(new_immutable_id(), mime, _EPOCH + timedelta(seconds=self._counter),

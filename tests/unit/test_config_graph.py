@@ -52,9 +52,11 @@ def test_graph_settings_are_read() -> None:
     """Every graph key is taken from YAML."""
     account = parse_config(base(send_via="graph", graph={
         "url": "https://graph.microsoft.us/v1.0/", "max_request_bytes": 1000000, "max_messages": 50,
-        "page_size": 10, "delete": "delete", "timeout_s": 5}), env=ENV).accounts["sales"]
+        "page_size": 10, "delete": "delete", "timeout_s": 5, "large_messages": "upload_session"}),
+        env=ENV).accounts["sales"]
     assert account.graph == GraphConfig(url="https://graph.microsoft.us/v1.0", max_request_bytes=1000000,
-                                        max_messages=50, page_size=10, delete="delete", timeout_s=5)
+                                        max_messages=50, page_size=10, delete="delete", timeout_s=5,
+                                        large_messages="upload_session")
 
 
 @pytest.mark.parametrize(("account", "path", "words"), [
@@ -68,6 +70,8 @@ def test_graph_settings_are_read() -> None:
     ({"send_via": "graph", "graph": {"max_request_bytes": 10}}, "accounts.sales.graph.max_request_bytes",
      "at least"),
     ({"read_via": "graph", "graph": {"max_messages": 0}}, "accounts.sales.graph.max_messages", "> 0"),
+    ({"send_via": "graph", "graph": {"large_messages": "split"}}, "accounts.sales.graph.large_messages",
+     "refuse, upload_session"),
 ])
 def test_bad_graph_settings_name_their_path(account: dict[str, Any], path: str, words: str) -> None:
     """Each wrong Graph setting is one problem at its YAML path, saying what is wrong."""
@@ -85,6 +89,20 @@ def test_provider_without_graph_scopes_needs_graph_scopes() -> None:
     data["credentials"]["other"]["graph_scopes"] = ["https://graph.microsoft.com/.default"]
     config = parse_config(data, env=ENV)
     assert config.credentials["other"].graph_scopes == ("https://graph.microsoft.com/.default",)
+
+
+def test_cloud_sets_the_graph_url_and_scopes() -> None:
+    """Microsoft credentials in the US Government cloud: Graph URL and scopes under graph.microsoft.us."""
+    data = base(send_via="graph")
+    data["credentials"]["contoso"]["cloud"] = "usgovernment"
+    config = parse_config(data, env=ENV)
+    account = config.accounts["sales"]
+    assert account.graph is not None and account.graph.url == "https://graph.microsoft.us/v1.0"
+    from relay.providers.microsoft import MicrosoftProvider
+
+    scopes = MicrosoftProvider(config.credentials["contoso"]).graph_scopes()
+    assert scopes == ("https://graph.microsoft.us/Mail.Send", "https://graph.microsoft.us/Mail.ReadWrite",
+                      "offline_access")
 
 
 def test_loopback_http_graph_url_is_allowed() -> None:
