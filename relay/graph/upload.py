@@ -132,4 +132,8 @@ async def _upload(client: GraphClient, draft: str, item: Detached) -> None:
                                       account=client.account.name) from None
         if answer.status_code not in (200, 201):
             parsed = parse_answer(answer.status_code, dict(answer.headers), answer.content, time.time())
-            raise graph_error(parsed, client.account.name, client.account.mailbox, "attachment upload")
+            error = graph_error(parsed, client.account.name, client.account.mailbox, "attachment upload")
+            if parsed.status in (401, 403, 413) or parsed.throttled:
+                raise error
+            # A refused range or an expired session says nothing about the message: temporary (451).
+            raise UpstreamUnavailable(str(error), account=client.account.name, reply=error.reply)
