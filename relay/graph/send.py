@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Mapping
 
 from relay.config.model import AccountConfig, LimitsConfig
@@ -24,6 +25,7 @@ from relay.graph.answers import send_reply
 from relay.graph.client import GraphClient, GraphService
 from relay.graph.envelope import envelope_into_headers
 from relay.graph.upload import Split, send_large, split_large
+from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.smtp import replies
 from relay.smtp.bdat import Unstuffer
 from relay.smtp.dataframe import DataFramer, DataProblem
@@ -63,8 +65,9 @@ class GraphDelivery:
     """One connection's transactions for an account with ``send_via: graph``."""
 
     def __init__(self, account: AccountConfig, conn: ConnectionInfo, *, client: GraphClient,
-                 limits: LimitsConfig) -> None:
+                 limits: LimitsConfig, observer: RelayObserver = NULL_OBSERVER) -> None:
         self.account = account
+        self.observer = observer
         self.conn = conn
         self.client = client
         self.raw_limit = raw_limit(client.graph.max_request_bytes)
@@ -144,6 +147,7 @@ class GraphDelivery:
             split = await asyncio.to_thread(split_large, enveloped.mime, self.client.graph.max_request_bytes)
             if split is None:
                 return NOTHING_TO_DETACH
+        started = time.monotonic()
         try:
             with self.conn.busy():
                 if split is not None:
@@ -156,13 +160,21 @@ class GraphDelivery:
             self._log(str(exc))
             self.last_reply = exc.reply.one_line() if exc.reply else None
             log_explanation(self.account.name, self.account.mailbox, self.last_reply)  # once per cause
-            return send_reply(exc)
+            self.observer.upstream_failure(self.account.name, "graph", str(exc))
+            reply = send_reply(exc)
+            elapsed_s = time.monotonic() - started
+            self.observer.message_finished(self.account.name, reply.code, len(mime), elapsed_s)
+            return reply
         except OAuthError as exc:
             self._log(f"no Microsoft Graph token: {exc}")
+            self.observer.upstream_failure(self.account.name, "graph", str(exc))
             return TOKEN_UNAVAILABLE
         except RelayError as exc:  # Graph unreachable (UpstreamUnavailable)
             self._log(str(exc))
+            self.observer.upstream_failure(self.account.name, "graph", str(exc))
+            self.observer.message_finished(self.account.name, None, len(mime), time.monotonic() - started)
             return replies.UPSTREAM_UNREACHABLE
+        self.observer.message_finished(self.account.name, 250, len(mime), time.monotonic() - started)
         self.messages += 1
         self.bytes += len(mime)
         self.last_reply = "HTTP 202 Accepted"
@@ -212,15 +224,18 @@ class GraphDeliveries:
     """A `DeliveryFactory`: Graph for ``send_via: graph`` accounts, ``otherwise`` (live SMTP
     forwarding) for the rest."""
 
-    def __init__(self, service: GraphService, limits: LimitsConfig, otherwise: DeliveryFactory) -> None:
+    def __init__(self, service: GraphService, limits: LimitsConfig, otherwise: DeliveryFactory, *,
+                 observer: RelayObserver = NULL_OBSERVER) -> None:
         self.service = service
         self.limits = limits
         self.otherwise = otherwise
+        self.observer = observer
 
     def __call__(self, account: AccountConfig, conn: ConnectionInfo) -> Delivery:
         """The delivery for ``account`` on this connection."""
         if account.send_via == "graph":
-            return GraphDelivery(account, conn, client=self.service.client_for(account), limits=self.limits)
+            return GraphDelivery(account, conn, client=self.service.client_for(account), limits=self.limits,
+                                 observer=self.observer)
         return self.otherwise(account, conn)
 
     async def close(self) -> None:

@@ -25,15 +25,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from relay.graph.envelope import field_addresses, header_fields
+from relay.httpserver import HttpLimits, HttpRequest, HttpResponse, json_response, serve_connection
 from relay.sandbox.graph_store import FOLDERS, FileAttachment, GraphMailboxes
-from relay.sandbox.httpwire import (
-    BadRequest,
-    HttpRequest,
-    HttpResponse,
-    json_response,
-    read_request,
-    render_response,
-)
 from relay.sandbox.loop import LoopbackServer
 from relay.sandbox.oauth import SandboxOAuthProvider
 
@@ -42,6 +35,8 @@ GRAPH_SCOPES = ("https://graph.microsoft.com/Mail.Send", "https://graph.microsof
                 "offline_access")
 ALL_PERMISSIONS = frozenset({"Mail.Send", "Mail.Read", "Mail.ReadWrite"})
 READ_PERMISSIONS = frozenset({"Mail.Read", "Mail.ReadWrite"})
+# Bodies are read whole (Graph itself answers 413 above max_request_bytes).
+_LIMITS = HttpLimits(max_head_bytes=64 * 1024, max_body_bytes=64 * 1024 * 1024, idle_timeout_s=30.0)
 _ROUTE = re.compile(r"/v1\.0/users/(?P<mailbox>[^/]+)(?P<rest>/.*)?")
 _UPLOAD = re.compile(r"/upload/(?P<token>[A-Za-z0-9_-]+)")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
@@ -128,21 +123,14 @@ class SandboxGraphServer(LoopbackServer):
     # --- HTTP -------------------------------------------------------------------------------------
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one request and close (like httpwire's other sandbox servers)."""
-        try:
-            request = await read_request(reader, max_body_bytes=64 * 1024 * 1024)
-        except BadRequest as exc:
-            response = _error(400, "BadRequest", str(exc))
-            request = None
-        else:
-            if request is None:
-                return
-            response = self.route(request)
-        if request is not None:
-            with self.lock:
-                self.requests.append((request.method, request.path, response.status))
-        writer.write(render_response(response))
-        await writer.drain()
+        """Serve HTTP requests on one connection (relay.httpserver, keep-alive) until it closes."""
+        await serve_connection(reader, writer, self._serve, _LIMITS)
+
+    async def _serve(self, request: HttpRequest) -> HttpResponse:
+        response = self.route(request)
+        with self.lock:
+            self.requests.append((request.method, request.path, response.status))
+        return response
 
     def route(self, req: HttpRequest) -> HttpResponse:
         """Authenticate, apply faults, dispatch."""
