@@ -1,18 +1,47 @@
-"""The typed, frozen configuration model, built once at load by `relay.config.loader`.
+"""The typed, frozen configuration model, and the YAML keys it accepts.
 
-Everything here is plain data: no I/O, no defaults that depend on the environment. Times are in
-seconds (``*_s``), sizes in bytes (``*_bytes``).
+A field declared with ``key(parser, default)`` is a YAML key of its section; other fields are not
+(``name`` comes from the mapping key, ``smtp``/``pop3`` of an account are resolved from the
+provider by `relay.configuration`). Everything here is plain data: no I/O, no defaults that
+depend on the environment. Times are in seconds (``*_s``), sizes in bytes (``*_bytes``).
+To add a setting, see "Adding a setting" in docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from relay.config.parsers import (
+    ENV_NAME,
+    MAILBOX,
+    EndpointOverride,
+    boolean,
+    choice,
+    endpoint,
+    file_path,
+    named,
+    networks,
+    optional_section,
+    optional_text,
+    port,
+    seconds,
+    secret_text,
+    section,
+    string_map,
+    text,
+    text_list,
+    url,
+    whole,
+    words,
+)
+from relay.config.schema import Parser, key
 from relay.secret import Secret
+
+DAY_S = 86_400.0
 
 TlsMode = Literal["none", "starttls", "implicit"]
 """How TLS is used on a connection: not at all, upgraded with STARTTLS/STLS, or from the start."""
@@ -22,6 +51,18 @@ OAuthFlow = Literal["authorization_code", "device_code", "client_credentials", "
 
 EnvelopeSenderPolicy = Literal["keep", "rewrite"]
 """`keep` forwards the client's MAIL FROM; `rewrite` replaces it with the account's mailbox."""
+
+SendVia = Literal["smtp", "graph"]
+"""How an account sends: SMTP with XOAUTH2, or Microsoft Graph `sendMail`."""
+
+ReadVia = Literal["pop3", "graph"]
+"""How an account is read by POP3 clients: upstream POP3 with XOAUTH2, or the Graph mailbox."""
+
+GraphDeleteMode = Literal["move", "delete"]
+"""What POP3 DELE does at QUIT on a Graph mailbox: move to Deleted Items, or DELETE the item."""
+
+GraphLargeMessages = Literal["refuse", "upload_session"]
+"""A message over Graph's request limit: refused (552), or sent as draft + upload session."""
 
 MicrosoftCloud = Literal["global", "usgovernment", "china"]
 """Which Microsoft cloud a tenant lives in: worldwide (and GCC), US Government (GCC High), China."""
@@ -37,48 +78,44 @@ TlsVersion = Literal["1.0", "1.1", "1.2", "1.3"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SendVia = Literal["smtp", "graph"]
-"""How an account sends: SMTP with XOAUTH2, or Microsoft Graph `sendMail`."""
-
-ReadVia = Literal["pop3", "graph"]
-"""How an account is read by POP3 clients: upstream POP3 with XOAUTH2, or the Graph mailbox."""
-
-GraphLargeMessages = Literal["refuse", "upload_session"]
-"""A message over Graph's request limit: refused (552), or sent as draft + upload session."""
-
-GraphDeleteMode = Literal["move", "delete"]
-"""What POP3 DELE does at QUIT on a Graph mailbox: move to Deleted Items, or DELETE the item."""
-
 
 @dataclass(frozen=True)
 class ListenerConfig:
     """One local listener (SMTP or POP3) that legacy apps connect to."""
 
-    enabled: bool
-    host: str
-    port: int
-    tls: TlsMode = "none"
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    enabled: bool = key(boolean())
+    host: str = key(optional_text())  # empty: the default host
+    port: int = key(port(allow_zero=True))
+    tls: TlsMode = key(choice(TlsMode), "none")
+    cert_file: Path | None = key(file_path(), None)
+    key_file: Path | None = key(file_path(), None)
     # Networks (besides loopback) where AUTH without TLS is allowed, e.g. a trusted container
     # network. Empty by default: off loopback, plaintext logins need TLS.
-    allow_plaintext_auth_from: tuple[IPNetwork, ...] = ()
+    allow_plaintext_auth_from: tuple[IPNetwork, ...] = key(networks(), ())
     # A command or DATA line ending in a bare LF (no CR): "normalize" reads it as a line end and
     # sends it on as CRLF; "reject" answers 5xx and closes (Postfix's smtpd_forbid_bare_newline).
-    bare_lf: BareLfMode = "normalize"
+    bare_lf: BareLfMode = key(choice(BareLfMode), "normalize")
     # The oldest TLS version local clients may use; "1.0"/"1.1" only for devices that cannot do
     # better (weak ciphers come back with it; logged loudly). The upstream side is always 1.2+.
-    min_tls_version: TlsVersion = "1.2"
+    # (YAML reads `1.0` as a number: it is taken as the text "1.0".)
+    min_tls_version: TlsVersion = key(choice(TlsVersion, decimals=1), "1.2")
+
+
+def _listener(host: str, listen_port: int) -> Parser:
+    return section(ListenerConfig, defaults={"enabled": True, "host": host, "port": listen_port},
+                   switch="enabled")
 
 
 @dataclass(frozen=True)
 class ListenConfig:
     """The local listeners (SMTP, POP3, IMAP)."""
 
-    smtp: ListenerConfig
-    pop3: ListenerConfig
-    # Off unless configured (in the YAML: an `imap:` key under `listen`).
-    imap: ListenerConfig = ListenerConfig(enabled=False, host="127.0.0.1", port=1143)
+    smtp: ListenerConfig = key(_listener("127.0.0.1", 2525))
+    pop3: ListenerConfig = key(_listener("127.0.0.1", 1110))
+    # Off unless configured: IMAP came later, and an upgrade must not open a new port on its own.
+    # An `imap:` key (even empty or `true`) turns it on.
+    imap: ListenerConfig = key(_listener("127.0.0.1", 1143),
+                               ListenerConfig(enabled=False, host="127.0.0.1", port=1143), null_is_value=True)
 
 
 @dataclass(frozen=True)
@@ -86,34 +123,36 @@ class TokenStoreConfig:
     """Where tokens live and where the store's encryption key comes from.
 
     The key is read from the environment variable ``key_env`` if it is set there, else from
-    ``key_file``. ``relay init-key`` creates one. ``backend: redis`` keeps the (still encrypted)
-    tokens in Redis/Valkey at ``url`` under ``key_prefix``, shared by several relay replicas.
+    ``key_file``. ``relay init-key`` creates one.
     """
 
-    path: Path
-    key_env: str | None = "RELAY_STORE_KEY"
-    key_file: Path | None = None
-    backend: Literal["file", "redis"] = "file"
-    url: str | None = None
-    key_prefix: str = "xoauth2-relay:"
-    password: Secret | None = None
-    lease_ttl_s: float = 30.0
+    path: Path = key(file_path("relay-tokens.enc"), placeholder=Path("relay-tokens.enc"))
+    key_env: str | None = key(optional_text(pattern=ENV_NAME, what="a valid environment variable name"),
+                              "RELAY_STORE_KEY", null_is_value=True)
+    key_file: Path | None = key(file_path(), None)
+    # ``backend: redis`` keeps the (still encrypted) tokens in Redis/Valkey at ``url`` under
+    # ``key_prefix``, shared by several relay replicas.
+    backend: Literal["file", "redis"] = key(choice(Literal["file", "redis"]), "file")
+    url: str | None = key(optional_text(), None)  # redis://, rediss://, unix:// (valkey:// too)
+    key_prefix: str = key(text(empty="xoauth2-relay:"), "xoauth2-relay:")
+    password: Secret | None = key(secret_text(), None)
+    lease_ttl_s: float = key(seconds(3600.0), 30.0)
 
 
 @dataclass(frozen=True)
 class UpstreamEndpoint:
     """An upstream mail server the relay connects to on an account's behalf."""
 
-    host: str
-    port: int
-    tls: TlsMode
+    host: str = key(text(), required=True)
+    port: int = key(port(allow_zero=False), required=True, placeholder=0)
+    tls: TlsMode = key(choice(TlsMode))
     # Extra CA bundle for private servers (and the sandbox); system CAs are used otherwise.
-    ca_file: Path | None = None
+    ca_file: Path | None = key(file_path(), None)
     # Turning this off is only for tests and is logged loudly at start.
-    verify_tls: bool = True
+    verify_tls: bool = key(boolean(), True)
     # SMTP only: pipeline commands (RFC 2920) and send content as BDAT chunks (RFC 3030) when the
     # upstream offers PIPELINING / CHUNKING. Off: one command per round trip, content with DATA.
-    pipelining: bool = True
+    pipelining: bool = key(boolean(), True, only_under="smtp")
 
 
 @dataclass(frozen=True)
@@ -121,19 +160,20 @@ class ClientCertificateConfig:
     """A certificate credential (Microsoft ``private_key_jwt``): the relay signs client assertions
     with ``key_file``; ``cert_file`` is the public certificate registered on the app."""
 
-    cert_file: Path
-    key_file: Path
-    key_passphrase: Secret | None = None
-    algorithm: AssertionAlgorithm = "PS256"
+    cert_file: Path = key(file_path(), required=True, placeholder=None)
+    key_file: Path = key(file_path(), required=True, placeholder=None)
+    key_passphrase: Secret | None = key(secret_text(), None)
+    algorithm: AssertionAlgorithm = key(choice(AssertionAlgorithm), "PS256")
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """An HTTP(S) proxy for the token, device and revocation requests of one credentials entry."""
+    """An HTTP(S) proxy for the token, device and revocation requests of one credentials entry.
+    In the YAML, a plain string is the ``url``."""
 
-    url: str  # http://host:port (no credentials in it; use username/password)
-    username: str | None = None
-    password: Secret | None = None
+    url: str = key(url(), required=True)  # http://host:port (no credentials in it; use username/password)
+    username: str | None = key(optional_text(), None)
+    password: Secret | None = key(secret_text(), None)
 
 
 @dataclass(frozen=True)
@@ -142,47 +182,50 @@ class CredentialsConfig:
     "Email OAuth credentials"; several accounts may share one."""
 
     name: str
-    provider: str  # "microsoft" | "google" | "generic" | "package.module:ClassName"
-    client_id: str
-    flow: OAuthFlow = "authorization_code"
-    client_secret: Secret | None = None
-    tenant_id: str | None = None
-    scopes: tuple[str, ...] | None = None  # None: the provider's defaults for SMTP + POP3
-    graph_scopes: tuple[str, ...] | None = None  # None: the provider's Graph scopes (if it has any)
+    # "microsoft" | "google" | "generic" | "package.module:ClassName"
+    provider: str = key(text(), required=True)
+    client_id: str = key(text(), required=True)
+    flow: OAuthFlow = key(choice(OAuthFlow), "authorization_code")
+    client_secret: Secret | None = key(secret_text(), None)
+    tenant_id: str | None = key(optional_text(), None)
+    scopes: tuple[str, ...] | None = key(words(), None)  # None: the provider's defaults for SMTP + POP3
+    graph_scopes: tuple[str, ...] | None = key(words(), None)  # None: the provider's Graph scopes
     # Port of the loopback redirect listener for `relay authorize` (0: any free port).
-    redirect_port: int = 0
+    redirect_port: int = key(port(allow_zero=True), 0)
     # None: 127.0.0.1 (RFC 8252 8.3), or localhost for Microsoft (see relay.authorize).
-    redirect_host: str | None = None
+    redirect_host: str | None = key(optional_text(), None)
     # Endpoint overrides (required for `generic`, optional elsewhere).
-    authorize_url: str | None = None
-    token_url: str | None = None
-    device_authorization_url: str | None = None
-    revocation_url: str | None = None
+    authorize_url: str | None = key(url(), None)
+    token_url: str | None = key(url(), None)
+    device_authorization_url: str | None = key(url(), None)
+    revocation_url: str | None = key(url(), None)
     # Google service account JSON key file (flow `service_account`).
-    service_account_file: Path | None = None
+    service_account_file: Path | None = key(file_path(), None)
     # Free-form provider-specific options for custom providers.
-    options: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, str] = key(string_map(), default_factory=dict)
     # Microsoft: sign client assertions with a certificate instead of sending client_secret.
-    client_certificate: ClientCertificateConfig | None = None
+    client_certificate: ClientCertificateConfig | None = key(optional_section(ClientCertificateConfig), None)
     # Microsoft: the national cloud the tenant lives in (login, token and mail hosts).
-    cloud: MicrosoftCloud = "global"
+    cloud: MicrosoftCloud = key(choice(MicrosoftCloud), "global")
     # Proxy for OAuth HTTP requests; None: HTTPS_PROXY / NO_PROXY from the environment apply.
-    proxy: ProxyConfig | None = None
+    proxy: ProxyConfig | None = key(optional_section(ProxyConfig, shorthand="url"), None)
 
 
 @dataclass(frozen=True)
 class GraphConfig:
     """Microsoft Graph settings of an account (used with ``send_via``/``read_via: graph``)."""
 
-    url: str = "https://graph.microsoft.com/v1.0"  # national clouds: their Graph endpoint
-    max_request_bytes: int = 4_000_000  # Graph's request limit (base64 MIME counts): PROTOCOLS 9.1
-    large_messages: GraphLargeMessages = "refuse"  # upload_session: draft + attachment uploads
-    max_messages: int = 1000  # POP3 snapshot cap (the newest are listed first by Graph)
-    page_size: int = 100  # $top of each list request
-    delete: GraphDeleteMode = "move"  # DELE at QUIT: move to Deleted Items, or delete
-    timeout_s: float = 120.0
-    ca_file: Path | None = None  # a private CA (tests, proxies); None: the system's
-    verify_tls: bool = True
+    # Graph's v1.0 root; "" (not written): the credentials' Microsoft cloud's, resolved at load.
+    url: str = key(url(), "")
+    # Graph's request limit (base64 MIME counts): PROTOCOLS.md 9.1.
+    max_request_bytes: int = key(whole(64 * 1024, 150 * 1024 * 1024), 4_000_000)
+    large_messages: GraphLargeMessages = key(choice(GraphLargeMessages), "refuse")
+    max_messages: int = key(whole(1, 1_000_000), 1000)  # POP3 snapshot cap (oldest first)
+    page_size: int = key(whole(1, 1000), 100)  # $top of each list request
+    delete: GraphDeleteMode = key(choice(GraphDeleteMode), "move")  # DELE at QUIT
+    timeout_s: float = key(seconds(DAY_S), 120.0)
+    ca_file: Path | None = key(file_path(), None)  # a private CA (tests, proxies); None: the system's
+    verify_tls: bool = key(boolean(), True)
 
 
 @dataclass(frozen=True)
@@ -190,25 +233,35 @@ class AccountConfig:
     """A local login that maps to one upstream mailbox."""
 
     name: str
-    username: str  # the login the legacy app uses
-    password_hash: str | None  # from `relay hash-password`; None only with allow_without_auth_from
-    mailbox: str  # the upstream address, the XOAUTH2 `user=`
-    credentials: str  # name of a CredentialsConfig
-    smtp: UpstreamEndpoint | None  # None: this account does not send
-    pop3: UpstreamEndpoint | None  # None: this account does not read mail
+    username: str = key(text(), required=True)  # the login the legacy app uses
+    # From `relay hash-password`; None only with allow_without_auth_from.
+    password_hash: str | None = key(optional_text(secret=True), placeholder=None)
+    mailbox: str = key(text(pattern=MAILBOX, what="an email address"), required=True)  # XOAUTH2 `user=`
+    credentials: str = key(text(), required=True)  # name of a CredentialsConfig
+    # The upstream servers, resolved at load from the written settings below and the provider's
+    # defaults. None: this account does not send (smtp) / read mail (pop3).
+    smtp: UpstreamEndpoint | None = None
+    pop3: UpstreamEndpoint | None = None
     imap: UpstreamEndpoint | None = None  # None: no IMAP access for this account
-    allow_without_auth_from: tuple[IPNetwork, ...] = ()
-    envelope_sender: EnvelopeSenderPolicy = "keep"
+    smtp_written: EndpointOverride = key(endpoint(UpstreamEndpoint, "smtp"), EndpointOverride(),
+                                         name="smtp", repr=False)
+    pop3_written: EndpointOverride = key(endpoint(UpstreamEndpoint, "pop3"), EndpointOverride(),
+                                         name="pop3", repr=False)
+    imap_written: EndpointOverride = key(endpoint(UpstreamEndpoint, "imap"), EndpointOverride(),
+                                         name="imap", repr=False)
+    allow_without_auth_from: tuple[IPNetwork, ...] = key(networks(), ())
+    envelope_sender: EnvelopeSenderPolicy = key(choice(EnvelopeSenderPolicy), "keep")
     # MAIL FROM addresses this account may use: addresses and ``*@domain``; empty: any.
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...] = key(text_list("a list of addresses and '*@domain' patterns"), ())
     # Concurrent upstream SMTP sessions for this mailbox; None: the provider's default (Microsoft
-    # 3), 0: no cap.
-    max_upstream_sessions: int | None = None
+    # 3, resolved at load), 0: no cap.
+    max_upstream_sessions: int | None = key(whole(0, 10_000, allow_zero=True), None)
     # Concurrent upstream POP3 sessions for this mailbox; None: the provider's default, 0: no cap.
-    max_upstream_pop3_sessions: int | None = None
-    send_via: SendVia = "smtp"
-    read_via: ReadVia = "pop3"
-    graph: GraphConfig | None = None  # set (defaults filled) when send_via or read_via is graph
+    max_upstream_pop3_sessions: int | None = key(whole(0, 10_000, allow_zero=True), None)
+    send_via: SendVia = key(choice(SendVia), "smtp")
+    read_via: ReadVia = key(choice(ReadVia), "pop3")
+    # Set (defaults filled, url resolved) at load when send_via or read_via is graph.
+    graph: GraphConfig | None = key(optional_section(GraphConfig), None)
 
     @property
     def can_send(self) -> bool:
@@ -223,56 +276,56 @@ class AccountConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Limits and timeouts, with defaults that suit a local relay."""
+    """Limits and timeouts, with defaults that suit a local relay. Every limit has a range."""
 
-    max_message_bytes: int = 35 * 1024 * 1024
-    max_connections: int = 1000  # per listener
+    max_message_bytes: int = key(whole(0, 2**31 - 1), 35 * 1024 * 1024)
+    max_connections: int = key(whole(0, 1_000_000), 1000)  # per listener
     # Per client address (IPv6: per /64) and listener; loopback clients are exempt (see
     # relay.sessionlimits).
-    max_connections_per_client: int = 100
+    max_connections_per_client: int = key(whole(0, 1_000_000), 100)
     # A connection must log in (or, for trusted SMTP clients, send MAIL) within this time.
-    login_timeout_s: float = 120.0
+    login_timeout_s: float = key(seconds(DAY_S), 120.0)
     # NOOP/RSET/HELP/refused commands allowed in a row without progress before the session closes.
-    max_commands_without_progress: int = 50
-    smtp_command_timeout_s: float = 300.0  # RFC 5321 4.5.3.2 suggests 5 minutes
-    pop3_idle_timeout_s: float = 600.0  # RFC 1939: at least 10 minutes
-    imap_idle_timeout_s: float = 1800.0  # RFC 9051 5.4 / RFC 2177: at least 30 minutes
-    upstream_connect_timeout_s: float = 30.0
-    upstream_command_timeout_s: float = 120.0
-    upstream_data_timeout_s: float = 600.0
-    auth_failure_delay_s: float = 1.0
-    auth_failures_before_throttle: int = 5
-    auth_throttle_window_s: float = 300.0
-    # Renew this long before expiry: Exchange Online's High Volume Email refuses tokens that expire
-    # within ~10 minutes (PROTOCOLS.md 9.3), so 15 minutes.
-    token_refresh_margin_s: float = 900.0
-    # Refresh every grant at least this often even when idle: Microsoft refresh tokens die after
-    # 90 days unused.
-    token_keepalive_days: float = 7.0
-    # How long a session waits for a free upstream slot (accounts.NAME.max_upstream_sessions).
-    upstream_slot_wait_s: float = 60.0
+    max_commands_without_progress: int = key(whole(0, 1_000_000), 50)
     # After the upstream refuses a freshly refreshed token: no token requests for this long
     # (doubling while it keeps happening, up to 15 min); sessions get a temporary error meanwhile.
-    upstream_auth_cooldown_s: float = 60.0
-    shutdown_grace_s: float = 30.0
+    upstream_auth_cooldown_s: float = key(seconds(DAY_S), 60.0)
+    smtp_command_timeout_s: float = key(seconds(DAY_S), 300.0)  # RFC 5321 4.5.3.2: 5 minutes
+    pop3_idle_timeout_s: float = key(seconds(DAY_S), 600.0)  # RFC 1939: at least 10 minutes
+    imap_idle_timeout_s: float = key(seconds(DAY_S), 1800.0)  # RFC 9051 5.4 / RFC 2177: 30 minutes
+    upstream_connect_timeout_s: float = key(seconds(3600.0), 30.0)
+    upstream_command_timeout_s: float = key(seconds(DAY_S), 120.0)
+    upstream_data_timeout_s: float = key(seconds(DAY_S), 600.0)
+    auth_failure_delay_s: float = key(seconds(60.0, allow_zero=True), 1.0)
+    auth_failures_before_throttle: int = key(whole(0, 1_000_000), 5)
+    auth_throttle_window_s: float = key(seconds(DAY_S), 300.0)
+    # Renew this long before expiry: Exchange Online's High Volume Email refuses tokens that expire
+    # within ~10 minutes (PROTOCOLS.md 9.3), so 15 minutes.
+    token_refresh_margin_s: float = key(seconds(DAY_S), 900.0)
+    # Refresh every grant at least this often even when idle: Microsoft refresh tokens die after
+    # 90 days unused.
+    token_keepalive_days: float = key(seconds(365.0), 7.0)
+    # How long a session waits for a free upstream slot (accounts.NAME.max_upstream_sessions).
+    upstream_slot_wait_s: float = key(seconds(3600.0), 60.0)
+    shutdown_grace_s: float = key(seconds(DAY_S), 30.0)
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     """Opt-in reuse of authenticated upstream SMTP sessions per account."""
 
-    enabled: bool = False
-    max_sessions_per_account: int = 4
-    idle_timeout_s: float = 60.0
+    enabled: bool = key(boolean(), False)
+    max_sessions_per_account: int = key(whole(0, 1000), 4)
+    idle_timeout_s: float = key(seconds(DAY_S), 60.0)
 
 
 @dataclass(frozen=True)
 class AdminConfig:
     """The admin HTTP listener (/metrics, /healthz, /readyz, /status); off unless configured."""
 
-    host: str = "127.0.0.1"
-    port: int = 9025
-    auth_token: Secret | None = None  # when set, every request needs `Authorization: Bearer <token>`
+    host: str = key(text(empty="127.0.0.1"), "127.0.0.1")
+    port: int = key(port(allow_zero=True), 9025)
+    auth_token: Secret | None = key(secret_text(), None)  # set: requests need `Authorization: Bearer`
 
 
 WebhookFormat = Literal["plain", "slack", "teams"]
@@ -283,45 +336,49 @@ WebhookFormat = Literal["plain", "slack", "teams"]
 class WebhookAlertConfig:
     """Alerts as a JSON POST to ``url``."""
 
-    url: str
-    format: WebhookFormat = "plain"
-    timeout_s: float = 10.0
+    url: str = key(url(), required=True)
+    format: WebhookFormat = key(choice(WebhookFormat), "plain")
+    timeout_s: float = key(seconds(300.0), 10.0)
 
 
 @dataclass(frozen=True)
 class EmailAlertConfig:
     """Alerts as an email sent upstream through one of the relay's own accounts."""
 
-    account: str
-    to: tuple[str, ...]
-    sender: str | None = None  # YAML `from`; default: the account's mailbox
+    account: str = key(text(), required=True)
+    to: tuple[str, ...] = key(text_list("an address or a list of addresses", pattern=MAILBOX,
+                                        item="an email address", single=True), required=True, placeholder=())
+    sender: str | None = key(optional_text(pattern=MAILBOX, what="an email address"), None, name="from")
 
 
 @dataclass(frozen=True)
 class AlertsConfig:
     """When and where the relay tells its operator that something needs doing."""
 
-    webhook: WebhookAlertConfig | None = None
-    email: EmailAlertConfig | None = None
-    check_interval_s: float = 30.0
-    repeat_interval_s: float = 4 * 3600.0  # while a problem lasts, say it again this often
-    refresh_failing_after_s: float = 3600.0  # token refresh failing for longer than this
-    token_rejections: int = 3  # the upstream refused this many fresh tokens in a row
-    certificate_expiry_days: int = 14  # a configured certificate expires within this many days
+    webhook: WebhookAlertConfig | None = key(optional_section(WebhookAlertConfig), None)
+    email: EmailAlertConfig | None = key(optional_section(EmailAlertConfig), None)
+    check_interval_s: float = key(seconds(DAY_S), 30.0)
+    repeat_interval_s: float = key(seconds(30 * DAY_S), 4 * 3600.0)  # say it again this often
+    refresh_failing_after_s: float = key(seconds(30 * DAY_S), 3600.0)  # refresh failing this long
+    token_rejections: int = key(whole(0, 1000), 3)  # the upstream refused this many fresh tokens
+    certificate_expiry_days: int = key(whole(0, 3650), 14)  # a certificate expires within this
 
 
 @dataclass(frozen=True)
 class RelayConfig:
     """The whole configuration, as loaded from one YAML file."""
 
-    listen: ListenConfig
-    token_store: TokenStoreConfig
-    credentials: Mapping[str, CredentialsConfig]
-    accounts: Mapping[str, AccountConfig]
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    upstream_pool: PoolConfig = field(default_factory=PoolConfig)
-    admin: AdminConfig | None = None  # None: no admin listener
-    alerts: AlertsConfig | None = None  # None: problems are only logged
+    listen: ListenConfig = key(section(ListenConfig))
+    token_store: TokenStoreConfig = key(section(TokenStoreConfig))
+    credentials: Mapping[str, CredentialsConfig] = key(named(CredentialsConfig, what="names to credentials"),
+                                                       placeholder={})
+    accounts: Mapping[str, AccountConfig] = key(
+        named(AccountConfig, what="account names to accounts", nonempty=True), required=True, placeholder={})
+    limits: LimitsConfig = key(section(LimitsConfig), default_factory=LimitsConfig)
+    upstream_pool: PoolConfig = key(section(PoolConfig), default_factory=PoolConfig)
+    # None: no admin listener / problems are only logged.
+    admin: AdminConfig | None = key(optional_section(AdminConfig, switch=True), None)
+    alerts: AlertsConfig | None = key(optional_section(AlertsConfig, switch=True), None)
     source_path: Path | None = None  # the YAML file it came from, for messages
 
     def account_by_username(self, username: str) -> AccountConfig | None:

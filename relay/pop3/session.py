@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig
+from relay.drain import needs_drain
 from relay.errors import (
     AuthorizationNeeded,
     OAuthError,
@@ -32,7 +33,6 @@ from relay.errors import (
     UpstreamUnavailable,
 )
 from relay.explain import log_explanation
-from relay.flow import needs_drain
 from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.pop3.mailbox import MailboxOpener, Pop3Mailbox
 from relay.pop3.protocol import (
@@ -128,7 +128,7 @@ class Pop3ProxySession:
         try:
             self._writer.write(data)
             # Drain (and arm its timer) only when the buffer is at its high-water mark or the
-            # connection is closing (relay.flow): a timer per reply and per chunk is measurable.
+            # connection is closing (relay.drain): a timer per reply and per chunk is measurable.
             # asyncio.timeout, not wait_for: wait_for wraps the coroutine in a new Task per call.
             if needs_drain(self._writer):
                 async with asyncio.timeout(self._ctx.limits.pop3_idle_timeout_s):

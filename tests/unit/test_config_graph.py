@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from relay.config.loader import parse_config
 from relay.config.model import GraphConfig
+from relay.configuration import parse_config
 from relay.errors import ConfigError
 from relay.passwords import hash_password
 
@@ -44,7 +44,7 @@ def test_default_is_smtp_and_pop3_without_graph_settings() -> None:
 def test_graph_both_ways_gets_defaults_and_drops_the_unused_servers() -> None:
     """send_via/read_via graph: Graph defaults filled; the provider's SMTP/POP3 servers are not used."""
     account = parse_config(base(send_via="graph", read_via="graph"), env=ENV).accounts["sales"]
-    assert account.graph == GraphConfig()
+    assert account.graph == GraphConfig(url="https://graph.microsoft.com/v1.0")
     assert account.smtp is None and account.pop3 is None
 
 
@@ -68,8 +68,8 @@ def test_graph_settings_are_read() -> None:
     ({"send_via": "graph", "graph": {"url": "http://graph.example.net"}}, "accounts.sales.graph.url",
      "unencrypted"),
     ({"send_via": "graph", "graph": {"max_request_bytes": 10}}, "accounts.sales.graph.max_request_bytes",
-     "at least"),
-    ({"read_via": "graph", "graph": {"max_messages": 0}}, "accounts.sales.graph.max_messages", "> 0"),
+     ">= 65536"),
+    ({"read_via": "graph", "graph": {"max_messages": 0}}, "accounts.sales.graph.max_messages", ">= 1"),
     ({"send_via": "graph", "graph": {"large_messages": "split"}}, "accounts.sales.graph.large_messages",
      "refuse, upload_session"),
 ])

@@ -13,8 +13,8 @@ import pytest
 from support.relay_harness import authorized_token_set, fresh_store
 
 from relay.app import RelayApp
-from relay.config.loader import parse_config
 from relay.config.model import RelayConfig
+from relay.configuration import parse_config
 from relay.passwords import hash_password
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from support.relay_harness import authorized_token_set, fresh_store
 
-from relay.config.loader import parse_config
+from relay.configuration import parse_config
 from relay.sandbox.graph import GRAPH_SCOPES
 from relay.sandbox.world import SandboxWorld
 from relay.tokens.manager import TokenManager
