@@ -92,8 +92,9 @@ def test_provider_without_graph_scopes_needs_graph_scopes() -> None:
 
 
 def test_cloud_sets_the_graph_url_and_scopes() -> None:
-    """Microsoft credentials in the US Government cloud: Graph URL and scopes under graph.microsoft.us."""
-    data = base(send_via="graph")
+    """Microsoft credentials in the US Government cloud: Graph URL and scopes under graph.microsoft.us
+    (and no SMTP/POP3 server needed for an account that uses Graph both ways)."""
+    data = base(send_via="graph", read_via="graph")
     data["credentials"]["contoso"]["cloud"] = "usgovernment"
     config = parse_config(data, env=ENV)
     account = config.accounts["sales"]
