@@ -360,7 +360,19 @@ def main(argv: list[str] | None = None) -> int:
                         "out the session timeout, ~9 min per repeat)")
     p.add_argument("--only", default=None, metavar="PREFIX",
                    help="only the cells whose key starts with PREFIX (e.g. imap, pop3-1m)")
+    g = sub.add_parser("graph", help="SMTP 100 KB via Microsoft Graph vs via SMTP XOAUTH2 (sandbox fakes)")
+    from bench import graph_cell  # noqa: PLC0415
+
+    graph_cell.add_arguments(g)
+    g.add_argument("--out", type=Path, default=None, help="write the Markdown table here (default: stdout)")
     args = parser.parse_args(argv)
+    if args.command == "graph":
+        table = graph_cell.run(args)
+        if args.out:
+            args.out.write_text(table)
+        else:
+            print(table)
+        return 0
 
     def log(*parts: object) -> None:
         print(*parts, file=sys.stderr, flush=True)

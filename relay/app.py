@@ -52,6 +52,16 @@ class _Generation:
     config: RelayConfig
     tokens: TokenManager
     servers: dict[str, object] = field(default_factory=dict)  # "smtp"/"pop3"/"imap" -> server
+    graph: Any = None  # relay.graph.client.GraphService when an account uses Graph
+
+
+def _graph_service(config: RelayConfig, tokens: TokenManager) -> Any:
+    """The shared Graph service when an account sends or reads through Graph, else None."""
+    if not any("graph" in (a.send_via, a.read_via) for a in config.accounts.values()):
+        return None
+    from relay.graph.client import GraphService  # noqa: PLC0415 - only relays that use Graph
+
+    return GraphService(tokens)
 
 
 class RelayApp:
@@ -187,10 +197,30 @@ class RelayApp:
         gen = _Generation(config, tokens)
         authenticator = LocalAuthenticator(config)
         try:
+            gen.graph = _graph_service(config, tokens)
             if config.listen.smtp.enabled:
-                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator, observer=self.metrics)
+                deliveries = None
+                if gen.graph is not None:
+                    from relay.graph.send import GraphDeliveries  # noqa: PLC0415
+                    from relay.metrics import NULL_OBSERVER  # noqa: PLC0415
+                    from relay.smtp.forward import LiveForwarding  # noqa: PLC0415
+
+                    live = LiveForwarding(config, tokens)
+                    if self.metrics is not None:  # the handler passes it on only to a bare LiveForwarding
+                        live.observer = self.metrics
+                    deliveries = GraphDeliveries(gen.graph, config.limits, live,
+                                                 observer=self.metrics or NULL_OBSERVER)
+                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator, deliveries=deliveries,
+                                                     observer=self.metrics)
             if config.listen.pop3.enabled:
-                gen.servers["pop3"] = Pop3ProxyServer(config, tokens, authenticator, observer=self.metrics)
+                mailboxes = None
+                if gen.graph is not None:
+                    from relay.graph.mailbox import graph_mailboxes  # noqa: PLC0415
+                    from relay.pop3.upstream import open_upstream  # noqa: PLC0415
+
+                    mailboxes = graph_mailboxes(gen.graph, open_upstream)
+                gen.servers["pop3"] = Pop3ProxyServer(config, tokens, authenticator, mailboxes=mailboxes,
+                                                     observer=self.metrics)
             if config.listen.imap.enabled:
                 gen.servers["imap"] = ImapProxyServer(config, tokens, authenticator, observer=self.metrics)
             for name, server in gen.servers.items():
@@ -231,6 +261,8 @@ class RelayApp:
         for name, result in zip(gen.servers, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("%s listener did not stop cleanly: %s", name, result)
+        if gen.graph is not None:
+            await gen.graph.close()
         await gen.tokens.close()
 
     async def run(self) -> int:

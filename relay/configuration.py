@@ -25,6 +25,7 @@ from relay.config.model import (
 )
 from relay.config.parsers import EndpointOverride
 from relay.config.structure import read_document, read_structure
+from relay.configuration_graph import resolve_graph
 from relay.configuration_ops import check_admin, check_alerts
 from relay.errors import ConfigError
 from relay.localauth import is_loopback
@@ -173,12 +174,17 @@ class _Semantics:
         def hint(service: str) -> str:
             return provider.default_server_hint(creds, service) if provider and creds else ""
 
+        graph = resolve_graph(account, path, creds, provider, self.problem)
+        # With Graph chosen, the SMTP/POP3 server is not used unless written (e.g. for `relay check`).
+        smtp_default = None if account.send_via == "graph" else defaults[0]
+        pop3_default = None if account.read_via == "graph" else defaults[1]
         return dataclasses.replace(
             account,
-            smtp=self.endpoint(account.smtp_written, f"{path}.smtp", provider, defaults[0],
-                               hint=hint("smtp")),
-            pop3=self.endpoint(account.pop3_written, f"{path}.pop3", provider, defaults[1],
-                               hint=hint("pop3")),
+            graph=graph,
+            smtp=self.endpoint(account.smtp_written, f"{path}.smtp", provider, smtp_default,
+                               required=account.send_via != "graph", hint=hint("smtp")),
+            pop3=self.endpoint(account.pop3_written, f"{path}.pop3", provider, pop3_default,
+                               required=account.read_via != "graph", hint=hint("pop3")),
             # No problem when the provider has no IMAP default: IMAP came later, so existing
             # generic-provider accounts without an `imap:` key simply have no IMAP access.
             imap=self.endpoint(account.imap_written, f"{path}.imap", provider, defaults[2], required=False),

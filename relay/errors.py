@@ -18,7 +18,8 @@ cryptography's InvalidTag, binascii.Error ...) are translated into these at modu
     │   ├── UpstreamUnavailable     connect, TLS, timeout, dropped connection (temporary)
     │   │   └── UpstreamBusy        every pooled session of the account stayed busy (the cap)
     │   ├── UpstreamAuthRejected    the upstream refused the XOAUTH2 login
-    │   └── UpstreamProtocolError   the upstream said something we cannot parse
+    │   ├── UpstreamProtocolError   the upstream said something we cannot parse
+    │   └── GraphError              Microsoft Graph answered with an error (status, code, wait)
     └── ProtocolInputError          a client sent bad input (bad base64, control characters ...)
 
 `UpstreamError.reply` carries the upstream's own reply as an `UpstreamReply` value (code, enhanced
@@ -158,6 +159,19 @@ class UpstreamAuthRejected(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The upstream sent a reply we cannot parse or did not expect."""
+
+
+class GraphError(UpstreamError):
+    """Microsoft Graph refused a request: ``status`` (HTTP), ``code`` (Graph's error code) and,
+    when throttled, ``retry_after_s``; ``reply`` holds them as an `UpstreamReply` value."""
+
+    def __init__(self, message: str, *, status: int, code: str | None = None,
+                 retry_after_s: float | None = None, account: str | None = None,
+                 reply: UpstreamReply | None = None):
+        self.status = status
+        self.code = code
+        self.retry_after_s = retry_after_s
+        super().__init__(message, account=account, reply=reply)
 
 
 class ProtocolInputError(RelayError):

@@ -22,6 +22,45 @@ _ENABLE_SMTP = ("Set-CASMailbox -Identity <mbx> -SmtpClientAuthenticationDisable
                 "overrides the tenant's; check with Get-CASMailbox <mbx> | fl "
                 "SmtpClientAuthenticationDisabled)")
 
+_GRAPH_DOC = "learn.microsoft.com/graph (api/user-sendmail, concepts/throttling-limits, PROTOCOLS.md 9.1-9.2)"
+
+# Microsoft Graph (send_via / read_via: graph). Before MICROSOFT_SMTP: "ErrorSendAsDenied" must not
+# be taken for the SMTP SendAsDenied reply, whose fix differs.
+GRAPH: tuple[E, ...] = (
+    E("graph-send-as-denied", "graph", r"ErrorSendAsDenied",
+      "Microsoft Graph refused the From address: <mbx> has no Send As right on it",
+      "send with From: <mbx>, or grant <mbx> Send As on that address (Add-RecipientPermission; "
+      "delegated tokens also need Mail.Send.Shared)",
+      "learn.microsoft.com/graph/outlook-send-mail-from-other-user"),
+    E("graph-app-access-policy", "graph", r"Access to OData is disabled",
+      "an application access policy keeps the app away from <mbx>",
+      "add <mbx> to the policy's group (New-ApplicationAccessPolicy / Test-ApplicationAccessPolicy "
+      "-Identity <mbx> -AppId <client id>); changes can take an hour",
+      "learn.microsoft.com/graph/auth-limit-mailbox-access"),
+    E("graph-access-denied", "graph", r"ErrorAccessDenied|HTTP 403\b",
+      "the app has no Microsoft Graph permission for <mbx>",
+      "add Mail.Send (and Mail.ReadWrite for reading) under API permissions > Microsoft Graph "
+      "(application permissions for app-only), grant admin consent, then `relay authorize <account>` "
+      "for delegated credentials", _GRAPH_DOC),
+    E("graph-invalid-audience", "graph", r"InvalidAuthenticationToken.*audience|Invalid audience",
+      "Microsoft Graph got a token for another resource (e.g. outlook.office.com)",
+      "credentials.<credentials>.graph_scopes must be Graph scopes (https://graph.microsoft.com/...); "
+      "the relay asks for them by itself unless overridden", _GRAPH_DOC),
+    E("graph-mailbox-unknown", "graph", r"MailboxNotEnabledForRESTAPI|ErrorInvalidUser",
+      "Microsoft Graph has no Exchange Online mailbox <mbx> (no licence, on-premises, or provisioning)",
+      "check accounts.<account>.mailbox and the mailbox's Exchange Online licence", _GRAPH_DOC),
+    E("graph-throttled", "graph", r"ApplicationThrottled|MailboxConcurrency",
+      "Microsoft Graph throttles this app and mailbox (4 concurrent requests, 10,000 per 10 minutes)",
+      "nothing to change for a burst: the relay honours Retry-After; spread sending over time if "
+      "it persists", "learn.microsoft.com/graph/throttling-limits", transient=True),
+    E("graph-too-big", "graph", r"maximum request length|RequestEntityTooLarge|ErrorMessageSizeExceeded",
+      "the message exceeds Microsoft Graph's 4 MB request limit (about 3 MB of MIME after base64)",
+      "send large messages with send_via: smtp, or smaller attachments", "api/user-post-messages (4 MB)"),
+    E("graph-bad-base64", "graph", r"ErrorMimeContentInvalidBase64String",
+      "Microsoft Graph could not decode the base64 MIME body",
+      "report it: the relay encodes the message itself", "api/user-sendmail"),
+)
+
 MICROSOFT_SMTP: tuple[E, ...] = (
     E("ms-smtp-auth-disabled-tenant", "microsoft",
       r"5\.7\.139.*SmtpClientAuthentication is disabled for the Tenant",
@@ -284,4 +323,4 @@ ENTRA: tuple[E, ...] = (
       "abuse mode)", "run `relay authorize <account>`; if it persists contact Microsoft Support", "ENTRA"),
 )
 
-EXPLANATIONS: tuple[E, ...] = MICROSOFT_SMTP + MICROSOFT_POP3 + GOOGLE + ENTRA
+EXPLANATIONS: tuple[E, ...] = GRAPH + MICROSOFT_SMTP + MICROSOFT_POP3 + GOOGLE + ENTRA

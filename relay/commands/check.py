@@ -1,5 +1,7 @@
 """`relay check`: per account, is the token usable and do the upstream servers accept it?
 
+Accounts that send or read through Microsoft Graph are probed there (`relay.graph.probe`).
+
 For each account: the configuration loaded, the token state (refreshed when due, as the relay
 would), then a real XOAUTH2 login to the upstream SMTP and POP3 servers (no message is sent, no
 mail is read). Prints a table, then the fix for each failure; exits 1 when any account is broken.
@@ -122,11 +124,18 @@ async def check_account(config: RelayConfig, manager: TokenManager, account: Acc
         _add_findings(result, certificate_findings(config.credentials_for(account)))
         return result
     result.oauth = await _token_cell(manager, name)
-    _preflight(config, account, token, result)
-    if account.smtp is not None:
+    graph_only = account.send_via == account.read_via == "graph" and account.imap is None
+    if not graph_only:  # the stored token is the Exchange one; a Graph-only account may hold a Graph one
+        _preflight(config, account, token, result)
+    if "graph" in (account.send_via, account.read_via):
+        from relay.graph.probe import check_graph  # noqa: PLC0415
+
+        send, read = await check_graph(manager, account, result.fixes)
+        result.smtp, result.pop3 = send or result.smtp, read or result.pop3
+    if account.smtp is not None and account.send_via == "smtp":
         result.smtp = await _check_smtp(config, manager, account, timeout_s, result.fixes,
                                         result.claims)
-    if account.pop3 is not None:
+    if account.pop3 is not None and account.read_via == "pop3":
         result.pop3 = await _check_pop3(config, manager, account, timeout_s, result.fixes)
     if account.imap is not None:
         result.imap = await _check_imap(config, manager, account, timeout_s, result.fixes)

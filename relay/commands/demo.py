@@ -3,7 +3,9 @@
 Starts the sandbox (a local OAuth provider and upstream SMTP/POP3 servers), writes a throwaway
 configuration with a demo account, authorizes it (the sandbox approves by itself), starts the
 relay, sends one message through the relay's SMTP and fetches it back over its POP3, then keeps
-serving so you can try it by hand (``--once`` exits after the round trip).
+serving so you can try it by hand (``--once`` exits after the round trip). With ``--graph`` the
+demo account sends and reads through the sandbox's fake Microsoft Graph instead (``send_via:
+graph``, ``read_via: graph``): the same plain logins, sendMail and the Inbox on the far side.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"relay POP3 port ({DEFAULT_POP3_PORT}, or any free port when taken; 0: any)")
     p.add_argument("--imap-port", type=int, default=None, metavar="N",
                    help=f"relay IMAP port ({DEFAULT_IMAP_PORT}, or any free port when taken; 0: any)")
+    p.add_argument("--graph", action="store_true",
+                   help="send and read through (a fake) Microsoft Graph instead of SMTP/POP3 upstream")
     add_logging_arguments(p)
     p.set_defaults(func=cmd_demo, log_level="WARNING")
 
@@ -90,8 +94,9 @@ class MailDelivery:
     apart, so the demo joins them here.
     """
 
-    def __init__(self, world: SandboxWorld) -> None:
+    def __init__(self, world: SandboxWorld, *, graph: bool = False) -> None:
         self._world = world
+        self._graph = graph
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-delivery", daemon=True)
 
@@ -105,6 +110,9 @@ class MailDelivery:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        if self._graph:
+            self._run_graph()
+            return
         smtp, pop3 = self._world.smtp, self._world.pop3
         delivered = 0
         while not self._stop.is_set():
@@ -113,6 +121,21 @@ class MailDelivery:
                 for rcpt in message.rcpt_tos:
                     pop3.deliver(rcpt, message.data)
             delivered = len(messages)
+
+
+    def _run_graph(self) -> None:
+        """Graph: each accepted sendMail lands in the Inbox of its sandbox recipients."""
+        from relay.graph.envelope import header_recipients  # noqa: PLC0415
+
+        graph = self._world.graph
+        delivered = 0
+        while not self._stop.wait(0.05):
+            sent = graph.sent()
+            for mime in sent[delivered:]:
+                for rcpt in header_recipients(mime):
+                    if graph.mailboxes.has(rcpt):
+                        graph.mailboxes.deliver(rcpt, mime)
+            delivered = len(sent)
 
 
 class Demo:
@@ -130,13 +153,15 @@ class Demo:
         from relay.sandbox.world import SandboxWorld  # noqa: PLC0415 - keeps `relay --help` fast
 
         world = SandboxWorld.start(self.dir / "sandbox")
-        delivery = MailDelivery(world)
+        graph = bool(getattr(self.args, "graph", False))
+        delivery = MailDelivery(world, graph=graph)
         delivery.start()
         app: RelayApp | None = None
         try:
             say(f"{CHECK} Sandbox started: OAuth provider {world.oauth.url}, upstream SMTP "
                 f"{world.host}:{world.smtp_port} (STARTTLS), upstream POP3 {world.host}:{world.pop3_port} "
-                f"and IMAP {world.host}:{world.imap_port} (TLS), mailbox " + DEMO_MAILBOX)
+                f"and IMAP {world.host}:{world.imap_port} (TLS), fake Microsoft Graph {world.graph.url}, "
+                "mailbox " + DEMO_MAILBOX)
             config = self.write_config(world)
             say(f"{CHECK} Demo configuration written to {self.config_path} (account '{DEMO_ACCOUNT}', "
                 f"local login {DEMO_LOGIN}, encrypted token store with a fresh key)")
@@ -150,19 +175,29 @@ class Demo:
             say(f"{CHECK} Relay listening: SMTP 127.0.0.1:{smtp_port}, POP3 127.0.0.1:{pop3_port}, "
                 f"IMAP 127.0.0.1:{imap_port}")
             subject, msgid = await asyncio.to_thread(self.send, smtp_port)
-            received = world.smtp.wait_for_messages(1, timeout_s=10)
-            if not received:
-                raise DemoFailed("the sandbox upstream did not receive the message")
-            say(f"{CHECK} Sent a message through the relay's SMTP (AUTH PLAIN as {DEMO_LOGIN}): 250; "
-                f"the relay logged in upstream with XOAUTH2 as {received[-1].user} and the sandbox "
-                "accepted it")
+            if graph:
+                if not world.graph.sent():
+                    raise DemoFailed("the fake Microsoft Graph did not receive the message")
+                say(f"{CHECK} Sent a message through the relay's SMTP (AUTH PLAIN as {DEMO_LOGIN}): 250 "
+                    f"after Microsoft Graph answered 202 to POST /users/{DEMO_MAILBOX}/sendMail (the "
+                    "MIME message base64, with a graph.microsoft.com token from the same grant)")
+            else:
+                received = world.smtp.wait_for_messages(1, timeout_s=10)
+                if not received:
+                    raise DemoFailed("the sandbox upstream did not receive the message")
+                say(f"{CHECK} Sent a message through the relay's SMTP (AUTH PLAIN as {DEMO_LOGIN}): 250; "
+                    f"the relay logged in upstream with XOAUTH2 as {received[-1].user} and the sandbox "
+                    "accepted it")
             fetched = await asyncio.to_thread(self.fetch, pop3_port, msgid)
-            say(f"{CHECK} Fetched it back over the relay's POP3 (USER/PASS as {DEMO_LOGIN}, XOAUTH2 "
-                f"upstream): message {fetched} of the mailbox, Subject: {subject}")
-            number = await asyncio.to_thread(self.fetch_imap, imap_port, msgid)
-            say(f"{CHECK} Fetched it again over the relay's IMAP (LOGIN as {DEMO_LOGIN}, AUTHENTICATE "
-                f"XOAUTH2 upstream): message {number} of INBOX")
-            say("\nRound trip OK: plain logins in, OAuth 2.0 (XOAUTH2) out.\n")
+            upstream = "the Inbox read through Graph" if graph else "XOAUTH2 upstream"
+            say(f"{CHECK} Fetched it back over the relay's POP3 (USER/PASS as {DEMO_LOGIN}, {upstream}): "
+                f"message {fetched} of the mailbox, Subject: {subject}")
+            if not graph:  # IMAP has no Graph path: the IMAP listener serves XOAUTH2 accounts only
+                number = await asyncio.to_thread(self.fetch_imap, imap_port, msgid)
+                say(f"{CHECK} Fetched it again over the relay's IMAP (LOGIN as {DEMO_LOGIN}, AUTHENTICATE "
+                    f"XOAUTH2 upstream): message {number} of INBOX")
+            out = "Microsoft Graph" if graph else "OAuth 2.0 (XOAUTH2)"
+            say(f"\nRound trip OK: plain logins in, {out} out.\n")
             say(self.by_hand(smtp_port, pop3_port, imap_port))
             if not self.args.once:
                 await self.serve_until_signal()
@@ -198,7 +233,8 @@ class Demo:
             },
             "token_store": {"path": str(self.dir / "tokens.enc"), "key_env": None, "key_file": str(key_file)},
             "credentials": creds,
-            "accounts": {DEMO_ACCOUNT: world.account_yaml(
+            "accounts": {DEMO_ACCOUNT: (world.graph_account_yaml if getattr(self.args, "graph", False)
+                                        else world.account_yaml)(
                 DEMO_LOGIN, hash_password(self.password), DEMO_MAILBOX, credentials="sandbox")},
             "limits": {"auth_failure_delay_s": 0.2, "shutdown_grace_s": 5},
         }

@@ -52,6 +52,18 @@ OAuthFlow = Literal["authorization_code", "device_code", "client_credentials", "
 EnvelopeSenderPolicy = Literal["keep", "rewrite"]
 """`keep` forwards the client's MAIL FROM; `rewrite` replaces it with the account's mailbox."""
 
+SendVia = Literal["smtp", "graph"]
+"""How an account sends: SMTP with XOAUTH2, or Microsoft Graph `sendMail`."""
+
+ReadVia = Literal["pop3", "graph"]
+"""How an account is read by POP3 clients: upstream POP3 with XOAUTH2, or the Graph mailbox."""
+
+GraphDeleteMode = Literal["move", "delete"]
+"""What POP3 DELE does at QUIT on a Graph mailbox: move to Deleted Items, or DELETE the item."""
+
+GraphLargeMessages = Literal["refuse", "upload_session"]
+"""A message over Graph's request limit: refused (552), or sent as draft + upload session."""
+
 MicrosoftCloud = Literal["global", "usgovernment", "china"]
 """Which Microsoft cloud a tenant lives in: worldwide (and GCC), US Government (GCC High), China."""
 
@@ -177,6 +189,7 @@ class CredentialsConfig:
     client_secret: Secret | None = key(secret_text(), None)
     tenant_id: str | None = key(optional_text(), None)
     scopes: tuple[str, ...] | None = key(words(), None)  # None: the provider's defaults for SMTP + POP3
+    graph_scopes: tuple[str, ...] | None = key(words(), None)  # None: the provider's Graph scopes
     # Port of the loopback redirect listener for `relay authorize` (0: any free port).
     redirect_port: int = key(port(allow_zero=True), 0)
     # None: 127.0.0.1 (RFC 8252 8.3), or localhost for Microsoft (see relay.authorize).
@@ -196,6 +209,23 @@ class CredentialsConfig:
     cloud: MicrosoftCloud = key(choice(MicrosoftCloud), "global")
     # Proxy for OAuth HTTP requests; None: HTTPS_PROXY / NO_PROXY from the environment apply.
     proxy: ProxyConfig | None = key(optional_section(ProxyConfig, shorthand="url"), None)
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Microsoft Graph settings of an account (used with ``send_via``/``read_via: graph``)."""
+
+    # Graph's v1.0 root; "" (not written): the credentials' Microsoft cloud's, resolved at load.
+    url: str = key(url(), "")
+    # Graph's request limit (base64 MIME counts): PROTOCOLS.md 9.1.
+    max_request_bytes: int = key(whole(64 * 1024, 150 * 1024 * 1024), 4_000_000)
+    large_messages: GraphLargeMessages = key(choice(GraphLargeMessages), "refuse")
+    max_messages: int = key(whole(1, 1_000_000), 1000)  # POP3 snapshot cap (oldest first)
+    page_size: int = key(whole(1, 1000), 100)  # $top of each list request
+    delete: GraphDeleteMode = key(choice(GraphDeleteMode), "move")  # DELE at QUIT
+    timeout_s: float = key(seconds(DAY_S), 120.0)
+    ca_file: Path | None = key(file_path(), None)  # a private CA (tests, proxies); None: the system's
+    verify_tls: bool = key(boolean(), True)
 
 
 @dataclass(frozen=True)
@@ -228,6 +258,20 @@ class AccountConfig:
     max_upstream_sessions: int | None = key(whole(0, 10_000, allow_zero=True), None)
     # Concurrent upstream POP3 sessions for this mailbox; None: the provider's default, 0: no cap.
     max_upstream_pop3_sessions: int | None = key(whole(0, 10_000, allow_zero=True), None)
+    send_via: SendVia = key(choice(SendVia), "smtp")
+    read_via: ReadVia = key(choice(ReadVia), "pop3")
+    # Set (defaults filled, url resolved) at load when send_via or read_via is graph.
+    graph: GraphConfig | None = key(optional_section(GraphConfig), None)
+
+    @property
+    def can_send(self) -> bool:
+        """True when the account has an upstream to send through (SMTP server or Graph)."""
+        return self.send_via == "graph" or self.smtp is not None
+
+    @property
+    def can_read(self) -> bool:
+        """True when POP3 clients can read the account (upstream POP3 server or Graph)."""
+        return self.read_via == "graph" or self.pop3 is not None
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 from relay.config.model import RelayConfig
 from relay.listening import accept_batch, widen_backlog
 from relay.metrics import NULL_OBSERVER, RelayObserver
+from relay.pop3.mailbox import MailboxOpener
 from relay.pop3.replies import err
 from relay.pop3.session import Pop3ProxySession, SessionContext
+from relay.pop3.upstream import open_upstream
 from relay.sessionlimits import ClientSlots
 from relay.tlsutil import listener_context
 from relay.tokens.source import TokenSource
@@ -34,7 +36,8 @@ class Pop3ProxyServer:
     """Local POP3 listener that forwards each logged-in session upstream with XOAUTH2."""
 
     def __init__(self, config: RelayConfig, tokens: TokenSource,
-                 authenticator: LocalAuthenticator, *, observer: RelayObserver | None = None) -> None:
+                 authenticator: LocalAuthenticator, *, mailboxes: MailboxOpener | None = None,
+                 observer: RelayObserver | None = None) -> None:
         self._config = config
         listener = config.listen.pop3
         self._ctx = SessionContext(
@@ -43,6 +46,7 @@ class Pop3ProxyServer:
             tokens=tokens,
             authenticator=authenticator,
             tls_context=listener_context(listener, "listen.pop3"),
+            open_mailbox=mailboxes or open_upstream,
             observer=observer or NULL_OBSERVER,
         )
         self._server: asyncio.base_events.Server | None = None

@@ -34,6 +34,7 @@ from relay.errors import (
 )
 from relay.explain import log_explanation
 from relay.metrics import NULL_OBSERVER, RelayObserver
+from relay.pop3.mailbox import MailboxOpener, Pop3Mailbox
 from relay.pop3.protocol import (
     NEED_DATA,
     PAUSED,
@@ -44,7 +45,7 @@ from relay.pop3.protocol import (
     UpstreamCommand,
 )
 from relay.pop3.replies import err, ok
-from relay.pop3.upstream import UpstreamPop3Session, open_upstream
+from relay.pop3.upstream import open_upstream
 from relay.sessionlimits import CommandBudget
 from relay.tokens.source import TokenSource
 
@@ -86,6 +87,7 @@ class SessionContext:
     tokens: TokenSource
     authenticator: LocalAuthenticator
     tls_context: ssl.SSLContext | None  # the listener's context (implicit TLS or STLS)
+    open_mailbox: MailboxOpener = open_upstream  # relay.pop3.mailbox: upstream POP3 or Graph
     observer: RelayObserver = field(default=NULL_OBSERVER)  # relay.metrics
 
 
@@ -108,7 +110,7 @@ class Pop3ProxySession:
             plaintext_allowed=self._plaintext_allowed(tls_active),
             bare_lf=ctx.listener.bare_lf,
         )
-        self._upstream: UpstreamPop3Session | None = None
+        self._upstream: Pop3Mailbox | None = None
         self.stats = SessionStats()
         self._budget = CommandBudget(ctx.limits.max_commands_without_progress)
         loop = asyncio.get_running_loop()
@@ -260,13 +262,14 @@ class Pop3ProxySession:
 
     async def _connect_upstream(self, account: AccountConfig) -> bytes:
         """Log in upstream; return the reply for the client (and set ``_upstream`` on success)."""
-        if account.pop3 is None:
+        if not account.can_read:
             log.warning("pop3 login for account '%s' refused: the account has no pop3 upstream "
                         "(set accounts.%s.pop3)", account.name, account.name)
             return err(f"Account {account.username} has no POP3 mailbox configured", "SYS/PERM")
         started = time.monotonic()
         try:
-            self._upstream, status = await open_upstream(account, self._ctx.tokens, self._ctx.limits)
+            self._upstream, status = await self._ctx.open_mailbox(account, self._ctx.tokens,
+                                                                  self._ctx.limits)
             self._ctx.observer.upstream_login(account.name, "pop3", time.monotonic() - started, 200)
         except UpstreamAuthRejected as exc:
             self._ctx.observer.upstream_login(account.name, "pop3", time.monotonic() - started, 535)

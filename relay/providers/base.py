@@ -99,6 +99,9 @@ class OAuthProvider(ABC):
     # default of accounts.NAME.max_upstream_sessions / max_upstream_pop3_sessions.
     default_max_smtp_sessions: ClassVar[int | None] = None
     default_max_pop3_sessions: ClassVar[int | None] = None
+    # Scopes of a token for Microsoft Graph from the same grant (empty: the provider has no Graph).
+    graph_delegated_scopes: ClassVar[tuple[str, ...]] = ()
+    graph_app_scopes: ClassVar[tuple[str, ...]] = ()
     # Extra query parameters added to the authorization URL (e.g. Google's access_type=offline).
     extra_authorize_params: ClassVar[dict[str, str]] = {}
 
@@ -176,6 +179,14 @@ class OAuthProvider(ABC):
             return self.app_scopes()
         return self.default_scopes()
 
+    def graph_scopes(self) -> tuple[str, ...]:
+        """The scopes of a Graph token for the configured flow (YAML ``graph_scopes`` wins)."""
+        if self.credentials.graph_scopes is not None:
+            return tuple(self.credentials.graph_scopes)
+        if self.credentials.flow in ("client_credentials", "service_account"):
+            return self.graph_app_scopes
+        return self.graph_delegated_scopes
+
     def needs_authorize_step(self) -> bool:
         """True when tokens come from a one-time interactive `relay authorize`."""
         return self.credentials.flow in ("authorization_code", "device_code")
@@ -214,10 +225,11 @@ class OAuthProvider(ABC):
         return await self.token_request(http, data, account=account)
 
     async def refresh(self, http: httpx.AsyncClient, refresh_token: Secret, *,
-                      account: str | None = None) -> TokenResponse:
-        """Use a refresh token for a new access token (and maybe a rotated refresh token)."""
+                      account: str | None = None, scopes: tuple[str, ...] | None = None) -> TokenResponse:
+        """Use a refresh token for a new access token (and maybe a rotated refresh token);
+        ``scopes`` asks for another resource's token from the same grant (e.g. Graph)."""
         data = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal(),
-                "scope": " ".join(self.scopes())}
+                "scope": " ".join(scopes if scopes is not None else self.scopes())}
         return await self.token_request(http, data, account=account)
 
     # --- device code (RFC 8628) ------------------------------------------------------------------
@@ -278,13 +290,15 @@ class OAuthProvider(ABC):
     # --- app-only grants -------------------------------------------------------------------------
 
     async def client_credentials(self, http: httpx.AsyncClient, mailbox: str, *,
-                                 account: str | None = None) -> TokenResponse:
+                                 account: str | None = None,
+                                 scopes: tuple[str, ...] | None = None) -> TokenResponse:
         """Get an app-only token (RFC 6749 4.4); ``mailbox`` is the XOAUTH2 user, unused here."""
         if "client_credentials" not in self.supported_flows:
             raise UnsupportedGrant(f"provider '{self.name}' does not support the client_credentials flow",
                                    account=account)
         return await self.token_request(
-            http, {"grant_type": "client_credentials", "scope": " ".join(self.scopes())}, account=account)
+            http, {"grant_type": "client_credentials",
+                   "scope": " ".join(scopes if scopes is not None else self.scopes())}, account=account)
 
     async def service_account_token(self, http: httpx.AsyncClient, mailbox: str, *,
                                     account: str | None = None) -> TokenResponse:
@@ -294,11 +308,13 @@ class OAuthProvider(ABC):
                                account=account)
 
     async def fetch_app_token(self, http: httpx.AsyncClient, mailbox: str, *,
-                              account: str | None = None) -> TokenResponse:
-        """Get a token for an on-demand flow (client_credentials or service_account)."""
+                              account: str | None = None,
+                              scopes: tuple[str, ...] | None = None) -> TokenResponse:
+        """Get a token for an on-demand flow (client_credentials or service_account); ``scopes``
+        asks for another resource (client_credentials only)."""
         if self.credentials.flow == "service_account":
             return await self.service_account_token(http, mailbox, account=account)
-        return await self.client_credentials(http, mailbox, account=account)
+        return await self.client_credentials(http, mailbox, account=account, scopes=scopes)
 
     async def revoke(self, http: httpx.AsyncClient, token: Secret) -> bool:
         """Best effort RFC 7009 revocation; returns False when there is no endpoint or it failed."""

@@ -20,6 +20,7 @@ class CloudHosts:
     app_resource: str  # the resource of the app-only ``.default`` scope
     smtp: str
     pop3: str  # POP3 and IMAP share the host
+    graph: str = "https://graph.microsoft.com"  # the Microsoft Graph resource and API host
 
 
 # PROTOCOLS.md 9.6. Login hosts: Microsoft identity platform "national clouds" page (China:
@@ -30,9 +31,10 @@ CLOUDS: dict[str, CloudHosts] = {
     "global": CloudHosts("login.microsoftonline.com", "https://outlook.office.com",
                          "https://outlook.office365.com", "smtp.office365.com", "outlook.office365.com"),
     "usgovernment": CloudHosts("login.microsoftonline.us", "https://outlook.office365.us",
-                               "https://outlook.office365.us", "smtp.office365.us", "outlook.office365.us"),
+                               "https://outlook.office365.us", "smtp.office365.us", "outlook.office365.us",
+                               "https://graph.microsoft.us"),
     "china": CloudHosts("login.partner.microsoftonline.cn", "https://partner.outlook.cn", "https://partner.outlook.cn",
-                        "smtp.partner.outlook.cn", "partner.outlook.cn"),
+                        "smtp.partner.outlook.cn", "partner.outlook.cn", "https://microsoftgraph.chinacloudapi.cn"),
 }
 LOGIN_HOST = f"https://{CLOUDS['global'].login}"
 DELEGATED_SCOPES = (
@@ -42,6 +44,13 @@ DELEGATED_SCOPES = (
     "offline_access",
 )
 APP_SCOPES = ("https://outlook.office365.com/.default",)
+# Graph (send_via/read_via: graph): a separate token from the same grant (PROTOCOLS 9.1).
+GRAPH_DELEGATED_SCOPES = (
+    "https://graph.microsoft.com/Mail.Send",
+    "https://graph.microsoft.com/Mail.ReadWrite",
+    "offline_access",
+)
+GRAPH_APP_SCOPES = ("https://graph.microsoft.com/.default",)
 
 
 def cloud_hosts(cloud: MicrosoftCloud | str) -> CloudHosts:
@@ -99,6 +108,8 @@ class MicrosoftProvider(OAuthProvider):
     def hosts(self) -> CloudHosts:
         """This credentials' cloud."""
         return cloud_hosts(self.credentials.cloud)
+    graph_delegated_scopes: ClassVar[tuple[str, ...]] = GRAPH_DELEGATED_SCOPES
+    graph_app_scopes: ClassVar[tuple[str, ...]] = GRAPH_APP_SCOPES
 
     def default_endpoints(self) -> Endpoints:
         """Return the v2.0 endpoints of the configured tenant (no revocation endpoint exists)."""
@@ -112,6 +123,15 @@ class MicrosoftProvider(OAuthProvider):
         resource = self.hosts.resource
         return (f"{resource}/SMTP.Send", f"{resource}/POP.AccessAsUser.All",
                 f"{resource}/IMAP.AccessAsUser.All", "offline_access")
+
+    def graph_scopes(self) -> tuple[str, ...]:
+        """Graph scopes under the credentials' cloud's Graph resource (YAML ``graph_scopes`` wins)."""
+        if self.credentials.graph_scopes is not None:
+            return tuple(self.credentials.graph_scopes)
+        graph = self.hosts.graph
+        if self.credentials.flow == "client_credentials":
+            return (f"{graph}/.default",)
+        return (f"{graph}/Mail.Send", f"{graph}/Mail.ReadWrite", "offline_access")
 
     def app_scopes(self) -> tuple[str, ...]:
         """App-only: the Exchange Online resource's .default scope (it carries the app's granted

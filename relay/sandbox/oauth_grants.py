@@ -275,8 +275,14 @@ class OAuthGrants:
             rotate = self.settings.rotate_refresh_tokens or self.settings.strict_rotation
             if rotate:
                 rt.revoked = rt.rotated = True
-        return self.token_response(rt.user, client, rt.scope, with_refresh=rotate,
-                                   family=rt.family or presented)
+        # Like Microsoft's: the access token is for the scope asked (another resource of the same
+        # grant, e.g. Graph); a rotated refresh token keeps the grant's scope.
+        scope = form.get("scope", "").strip() or rt.scope
+        out = self.token_response(rt.user, client, scope, with_refresh=rotate, family=rt.family or presented)
+        if rotate:
+            with self.lock:
+                self.refresh[str(out["refresh_token"])].scope = rt.scope
+        return out
 
     def _revoke_family(self, family: str) -> None:
         """Strict rotation saw a rotated token again: count it and revoke every token of the grant."""

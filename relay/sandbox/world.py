@@ -1,4 +1,5 @@
-"""`SandboxWorld`: the OAuth provider, upstream SMTP (STARTTLS), POP3 and IMAP (TLS on connect).
+"""`SandboxWorld`: the OAuth provider, upstream SMTP (STARTTLS), POP3 and IMAP (TLS on connect)
+and a fake Microsoft Graph mail API (plain HTTP on loopback) together.
 
 All of them run on one background loop thread, on 127.0.0.1 port 0 unless ports are given, with a
 fresh self-signed certificate (``ca_file``) that the relay's upstream endpoints trust.
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
+from relay.sandbox.graph import GRAPH_SCOPES, SandboxGraphServer
 from relay.sandbox.imap_upstream import SandboxImapServer
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE, SandboxOAuthProvider
@@ -39,6 +41,7 @@ class SandboxWorld:
         self.imap = SandboxImapServer(self.oauth.validate_access_token, self.cert_file, self.key_file,
                                       lambda user: [m for _, m in self.pop3.mailbox(user)],
                                       port=imap_port, authorize=self.oauth.token_allows)
+        self.graph = SandboxGraphServer(self.oauth)
         self._loop: LoopThread | None = None
 
     @classmethod
@@ -52,7 +55,7 @@ class SandboxWorld:
             return self
         self._loop = LoopThread("sandbox-world").start()
         try:
-            for server in (self.oauth, self.smtp, self.pop3, self.imap):
+            for server in (self.oauth, self.smtp, self.pop3, self.imap, self.graph):
                 server.start(self._loop)
         except BaseException:
             self.stop()
@@ -62,7 +65,7 @@ class SandboxWorld:
     def stop(self) -> None:
         """Stop every server and the loop thread; remove the temporary directory. Idempotent."""
         loop, self._loop = self._loop, None
-        for server in (self.imap, self.pop3, self.smtp, self.oauth):
+        for server in (self.graph, self.imap, self.pop3, self.smtp, self.oauth):
             server.stop()
         if loop is not None:
             loop.stop()
@@ -116,7 +119,7 @@ class SandboxWorld:
             "authorize_url": self.oauth.authorize_url,
             "device_authorization_url": self.oauth.device_authorization_url,
             "revocation_url": self.oauth.revocation_url, "introspection_url": self.oauth.introspection_url,
-            "ca_file": str(self.ca_file), "client_id": DEFAULT_CLIENT_ID,
+            "graph_url": self.graph.url, "ca_file": str(self.ca_file), "client_id": DEFAULT_CLIENT_ID,
             "client_secret": DEFAULT_CLIENT_SECRET,
         }
 
@@ -128,7 +131,7 @@ class SandboxWorld:
         """``{name: {...}}`` for the YAML ``credentials:`` section: a generic provider at this sandbox."""
         creds: dict[str, object] = {
             "provider": "generic", "client_id": client_id, "flow": flow,
-            "scopes": DEFAULT_SCOPE.split(),
+            "scopes": DEFAULT_SCOPE.split(), "graph_scopes": list(GRAPH_SCOPES),
             "token_url": self.oauth.token_url, "authorize_url": self.oauth.authorize_url,
             "device_authorization_url": self.oauth.device_authorization_url,
             "revocation_url": self.oauth.revocation_url,
@@ -147,4 +150,15 @@ class SandboxWorld:
             "smtp": {"host": self.host, "port": self.smtp_port, "tls": "starttls", "ca_file": ca},
             "pop3": {"host": self.host, "port": self.pop3_port, "tls": "implicit", "ca_file": ca},
             "imap": {"host": self.host, "port": self.imap_port, "tls": "implicit", "ca_file": ca},
+        }
+
+    def graph_account_yaml(self, username: str, password_hash: str | None, mailbox: str,
+                           credentials: str = "sandbox", **graph: object) -> dict[str, object]:
+        """An account that sends and reads through the fake Graph (``graph`` keys added); the
+        mailbox is created there."""
+        self.graph.mailboxes.add_mailbox(mailbox)
+        return {
+            "username": username, "password_hash": password_hash, "mailbox": mailbox,
+            "credentials": credentials, "send_via": "graph", "read_via": "graph",
+            "graph": {"url": self.graph.url, **graph},
         }

@@ -258,7 +258,7 @@ class RelayHandler:
             if account is None:
                 return replies.AUTH_REQUIRED
             state.account = account
-        if account.smtp is None:
+        if not account.can_send:
             return replies.account_cannot_send(account.name)
         return account
 

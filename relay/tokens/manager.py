@@ -37,6 +37,7 @@ from relay.secret import Secret
 from relay.tokens.cooldown import RefusedTokenCooldown
 from relay.tokens.interface import Lease, LocalLease, TokenStore, VersionConflict
 from relay.tokens.model import TokenSet, expiry_from
+from relay.tokens.resources import ResourceTokens
 from relay.tokens.status import ON_DEMAND_FLOWS, AccountTokenStatus, account_status, newer, still_older
 
 __all__ = ["AccountTokenStatus", "TokenManager", "new_http_client"]
@@ -96,19 +97,24 @@ class TokenManager:
         # unreadable); such tokens are the newest and live only in memory until saved
         self._unsaved: dict[str, int | None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._resources = ResourceTokens()
         self._cooldown = RefusedTokenCooldown(config.limits.upstream_auth_cooldown_s)
 
     # --- TokenSource ---------------------------------------------------------------------------
 
-    async def get_token(self, account: str) -> Secret:
-        """Return a valid access token, refreshing (once, shared) when near expiry."""
+    async def get_token(self, account: str, resource: str | None = None) -> Secret:
+        """Return a valid access token, refreshing (once, shared) when near expiry; ``resource``
+        (relay.tokens.source.GRAPH) for another resource's token from the same grant."""
         acc = self._account(account)
+        if resource is not None:
+            return await self._resources.token(self, acc, resource, force=False)
         current = await self._current(acc.name)
         if current is not None and current.is_usable(self._clock(), self._margin_s()):
             return current.access_token
         return (await self._single_flight(acc, force=False, margin_s=self._margin_s())).access_token
 
-    async def force_refresh(self, account: str, rejected: Secret | None = None) -> Secret:
+    async def force_refresh(self, account: str, rejected: Secret | None = None,
+                            resource: str | None = None) -> Secret:
         """Refresh now because the upstream rejected a token that looked valid (single flight too).
 
         With ``rejected`` (the token the upstream refused), a caller whose token was already
@@ -116,6 +122,8 @@ class TokenManager:
         upstream refuses (revoked right after issue) is still replaced.
         """
         acc = self._account(account)
+        if resource is not None:
+            return await self._resources.token(self, acc, resource, force=True, rejected=rejected)
         self._cooldown.check(acc.name, rejected)  # the upstream refuses even fresh tokens: no request
         token = (await self._single_flight(acc, force=True, margin_s=self._margin_s(),
                                            rejected=rejected)).access_token
@@ -275,11 +283,15 @@ class TokenManager:
                              rejected: Secret | None = None) -> TokenSet:
         task = self._inflight.get(acc.name)
         if task is None:
-            task = asyncio.create_task(self._refresh(acc, force=force, margin_s=margin_s,
-                                                     rejected=rejected))
+            task = asyncio.create_task(self._locked(acc.name, self._refresh(
+                acc, force=force, margin_s=margin_s, rejected=rejected)))
             self._inflight[acc.name] = task
             task.add_done_callback(functools.partial(self._flight_done, acc.name))
         return await asyncio.shield(task)
+
+    async def _locked(self, name: str, refresh: Awaitable[TokenSet]) -> TokenSet:
+        async with self._resources.grant_lock(name):
+            return await refresh
 
     def _flight_done(self, name: str, task: asyncio.Task[TokenSet]) -> None:
         if self._inflight.get(name) is task:

@@ -6,6 +6,9 @@ from typing import Protocol
 
 from relay.secret import Secret
 
+GRAPH = "graph"
+"""The ``resource`` of a Microsoft Graph token (None: the account's SMTP/POP3 resource)."""
+
 
 class TokenSource(Protocol):
     """Gives sessions a valid access token for an account (by account name).
@@ -15,10 +18,15 @@ class TokenSource(Protocol):
     [SYS/TEMP]).
     """
 
-    async def get_token(self, account: str) -> Secret:
-        """Return a valid access token, refreshing first if it is near expiry."""
+    async def get_token(self, account: str, resource: str | None = None) -> Secret:
+        """Return a valid access token, refreshing first if it is near expiry.
+
+        ``resource`` (e.g. `GRAPH`) asks for another resource's token from the same grant: one
+        refresh token, an access token cached per resource.
+        """
         ...
 
-    async def force_refresh(self, account: str, rejected: Secret | None = None) -> Secret:
+    async def force_refresh(self, account: str, rejected: Secret | None = None,
+                            resource: str | None = None) -> Secret:
         """Refresh now, because the upstream rejected ``rejected``, a token that looked valid."""
         ...

@@ -74,7 +74,8 @@ def test_unknown_key_is_an_error_with_suggestion() -> None:
     assert path == "accounts.sales.pasword_hash"
     assert message == ("unknown key 'pasword_hash'; did you mean 'password_hash'? (known: username, "
                        "password_hash, mailbox, credentials, smtp, pop3, imap, allow_without_auth_from, "
-                       "envelope_sender, allowed_senders, max_upstream_sessions, max_upstream_pop3_sessions)")
+                       "envelope_sender, allowed_senders, max_upstream_sessions, max_upstream_pop3_sessions, "
+                       "send_via, read_via, graph)")
 
 
 def test_bad_credentials_reference_names_known_ones() -> None:
@@ -313,9 +314,11 @@ def test_example_config_in_the_repository_loads(tmp_path: Path) -> None:
     path = tmp_path / "relay.yaml"
     path.write_text(text)
     env = {"CONTOSO_CLIENT_SECRET": "a", "GMAIL_CLIENT_SECRET": "b", "EXAMPLE_CLIENT_SECRET": "c",
-           "SALES_PASSWORD_HASH": HASH, "BOUNCES_PASSWORD_HASH": HASH, "HELPDESK_PASSWORD_HASH": HASH}
+           "SALES_PASSWORD_HASH": HASH, "BOUNCES_PASSWORD_HASH": HASH, "HELPDESK_PASSWORD_HASH": HASH,
+           "REPORTS_PASSWORD_HASH": HASH}
     config = load_config(path, env=env)
-    assert set(config.accounts) == {"sales", "bounces", "printer", "ticketing"}
+    assert set(config.accounts) == {"sales", "bounces", "printer", "reports", "ticketing"}
+    assert config.accounts["reports"].send_via == "graph"
     assert config.accounts["printer"].password_hash is None
 
 

@@ -71,6 +71,21 @@ SAMPLES = {
     "your IP address. - gsmtp",
     "g-starttls": "530 5.7.0 Must issue a STARTTLS command first. - gsmtp",
 }
+SAMPLES.update({  # Microsoft Graph errors as `relay.graph.answers` words them (HTTP status, code, text)
+    "graph-send-as-denied": "HTTP 403 ErrorSendAsDenied The user account which was used to submit this "
+                            "request does not have the right to send mail on behalf of the specified "
+                            "sending account. Cannot submit message.",
+    "graph-app-access-policy": "HTTP 403 ErrorAccessDenied Access to OData is disabled.",
+    "graph-access-denied": "HTTP 403 ErrorAccessDenied Access is denied. Check credentials and try again.",
+    "graph-invalid-audience": "HTTP 401 InvalidAuthenticationToken Access token validation failure. "
+                              "Invalid audience.",
+    "graph-mailbox-unknown": "HTTP 404 MailboxNotEnabledForRESTAPI REST API is not yet supported for "
+                             "this mailbox.",
+    "graph-throttled": "HTTP 429 ApplicationThrottled Application is over its MailboxConcurrency limit.",
+    "graph-too-big": "HTTP 413 RequestEntityTooLarge The maximum request length supported is 4MB.",
+    "graph-bad-base64": "HTTP 400 ErrorMimeContentInvalidBase64String Invalid base64 string for MIME "
+                        "content.",
+})
 for _entry in EXPLANATIONS:
     if _entry.key.startswith("aadsts-"):
         SAMPLES[_entry.key] = (f'{{"error":"invalid_grant","error_description":"AADSTS{_entry.key[7:]}: '
