@@ -32,10 +32,12 @@ from relay.listening import fit_fd_limit
 from relay.metrics import RelayMetrics
 from relay.tokens.interface import TokenStore
 from relay.tokens.manager import AccountTokenStatus, TokenManager
-from relay.tokens.store import open_store_async
+from relay.tokens.store import load_key, open_store_async
 
 if TYPE_CHECKING:
     from relay.admin.report import ListenerState
+    from relay.spool.delivery import SpoolingDeliveries
+    from relay.spool.service import SpoolService
 
 log = logging.getLogger("relay.app")
 
@@ -79,6 +81,7 @@ class RelayApp:
             self.metrics = RelayMetrics(config.accounts)
         self._admin: object | None = None
         self._alerts: object | None = None
+        self.spool: SpoolService | None = None  # started when an account has delivery: spool
 
     # --- properties -----------------------------------------------------------------------------
 
@@ -187,8 +190,10 @@ class RelayApp:
         gen = _Generation(config, tokens)
         authenticator = LocalAuthenticator(config)
         try:
+            deliveries = await self._spool_deliveries(config, tokens)
             if config.listen.smtp.enabled:
-                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator, observer=self.metrics)
+                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator, observer=self.metrics,
+                                                        deliveries=deliveries)
             if config.listen.pop3.enabled:
                 gen.servers["pop3"] = Pop3ProxyServer(config, tokens, authenticator, observer=self.metrics)
             if config.listen.imap.enabled:
@@ -206,6 +211,19 @@ class RelayApp:
         await _log_accounts(config, tokens)
         return gen
 
+    async def _spool_deliveries(self, config: RelayConfig, tokens: TokenManager) -> SpoolingDeliveries | None:
+        """The spool's delivery factory when an account spools (the spool starts the first time)."""
+        from relay.spool.service import SpoolService, uses_spool  # noqa: PLC0415 - keeps `relay --help` fast
+
+        if self.spool is None:
+            if not uses_spool(config):
+                return None
+            self.spool = SpoolService(config, load_key(config.token_store), tokens)
+            await self.spool.start()
+        else:
+            self.spool.reconfigure(config, tokens)
+        return self.spool.deliveries(config, tokens)
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, give sessions ``grace_s`` (limits.shutdown_grace_s) to end, then close."""
         for part in (self._alerts, self._admin):
@@ -221,6 +239,9 @@ class RelayApp:
             await self._stop_generation(gen, grace_s)
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            await spool.stop()
         if self._owns_store and self._store is not None:
             await self._store.close()
             self._store = None
@@ -317,6 +338,10 @@ class RelayApp:
                 return False
             new_config = await self._load_in_thread(path)
             if new_config is None:
+                return False
+            if self.spool is not None and new_config.spool_directory() != self.spool.directory:
+                log.error("SIGHUP: spool.directory changed; restart the relay to move the spool "
+                          "(keeping the running configuration)")
                 return False
             if new_config.token_store != self.config.token_store:
                 log.error("SIGHUP: token_store changed; restart the relay to use another store "

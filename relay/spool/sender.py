@@ -1,0 +1,140 @@
+"""How the spool's worker sends a finished message: one small interface, one SMTP implementation.
+
+The worker never talks SMTP itself: it asks the account's `MessageSender` to send the envelope and
+content and gets a `SendResult` (who was accepted, who was refused and why). `SmtpMessageSender`
+is the account's normal upstream path today (live SMTP with XOAUTH2, through
+`relay.smtp.upstream.open_logged_in`); a Graph sender plugs in by implementing `MessageSender`
+and being returned by the worker's sender factory for the accounts that use it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from relay.config.model import AccountConfig, LimitsConfig
+from relay.smtp.reply import SmtpReply
+from relay.smtp.upstream import UpstreamSmtpSession, mail_command, open_logged_in, rcpt_command
+from relay.spool.crashpoints import crash_point
+from relay.spool.entry import Envelope
+from relay.tokens.source import TokenSource
+
+_STUFF = re.compile(rb"(?m)^\.")
+WRITE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The upstream's verdict on one attempt.
+
+    ``accepted``: recipients the message was delivered to. ``refused``: recipients refused at RCPT
+    (their reply). ``reply``: a refusal of the whole message (MAIL, DATA or the final reply),
+    which applies to every recipient not in ``refused``; None when the message went through."""
+
+    accepted: tuple[str, ...] = ()
+    refused: Mapping[str, SmtpReply] = field(default_factory=dict)
+    reply: SmtpReply | None = None
+
+
+class MessageSender(Protocol):
+    """Sends finished messages for one account."""
+
+    async def send(self, envelope: Envelope, recipients: Sequence[str], content: bytes) -> SendResult:
+        """Send ``content`` to ``recipients``; raise `relay.errors.RelayError`/OSError when the
+        upstream cannot be reached or logged into (the attempt said nothing about the message)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class SmtpMessageSender:
+    """Live SMTP with XOAUTH2; logged-in sessions are kept for the next message (RSET between)."""
+
+    def __init__(self, account: AccountConfig, tokens: TokenSource, limits: LimitsConfig,
+                 hostname: str) -> None:
+        self.account = account
+        self.tokens = tokens
+        self.limits = limits
+        self.hostname = hostname
+        self._idle: list[UpstreamSmtpSession] = []
+
+    async def send(self, envelope: Envelope, recipients: Sequence[str], content: bytes) -> SendResult:
+        """One transaction; a session in an unknown state afterwards is closed, never reused."""
+        up = await self._session()
+        try:
+            result = await self._transaction(up, envelope, recipients, content)
+        except BaseException:
+            up.abort()
+            raise
+        if up.connected:
+            self._idle.append(up)
+        return result
+
+    async def _session(self) -> UpstreamSmtpSession:
+        while self._idle:
+            up = self._idle.pop()
+            if up.connected and up.looks_idle:
+                return up
+            up.abort()
+        up, _ = await open_logged_in(self.account, self.tokens, self.limits, hostname=self.hostname)
+        return up
+
+    async def _transaction(self, up: UpstreamSmtpSession, envelope: Envelope,
+                           recipients: Sequence[str], content: bytes) -> SendResult:
+        mail = await up.send_command(mail_command(envelope.sender, self._params(up, envelope, content)),
+                                     "MAIL")
+        if not mail.is_positive:
+            await self._rset(up)
+            return SendResult(reply=mail)
+        accepted: list[str] = []
+        refused: dict[str, SmtpReply] = {}
+        for recipient in recipients:
+            reply = await up.send_command(rcpt_command(recipient), "RCPT")
+            if reply.is_positive:
+                accepted.append(recipient)
+            else:
+                refused[recipient] = reply
+        if not accepted:
+            await self._rset(up)
+            return SendResult(refused=refused)
+        go_ahead = await up.data_start()
+        if go_ahead.code != 354:
+            await self._rset(up)
+            return SendResult(refused=refused, reply=go_ahead)
+        stuffed = _STUFF.sub(b"..", content)
+        for start in range(0, len(stuffed), WRITE_BYTES):
+            await up.data_write(stuffed[start:start + WRITE_BYTES])
+        crash_point("upstream_data")
+        final = await up.data_finish()
+        if not final.is_positive:
+            return SendResult(refused=refused, reply=final)
+        return SendResult(accepted=tuple(accepted), refused=refused)
+
+    @staticmethod
+    def _params(up: UpstreamSmtpSession, envelope: Envelope, content: bytes) -> list[str]:
+        caps = up.capabilities
+        params = []
+        if caps.size is not None:
+            params.append(f"SIZE={len(content)}")
+        body = envelope.mail_options.get("BODY")
+        if body and caps.eight_bit_mime:
+            params.append(f"BODY={body}")
+        if "SMTPUTF8" in envelope.mail_options and caps.smtputf8:
+            params.append("SMTPUTF8")
+        return params
+
+    @staticmethod
+    async def _rset(up: UpstreamSmtpSession) -> None:
+        reply = await up.rset()
+        if not reply.is_positive:
+            up.abort()
+
+    async def close(self) -> None:
+        """QUIT the kept sessions."""
+        idle, self._idle = self._idle, []
+        for up in idle:
+            await up.quit()

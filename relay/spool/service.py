@@ -1,0 +1,68 @@
+"""The running spool of a relay: the store and its worker, created once per process.
+
+`relay.app.RelayApp` starts it when an account has ``delivery: spool`` and keeps it across
+configuration reloads (a reload gives the worker the new accounts and token manager; moving the
+spool directory needs a restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+from relay.config.model import AccountConfig, RelayConfig
+from relay.smtp.forward import LiveForwarding
+from relay.spool.clock import Clock, SystemClock
+from relay.spool.delivery import SpoolingDeliveries
+from relay.spool.sender import MessageSender, SmtpMessageSender
+from relay.spool.store import SpoolStore
+from relay.spool.worker import SpoolWorker
+from relay.tokens.source import TokenSource
+
+log = logging.getLogger("relay.spool")
+
+
+def uses_spool(config: RelayConfig) -> bool:
+    """True when any account has ``delivery: spool``."""
+    return any(a.delivery == "spool" for a in config.accounts.values())
+
+
+class SpoolService:
+    """Store + worker; ``deliveries(config, tokens)`` for each listener generation."""
+
+    def __init__(self, config: RelayConfig, key: bytes, tokens: TokenSource, *,
+                 clock: Clock | None = None, hostname: str | None = None) -> None:
+        self.clock = clock or SystemClock()
+        self.hostname = hostname or socket.getfqdn()
+        self.directory = config.spool_directory()
+        self.store = SpoolStore(self.directory, key, config.spool, clock=self.clock.now)
+        self.worker = SpoolWorker(self.store, config.spool, config.accounts, self._senders(config, tokens),
+                                  hostname=self.hostname, clock=self.clock)
+
+    def _senders(self, config: RelayConfig, tokens: TokenSource) -> Callable[[AccountConfig], MessageSender]:
+        def make(account: AccountConfig) -> MessageSender:
+            # The account's normal upstream path; a Graph account gets its Graph sender here.
+            return SmtpMessageSender(account, tokens, config.limits, self.hostname)
+        return make
+
+    async def start(self) -> None:
+        """Open the directory (dropping unfinished writes) and start delivering what it holds."""
+        self.store.open()
+        await self.worker.start()
+        log.info("spool %s: %d message(s) queued (%d bytes); accounts with delivery: spool answer "
+                 "250 once a message is stored here", self.directory, self.store.count, self.store.bytes)
+
+    def deliveries(self, config: RelayConfig, tokens: TokenSource) -> SpoolingDeliveries:
+        """The delivery factory for a listener generation."""
+        return SpoolingDeliveries(self.store, LiveForwarding(config, tokens),
+                                  max_message_bytes=config.limits.max_message_bytes, clock=self.clock.now)
+
+    def reconfigure(self, config: RelayConfig, tokens: TokenSource) -> None:
+        """A reloaded configuration (same spool directory; the caller checked)."""
+        self.worker.reconfigure(config.accounts, self._senders(config, tokens))
+
+    async def stop(self) -> None:
+        """Stop the worker (running attempts end), then the io threads."""
+        await self.worker.stop()
+        self.store.close()
