@@ -71,9 +71,11 @@ class AccountPace:
         """An attempt ended: throttling doubles the account's backoff, anything else clears it."""
         self.in_flight -= 1
         if verdict is Verdict.THROTTLED:
+            if now < self.backoff_until:
+                return  # another attempt of the same outage already backed the account off
             self.backoff_s = self.retry_initial_s if self.backoff_s == 0 else min(
                 self.retry_max_s, self.backoff_s * 2)
-            self.backoff_until = max(self.backoff_until, now + self.backoff_s)
+            self.backoff_until = now + self.backoff_s
         else:
             self.backoff_s = 0.0
             self.backoff_until = 0.0

@@ -137,6 +137,11 @@ class SpoolWorker:
             queue.wake.set()
         return count
 
+    def backoff_until(self, account: str) -> float:
+        """When ``account``'s backoff ends (0: not backing off)."""
+        queue = self._queues.get(account)
+        return queue.pace.backoff_until if queue is not None else 0.0
+
     def depth(self) -> int:
         """Messages queued (all accounts)."""
         return sum(len(q.ids) for q in self._queues.values())
