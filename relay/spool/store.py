@@ -131,13 +131,14 @@ class SpoolStore:
 
     # --- start ------------------------------------------------------------------------------
 
-    def open(self) -> SpoolStore:
-        """Create the directories (0700), drop unfinished tmp files, count what is queued."""
+    def open(self, *, serving: bool = True) -> SpoolStore:
+        """Create the directories (0700), count what is queued; ``serving`` (the relay, not
+        `relay queue`) also drops unfinished tmp files."""
         try:
             for path in (self.directory, self.tmp_dir, self.queue_dir, self.corrupt_dir):
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(path, 0o700)
-            for leftover in self.tmp_dir.iterdir():
+            for leftover in self.tmp_dir.iterdir() if serving else ():
                 leftover.unlink()  # never acknowledged: the client did not get 250 for it
             for path in self.queue_dir.glob("*.msg"):
                 self.sizes[path.stem] = path.stat().st_size
@@ -319,16 +320,6 @@ class SpoolStore:
                 os.replace(self.queue_dir / f"{entry_id}{suffix}", self.corrupt_dir / f"{entry_id}{suffix}")
         log.error("spool: %s; moved to %s (not delivered; inspect it, then delete it)",
                   reason, self.corrupt_dir / f"{entry_id}.msg")
-
-    def rescan(self) -> list[str]:
-        """Pick up messages that appeared on disk since `open` (not used while serving)."""
-        found = []
-        for path in self.queue_dir.glob("*.msg"):
-            if path.stem not in self.sizes:
-                self.sizes[path.stem] = path.stat().st_size
-                found.append(path.stem)
-        self.count, self.bytes = len(self.sizes), sum(self.sizes.values())
-        return found
 
     def oldest_age_s(self) -> float:
         """Age of the oldest queued message (from its id), 0 when empty."""

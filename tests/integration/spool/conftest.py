@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from support.relay_harness import (
     authorized_token_set,
     fresh_store,
@@ -33,6 +34,8 @@ from relay.tokens.manager import TokenManager
 from relay.tokens.store import decode_key, generate_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
+
+from ops_helpers import OpsSetup, ServeProcess
 
 PASSWORD = "spool test pw"
 ACCOUNTS = {"sales": "sales@sandbox.test", "ops": "ops@sandbox.test"}
@@ -147,3 +150,40 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+@pytest.fixture
+def spool_ops(sandbox: SandboxWorld, tmp_path: Path, request: pytest.FixtureRequest) -> OpsSetup:
+    """A relay.yaml whose account 'ops' spools into tmp_path/ops/spool (spool.retry_initial_s 1,
+    or the fixture's indirect parameter)."""
+
+    directory = tmp_path / "ops"
+    directory.mkdir()
+    key = generate_key()
+    (directory / "store.key").write_text(key + "\n")
+    (directory / "store.key").chmod(0o600)
+    setup = OpsSetup(sandbox, directory, key, {})
+    setup.add_account("ops", "ops@sandbox.test")
+    setup.accounts["ops"]["delivery"] = "spool"
+    setup.seed("ops", "ops@sandbox.test")
+    path = setup.write()
+    data = yaml.safe_load(path.read_text())
+    retry_s = getattr(request, "param", 1)
+    data["spool"] = {"directory": str(directory / "spool"), "retry_initial_s": retry_s}
+    path.write_text(yaml.safe_dump(data))
+    return setup
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """Factory: start `relay serve` for a config; killed at teardown if still running."""
+    started: list[ServeProcess] = []
+
+    def start(config_path: Path) -> ServeProcess:
+        proc = ServeProcess(config_path, tmp_path / f"serve{len(started)}.log")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()

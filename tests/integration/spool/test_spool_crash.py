@@ -10,54 +10,15 @@ from __future__ import annotations
 
 import signal
 import smtplib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from ops_helpers import PASSWORD, OpsSetup, ServeProcess
+from ops_helpers import PASSWORD, OpsSetup
 
 from relay.sandbox.world import SandboxWorld
 from relay.spool.crashpoints import ENV
 
 MESSAGE = b"From: app@sandbox.test\r\nSubject: crash test\r\n\r\n" + b"line of the body\r\n" * 2000
-
-
-@pytest.fixture
-def spool_ops(sandbox: SandboxWorld, tmp_path: Path) -> OpsSetup:
-    """A relay.yaml whose account 'ops' spools into tmp_path/ops/spool."""
-    from relay.tokens.store import generate_key
-
-    directory = tmp_path / "ops"
-    directory.mkdir()
-    key = generate_key()
-    (directory / "store.key").write_text(key + "\n")
-    (directory / "store.key").chmod(0o600)
-    setup = OpsSetup(sandbox, directory, key, {})
-    setup.add_account("ops", "ops@sandbox.test")
-    setup.accounts["ops"]["delivery"] = "spool"
-    setup.seed("ops", "ops@sandbox.test")
-    path = setup.write()
-    data = yaml.safe_load(path.read_text())
-    data["spool"] = {"directory": str(directory / "spool"), "retry_initial_s": 1}
-    path.write_text(yaml.safe_dump(data))
-    return setup
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Any]:
-    """Factory: start `relay serve` for a config; killed at teardown if still running."""
-    started: list[ServeProcess] = []
-
-    def start(config_path: Path) -> ServeProcess:
-        proc = ServeProcess(config_path, tmp_path / f"serve{len(started)}.log")
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
 
 
 def _send(port: int) -> bool:

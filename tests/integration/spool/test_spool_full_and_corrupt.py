@@ -34,7 +34,7 @@ def _send(relay, body: bytes = BODY) -> tuple[int, bytes]:  # type: ignore[no-un
         if code != 250:
             return code, text
         client.rcpt("to@example.com")
-        return client.data(body)  # noqa: RET504
+        return client.data(body)
 
 
 def test_spool_max_messages_refuses_with_452_at_mail(start_spool_relay: StartSpoolRelay) -> None:
@@ -162,7 +162,7 @@ def test_truncated_file_is_never_delivered_in_part(start_spool_relay: StartSpool
     victim.write_bytes(data[:len(data) // 2 + 100])
     relay.sandbox.smtp.clear_faults()
     relay.advance(61)
-    wait_until(lambda: (relay.store_dir / "corrupt" / victim.name).exists(), what="moved aside")
+    wait_until((relay.store_dir / "corrupt" / victim.name).exists, what="moved aside")
     assert relay.sandbox.smtp.messages() == []
     with smtplib.SMTP("127.0.0.1", relay.server.port) as probe:  # the relay still serves
         assert probe.noop()[0] == 250

@@ -1,0 +1,58 @@
+"""`relay queue list|show|retry|delete` against the spool of a running `relay serve`."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+from typing import Any
+
+import pytest
+from ops_helpers import PASSWORD, OpsSetup, run_relay
+
+from relay.sandbox.world import SandboxWorld
+
+DOWN = "421 4.3.2 Service not available"
+
+
+def _send(port: int, subject: str, to: str) -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.login("ops-app", PASSWORD)
+        client.mail("app@sandbox.test")
+        client.rcpt(to)
+        code, text = client.data(f"Subject: {subject}\r\nX-Test: yes\r\n\r\nbody\r\n".encode())
+        assert code == 250
+        return text.decode().rsplit(" ", 1)[1]
+
+
+@pytest.mark.parametrize("spool_ops", [3600], indirect=True)
+def test_queue_list_show_delete_and_retry_while_serving(spool_ops: OpsSetup, serve: Any,
+                                                        sandbox: SandboxWorld) -> None:
+    """list shows each queued message with account, sender, recipients, attempts and the last error;
+    show prints envelope and headers; delete removes one (never delivered); retry --all makes the
+    running relay try again at once despite a 1 h backoff, and the rest is delivered."""
+    sandbox.smtp.greeting_reply = DOWN
+    proc = serve(spool_ops.config_path)
+    port = proc.wait_listening()["smtp"]
+    keep = _send(port, "keep-me", "a@example.com")
+    drop = _send(port, "drop-me", "b@example.com")
+    proc.wait_for("not sent, attempt 1")
+    config = ("-c", str(spool_ops.config_path))
+    listing = run_relay("queue", "list", *config)
+    assert listing.returncode == 0, listing.stderr
+    assert keep in listing.stdout and drop in listing.stdout
+    assert "ops" in listing.stdout and "<app@sandbox.test>" in listing.stdout
+    assert "a@example.com" in listing.stdout and "421 4.3.2" in listing.stdout
+    shown = run_relay("queue", "show", keep, *config)
+    assert shown.returncode == 0, shown.stderr
+    assert "Subject: keep-me" in shown.stdout and "recipients:  a@example.com" in shown.stdout
+    assert run_relay("queue", "delete", drop, *config).returncode == 0
+    assert drop not in run_relay("queue", "list", *config).stdout
+    assert run_relay("queue", "show", "nope", *config).returncode == 1
+    sandbox.smtp.clear_faults()
+    retried = run_relay("queue", "retry", "--all", *config)
+    assert retried.returncode == 0 and "1 message(s)" in retried.stdout
+    (stored,) = sandbox.smtp.wait_for_messages(1, timeout_s=20)
+    assert b"Subject: keep-me" in stored.data
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    assert sandbox.smtp.messages() == [stored]
