@@ -46,7 +46,8 @@ def test_spool_settings_are_read() -> None:
     config = parse_config(_data(directory="/data/spool", max_bytes=1000, max_messages=5, max_concurrency=1,
                                 max_messages_per_minute=10, max_age_s=60, retry_initial_s=1,
                                 retry_max_s=8, bounce_to="postmaster@contoso.com"), env={})
-    assert config.spool == SpoolConfig(Path("/data/spool"), 1000, 5, 1, 10, 60, 1, 8, "postmaster@contoso.com")
+    assert config.spool == SpoolConfig(Path("/data/spool"), 1000, 5, 1, 10, 60, 1, 8,
+                                       "postmaster@contoso.com")
 
 
 @pytest.mark.parametrize(("spool", "account_delivery", "path", "text"), [

@@ -55,7 +55,7 @@ def test_file_cut_at_a_record_boundary_is_corrupt() -> None:
     """Dropping the last record leaves a file whose final record is not marked last: refused."""
     sealer = EntrySealer(KEY, "abc")
     head = sealer.start(ENVELOPE) + sealer.segment(b"part one", last=False)
-    with pytest.raises(SpoolCorrupt, match="truncated|does not decrypt"):
+    with pytest.raises(SpoolCorrupt, match=r"truncated|does not decrypt"):
         open_entry(KEY, "abc", head)
 
 
