@@ -59,7 +59,8 @@ class SpoolWriter:
         self.store = store
         self.envelope = envelope
         self.id = envelope.id
-        self.size = 0
+        self.size = 0  # content bytes
+        self.written = 0  # file bytes
         self._sealer = EntrySealer(store.key, envelope.id)
         self._pending = bytearray(self._sealer.start(envelope))
         self._segment = bytearray()
@@ -80,6 +81,7 @@ class SpoolWriter:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         data, self._pending = bytes(self._pending), bytearray()
         self.store.write_fault()
+        self.written += len(data)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
@@ -140,6 +142,8 @@ class SpoolStore:
                 os.chmod(path, 0o700)
             for leftover in self.tmp_dir.iterdir() if serving else ():
                 leftover.unlink()  # never acknowledged: the client did not get 250 for it
+            for leftover in self.queue_dir.glob("*.tmp") if serving else ():
+                leftover.unlink()  # a state file being replaced: the old one is still there
             for path in self.queue_dir.glob("*.msg"):
                 self.sizes[path.stem] = path.stat().st_size
         except OSError as exc:
@@ -195,14 +199,11 @@ class SpoolStore:
             if exc.errno in _FULL_ERRNOS:
                 raise SpoolFull(f"the disk holding the spool {self.directory} is full") from None
             raise SpoolError(f"cannot write to the spool {self.directory}: {exc.strerror or exc}") from None
-        self.bytes += self._on_disk(writer) - writer.size
+        self.sizes[writer.id] = writer.written
+        self.bytes += writer.written - writer.size
         crash_point("committed")
         if self.on_commit is not None:
             self.on_commit(writer.envelope)
-
-    def _on_disk(self, writer: SpoolWriter) -> int:
-        size = self.sizes[writer.id] = (self.queue_dir / f"{writer.id}.msg").stat().st_size
-        return size
 
     async def _join_group(self, writer: SpoolWriter) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -284,7 +285,7 @@ class SpoolStore:
     def save_state(self, entry_id: str, state: DeliveryState) -> None:
         """Replace ``ID.state`` atomically and durably."""
         path = self.queue_dir / f"{entry_id}.state"
-        tmp = self.tmp_dir / f"{entry_id}.state"
+        tmp = self.queue_dir / f"{entry_id}.state.tmp"  # tmp/ holds only message files
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, seal_state(self.key, entry_id, state))

@@ -168,15 +168,15 @@ class SpoolWorker:
             queue.wake.clear()
             now = self.clock.now()
             start_at = queue.pace.next_start(now)
-            next_due = min((queue.due[i] for i in queue.ids if i not in queue.busy), default=None)
-            if start_at is not None and next_due is not None and max(start_at, next_due) <= now:
-                entry_id = next(i for i in queue.ids if i not in queue.busy and queue.due[i] <= now)
+            if start_at is None or start_at > now:  # at the cap, rate window or backoff: no scan
+                await self.clock.wait(now + RESCAN_S if start_at is None else start_at, queue.wake)
+                continue
+            entry_id = next((i for i in queue.ids if i not in queue.busy and queue.due[i] <= now), None)
+            if entry_id is not None:
                 self._begin(name, queue, entry_id, now)
                 continue
-            deadline = now + RESCAN_S
-            if start_at is not None and next_due is not None:
-                deadline = max(start_at, next_due)
-            await self.clock.wait(deadline, queue.wake)
+            next_due = min((queue.due[i] for i in queue.ids if i not in queue.busy), default=now + RESCAN_S)
+            await self.clock.wait(min(next_due, now + RESCAN_S), queue.wake)
 
     def _begin(self, name: str, queue: _AccountQueue, entry_id: str, now: float) -> None:
         queue.busy.add(entry_id)
