@@ -20,7 +20,17 @@ from relay.spool.store import SpoolStore
 from relay.spool.worker import SpoolWorker
 from relay.tokens.source import TokenSource
 
+SenderMaker = Callable[[AccountConfig, TokenSource, RelayConfig, str], MessageSender]
+"""Makes the sender for an account: (account, tokens, config, our host name) -> MessageSender."""
+
 log = logging.getLogger("relay.spool")
+
+
+def smtp_sender(account: AccountConfig, tokens: TokenSource, config: RelayConfig,
+                hostname: str) -> MessageSender:
+    """The account's normal upstream path today: live SMTP with XOAUTH2. An account that sends
+    through Microsoft Graph gets a Graph `MessageSender` from the maker `relay.app` passes instead."""
+    return SmtpMessageSender(account, tokens, config.limits, hostname)
 
 
 def uses_spool(config: RelayConfig) -> bool:
@@ -32,8 +42,10 @@ class SpoolService:
     """Store + worker; ``deliveries(config, tokens)`` for each listener generation."""
 
     def __init__(self, config: RelayConfig, key: bytes, tokens: TokenSource, *,
-                 clock: Clock | None = None, hostname: str | None = None) -> None:
+                 clock: Clock | None = None, hostname: str | None = None,
+                 make_sender: SenderMaker | None = None) -> None:
         self.clock = clock or SystemClock()
+        self.make_sender = make_sender or smtp_sender
         self.hostname = hostname or socket.getfqdn()
         self.directory = config.spool_directory()
         self.store = SpoolStore(self.directory, key, config.spool, clock=self.clock.now)
@@ -42,8 +54,7 @@ class SpoolService:
 
     def _senders(self, config: RelayConfig, tokens: TokenSource) -> Callable[[AccountConfig], MessageSender]:
         def make(account: AccountConfig) -> MessageSender:
-            # The account's normal upstream path; a Graph account gets its Graph sender here.
-            return SmtpMessageSender(account, tokens, config.limits, self.hostname)
+            return self.make_sender(account, tokens, config, self.hostname)
         return make
 
     async def start(self) -> None:

@@ -130,6 +130,7 @@ class SpoolStore:
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
         self._ready: list[tuple[SpoolWriter, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
+        self.group_commits = 0  # directory fsyncs; fewer than the messages when sessions overlap
 
     # --- start ------------------------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class SpoolStore:
         """While files are ready: rename them all, fsync the queue directory once, wake them."""
         while self._ready:
             batch, self._ready = self._ready, []
+            self.group_commits += 1
             try:
                 writers = [w for w, _ in batch]
                 await self.run_io(lambda: self._rename_all(writers))  # noqa: B023 - awaited here

@@ -89,6 +89,12 @@ class SpoolRelay:
             return fn()
         return self.thread.run(run())
 
+    def wait_backing_off(self, account: str = "sales") -> None:
+        """Wait until the account's first attempt failed (the upstream is down) and it backs off."""
+        worker = self.service.worker
+        wait_until(lambda: self.call(lambda: worker.backoff_until(account)) > self.clock.now(),
+                   what=f"account {account} to back off")
+
     def queued(self) -> int:
         """Messages in the spool."""
         return len(list((self.store_dir / "queue").glob("*.msg")))

@@ -85,7 +85,9 @@ def test_burst_of_500_from_20_clients_while_upstream_down_all_delivered_once_wit
         t.join(60)
     assert replies == [250] * 500
     assert relay.queued() == 500
+    assert relay.service.store.group_commits < 500  # concurrent sessions shared directory fsyncs
     assert relay.sandbox.smtp.messages() == []
+    relay.wait_backing_off()
     relay.sandbox.smtp.clear_faults()  # the upstream is back
     delivered = 0
     for _minute in range(10):
@@ -185,6 +187,7 @@ def test_message_older_than_max_age_expires_with_a_dsn(start_spool_relay: StartS
     relay.sandbox.smtp.greeting_reply = DOWN
     with relay.smtp() as client:
         client.sendmail("app@sandbox.test", ["late@example.com"], _message("too-late"))
+    relay.wait_backing_off()
     relay.advance(3601)
     wait_until(lambda: relay.service.worker.bounced == 1, what="expiry")
     wait_until(lambda: relay.call(lambda: relay.service.worker.backoff_until("sales")) > relay.clock.now(),
@@ -195,3 +198,30 @@ def test_message_older_than_max_age_expires_with_a_dsn(start_spool_relay: StartS
     report = _dsn_parts(email.message_from_bytes(dsn.data))[1].as_string()
     assert "Status: 4.4.7" in report and "late@example.com" in report
     assert dsn.rcpt_tos == ("app@sandbox.test",)
+
+
+def test_temporary_refusal_of_one_recipient_retries_only_that_recipient(
+        start_spool_relay: StartSpoolRelay) -> None:
+    """450 for one recipient, 250 for the other: the other gets it now; the message stays queued
+    for the refused one only and is retried after its delay, so nobody gets a duplicate."""
+    relay = start_spool_relay()
+    relay.sandbox.smtp.reject_rcpt["busy@example.com"] = "450 4.2.1 Mailbox busy, try later"
+    with relay.smtp() as client:
+        client.sendmail("app@sandbox.test", ["ok@example.com", "busy@example.com"], _message("twice"))
+    (first,) = relay.sandbox.smtp.wait_for_messages(1)
+    assert first.rcpt_tos == ("ok@example.com",)
+    wait_until(lambda: "1 message(s)" in _listing(relay), what="the deferral to be recorded")
+    relay.sandbox.smtp.reject_rcpt.clear()
+    relay.advance(61)
+    stored = relay.sandbox.smtp.wait_for_messages(2)
+    assert stored[1].rcpt_tos == ("busy@example.com",)
+    wait_until(lambda: relay.queued() == 0, what="spool empty")
+    assert len(relay.sandbox.smtp.messages()) == 2
+
+
+def _listing(relay: object) -> str:
+    from relay.spool.store import SpoolStore
+
+    store: SpoolStore = relay.service.store  # type: ignore[attr-defined]
+    states = [store.load_state(i) for i in store.ids()]
+    return f"{sum(1 for s in states if s.attempts and s.delivered)} message(s)"

@@ -122,6 +122,7 @@ def test_real_full_disk_gives_452_and_every_250_is_delivered(start_spool_relay: 
     assert set(codes) == {250, 452}
     accepted = codes.count(250)
     assert relay.queued() == accepted
+    relay.wait_backing_off()
     relay.sandbox.smtp.clear_faults()
     relay.advance(61)
     stored = relay.sandbox.smtp.wait_for_messages(accepted)
@@ -137,6 +138,7 @@ def test_corrupt_file_is_moved_aside_and_the_others_are_delivered(start_spool_re
     relay.sandbox.smtp.greeting_reply = DOWN
     for _ in range(3):
         assert _send(relay)[0] == 250
+    relay.wait_backing_off()  # before the damage: the first attempt read an intact file
     files = sorted((relay.store_dir / "queue").glob("*.msg"))
     victim = files[1]
     blob = bytearray(victim.read_bytes())
@@ -157,6 +159,7 @@ def test_truncated_file_is_never_delivered_in_part(start_spool_relay: StartSpool
     relay = start_spool_relay()
     relay.sandbox.smtp.greeting_reply = DOWN
     assert _send(relay, _body("t", 3_000_000))[0] == 250
+    relay.wait_backing_off()  # before the damage: the first attempt read an intact file
     (victim,) = (relay.store_dir / "queue").glob("*.msg")
     data = victim.read_bytes()
     victim.write_bytes(data[:len(data) // 2 + 100])
