@@ -235,13 +235,17 @@ class RelayApp:
         self._stopping = gen
         if grace_s is None:
             grace_s = (gen.config if gen else self.config).limits.shutdown_grace_s
+        spool, self.spool = self.spool, None
+        # The spool's worker stops starting deliveries (running ones end) while the listeners
+        # drain; sessions still finishing may spool (kept for the next start) until the store closes.
+        stopping_worker = asyncio.ensure_future(spool.worker.stop()) if spool is not None else None
         if gen is not None:
             await self._stop_generation(gen, grace_s)
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
-        spool, self.spool = self.spool, None
-        if spool is not None:
-            await spool.stop()
+        if spool is not None and stopping_worker is not None:
+            await stopping_worker
+            spool.store.close()
         if self._owns_store and self._store is not None:
             await self._store.close()
             self._store = None

@@ -71,7 +71,8 @@ class SpoolService:
 
     def reconfigure(self, config: RelayConfig, tokens: TokenSource) -> None:
         """A reloaded configuration (same spool directory; the caller checked)."""
-        self.worker.reconfigure(config.accounts, self._senders(config, tokens))
+        self.store.config = config.spool
+        self.worker.reconfigure(config.spool, config.accounts, self._senders(config, tokens))
 
     async def stop(self) -> None:
         """Stop the worker (running attempts end), then the io threads."""

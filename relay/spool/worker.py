@@ -90,10 +90,17 @@ class SpoolWorker:
                             len(queue.ids), name)
         self._rescan = asyncio.ensure_future(self._rescan_loop())
 
-    def reconfigure(self, accounts: Mapping[str, AccountConfig], senders: SenderFactory) -> None:
-        """A reloaded configuration: new accounts and senders (kept sessions are dropped)."""
+    def reconfigure(self, config: SpoolConfig, accounts: Mapping[str, AccountConfig],
+                    senders: SenderFactory) -> None:
+        """A reloaded configuration: limits, accounts and senders (kept sessions are dropped)."""
+        self.config = config
         self.accounts = dict(accounts)
         self.senders = senders
+        for queue in self._queues.values():
+            pace = queue.pace
+            pace.max_concurrency, pace.per_minute = config.max_concurrency, config.max_messages_per_minute
+            pace.retry_initial_s, pace.retry_max_s = config.retry_initial_s, config.retry_max_s
+            queue.wake.set()
         old, self._senders = self._senders, {}
         for sender in old.values():
             task = asyncio.ensure_future(sender.close())

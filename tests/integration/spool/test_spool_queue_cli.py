@@ -7,7 +7,7 @@ import smtplib
 from typing import Any
 
 import pytest
-from ops_helpers import PASSWORD, OpsSetup, run_relay
+from ops_helpers import LISTENER_LINE, PASSWORD, OpsSetup, run_relay
 
 from relay.sandbox.world import SandboxWorld
 
@@ -56,3 +56,28 @@ def test_queue_list_show_delete_and_retry_while_serving(spool_ops: OpsSetup, ser
     proc.signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     assert sandbox.smtp.messages() == [stored]
+
+
+@pytest.mark.parametrize("spool_ops", [3600], indirect=True)
+def test_sighup_keeps_the_spool_and_delivers_with_the_new_configuration(
+        spool_ops: OpsSetup, serve: Any, sandbox: SandboxWorld) -> None:
+    """A message queued before SIGHUP is delivered after it (the worker uses the new token manager
+    and settings), and a message sent after the reload is spooled into the same directory."""
+    sandbox.smtp.greeting_reply = DOWN
+    proc = serve(spool_ops.config_path)
+    port = proc.wait_listening()["smtp"]
+    before = _send(port, "before-reload", "a@example.com")
+    proc.wait_for("not sent, attempt 1")
+    proc.signal(signal.SIGHUP)
+    proc.wait_for("configuration reloaded")
+    port = [int(p) for name, p in LISTENER_LINE.findall(proc.output()) if name == "smtp"][-1]  # port 0
+    after = _send(port, "after-reload", "b@example.com")
+    listing = run_relay("queue", "list", "-c", str(spool_ops.config_path)).stdout
+    assert before in listing and after in listing
+    sandbox.smtp.clear_faults()
+    assert run_relay("queue", "retry", "--all", "-c", str(spool_ops.config_path)).returncode == 0
+    stored = sandbox.smtp.wait_for_messages(2, timeout_s=20)
+    assert sorted(m.data.split(b"\r\n", 1)[0] for m in stored) == [b"Subject: after-reload",
+                                                                   b"Subject: before-reload"]
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
