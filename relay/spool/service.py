@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from relay.config.model import AccountConfig, RelayConfig
 from relay.smtp.forward import LiveForwarding
@@ -24,6 +25,19 @@ SenderMaker = Callable[[AccountConfig, TokenSource, RelayConfig, str], MessageSe
 """Makes the sender for an account: (account, tokens, config, our host name) -> MessageSender."""
 
 log = logging.getLogger("relay.spool")
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """The spool's state for metrics and alerts (read at scrape time, O(accounts))."""
+
+    messages: int
+    bytes: int
+    oldest_age_s: float
+    corrupt_files: int
+    per_account: Mapping[str, int]
+    delivered: int  # since start
+    bounced: int  # since start
 
 
 def smtp_sender(account: AccountConfig, tokens: TokenSource, config: RelayConfig,
@@ -73,6 +87,17 @@ class SpoolService:
         """A reloaded configuration (same spool directory; the caller checked)."""
         self.store.config = config.spool
         self.worker.reconfigure(config.spool, config.accounts, self._senders(config, tokens))
+
+    def stats(self) -> SpoolStats:
+        """Depth, size, oldest age (for the spool depth / oldest age alerts) and counters."""
+        try:
+            corrupt = sum(1 for p in self.store.corrupt_dir.glob("*.msg"))
+        except OSError:
+            corrupt = 0
+        return SpoolStats(messages=self.store.count, bytes=self.store.bytes,
+                          oldest_age_s=self.store.oldest_age_s(), corrupt_files=corrupt,
+                          per_account=self.worker.depth_by_account(), delivered=self.worker.delivered,
+                          bounced=self.worker.bounced)
 
     async def stop(self) -> None:
         """Stop the worker (running attempts end), then the io threads."""

@@ -149,9 +149,9 @@ class SpoolWorker:
         queue = self._queues.get(account)
         return queue.pace.backoff_until if queue is not None else 0.0
 
-    def depth(self) -> int:
-        """Messages queued (all accounts)."""
-        return sum(len(q.ids) for q in self._queues.values())
+    def depth_by_account(self) -> dict[str, int]:
+        """Messages queued per account."""
+        return {name: len(q.ids) for name, q in self._queues.items()}
 
     # --- per-account scheduling -------------------------------------------------------------
 

@@ -86,6 +86,10 @@ def test_burst_of_500_from_20_clients_while_upstream_down_all_delivered_once_wit
     assert replies == [250] * 500
     assert relay.queued() == 500
     assert relay.service.store.group_commits < 500  # concurrent sessions shared directory fsyncs
+    stats = relay.call(relay.service.stats)
+    assert (stats.messages, stats.per_account) == (500, {"sales": 500})
+    relay.advance(30)
+    assert relay.call(relay.service.stats).oldest_age_s >= 30
     assert relay.sandbox.smtp.messages() == []
     relay.wait_backing_off()
     relay.sandbox.smtp.clear_faults()  # the upstream is back
@@ -102,6 +106,8 @@ def test_burst_of_500_from_20_clients_while_upstream_down_all_delivered_once_wit
     subjects = _subjects(relay.sandbox.smtp.messages())
     assert sorted(subjects) == sorted(f"m{n}-{i}" for n in range(20) for i in range(25))
     wait_until(lambda: relay.queued() == 0, what="spool empty")
+    stats = relay.call(relay.service.stats)
+    assert (stats.messages, stats.bytes, stats.oldest_age_s, stats.delivered) == (0, 0, 0.0, 500)
 
 
 def test_throttled_account_backs_off_and_other_accounts_are_unaffected(
