@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from relay.config.model import AccountConfig, SpoolConfig
-from relay.errors import RelayError, SpoolCorrupt, SpoolError
+from relay.errors import ProtocolInputError, RelayError, SpoolCorrupt, SpoolError
 from relay.smtp.failures import describe_failure
 from relay.smtp.reply import SmtpReply
 from relay.spool.clock import Clock, SystemClock
@@ -199,6 +199,10 @@ class SpoolWorker:
         except (RelayError, OSError) as exc:  # a spool file problem: keep it, try later
             log.error("spool: message %s of account %s: %s", entry_id, name, exc)
             queue.due[entry_id] = self.clock.now() + self.config.retry_initial_s
+        except Exception:  # a bug in one attempt must neither stop the worker nor spin
+            log.exception("spool: unexpected error delivering message %s of account %s; it stays queued",
+                          entry_id, name)
+            queue.due[entry_id] = self.clock.now() + self.config.retry_initial_s
         finally:
             queue.busy.discard(entry_id)
             queue.pace.finish(verdict, self.clock.now())
@@ -228,6 +232,9 @@ class SpoolWorker:
         state.attempts += 1
         try:
             result = await self._sender(account).send(envelope, pending, content)
+        except ProtocolInputError as exc:  # an envelope no upstream command can carry: permanent
+            refusal = SmtpReply.make(554, "5.6.0", f"the relay cannot send this envelope: {exc}")
+            result = SendResult(reply=refusal)
         except (RelayError, OSError) as exc:
             state.last_error = describe_failure(exc, account)
             log.warning("spool: message %s (account %s) not sent, attempt %d: %s; the account backs off",
