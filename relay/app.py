@@ -220,6 +220,8 @@ class RelayApp:
                 return None
             self.spool = SpoolService(config, load_key(config.token_store), tokens)
             await self.spool.start()
+            if self.metrics is not None:
+                self.metrics.spool = self.spool.stats
         else:
             self.spool.reconfigure(config, tokens)
         return self.spool.deliveries(config, tokens)

@@ -16,11 +16,14 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import generate_latest
+
+if TYPE_CHECKING:
+    from relay.spool.service import SpoolStats
 
 PREFIX = "xoauth2relay"
 OTHER = "other"
@@ -162,6 +165,8 @@ class RelayMetrics:
         self.token_expiry: dict[str, float] = {}  # set at scrape time (relay.admin.report)
         self.needs_reauth: dict[str, float] = {}
         self.pool_sessions: dict[str, float] = {}
+        # The spool's state, read at scrape time (set by relay.app when an account spools).
+        self.spool: Callable[[], SpoolStats] | None = None
         for name in self.accounts:
             self.messages[name, "delivered"] = 0
             self.message_bytes[name, "delivered"] = 0

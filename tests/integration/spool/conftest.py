@@ -35,7 +35,7 @@ from relay.tokens.store import decode_key, generate_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
 
-from ops_helpers import OpsSetup, ServeProcess
+from ops_helpers import OpsSetup, ServeProcess, free_port
 
 PASSWORD = "spool test pw"
 ACCOUNTS = {"sales": "sales@sandbox.test", "ops": "ops@sandbox.test"}
@@ -176,6 +176,7 @@ def spool_ops(sandbox: SandboxWorld, tmp_path: Path, request: pytest.FixtureRequ
     data = yaml.safe_load(path.read_text())
     retry_s = getattr(request, "param", 1)
     data["spool"] = {"directory": str(directory / "spool"), "retry_initial_s": retry_s}
+    data["admin"] = {"host": "127.0.0.1", "port": free_port()}
     path.write_text(yaml.safe_dump(data))
     return setup
 

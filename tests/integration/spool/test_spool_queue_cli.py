@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 import smtplib
+import urllib.request
 from typing import Any
 
 import pytest
+import yaml
 from ops_helpers import LISTENER_LINE, PASSWORD, OpsSetup, run_relay
 
 from relay.sandbox.world import SandboxWorld
@@ -45,6 +47,11 @@ def test_queue_list_show_delete_and_retry_while_serving(spool_ops: OpsSetup, ser
     shown = run_relay("queue", "show", keep, *config)
     assert shown.returncode == 0, shown.stderr
     assert "Subject: keep-me" in shown.stdout and "recipients:  a@example.com" in shown.stdout
+    admin = yaml.safe_load(spool_ops.config_path.read_text())["admin"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin['port']}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'xoauth2relay_spool_messages{account="ops"} 2.0' in metrics
+    assert "xoauth2relay_spool_oldest_message_age_seconds" in metrics
     assert run_relay("queue", "delete", drop, *config).returncode == 0
     assert drop not in run_relay("queue", "list", *config).stdout
     assert run_relay("queue", "show", "nope", *config).returncode == 1
