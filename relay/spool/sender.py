@@ -19,6 +19,7 @@ from relay.smtp.reply import SmtpReply
 from relay.smtp.upstream import UpstreamSmtpSession, mail_command, open_logged_in, rcpt_command
 from relay.spool.crashpoints import crash_point
 from relay.spool.entry import Envelope
+from relay.spool.schedule import is_throttling
 from relay.tokens.source import TokenSource
 
 _STUFF = re.compile(rb"(?m)^\.")
@@ -38,6 +39,11 @@ class SendResult:
     reply: SmtpReply | None = None
 
 
+def _throttled(result: SendResult) -> bool:
+    replies = [*result.refused.values(), *([result.reply] if result.reply is not None else [])]
+    return any(is_throttling(reply) for reply in replies)
+
+
 class MessageSender(Protocol):
     """Sends finished messages for one account."""
 
@@ -47,7 +53,7 @@ class MessageSender(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release connections."""
+        """Release connections (the worker calls it when the account's queue is empty, and at stop)."""
         ...
 
 
@@ -70,7 +76,12 @@ class SmtpMessageSender:
         except BaseException:
             up.abort()
             raise
-        if up.connected:
+        if _throttled(result):
+            # Exchange counts logged-in sessions per mailbox (432 4.3.2 above 3): keeping ours open
+            # through the backoff would keep the mailbox over its limit. Close them all.
+            await up.quit()
+            await self.close()
+        elif up.connected:
             self._idle.append(up)
         return result
 

@@ -182,6 +182,8 @@ class SpoolWorker:
             if entry_id is not None:
                 self._begin(name, queue, entry_id, now)
                 continue
+            if not queue.ids and not queue.busy:
+                await self._release_sender(name)  # nothing to send: log out of the mailbox
             next_due = min((queue.due[i] for i in queue.ids if i not in queue.busy), default=now + RESCAN_S)
             await self.clock.wait(min(next_due, now + RESCAN_S), queue.wake)
 
@@ -318,6 +320,12 @@ class SpoolWorker:
             await self.store.add(bounce, dsn)
         except SpoolError as exc:
             log.error("spool: cannot spool the DSN for %s: %s", envelope.id, exc)
+
+    async def _release_sender(self, name: str) -> None:
+        sender = self._senders.pop(name, None)
+        if sender is not None:
+            with contextlib.suppress(RelayError, OSError):
+                await sender.close()
 
     def _sender(self, account: AccountConfig) -> MessageSender:
         sender = self._senders.get(account.name)

@@ -97,3 +97,25 @@ def test_dsn_is_an_rfc3464_multipart_report() -> None:
     assert headers.get_content_type() == "text/rfc822-headers"
     assert b"secret body" not in raw and b"Subject: hello" in raw
     assert all(line.endswith(b"\r") or not line for line in raw.split(b"\n")[:-1])
+
+
+def test_throttling_lowers_concurrency_and_successes_raise_it_again() -> None:
+    """One session fewer after each throttle (never below 1); RAISE_AFTER successes add one back."""
+    from relay.spool.schedule import RAISE_AFTER
+
+    pace = _pace(max_concurrency=3, per_minute=10_000)
+    pace.start(0)
+    pace.finish(Verdict.THROTTLED, 0)
+    assert pace.concurrency == 2
+    pace.start(100)
+    pace.finish(Verdict.THROTTLED, 100)
+    pace.start(300)
+    pace.finish(Verdict.THROTTLED, 300)
+    assert pace.concurrency == 1
+    pace.start(1000)
+    assert pace.next_start(1000) is None  # one at a time now
+    pace.finish(Verdict.OK, 1000)
+    for _ in range(RAISE_AFTER - 1):
+        pace.start(1001)
+        pace.finish(Verdict.OK, 1001)
+    assert pace.concurrency == 2

@@ -60,6 +60,7 @@ def test_sigkill_at_each_point_loses_nothing_acknowledged(
         assert [m.data for m in stored] == [MESSAGE] * copies
     spool = spool_ops.dir / "spool"
     second.wait_for("delivered" if copies else "0 message(s) queued")
+    second.wait_for("relay running")  # signal handlers installed
     assert list((spool / "tmp").iterdir()) == []
     second.signal(signal.SIGTERM)
     assert second.wait(60) == 0

@@ -231,3 +231,37 @@ def _listing(relay: object) -> str:
     store: SpoolStore = relay.service.store  # type: ignore[attr-defined]
     states = [store.load_state(i) for i in store.ids()]
     return f"{sum(1 for s in states if s.attempts and s.delivered)} message(s)"
+
+
+def test_mailbox_session_limit_432_backs_off_without_loss_and_other_accounts_flow(
+        start_spool_relay: StartSpoolRelay) -> None:
+    """The sandbox answers 432 4.3.2 (Exchange's text) when a mailbox has more than 1 logged-in
+    session; with spool.max_concurrency 3 the sales account hits it, backs off and closes its
+    sessions, and on later minutes every message is delivered exactly once; ops is unaffected."""
+    relay = start_spool_relay(max_concurrency=3)
+    smtp = relay.sandbox.smtp
+    smtp.max_sessions_per_mailbox = 1
+    smtp.greeting_reply = DOWN  # queue them all first, so the account then sends 3 at once
+    with relay.smtp("sales") as client:
+        for i in range(12):
+            client.sendmail("sales@sandbox.test", ["x@example.com"], _message(f"s{i}"))
+    relay.wait_backing_off()
+    smtp.greeting_reply = None
+    with relay.smtp("ops") as client:
+        client.sendmail("ops@sandbox.test", ["y@example.com"], _message("ops-message"))
+    wait_until(lambda: "ops-message" in _subjects(smtp.messages()), what="the other account's message")
+    worker = relay.service.worker
+
+    def sales_delivered() -> int:
+        return sum(s.startswith("s") for s in _subjects(smtp.messages()))
+
+    for _ in range(8):  # each round: past the backoff; it ends all delivered or throttled again
+        if sales_delivered() == 12:
+            break
+        relay.advance(3600)
+        wait_until(lambda: sales_delivered() == 12 or
+                   relay.call(lambda: worker.backoff_until("sales")) > relay.clock.now(), what="a round")
+    subjects = _subjects(smtp.messages())
+    assert sorted(s for s in subjects if s.startswith("s")) == sorted(f"s{i}" for i in range(12))
+    assert smtp.counters.get("concurrency_refusals", 0) >= 1, "the limit was hit"
+    wait_until(lambda: relay.queued() == 0, what="spool empty")

@@ -38,6 +38,7 @@ def test_queue_list_show_delete_and_retry_while_serving(spool_ops: OpsSetup, ser
     keep = _send(port, "keep-me", "a@example.com")
     drop = _send(port, "drop-me", "b@example.com")
     proc.wait_for("not sent, attempt 1")
+    proc.wait_for("relay running")  # signal handlers installed
     config = ("-c", str(spool_ops.config_path))
     listing = run_relay("queue", "list", *config)
     assert listing.returncode == 0, listing.stderr
@@ -75,6 +76,7 @@ def test_sighup_keeps_the_spool_and_delivers_with_the_new_configuration(
     port = proc.wait_listening()["smtp"]
     before = _send(port, "before-reload", "a@example.com")
     proc.wait_for("not sent, attempt 1")
+    proc.wait_for("relay running")  # signal handlers installed
     proc.signal(signal.SIGHUP)
     proc.wait_for("configuration reloaded")
     port = [int(p) for name, p in LISTENER_LINE.findall(proc.output()) if name == "smtp"][-1]  # port 0
