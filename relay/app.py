@@ -224,7 +224,7 @@ class RelayApp:
                 self.metrics.spool = self.spool.stats
         else:
             self.spool.reconfigure(config, tokens)
-        return self.spool.deliveries(config, tokens)
+        return self.spool.deliveries(config, tokens, self.metrics)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, give sessions ``grace_s`` (limits.shutdown_grace_s) to end, then close."""

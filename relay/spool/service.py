@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from relay.config.model import AccountConfig, RelayConfig
+from relay.metrics import RelayObserver
 from relay.smtp.forward import LiveForwarding
 from relay.spool.clock import Clock, SystemClock
 from relay.spool.delivery import SpoolingDeliveries
@@ -78,10 +79,15 @@ class SpoolService:
         log.info("spool %s: %d message(s) queued (%d bytes); accounts with delivery: spool answer "
                  "250 once a message is stored here", self.directory, self.store.count, self.store.bytes)
 
-    def deliveries(self, config: RelayConfig, tokens: TokenSource) -> SpoolingDeliveries:
-        """The delivery factory for a listener generation."""
-        return SpoolingDeliveries(self.store, LiveForwarding(config, tokens),
-                                  max_message_bytes=config.limits.max_message_bytes, clock=self.clock.now)
+    def deliveries(self, config: RelayConfig, tokens: TokenSource,
+                   observer: RelayObserver | None = None) -> SpoolingDeliveries:
+        """The delivery factory for a listener generation (``observer``: the metrics that live
+        forwarding reports to, for the accounts that do not spool)."""
+        forward = LiveForwarding(config, tokens)
+        if observer is not None:
+            forward.observer = observer
+        return SpoolingDeliveries(self.store, forward, max_message_bytes=config.limits.max_message_bytes,
+                                  clock=self.clock.now)
 
     def reconfigure(self, config: RelayConfig, tokens: TokenSource) -> None:
         """A reloaded configuration (same spool directory; the caller checked)."""
