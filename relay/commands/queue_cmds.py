@@ -117,6 +117,9 @@ def _show(store: SpoolStore, entry_id: str) -> int:
 
 def _retry(store: SpoolStore, entry_id: str | None) -> int:
     ids = [entry_id] if entry_id is not None else store.ids()
+    if not store.queue_dir.exists():
+        print(f"no spool at {store.directory} yet: nothing to retry")
+        return 0
     for one in ids:
         state = store.load_state(one)
         state.next_attempt_at = 0.0

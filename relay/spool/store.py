@@ -136,7 +136,9 @@ class SpoolStore:
 
     def open(self, *, serving: bool = True) -> SpoolStore:
         """Create the directories (0700), count what is queued; ``serving`` (the relay, not
-        `relay queue`) also drops unfinished tmp files."""
+        `relay queue`) also drops unfinished tmp files; `relay queue` creates nothing."""
+        if not serving and not self.directory.exists():
+            return self  # no spool yet: empty
         try:
             for path in (self.directory, self.tmp_dir, self.queue_dir, self.corrupt_dir):
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
