@@ -7,4 +7,7 @@
 * `relay.spool.schedule`: per-account rate, concurrency and backoff decisions (pure).
 * `relay.spool.worker`: the background delivery worker.
 * `relay.spool.dsn`: RFC 3464 delivery status notifications (pure).
+* `relay.spool.clock`: the worker's time (a manual clock for tests).
+* `relay.spool.crashpoints`: where the crash-safety tests SIGKILL the relay.
+* `relay.spool.service`: store + worker of a running relay, stats for metrics and alerts.
 """
