@@ -29,6 +29,9 @@ from relay.config.model import SpoolConfig
 from relay.errors import SpoolCorrupt, SpoolError, SpoolFull
 from relay.spool.crashpoints import crash_point
 from relay.spool.entry import (
+    HEADER,
+    LENGTH_BYTES,
+    PREFIX_BYTES,
     SEGMENT_BYTES,
     DeliveryState,
     EntrySealer,
@@ -41,6 +44,7 @@ from relay.spool.entry import (
 log = logging.getLogger("relay.spool")
 
 IO_THREADS = 32
+ENVELOPE_OFFSET = len(HEADER) + PREFIX_BYTES  # where record 0's length is
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -257,13 +261,24 @@ class SpoolStore:
         return self._checked(entry_id, lambda blob: open_entry(self.key, entry_id, blob, where=where))
 
     def load_envelope(self, entry_id: str) -> Envelope:
-        """Only the envelope (record 0), for listing and scheduling."""
+        """Only the envelope (record 0, read alone), for listing and scheduling."""
         return self._checked(entry_id, lambda blob: open_entry(
-            self.key, entry_id, blob, envelope_only=True, where=self._where(entry_id)))[0]
+            self.key, entry_id, blob, envelope_only=True, where=self._where(entry_id)), envelope_only=True)[0]
 
-    def _checked(self, entry_id: str,
-                 parse: Callable[[bytes], tuple[Envelope, bytes]]) -> tuple[Envelope, bytes]:
-        blob = self._read(entry_id)
+    def _read_envelope_record(self, entry_id: str) -> bytes:
+        """The file's header and first record only (a large message is not read)."""
+        try:
+            with open(self.queue_dir / f"{entry_id}.msg", "rb") as f:
+                head = f.read(ENVELOPE_OFFSET + LENGTH_BYTES)
+                length = int.from_bytes(head[ENVELOPE_OFFSET:], "big") if len(head) == ENVELOPE_OFFSET + \
+                    LENGTH_BYTES else 0
+                return head + f.read(length)
+        except FileNotFoundError:
+            raise KeyError(entry_id) from None
+
+    def _checked(self, entry_id: str, parse: Callable[[bytes], tuple[Envelope, bytes]], *,
+                 envelope_only: bool = False) -> tuple[Envelope, bytes]:
+        blob = self._read_envelope_record(entry_id) if envelope_only else self._read(entry_id)
         try:
             envelope, content = parse(blob)
             if envelope.id != entry_id:

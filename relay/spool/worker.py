@@ -75,20 +75,27 @@ class SpoolWorker:
     async def start(self) -> None:
         """Queue every stored message by account and start delivering."""
         self.store.on_commit = self.enqueue
-        for entry_id in self.store.ids():
-            try:
-                envelope = await asyncio.to_thread(self.store.load_envelope, entry_id)
-            except (SpoolCorrupt, KeyError):
-                continue  # moved aside and reported by the store
-            state = self.store.load_state(entry_id)
-            self._queue_for(envelope.account).due[entry_id] = state.next_attempt_at
-            self._queue_for(envelope.account).ids.append(entry_id)
+        for envelope, state in await asyncio.to_thread(self._scan):  # one thread hop for all
+            queue = self._queue_for(envelope.account)
+            queue.due[envelope.id] = state.next_attempt_at
+            queue.ids.append(envelope.id)
         for name, queue in self._queues.items():
             if name not in self.accounts:
                 log.warning("spool: %d message(s) for account %s, which is not in the configuration; "
                             "they stay queued until it is added back (or `relay queue delete ID`)",
                             len(queue.ids), name)
         self._rescan = asyncio.ensure_future(self._rescan_loop())
+
+    def _scan(self) -> list[tuple[Envelope, DeliveryState]]:
+        """Every stored message's envelope and state, oldest first (corrupt ones moved aside)."""
+        found = []
+        for entry_id in self.store.ids():
+            try:
+                envelope = self.store.load_envelope(entry_id)
+            except (SpoolCorrupt, KeyError):
+                continue  # moved aside and reported by the store
+            found.append((envelope, self.store.load_state(entry_id)))
+        return found
 
     def reconfigure(self, config: SpoolConfig, accounts: Mapping[str, AccountConfig],
                     senders: SenderFactory) -> None:

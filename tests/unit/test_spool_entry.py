@@ -81,3 +81,23 @@ def test_state_round_trip_and_tamper() -> None:
     assert open_state(KEY, "abc", blob) == state
     with pytest.raises(SpoolCorrupt):
         open_state(KEY, "abd", blob)
+
+
+def test_store_reads_only_the_envelope_record_and_still_catches_damage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """load_envelope reads the first record alone (not a large body); a damaged one is corrupt."""
+    from relay.config.model import SpoolConfig
+    from relay.spool.store import SpoolStore
+
+    store = SpoolStore(tmp_path / "spool", KEY, SpoolConfig()).open()
+    blob = _sealed([b"x" * SEGMENT_BYTES, b"tail"], entry_id="e1")
+    (store.queue_dir / "e1.msg").write_bytes(blob)
+    store.sizes["e1"] = len(blob)
+    assert store.load_envelope("e1").id == "e1"
+    assert len(store._read_envelope_record("e1")) < 2000
+    damaged = bytearray(blob)
+    damaged[30] ^= 1
+    (store.queue_dir / "e1.msg").write_bytes(bytes(damaged))
+    with pytest.raises(SpoolCorrupt):
+        store.load_envelope("e1")
+    assert (store.corrupt_dir / "e1.msg").exists()
+    store.close()
