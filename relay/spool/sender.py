@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from relay.config.model import AccountConfig, LimitsConfig
+from relay.smtp.bdat import CHUNK_BYTES, send_last_chunk
 from relay.smtp.reply import SmtpReply
 from relay.smtp.upstream import UpstreamSmtpSession, mail_command, open_logged_in, rcpt_command
 from relay.spool.crashpoints import crash_point
@@ -96,34 +97,48 @@ class SmtpMessageSender:
 
     async def _transaction(self, up: UpstreamSmtpSession, envelope: Envelope,
                            recipients: Sequence[str], content: bytes) -> SendResult:
-        mail = await up.send_command(mail_command(envelope.sender, self._params(up, envelope, content)),
-                                     "MAIL")
-        if not mail.is_positive:
-            await self._rset(up)
-            return SendResult(reply=mail)
-        accepted: list[str] = []
-        refused: dict[str, SmtpReply] = {}
-        for recipient in recipients:
-            reply = await up.send_command(rcpt_command(recipient), "RCPT")
-            if reply.is_positive:
-                accepted.append(recipient)
-            else:
-                refused[recipient] = reply
+        """MAIL, RCPTs, content: with PIPELINING MAIL and all RCPTs in one write, and with
+        CHUNKING a message up to `CHUNK_BYTES` as one ``BDAT LAST`` (2 round trips); else DATA."""
+        mail = mail_command(envelope.sender, self._params(up, envelope, content))
+        if up.pipelining and recipients:
+            # MAIL and every RCPT in one write (RFC 2920); the replies come back in order.
+            mail_reply, first = await up.mail_rcpt(mail, b"".join(rcpt_command(r) for r in recipients))
+            if not mail_reply.is_positive:
+                up.abort()  # replies to the pipelined RCPTs may still be on the way: not reusable
+                return SendResult(reply=mail_reply)
+            assert first is not None
+            replies = [first, *[await up.read_reply("RCPT") for _ in recipients[1:]]]
+        else:
+            mail_reply = await up.send_command(mail, "MAIL")
+            if not mail_reply.is_positive:
+                await self._rset(up)
+                return SendResult(reply=mail_reply)
+            replies = [await up.send_command(rcpt_command(r), "RCPT") for r in recipients]
+        accepted = [r for r, reply in zip(recipients, replies, strict=True) if reply.is_positive]
+        refused = {r: reply for r, reply in zip(recipients, replies, strict=True) if not reply.is_positive}
         if not accepted:
             await self._rset(up)
             return SendResult(refused=refused)
+        final = await self._content(up, content)
+        if not final.is_positive:
+            await self._rset(up)  # a refused BDAT leaves the transaction open
+            return SendResult(refused=refused, reply=final)
+        return SendResult(accepted=tuple(accepted), refused=refused)
+
+    @staticmethod
+    async def _content(up: UpstreamSmtpSession, content: bytes) -> SmtpReply:
+        """The content and the upstream's final reply (or its refusal of DATA)."""
+        if up.chunking and len(content) <= CHUNK_BYTES:
+            crash_point("upstream_data")
+            return await send_last_chunk(up, [content])
         go_ahead = await up.data_start()
         if go_ahead.code != 354:
-            await self._rset(up)
-            return SendResult(refused=refused, reply=go_ahead)
+            return go_ahead
         stuffed = _STUFF.sub(b"..", content)
         for start in range(0, len(stuffed), WRITE_BYTES):
             await up.data_write(stuffed[start:start + WRITE_BYTES])
         crash_point("upstream_data")
-        final = await up.data_finish()
-        if not final.is_positive:
-            return SendResult(refused=refused, reply=final)
-        return SendResult(accepted=tuple(accepted), refused=refused)
+        return await up.data_finish()
 
     @staticmethod
     def _params(up: UpstreamSmtpSession, envelope: Envelope, content: bytes) -> list[str]:
@@ -140,6 +155,9 @@ class SmtpMessageSender:
 
     @staticmethod
     async def _rset(up: UpstreamSmtpSession) -> None:
+        """End a refused transaction so the session can be kept (a closed one is left closed)."""
+        if not up.connected:
+            return
         reply = await up.rset()
         if not reply.is_positive:
             up.abort()

@@ -18,7 +18,8 @@ from ops_helpers import PASSWORD, OpsSetup
 from relay.sandbox.world import SandboxWorld
 from relay.spool.crashpoints import ENV
 
-MESSAGE = b"From: app@sandbox.test\r\nSubject: crash test\r\n\r\n" + b"line of the body\r\n" * 2000
+# Over 256 KiB: it goes upstream by DATA in several writes, so "upstream_data" is mid-content.
+MESSAGE = b"From: app@sandbox.test\r\nSubject: crash test\r\n\r\n" + b"line of the body\r\n" * 20000
 
 
 def _send(port: int) -> bool:

@@ -40,6 +40,8 @@ def test_message_is_queued_with_250_and_delivered_byte_exact(start_spool_relay: 
     assert stored[0].user == "sales@sandbox.test"
     assert stat.S_IMODE(os.stat(relay.store_dir).st_mode) == 0o700
     wait_until(lambda: relay.queued() == 0, what="spool entry removed")
+    (transcript,) = [t for t in relay.sandbox.smtp.transcripts() if "MAIL" in t.verbs()]
+    assert transcript.message_turns() == 2  # MAIL+RCPT pipelined, then one BDAT LAST
 
 
 def test_final_reply_names_the_queue_id_and_the_file_is_encrypted(start_spool_relay: StartSpoolRelay) -> None:
@@ -265,3 +267,19 @@ def test_mailbox_session_limit_432_backs_off_without_loss_and_other_accounts_flo
     assert sorted(s for s in subjects if s.startswith("s")) == sorted(f"s{i}" for i in range(12))
     assert smtp.counters.get("concurrency_refusals", 0) >= 1, "the limit was hit"
     wait_until(lambda: relay.queued() == 0, what="spool empty")
+
+
+def test_upstream_without_pipelining_or_chunking_gets_one_command_per_round_trip_and_data(
+        start_spool_relay: StartSpoolRelay) -> None:
+    """An upstream that offers neither PIPELINING nor CHUNKING: MAIL, each RCPT, DATA one at a time;
+    a dot-stuffed line arrives intact and the refused recipient still gets its DSN."""
+    relay = start_spool_relay()
+    smtp = relay.sandbox.smtp
+    smtp.advertise_pipelining = smtp.advertise_chunking = False
+    smtp.reject_rcpt["nobody@example.com"] = "550 5.1.1 User unknown"
+    with relay.smtp() as client:
+        client.sendmail("app@sandbox.test", ["good@example.com", "nobody@example.com"], _message("plain"))
+    original, dsn = smtp.wait_for_messages(2)
+    assert original.data == _message("plain") and original.rcpt_tos == ("good@example.com",)
+    assert "." in [verb for t in smtp.transcripts() for verb in t.verbs()]  # DATA's final dot
+    assert dsn.rcpt_tos == ("app@sandbox.test",)
