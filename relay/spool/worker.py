@@ -44,8 +44,7 @@ RESCAN_S = 5.0  # how often `relay queue retry/delete` markers from another proc
 @dataclass
 class _AccountQueue:
     pace: AccountPace
-    ids: list[str] = field(default_factory=list)  # oldest first
-    due: dict[str, float] = field(default_factory=dict)  # id -> next attempt time
+    due: dict[str, float] = field(default_factory=dict)  # id -> next attempt time, oldest first
     busy: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -78,12 +77,11 @@ class SpoolWorker:
         for envelope, state in await asyncio.to_thread(self._scan):  # one thread hop for all
             queue = self._queue_for(envelope.account)
             queue.due[envelope.id] = state.next_attempt_at
-            queue.ids.append(envelope.id)
         for name, queue in self._queues.items():
             if name not in self.accounts:
                 log.warning("spool: %d message(s) for account %s, which is not in the configuration; "
                             "they stay queued until it is added back (or `relay queue delete ID`)",
-                            len(queue.ids), name)
+                            len(queue.due), name)
         self._rescan = asyncio.ensure_future(self._rescan_loop())
 
     def _scan(self) -> list[tuple[Envelope, DeliveryState]]:
@@ -135,7 +133,6 @@ class SpoolWorker:
     def enqueue(self, envelope: Envelope) -> None:
         """A newly committed message (the store's ``on_commit``)."""
         queue = self._queue_for(envelope.account)
-        queue.ids.append(envelope.id)
         queue.due[envelope.id] = 0.0
         queue.wake.set()
 
@@ -143,7 +140,7 @@ class SpoolWorker:
         """Make one message (or all) due now and clear the backoffs; how many were affected."""
         count = 0
         for queue in self._queues.values():
-            for queued in queue.ids:
+            for queued in queue.due:
                 if entry_id is None or queued == entry_id:
                     queue.due[queued] = 0.0
                     count += 1
@@ -158,7 +155,7 @@ class SpoolWorker:
 
     def depth_by_account(self) -> dict[str, int]:
         """Messages queued per account."""
-        return {name: len(q.ids) for name, q in self._queues.items()}
+        return {name: len(q.due) for name, q in self._queues.items()}
 
     # --- per-account scheduling -------------------------------------------------------------
 
@@ -185,13 +182,13 @@ class SpoolWorker:
             if start_at is None or start_at > now:  # at the cap, rate window or backoff: no scan
                 await self.clock.wait(now + RESCAN_S if start_at is None else start_at, queue.wake)
                 continue
-            entry_id = next((i for i in queue.ids if i not in queue.busy and queue.due[i] <= now), None)
+            entry_id = next((i for i, due in queue.due.items() if due <= now and i not in queue.busy), None)
             if entry_id is not None:
                 self._begin(name, queue, entry_id, now)
                 continue
-            if not queue.ids and not queue.busy:
+            if not queue.due and not queue.busy:
                 await self._release_sender(name)  # nothing to send: log out of the mailbox
-            next_due = min((queue.due[i] for i in queue.ids if i not in queue.busy), default=now + RESCAN_S)
+            next_due = min((due for i, due in queue.due.items() if i not in queue.busy), default=now + RESCAN_S)
             await self.clock.wait(min(next_due, now + RESCAN_S), queue.wake)
 
     def _begin(self, name: str, queue: _AccountQueue, entry_id: str, now: float) -> None:
@@ -218,8 +215,6 @@ class SpoolWorker:
             queue.wake.set()
 
     def _forget(self, queue: _AccountQueue, entry_id: str) -> None:
-        with contextlib.suppress(ValueError):
-            queue.ids.remove(entry_id)
         queue.due.pop(entry_id, None)
 
     # --- one attempt ------------------------------------------------------------------------
