@@ -188,7 +188,8 @@ class SpoolWorker:
                 continue
             if not queue.due and not queue.busy:
                 await self._release_sender(name)  # nothing to send: log out of the mailbox
-            next_due = min((due for i, due in queue.due.items() if i not in queue.busy), default=now + RESCAN_S)
+            next_due = min((due for i, due in queue.due.items() if i not in queue.busy),
+                           default=now + RESCAN_S)
             await self.clock.wait(min(next_due, now + RESCAN_S), queue.wake)
 
     def _begin(self, name: str, queue: _AccountQueue, entry_id: str, now: float) -> None:
