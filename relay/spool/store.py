@@ -325,7 +325,7 @@ class SpoolStore:
         if size is not None:
             self.count -= 1
             self.bytes -= size
-        # No directory fsync here (it halved the drain rate): a process crash cannot undo an
+        # No directory fsync here (one per delivered message slows the drain): a process crash cannot undo an
         # unlink; only a power loss within the file system's commit interval (ext4: 5 s) can bring
         # a delivered message back, to be sent once more - the documented duplicate window.
         return existed
