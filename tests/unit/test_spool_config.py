@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from relay.config.loader import parse_config
+from relay.configuration import parse_config
 from relay.config.model import SpoolConfig
 from relay.errors import ConfigError
 from relay.passwords import hash_password
@@ -52,7 +52,7 @@ def test_spool_settings_are_read() -> None:
 
 @pytest.mark.parametrize(("spool", "account_delivery", "path", "text"), [
     ({}, "store", "accounts.sales.delivery", "not one of forward, spool"),
-    ({"max_bytes": 0}, "spool", "spool.max_bytes", "> 0"),
+    ({"max_bytes": 0}, "spool", "spool.max_bytes", ">= 1"),
     ({"bounce_to": "nobody"}, "spool", "spool.bounce_to", "not an email address"),
     ({"retry_initial_s": 100, "retry_max_s": 10}, "spool", "spool.retry_max_s", ">= spool.retry_initial_s"),
     ({"max_age": 5}, "spool", "spool.max_age", "unknown key"),
