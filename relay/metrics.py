@@ -16,14 +16,11 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from prometheus_client import generate_latest
-
-if TYPE_CHECKING:
-    from relay.spool.service import SpoolStats
 
 PREFIX = "xoauth2relay"
 OTHER = "other"
@@ -45,6 +42,19 @@ def message_outcome(code: int | None) -> str:
     if code is not None and 500 <= code < 600:
         return "refused"
     return "deferred"  # 4xx or no reply: the client keeps the message and retries
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """What the spool (`relay.spool.service`) reports for /metrics and the alerts, read when needed."""
+
+    messages: int
+    bytes: int
+    oldest_age_s: float
+    corrupt_files: int
+    per_account: Mapping[str, int]
+    delivered: int  # since start
+    bounced: int  # since start
 
 
 class RelayObserver(Protocol):

@@ -21,8 +21,7 @@ from prometheus_client.registry import Collector
 import relay
 
 if TYPE_CHECKING:
-    from relay.metrics import LatencyHistogram, RelayMetrics
-    from relay.spool.service import SpoolStats
+    from relay.metrics import LatencyHistogram, RelayMetrics, SpoolStats
 
 PREFIX = "xoauth2relay"
 

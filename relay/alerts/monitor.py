@@ -12,16 +12,13 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from relay.admin.report import RelayView, collect
 from relay.alerts.channels import AlertChannel, AlertDeliveryError, EmailChannel, WebhookChannel
 from relay.alerts.rules import Alert, AlertTracker, evaluate
 from relay.config.model import AlertsConfig, RelayConfig
 from relay.errors import RelayError
-
-if TYPE_CHECKING:
-    from relay.spool.service import SpoolStats
+from relay.metrics import SpoolStats
 
 log = logging.getLogger("relay.alerts")
 

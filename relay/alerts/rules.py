@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from relay.admin.report import UNUSABLE_STATES, RelayReport
 from relay.config.model import AlertsConfig
-
-if TYPE_CHECKING:
-    from relay.spool.service import SpoolStats
+from relay.metrics import SpoolStats
 
 AlertKind = Literal["needs_reauthorization", "refresh_failing", "token_rejected", "store_write_failing",
                     "certificate_expiring", "spool_backlog", "spool_corrupt"]

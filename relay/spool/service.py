@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from relay.config.model import AccountConfig, RelayConfig
-from relay.metrics import RelayObserver
+from relay.metrics import RelayObserver, SpoolStats
 from relay.smtp.forward import LiveForwarding
 from relay.spool.clock import Clock, SystemClock
 from relay.spool.delivery import SpoolingDeliveries
@@ -26,19 +25,6 @@ SenderMaker = Callable[[AccountConfig, TokenSource, RelayConfig, str], MessageSe
 """Makes the sender for an account: (account, tokens, config, our host name) -> MessageSender."""
 
 log = logging.getLogger("relay.spool")
-
-
-@dataclass(frozen=True)
-class SpoolStats:
-    """The spool's state for metrics and alerts (read at scrape time, O(accounts))."""
-
-    messages: int
-    bytes: int
-    oldest_age_s: float
-    corrupt_files: int
-    per_account: Mapping[str, int]
-    delivered: int  # since start
-    bounced: int  # since start
 
 
 def smtp_sender(account: AccountConfig, tokens: TokenSource, config: RelayConfig,

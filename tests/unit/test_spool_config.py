@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from relay.configuration import parse_config
 from relay.config.model import SpoolConfig
+from relay.configuration import parse_config
 from relay.errors import ConfigError
 from relay.passwords import hash_password
 

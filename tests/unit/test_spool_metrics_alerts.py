@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from relay.alerts.rules import spool_conditions
 from relay.config.model import AlertsConfig, WebhookAlertConfig
-from relay.metrics import RelayMetrics
-from relay.spool.service import SpoolStats
+from relay.metrics import RelayMetrics, SpoolStats
 
 ALERTS = AlertsConfig(webhook=WebhookAlertConfig(url="http://127.0.0.1:9/hook"), spool_oldest_age_s=3600,
                       spool_messages=100)
