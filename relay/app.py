@@ -32,10 +32,12 @@ from relay.listening import fit_fd_limit
 from relay.metrics import RelayMetrics
 from relay.tokens.interface import TokenStore
 from relay.tokens.manager import AccountTokenStatus, TokenManager
-from relay.tokens.store import open_store_async
+from relay.tokens.store import load_key, open_store_async
 
 if TYPE_CHECKING:
     from relay.admin.report import ListenerState
+    from relay.smtp.delivery import DeliveryFactory
+    from relay.spool.service import SpoolService
 
 log = logging.getLogger("relay.app")
 
@@ -89,6 +91,7 @@ class RelayApp:
             self.metrics = RelayMetrics(config.accounts)
         self._admin: object | None = None
         self._alerts: object | None = None
+        self.spool: SpoolService | None = None  # started when an account has delivery: spool
 
     # --- properties -----------------------------------------------------------------------------
 
@@ -199,19 +202,8 @@ class RelayApp:
         try:
             gen.graph = _graph_service(config, tokens)
             if config.listen.smtp.enabled:
-                deliveries = None
-                if gen.graph is not None:
-                    from relay.graph.send import GraphDeliveries  # noqa: PLC0415
-                    from relay.metrics import NULL_OBSERVER  # noqa: PLC0415
-                    from relay.smtp.forward import LiveForwarding  # noqa: PLC0415
-
-                    live = LiveForwarding(config, tokens)
-                    if self.metrics is not None:  # the handler passes it on only to a bare LiveForwarding
-                        live.observer = self.metrics
-                    deliveries = GraphDeliveries(gen.graph, config.limits, live,
-                                                 observer=self.metrics or NULL_OBSERVER)
-                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator, deliveries=deliveries,
-                                                     observer=self.metrics)
+                gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator, observer=self.metrics,
+                                                      deliveries=await self._deliveries(gen, tokens))
             if config.listen.pop3.enabled:
                 mailboxes = None
                 if gen.graph is not None:
@@ -236,6 +228,41 @@ class RelayApp:
         await _log_accounts(config, tokens)
         return gen
 
+    async def _deliveries(self, gen: _Generation, tokens: TokenManager) -> DeliveryFactory:
+        """What each account's SMTP transactions go to: live forwarding, wrapped by Graph for
+        ``send_via: graph`` accounts, wrapped by the spool for ``delivery: spool`` accounts."""
+        from relay.metrics import NULL_OBSERVER  # noqa: PLC0415 - keeps `relay --help` fast
+        from relay.smtp.forward import LiveForwarding  # noqa: PLC0415
+
+        config = gen.config
+        live = LiveForwarding(config, tokens)
+        if self.metrics is not None:
+            live.observer = self.metrics
+        factory: DeliveryFactory = live
+        if gen.graph is not None:
+            from relay.graph.send import GraphDeliveries  # noqa: PLC0415
+
+            factory = GraphDeliveries(gen.graph, config.limits, factory,
+                                      observer=self.metrics or NULL_OBSERVER)
+        return await self._spool_deliveries(config, tokens, factory)
+
+    async def _spool_deliveries(self, config: RelayConfig, tokens: TokenManager,
+                                forward: DeliveryFactory) -> DeliveryFactory:
+        """The spool's factory around ``forward`` when an account spools (the spool starts the first
+        time), else ``forward`` itself."""
+        from relay.spool.service import SpoolService, uses_spool  # noqa: PLC0415 - keeps `relay --help` fast
+
+        if self.spool is None:
+            if not uses_spool(config):
+                return forward
+            self.spool = SpoolService(config, load_key(config.token_store), tokens)
+            await self.spool.start()
+            if self.metrics is not None:
+                self.metrics.spool = self.spool.stats
+        else:
+            self.spool.reconfigure(config, tokens)
+        return self.spool.deliveries(config, forward)
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, give sessions ``grace_s`` (limits.shutdown_grace_s) to end, then close."""
         for part in (self._alerts, self._admin):
@@ -247,10 +274,17 @@ class RelayApp:
         self._stopping = gen
         if grace_s is None:
             grace_s = (gen.config if gen else self.config).limits.shutdown_grace_s
+        spool, self.spool = self.spool, None
+        # The spool's worker stops starting deliveries (running ones end) while the listeners
+        # drain; sessions still finishing may spool (kept for the next start) until the store closes.
+        stopping_worker = asyncio.ensure_future(spool.worker.stop()) if spool is not None else None
         if gen is not None:
             await self._stop_generation(gen, grace_s)
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
+        if spool is not None and stopping_worker is not None:
+            await stopping_worker
+            spool.store.close()
         if self._owns_store and self._store is not None:
             await self._store.close()
             self._store = None
@@ -349,6 +383,10 @@ class RelayApp:
                 return False
             new_config = await self._load_in_thread(path)
             if new_config is None:
+                return False
+            if self.spool is not None and new_config.spool_directory() != self.spool.directory:
+                log.error("SIGHUP: spool.directory changed; restart the relay to move the spool "
+                          "(keeping the running configuration)")
                 return False
             if new_config.token_store != self.config.token_store:
                 log.error("SIGHUP: token_store changed; restart the relay to use another store "

@@ -79,6 +79,8 @@ class _Semantics:
         self.unique_usernames(accounts)
         check_admin(config.admin, self.problem)
         check_alerts(config.alerts, accounts, self.problem)
+        if config.spool.retry_max_s < config.spool.retry_initial_s:
+            self.problem("spool.retry_max_s", "must be >= spool.retry_initial_s")
         return dataclasses.replace(config, token_store=store, accounts=accounts)
 
     def token_store(self, store: TokenStoreConfig) -> TokenStoreConfig:

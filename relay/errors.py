@@ -20,6 +20,9 @@ cryptography's InvalidTag, binascii.Error ...) are translated into these at modu
     │   ├── UpstreamAuthRejected    the upstream refused the XOAUTH2 login
     │   ├── UpstreamProtocolError   the upstream said something we cannot parse
     │   └── GraphError              Microsoft Graph answered with an error (status, code, wait)
+    ├── SpoolError                  the durable spool cannot take or keep a message
+    │   ├── SpoolFull               spool.max_bytes / max_messages reached, disk full (452 4.3.1)
+    │   └── SpoolCorrupt            a spool file cannot be read: moved aside, reported
     └── ProtocolInputError          a client sent bad input (bad base64, control characters ...)
 
 `UpstreamError.reply` carries the upstream's own reply as an `UpstreamReply` value (code, enhanced
@@ -176,3 +179,15 @@ class GraphError(UpstreamError):
 
 class ProtocolInputError(RelayError):
     """A client sent input we must refuse (invalid base64, control characters in a login ...)."""
+
+
+class SpoolError(RelayError):
+    """The durable spool cannot take or keep a message (full, disk error, corrupt file)."""
+
+
+class SpoolFull(SpoolError):
+    """``spool.max_bytes`` / ``spool.max_messages`` reached, or the disk is full: ``452 4.3.1``."""
+
+
+class SpoolCorrupt(SpoolError):
+    """A spool file cannot be read or decrypted; it is moved aside, never delivered."""

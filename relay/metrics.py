@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +42,19 @@ def message_outcome(code: int | None) -> str:
     if code is not None and 500 <= code < 600:
         return "refused"
     return "deferred"  # 4xx or no reply: the client keeps the message and retries
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """What the spool (`relay.spool.service`) reports for /metrics and the alerts, read when needed."""
+
+    messages: int
+    bytes: int
+    oldest_age_s: float
+    corrupt_files: int
+    per_account: Mapping[str, int]
+    delivered: int  # since start
+    bounced: int  # since start
 
 
 class RelayObserver(Protocol):
@@ -162,6 +175,8 @@ class RelayMetrics:
         self.token_expiry: dict[str, float] = {}  # set at scrape time (relay.admin.report)
         self.needs_reauth: dict[str, float] = {}
         self.pool_sessions: dict[str, float] = {}
+        # The spool's state, read at scrape time (set by relay.app when an account spools).
+        self.spool: Callable[[], SpoolStats] | None = None
         for name in self.accounts:
             self.messages[name, "delivered"] = 0
             self.message_bytes[name, "delivered"] = 0

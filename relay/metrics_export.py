@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 import relay
 
 if TYPE_CHECKING:
-    from relay.metrics import LatencyHistogram, RelayMetrics
+    from relay.metrics import LatencyHistogram, RelayMetrics, SpoolStats
 
 PREFIX = "xoauth2relay"
 
@@ -89,9 +89,27 @@ class RelayCollector(Collector):
         yield _gauge("needs_reauthorization", "1 when the account needs `relay authorize ACCOUNT`",
                      ["account"], m.needs_reauth)
         yield _gauge("pool_sessions", "Pooled upstream SMTP sessions by state", ["state"], m.pool_sessions)
+        if m.spool is not None:
+            yield from _spool_families(m.spool())
         info = InfoMetricFamily(f"{PREFIX}_build", "The relay's version")
         info.add_metric([], {"version": relay.__version__})
         yield info
+
+
+def _spool_families(spool: SpoolStats) -> Iterator[Metric]:
+    """Spool depth (per account), bytes, oldest age, corrupt files, delivered and bounced."""
+    yield _gauge("spool_messages", "Messages waiting in the spool, by account", ["account"],
+                 {name: float(n) for name, n in spool.per_account.items()})
+    for name, doc, value in (
+            ("spool_bytes", "Bytes of the spool's queued files", spool.bytes),
+            ("spool_oldest_message_age_seconds", "Age of the oldest message in the spool (0: empty)",
+             spool.oldest_age_s),
+            ("spool_corrupt_files", "Spool files moved aside as unreadable", spool.corrupt_files)):
+        yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=float(value))
+    yield CounterMetricFamily(f"{PREFIX}_spool_delivered", "Spooled messages delivered since start",
+                              value=spool.delivered)
+    yield CounterMetricFamily(f"{PREFIX}_spool_bounced", "Spooled messages given up (a DSN sent, or "
+                              "logged for <>) since start", value=spool.bounced)
 
 
 def build_registry(metrics: RelayMetrics) -> CollectorRegistry:

@@ -18,6 +18,7 @@ from relay.alerts.channels import AlertChannel, AlertDeliveryError, EmailChannel
 from relay.alerts.rules import Alert, AlertTracker, evaluate
 from relay.config.model import AlertsConfig, RelayConfig
 from relay.errors import RelayError
+from relay.metrics import SpoolStats
 
 log = logging.getLogger("relay.alerts")
 
@@ -89,7 +90,8 @@ class AlertMonitor:
         now = float(self._clock())
         conditions = evaluate(report, self.alerts, now, unsaved=tokens.unsaved_accounts,
                               store_path=str(report.config.token_store.path),
-                              certificates=certificate_expiries(report.config))
+                              certificates=certificate_expiries(report.config),
+                              spool=_spool_stats(self.view))
         due = self.tracker.step(conditions, now)
         for alert in due:
             await self._send(alert)
@@ -110,3 +112,9 @@ class AlertMonitor:
                 log.error("alerts: the %s channel failed unexpectedly: %s", channel.name, exc, exc_info=exc)
             else:
                 self.sent.append((channel.name, alert))
+
+
+def _spool_stats(view: object) -> SpoolStats | None:
+    """The running spool's state (None without ``delivery: spool`` accounts)."""
+    spool = getattr(view, "spool", None)
+    return spool.stats() if spool is not None else None

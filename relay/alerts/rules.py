@@ -15,9 +15,10 @@ from typing import Literal
 
 from relay.admin.report import UNUSABLE_STATES, RelayReport
 from relay.config.model import AlertsConfig
+from relay.metrics import SpoolStats
 
 AlertKind = Literal["needs_reauthorization", "refresh_failing", "token_rejected", "store_write_failing",
-                    "certificate_expiring"]
+                    "certificate_expiring", "spool_backlog", "spool_corrupt"]
 AlertEvent = Literal["firing", "repeat", "resolved"]
 TITLES = {
     "needs_reauthorization": "needs re-authorization",
@@ -25,6 +26,8 @@ TITLES = {
     "token_rejected": "upstream refuses fresh tokens",
     "store_write_failing": "token store cannot be written",
     "certificate_expiring": "certificate expiring",
+    "spool_backlog": "spooled mail is not going out",
+    "spool_corrupt": "unreadable spool files",
 }
 
 
@@ -84,8 +87,9 @@ class Alert:
 
 
 def evaluate(report: RelayReport, alerts: AlertsConfig, now: float, *, unsaved: Iterable[str] = (),
-             store_path: str = "", certificates: Mapping[str, datetime] | None = None) -> list[Condition]:
-    """The conditions that hold in ``report`` at ``now``."""
+             store_path: str = "", certificates: Mapping[str, datetime] | None = None,
+             spool: SpoolStats | None = None) -> list[Condition]:
+    """The conditions that hold in ``report`` at ``now`` (``spool``: the spool's state, if any)."""
     out: list[Condition] = []
     dead = set()
     for status in report.tokens:
@@ -129,6 +133,28 @@ def evaluate(report: RelayReport, alerts: AlertsConfig, now: float, *, unsaved: 
                 "certificate_expiring", path, f"the certificate {path} {state} "
                 f"({expires.isoformat(timespec='seconds')})",
                 f"renew {path}, then `systemctl reload xoauth2-relay` (or send SIGHUP)"))
+    if spool is not None:
+        out += spool_conditions(spool, alerts)
+    return out
+
+
+def spool_conditions(spool: SpoolStats, alerts: AlertsConfig) -> list[Condition]:
+    """A backlog (the oldest spooled message waits too long, or too many wait) and corrupt files."""
+    out: list[Condition] = []
+    if spool.messages and (spool.oldest_age_s >= alerts.spool_oldest_age_s
+                           or spool.messages >= alerts.spool_messages):
+        accounts = ", ".join(f"{name}: {n}" for name, n in sorted(spool.per_account.items()) if n)
+        out.append(Condition(
+            "spool_backlog", "spool", f"{spool.messages} message(s) wait in the spool ({accounts}); the "
+            f"oldest for {spool.oldest_age_s / 3600:.1f} h",
+            "`relay queue list` shows each message's last error (upstream down, the account throttled, "
+            "its token dead: `relay check ACCOUNT`); after the fix, `relay queue retry --all`"))
+    if spool.corrupt_files:
+        out.append(Condition(
+            "spool_corrupt", "spool", f"{spool.corrupt_files} spool file(s) could not be read and were "
+            "moved to the spool's corrupt/ directory (not delivered)",
+            "see the relay log for each file's problem (another token store key? disk errors?); "
+            "restore or delete the files in corrupt/"))
     return out
 
 

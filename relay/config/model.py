@@ -64,6 +64,9 @@ GraphDeleteMode = Literal["move", "delete"]
 GraphLargeMessages = Literal["refuse", "upload_session"]
 """A message over Graph's request limit: refused (552), or sent as draft + upload session."""
 
+DeliveryMode = Literal["forward", "spool"]
+"""`forward` relays live (250 once the upstream accepted); `spool` stores durably, then delivers."""
+
 MicrosoftCloud = Literal["global", "usgovernment", "china"]
 """Which Microsoft cloud a tenant lives in: worldwide (and GCC), US Government (GCC High), China."""
 
@@ -273,6 +276,8 @@ class AccountConfig:
         """True when POP3 clients can read the account (upstream POP3 server or Graph)."""
         return self.read_via == "graph" or self.pop3 is not None
 
+    delivery: DeliveryMode = key(choice(DeliveryMode), "forward")  # README "Forward or spool"
+
 
 @dataclass(frozen=True)
 class LimitsConfig:
@@ -362,6 +367,26 @@ class AlertsConfig:
     refresh_failing_after_s: float = key(seconds(30 * DAY_S), 3600.0)  # refresh failing this long
     token_rejections: int = key(whole(0, 1000), 3)  # the upstream refused this many fresh tokens
     certificate_expiry_days: int = key(whole(0, 3650), 14)  # a certificate expires within this
+    spool_oldest_age_s: float = key(seconds(365 * DAY_S), 3600.0)  # a spooled message waits this long
+    spool_messages: int = key(whole(1, 100_000_000), 1000)  # this many messages wait in the spool
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """The durable spool for accounts with ``delivery: spool`` (one directory per replica).
+
+    Defaults fit Exchange Online's per-mailbox limits (30 messages a minute, 3 concurrent
+    submissions: one left for other senders) and Postfix's queue lifetime (5 days)."""
+
+    directory: Path | None = key(file_path(), None)  # None: "spool" beside the token store
+    max_bytes: int = key(whole(1, 2**50), 1024 * 1024 * 1024)
+    max_messages: int = key(whole(1, 100_000_000), 10_000)
+    max_concurrency: int = key(whole(1, 100), 2)  # per account
+    max_messages_per_minute: int = key(whole(1, 10**9), 30)  # per account
+    max_age_s: float = key(seconds(365 * DAY_S), 5 * DAY_S)
+    retry_initial_s: float = key(seconds(DAY_S), 60.0)
+    retry_max_s: float = key(seconds(30 * DAY_S), 3600.0)
+    bounce_to: str | None = key(optional_text(pattern=MAILBOX, what="an email address"), None)
 
 
 @dataclass(frozen=True)
@@ -379,6 +404,7 @@ class RelayConfig:
     # None: no admin listener / problems are only logged.
     admin: AdminConfig | None = key(optional_section(AdminConfig, switch=True), None)
     alerts: AlertsConfig | None = key(optional_section(AlertsConfig, switch=True), None)
+    spool: SpoolConfig = key(section(SpoolConfig), default_factory=SpoolConfig)
     source_path: Path | None = None  # the YAML file it came from, for messages
 
     def account_by_username(self, username: str) -> AccountConfig | None:
@@ -387,6 +413,10 @@ class RelayConfig:
             if account.username == username:
                 return account
         return None
+
+    def spool_directory(self) -> Path:
+        """Where the spool lives: ``spool.directory``, else ``spool`` beside the token store."""
+        return self.spool.directory or self.token_store.path.parent / "spool"
 
     def credentials_for(self, account: AccountConfig) -> CredentialsConfig:
         """Return the credentials an account uses (validated to exist at load)."""

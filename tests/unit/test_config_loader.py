@@ -75,7 +75,7 @@ def test_unknown_key_is_an_error_with_suggestion() -> None:
     assert message == ("unknown key 'pasword_hash'; did you mean 'password_hash'? (known: username, "
                        "password_hash, mailbox, credentials, smtp, pop3, imap, allow_without_auth_from, "
                        "envelope_sender, allowed_senders, max_upstream_sessions, max_upstream_pop3_sessions, "
-                       "send_via, read_via, graph)")
+                       "send_via, read_via, graph, delivery)")
 
 
 def test_bad_credentials_reference_names_known_ones() -> None:

@@ -22,7 +22,7 @@ def test_the_sections_are_found() -> None:
     """The section list is derived from the model, so a new section is checked without editing it."""
     assert {model.ListenerConfig, model.CredentialsConfig, model.ProxyConfig,
             model.LimitsConfig, model.AdminConfig, model.AlertsConfig,
-            model.WebhookAlertConfig} <= set(SECTIONS)
+            model.WebhookAlertConfig, model.SpoolConfig} <= set(SECTIONS)
 
 
 @pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.__name__)

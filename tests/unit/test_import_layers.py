@@ -91,7 +91,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle_between_packages() -> None:
     """No two packages/top-level modules of relay/ import each other, directly or around a loop."""
-    assert cycles(package_graph()) == KNOWN_CYCLES
+    assert sorted(cycles(package_graph())) == sorted(KNOWN_CYCLES)  # the order is the DFS's
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

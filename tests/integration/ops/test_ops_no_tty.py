@@ -64,6 +64,9 @@ def test_every_command_runs_without_a_terminal(ops: OpsSetup) -> None:
     check("demo", "--once", "--smtp-port", "0", "--pop3-port", "0", rc=0)
     check("explain", "535 5.7.139 Authentication unsuccessful", rc=0)
     check("explain", rc=1)  # nothing on stdin: "unknown", exit 1
+    check("queue", "list", "-c", cfg, rc=0)
+    check("queue", "show", "no-such-id", "-c", cfg, rc=1)
+    check("queue", "retry", "--all", "-c", cfg, rc=0)
 
     serving = subprocess.Popen(relay_cmd("serve", "-c", cfg), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,

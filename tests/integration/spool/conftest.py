@@ -1,0 +1,197 @@
+"""Fixtures for the spool tests: a relay with ``delivery: spool`` accounts in front of the sandbox,
+on its own loop thread, with a clock the test moves (`relay.spool.clock.ManualClock`)."""
+
+from __future__ import annotations
+
+import smtplib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support.relay_harness import (
+    authorized_token_set,
+    fresh_store,
+    loopback,
+    relay_config,
+    sandbox_credentials,
+    sandbox_smtp_upstream,
+)
+
+from relay.config.model import AccountConfig, LimitsConfig, RelayConfig, SpoolConfig
+from relay.localauth import LocalAuthenticator
+from relay.passwords import hash_password
+from relay.sandbox.loop import LoopThread
+from relay.sandbox.world import SandboxWorld
+from relay.smtp.forward import LiveForwarding
+from relay.smtp.server import SmtpRelayServer
+from relay.spool.clock import ManualClock
+from relay.spool.service import SpoolService
+from relay.tokens.manager import TokenManager
+from relay.tokens.store import decode_key, generate_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
+
+from ops_helpers import OpsSetup, ServeProcess, free_port
+
+PASSWORD = "spool test pw"
+ACCOUNTS = {"sales": "sales@sandbox.test", "ops": "ops@sandbox.test"}
+
+
+def spool_config(sandbox: SandboxWorld, directory: Path, spool: SpoolConfig) -> RelayConfig:
+    """Accounts 'sales' and 'ops' (logins sales-app / ops-app), both spooling."""
+    pw_hash = hash_password(PASSWORD, log2_n=10)
+    accounts = [AccountConfig(name=name, username=f"{name}-app", password_hash=pw_hash, mailbox=mailbox,
+                              credentials="sandbox", smtp=sandbox_smtp_upstream(sandbox), pop3=None,
+                              delivery="spool") for name, mailbox in ACCOUNTS.items()]
+    config = relay_config(accounts=accounts, credentials=sandbox_credentials(sandbox),
+                          token_store=directory / "tokens.enc", smtp_listener=loopback(),
+                          pop3_listener=loopback(enabled=False),
+                          limits=LimitsConfig(auth_failure_delay_s=0.05, upstream_connect_timeout_s=5,
+                                              upstream_command_timeout_s=10, upstream_data_timeout_s=10))
+    return replace(config, spool=replace(spool, directory=spool.directory or directory / "spool"))
+
+
+@dataclass
+class SpoolRelay:
+    """A running relay whose accounts spool; ``clock`` moves only when the test says so."""
+
+    config: RelayConfig
+    sandbox: SandboxWorld
+    server: SmtpRelayServer
+    tokens: TokenManager
+    service: SpoolService
+    thread: LoopThread
+    clock: ManualClock
+    stopped: bool = False
+
+    @property
+    def store_dir(self) -> Path:
+        """The spool directory."""
+        return self.config.spool_directory()
+
+    def smtp(self, account: str = "sales") -> smtplib.SMTP:
+        """A logged-in smtplib client."""
+        client = smtplib.SMTP("127.0.0.1", self.server.port, timeout=30)
+        client.login(f"{account}-app", PASSWORD)
+        return client
+
+    def advance(self, seconds: float) -> None:
+        """Move the spool's clock (on its loop thread) and wake the worker."""
+        self.thread.call_soon(self.clock.advance, seconds)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the relay's loop thread and return its result."""
+        async def run() -> Any:
+            return fn()
+        return self.thread.run(run())
+
+    def wait_backing_off(self, account: str = "sales") -> None:
+        """Wait until the account's first attempt failed (the upstream is down) and it backs off."""
+        worker = self.service.worker
+        wait_until(lambda: self.call(lambda: worker.backoff_until(account)) > self.clock.now(),
+                   what=f"account {account} to back off")
+
+    def queued(self) -> int:
+        """Messages in the spool."""
+        return len(list((self.store_dir / "queue").glob("*.msg")))
+
+    def stop(self) -> None:
+        """Stop listener, worker and loop."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.thread.run(self.server.stop(2), timeout_s=30)
+        self.thread.run(self.service.stop(), timeout_s=30)
+        self.thread.run(self.tokens.close())
+        self.thread.stop()
+
+
+StartSpoolRelay = Callable[..., SpoolRelay]
+
+
+@pytest.fixture
+def start_spool_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartSpoolRelay]:
+    """Factory: start a spooling relay; keyword arguments are SpoolConfig fields."""
+    started: list[SpoolRelay] = []
+    key = decode_key(generate_key(), "test")
+
+    def start(*, directory: Path | None = None, **spool: Any) -> SpoolRelay:
+        base = tmp_path / "relay"
+        base.mkdir(exist_ok=True)
+        defaults: dict[str, Any] = {"retry_initial_s": 60.0, "max_messages_per_minute": 100_000}
+        config = spool_config(sandbox, base, SpoolConfig(directory=directory, **{**defaults, **spool}))
+        clock = ManualClock()
+        thread = LoopThread(f"relay-spool-{len(started)}").start()
+
+        async def make() -> tuple[SmtpRelayServer, TokenManager, SpoolService]:
+            store = fresh_store(config.token_store.path)
+            for name, mailbox in ACCOUNTS.items():
+                await store.put(authorized_token_set(sandbox.oauth, name, mailbox))
+            tokens = TokenManager(config, store, retry_attempts=1, retry_base_delay_s=0.01)
+            service = SpoolService(config, key, tokens, clock=clock, hostname="relay.test")
+            await service.start()
+            server = SmtpRelayServer(config, tokens, LocalAuthenticator(config), hostname="relay.test",
+                                     deliveries=service.deliveries(config, LiveForwarding(config, tokens)))
+            await server.start()
+            return server, tokens, service
+
+        server, tokens, service = thread.run(make())
+        relay = SpoolRelay(config, sandbox, server, tokens, service, thread, clock)
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true, or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def spool_ops(sandbox: SandboxWorld, tmp_path: Path, request: pytest.FixtureRequest) -> OpsSetup:
+    """A relay.yaml whose account 'ops' spools into tmp_path/ops/spool (spool.retry_initial_s 1,
+    or the fixture's indirect parameter)."""
+
+    directory = tmp_path / "ops"
+    directory.mkdir()
+    key = generate_key()
+    (directory / "store.key").write_text(key + "\n")
+    (directory / "store.key").chmod(0o600)
+    setup = OpsSetup(sandbox, directory, key, {})
+    setup.add_account("ops", "ops@sandbox.test")
+    setup.accounts["ops"]["delivery"] = "spool"
+    setup.seed("ops", "ops@sandbox.test")
+    path = setup.write()
+    data = yaml.safe_load(path.read_text())
+    retry_s = getattr(request, "param", 1)
+    data["spool"] = {"directory": str(directory / "spool"), "retry_initial_s": retry_s}
+    data["admin"] = {"host": "127.0.0.1", "port": free_port()}
+    path.write_text(yaml.safe_dump(data))
+    return setup
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """Factory: start `relay serve` for a config; killed at teardown if still running."""
+    started: list[ServeProcess] = []
+
+    def start(config_path: Path) -> ServeProcess:
+        proc = ServeProcess(config_path, tmp_path / f"serve{len(started)}.log")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
