@@ -55,13 +55,13 @@ def raw_limit(max_request_bytes: int) -> int:
     return max_request_bytes // 4 * 3
 
 
-def size_limit(graph: GraphConfig, limits: LimitsConfig) -> int:
-    """The largest message the relay accepts for Graph: ``limits.max_message_bytes`` with
-    ``large_messages: upload_session``, else Graph's request limit as MIME bytes less room for a
-    Bcc field (or ``limits.max_message_bytes``, if lower)."""
+def size_limit(graph: GraphConfig, max_message_bytes: int) -> int:
+    """The largest message the relay accepts for Graph: ``max_message_bytes`` (the relay's
+    ``limits.max_message_bytes``) with ``large_messages: upload_session``, else Graph's request
+    limit as MIME bytes less room for a Bcc field (or ``max_message_bytes``, if lower)."""
     if graph.large_messages == "upload_session":
-        return limits.max_message_bytes
-    return min(limits.max_message_bytes, raw_limit(graph.max_request_bytes) - BCC_ROOM_BYTES)
+        return max_message_bytes
+    return min(max_message_bytes, raw_limit(graph.max_request_bytes) - BCC_ROOM_BYTES)
 
 
 async def send_mime(client: GraphClient, mime: bytes, recipients: Sequence[str],
@@ -104,7 +104,7 @@ class GraphDelivery:
         self.observer = observer
         self.conn = conn
         self.client = client
-        self.limit = size_limit(client.graph, limits)
+        self.limit = size_limit(client.graph, limits.max_message_bytes)
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.messages = 0

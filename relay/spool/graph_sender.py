@@ -36,7 +36,7 @@ class GraphMessageSender:
     def __init__(self, account: AccountConfig, client: GraphClient, limits: LimitsConfig) -> None:
         self.account = account
         self.client = client
-        self.limit = size_limit(client.graph, limits)
+        self.limit = size_limit(client.graph, limits.max_message_bytes)
 
     async def send(self, envelope: Envelope, recipients: Sequence[str], content: bytes) -> SendResult:
         """One sendMail (or upload session) for ``recipients``; Graph's answer as a `SendResult`."""
