@@ -16,15 +16,15 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from relay.config.model import AccountConfig, LimitsConfig
+from relay.config.model import AccountConfig, GraphConfig, LimitsConfig
 from relay.errors import GraphError, OAuthError, RelayError
 from relay.explain import log_explanation
 from relay.graph.answers import send_reply
 from relay.graph.client import GraphClient, GraphService
 from relay.graph.envelope import envelope_into_headers
-from relay.graph.upload import Split, send_large, split_large
+from relay.graph.upload import send_large, split_large
 from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.smtp import replies
 from relay.smtp.bdat import Unstuffer
@@ -55,6 +55,40 @@ def raw_limit(max_request_bytes: int) -> int:
     return max_request_bytes // 4 * 3
 
 
+def size_limit(graph: GraphConfig, max_message_bytes: int) -> int:
+    """The largest message the relay accepts for Graph: ``max_message_bytes`` (the relay's
+    ``limits.max_message_bytes``) with ``large_messages: upload_session``, else Graph's request
+    limit as MIME bytes less room for a Bcc field (or ``max_message_bytes``, if lower)."""
+    if graph.large_messages == "upload_session":
+        return max_message_bytes
+    return min(max_message_bytes, raw_limit(graph.max_request_bytes) - BCC_ROOM_BYTES)
+
+
+async def send_mime(client: GraphClient, mime: bytes, recipients: Sequence[str],
+                    limit: int) -> SmtpReply | None:
+    """Send a finished message as ``client``'s mailbox: envelope-only recipients become Bcc, then
+    one sendMail, or draft + upload session for a large message when ``large_messages:
+    upload_session``. None when Graph accepted it (202); a refusal when it was not sent (its
+    headers or its size). Raises GraphError (Graph's answer), OAuthError (no token), RelayError
+    (Graph unreachable)."""
+    enveloped = envelope_into_headers(mime, list(recipients))
+    if enveloped.refusal is not None:
+        return enveloped.refusal
+    body = base64.b64encode(enveloped.mime)
+    max_request = client.graph.max_request_bytes
+    if len(body) <= max_request:
+        await client.request("POST", f"{client.user_path}/sendMail", what="sendMail", content=body,
+                             headers={"Content-Type": "text/plain"}, expect=(202,))
+        return None
+    if client.graph.large_messages != "upload_session":
+        return too_big(limit)
+    split = await asyncio.to_thread(split_large, enveloped.mime, max_request)
+    if split is None:
+        return NOTHING_TO_DETACH
+    await send_large(client, split)
+    return None
+
+
 def too_big(limit: int) -> SmtpReply:
     """552 for a message over Graph's limit, with the way out."""
     return SmtpReply.make(552, "5.3.4", f"Message too big for Microsoft Graph (at most {limit} bytes; "
@@ -70,11 +104,7 @@ class GraphDelivery:
         self.observer = observer
         self.conn = conn
         self.client = client
-        self.raw_limit = raw_limit(client.graph.max_request_bytes)
-        self.upload_sessions = client.graph.large_messages == "upload_session"
-        own_limit = self.raw_limit - BCC_ROOM_BYTES
-        self.limit = limits.max_message_bytes if self.upload_sessions else min(limits.max_message_bytes,
-                                                                               own_limit)
+        self.limit = size_limit(client.graph, limits.max_message_bytes)
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.messages = 0
@@ -135,27 +165,10 @@ class GraphDelivery:
     async def send(self, mime: bytes) -> SmtpReply:
         """sendMail for the finished message; the client's reply after its final dot."""
         recipients, self.sender, self.recipients = self.recipients, None, []
-        enveloped = envelope_into_headers(mime, recipients)
-        if enveloped.refusal is not None:
-            self._log(f"message refused before sending: {enveloped.refusal.one_line()}")
-            return enveloped.refusal
-        body = base64.b64encode(enveloped.mime)
-        split: Split | None = None
-        if len(body) > self.client.graph.max_request_bytes:
-            if not self.upload_sessions:
-                return too_big(self.limit)
-            split = await asyncio.to_thread(split_large, enveloped.mime, self.client.graph.max_request_bytes)
-            if split is None:
-                return NOTHING_TO_DETACH
         started = time.monotonic()
         try:
             with self.conn.busy():
-                if split is not None:
-                    await send_large(self.client, split)
-                else:
-                    await self.client.request(
-                        "POST", f"{self.client.user_path}/sendMail", what="sendMail", content=body,
-                        headers={"Content-Type": "text/plain"}, expect=(202,))
+                refusal = await send_mime(self.client, mime, recipients, self.limit)
         except GraphError as exc:
             self._log(str(exc))
             self.last_reply = exc.reply.one_line() if exc.reply else None
@@ -174,6 +187,9 @@ class GraphDelivery:
             self.observer.upstream_failure(self.account.name, "graph", str(exc))
             self.observer.message_finished(self.account.name, None, len(mime), time.monotonic() - started)
             return replies.UPSTREAM_UNREACHABLE
+        if refusal is not None:
+            self._log(f"message refused before sending: {refusal.one_line()}")
+            return refusal
         self.observer.message_finished(self.account.name, 250, len(mime), time.monotonic() - started)
         self.messages += 1
         self.bytes += len(mime)

@@ -60,14 +60,15 @@ class SpoolDelivery:
         self.messages = 0
         self.bytes = 0
         self.last: str | None = None
+        self.capabilities: EhloCapabilities | None = None  # None: the listener's own extensions
 
     def size_limit(self) -> int:
         """Our own limit (the upstream's is not known while storing)."""
         return self.max_message_bytes
 
     def path_capabilities(self) -> EhloCapabilities | None:
-        """Unknown upstream: advertise the listener's own extensions."""
-        return None
+        """The upstream's extensions when known (Graph's), else None: the listener's own."""
+        return self.capabilities
 
     async def mail(self, sender: str, options: Mapping[str, str]) -> SmtpReply:
         """Checked locally: declared SIZE, and room in the spool."""
@@ -176,6 +177,18 @@ class _SpoolSink:
         return await self.delivery.stored(self.writer)
 
 
+def _graph_spool_delivery(account: AccountConfig, conn: ConnectionInfo, store: SpoolStore,
+                          max_message_bytes: int, clock: Callable[[], float]) -> SpoolDelivery:
+    """A spooled account that sends through Graph: Graph's size limit (refused at SIZE or the
+    final dot, not bounced later) and Graph's path capabilities (8BITMIME, no SMTPUTF8)."""
+    from relay.graph.send import GRAPH_CAPABILITIES, size_limit  # noqa: PLC0415 - only Graph relays
+
+    assert account.graph is not None
+    delivery = SpoolDelivery(account, conn, store, size_limit(account.graph, max_message_bytes), clock)
+    delivery.capabilities = GRAPH_CAPABILITIES
+    return delivery
+
+
 class SpoolingDeliveries:
     """The `DeliveryFactory`: spool for ``delivery: spool`` accounts, else ``forward``'s."""
 
@@ -189,6 +202,8 @@ class SpoolingDeliveries:
     def __call__(self, account: AccountConfig, conn: ConnectionInfo) -> Delivery:
         """The delivery for ``account`` on this connection."""
         if account.delivery == "spool":
+            if account.send_via == "graph" and account.graph is not None:
+                return _graph_spool_delivery(account, conn, self.store, self.max_message_bytes, self.clock)
             return SpoolDelivery(account, conn, self.store, self.max_message_bytes, self.clock)
         return self.forward(account, conn)
 

@@ -4,7 +4,8 @@ Exchange Online allows 30 messages a minute and 3 concurrent submissions per mai
 (shared/PROTOCOLS.md 9.3); over that it answers ``432 4.3.2``. So each account has its own
 `AccountPace`: at most ``max_concurrency`` attempts at once, at most ``max_messages_per_minute``
 attempts started in any 60 s, and a backoff for the whole account (1 min doubling to 1 h by
-default) after a throttling reply (421, 451, x.3.2) or a connection/login failure. A throttle
+default; an upstream's ``Retry-After``, as Graph sends, is honoured instead) after a throttling
+reply (421, 451, x.3.2) or a connection/login failure. A throttle
 also lowers the account's concurrency by one (other clients may share the mailbox's 3 sessions);
 `RAISE_AFTER` successes raise it again, up to ``max_concurrency``. Other accounts are never
 slowed by one account's backoff.
@@ -20,6 +21,7 @@ from relay.smtp.reply import SmtpReply
 
 WINDOW_S = 60.0
 RAISE_AFTER = 20  # successful attempts before a throttled account may use one more session
+MIN_WAIT_S = 1.0  # the shortest backoff an upstream's Retry-After can ask for (no hammering)
 
 
 def is_throttling(reply: SmtpReply) -> bool:
@@ -75,17 +77,28 @@ class AccountPace:
         self.in_flight += 1
         self.started.append(now)
 
-    def finish(self, verdict: Verdict, now: float) -> None:
-        """An attempt ended: throttling doubles the account's backoff, anything else clears it."""
+    def finish(self, verdict: Verdict, now: float, wait_s: float | None = None) -> None:
+        """An attempt ended: throttling doubles the account's backoff, anything else clears it.
+
+        ``wait_s`` is how long the upstream asked us to wait (Graph's ``Retry-After``): it replaces
+        the doubling for this backoff, at least `MIN_WAIT_S` and at most ``retry_max_s``."""
         self.in_flight -= 1
         if verdict is Verdict.THROTTLED:
             self.successes = 0
+            asked = None if wait_s is None else min(self.retry_max_s, max(MIN_WAIT_S, wait_s))
             if now < self.backoff_until:
-                return  # another attempt of the same outage already backed the account off
+                # Another attempt of the same outage already backed the account off; a longer
+                # Retry-After from the upstream still extends the wait.
+                if asked is not None:
+                    self.backoff_until = max(self.backoff_until, now + asked)
+                return
             # Fewer sessions at once after a throttle (the mailbox may have other senders too).
             self.concurrency = max(1, min(self.concurrency, self.max_concurrency) - 1)
-            self.backoff_s = self.retry_initial_s if self.backoff_s == 0 else min(
-                self.retry_max_s, self.backoff_s * 2)
+            if asked is not None:
+                self.backoff_s = asked
+            else:
+                self.backoff_s = self.retry_initial_s if self.backoff_s == 0 else min(
+                    self.retry_max_s, self.backoff_s * 2)
             self.backoff_until = now + self.backoff_s
         else:
             self.backoff_s = 0.0

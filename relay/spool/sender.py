@@ -2,9 +2,8 @@
 
 The worker never talks SMTP itself: it asks the account's `MessageSender` to send the envelope and
 content and gets a `SendResult` (who was accepted, who was refused and why). `SmtpMessageSender`
-is the account's normal upstream path today (live SMTP with XOAUTH2, through
-`relay.smtp.upstream.open_logged_in`); a Graph sender plugs in by implementing `MessageSender`
-and being returned by the worker's sender factory for the accounts that use it.
+is live SMTP with XOAUTH2 (through `relay.smtp.upstream.open_logged_in`); accounts with
+``send_via: graph`` get `relay.spool.graph_sender.GraphMessageSender` from the service's factory.
 """
 
 from __future__ import annotations
@@ -33,11 +32,14 @@ class SendResult:
 
     ``accepted``: recipients the message was delivered to. ``refused``: recipients refused at RCPT
     (their reply). ``reply``: a refusal of the whole message (MAIL, DATA or the final reply),
-    which applies to every recipient not in ``refused``; None when the message went through."""
+    which applies to every recipient not in ``refused``; None when the message went through.
+    ``retry_after_s``: how long the upstream asked us to wait when it throttled (Graph's
+    ``Retry-After``), for the account's backoff."""
 
     accepted: tuple[str, ...] = ()
     refused: Mapping[str, SmtpReply] = field(default_factory=dict)
     reply: SmtpReply | None = None
+    retry_after_s: float | None = None
 
 
 def _throttled(result: SendResult) -> bool:

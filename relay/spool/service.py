@@ -2,7 +2,10 @@
 
 `relay.app.RelayApp` starts it when an account has ``delivery: spool`` and keeps it across
 configuration reloads (a reload gives the worker the new accounts and token manager; moving the
-spool directory needs a restart).
+spool directory needs a restart). Each account's messages leave through its normal upstream
+path: live SMTP with XOAUTH2, or Microsoft Graph for ``send_via: graph`` (through a
+`relay.graph.client.GraphService` the spool owns: it lives as long as the spool, across reloads,
+and its per-mailbox throttling gate runs on the spool's clock).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from relay.config.model import AccountConfig, RelayConfig
 from relay.metrics import SpoolStats
@@ -21,6 +25,9 @@ from relay.spool.store import SpoolStore
 from relay.spool.worker import SpoolWorker
 from relay.tokens.source import TokenSource
 
+if TYPE_CHECKING:
+    from relay.graph.client import GraphService
+
 SenderMaker = Callable[[AccountConfig, TokenSource, RelayConfig, str], MessageSender]
 """Makes the sender for an account: (account, tokens, config, our host name) -> MessageSender."""
 
@@ -29,8 +36,7 @@ log = logging.getLogger("relay.spool")
 
 def smtp_sender(account: AccountConfig, tokens: TokenSource, config: RelayConfig,
                 hostname: str) -> MessageSender:
-    """The account's normal upstream path today: live SMTP with XOAUTH2. An account that sends
-    through Microsoft Graph gets a Graph `MessageSender` from the maker `relay.app` passes instead."""
+    """Live SMTP with XOAUTH2 (the path of accounts with ``send_via: smtp``)."""
     return SmtpMessageSender(account, tokens, config.limits, hostname)
 
 
@@ -46,12 +52,31 @@ class SpoolService:
                  clock: Clock | None = None, hostname: str | None = None,
                  make_sender: SenderMaker | None = None) -> None:
         self.clock = clock or SystemClock()
-        self.make_sender = make_sender or smtp_sender
+        self.make_sender = make_sender or self.upstream_sender
+        self._graph: GraphService | None = None
         self.hostname = hostname or socket.getfqdn()
         self.directory = config.spool_directory()
         self.store = SpoolStore(self.directory, key, config.spool, clock=self.clock.now)
         self.worker = SpoolWorker(self.store, config.spool, config.accounts, self._senders(config, tokens),
                                   hostname=self.hostname, clock=self.clock)
+
+    def upstream_sender(self, account: AccountConfig, tokens: TokenSource, config: RelayConfig,
+                        hostname: str) -> MessageSender:
+        """The account's normal upstream path: Graph for ``send_via: graph``, else live SMTP."""
+        if account.send_via != "graph":
+            return smtp_sender(account, tokens, config, hostname)
+        from relay.spool.graph_sender import GraphMessageSender  # noqa: PLC0415 - only Graph relays
+
+        return GraphMessageSender(account, self._graph_service(tokens).client_for(account), config.limits)
+
+    def _graph_service(self, tokens: TokenSource) -> GraphService:
+        """The spool's Graph service (created on first use; a reload hands it the new tokens)."""
+        from relay.graph.client import GraphService  # noqa: PLC0415 - imports httpx lazily too
+
+        if self._graph is None:
+            self._graph = GraphService(tokens, clock=self.clock.now)
+        self._graph.tokens = tokens
+        return self._graph
 
     def _senders(self, config: RelayConfig, tokens: TokenSource) -> Callable[[AccountConfig], MessageSender]:
         def make(account: AccountConfig) -> MessageSender:
@@ -91,3 +116,6 @@ class SpoolService:
         """Stop the worker (running attempts end), then the io threads."""
         await self.worker.stop()
         self.store.close()
+        graph, self._graph = self._graph, None
+        if graph is not None:
+            await graph.close()

@@ -7,7 +7,8 @@ recipients still pending, and records the outcome:
 * accepted recipients are done; permanently refused ones (5xx) get a DSN (unless the sender is
   ``<>`` or the message is itself a DSN); temporarily refused ones are retried;
 * a throttling reply (421, 451, x.3.2) or a connection/login failure backs the whole account off
-  (`relay.spool.schedule`); any other 4xx retries that message later (1 min doubling to 1 h);
+  (`relay.spool.schedule`; for as long as the upstream's Retry-After asks, when it gives one);
+  any other 4xx retries that message later (1 min doubling to 1 h);
 * a message older than ``spool.max_age_s`` gets a DSN for its pending recipients and is dropped.
 
 A message leaves the spool only after its recipients are all accepted or bounced (the DSN is
@@ -38,6 +39,8 @@ from relay.spool.store import SpoolStore
 log = logging.getLogger("relay.spool")
 
 SenderFactory = Callable[[AccountConfig], MessageSender]
+Outcome = tuple[Verdict, float | None]
+"""An attempt's verdict for the account's pace, and the wait the upstream asked for (Retry-After)."""
 RESCAN_S = 5.0  # how often `relay queue retry/delete` markers from another process are noticed
 
 
@@ -200,9 +203,9 @@ class SpoolWorker:
         task.add_done_callback(self._attempts.discard)
 
     async def _attempt(self, name: str, queue: _AccountQueue, entry_id: str) -> None:
-        verdict = Verdict.OK
+        verdict, wait_s = Verdict.OK, None
         try:
-            verdict = await self._deliver(self.accounts[name], queue, entry_id)
+            verdict, wait_s = await self._deliver(self.accounts[name], queue, entry_id)
         except (RelayError, OSError) as exc:  # a spool file problem: keep it, try later
             log.error("spool: message %s of account %s: %s", entry_id, name, exc)
             queue.due[entry_id] = self.clock.now() + self.config.retry_initial_s
@@ -212,7 +215,7 @@ class SpoolWorker:
             queue.due[entry_id] = self.clock.now() + self.config.retry_initial_s
         finally:
             queue.busy.discard(entry_id)
-            queue.pace.finish(verdict, self.clock.now())
+            queue.pace.finish(verdict, self.clock.now(), wait_s)
             queue.wake.set()
 
     def _forget(self, queue: _AccountQueue, entry_id: str) -> None:
@@ -220,12 +223,12 @@ class SpoolWorker:
 
     # --- one attempt ------------------------------------------------------------------------
 
-    async def _deliver(self, account: AccountConfig, queue: _AccountQueue, entry_id: str) -> Verdict:
+    async def _deliver(self, account: AccountConfig, queue: _AccountQueue, entry_id: str) -> Outcome:
         try:
             envelope, content = await asyncio.to_thread(self.store.load, entry_id)
         except (KeyError, SpoolCorrupt):  # deleted by `relay queue delete`, or moved aside
             self._forget(queue, entry_id)
-            return Verdict.OK
+            return Verdict.OK, None
         state = self.store.load_state(entry_id)
         now = self.clock.now()
         pending = [r for r in envelope.recipients if r not in state.delivered and r not in state.failed]
@@ -233,7 +236,7 @@ class SpoolWorker:
             expired = {r: RecipientFailure(status_of(line), line) for r, line in state.failed.items()}
             expired |= {r: RecipientFailure(EXPIRED_STATUS, state.last_error) for r in pending}
             await self._finish(account, queue, envelope, content, state, expired, expired=True)
-            return Verdict.OK
+            return Verdict.OK, None
         state.attempts += 1
         try:
             result = await self._sender(account).send(envelope, pending, content)
@@ -245,14 +248,14 @@ class SpoolWorker:
             log.warning("spool: message %s (account %s) not sent, attempt %d: %s; the account backs off",
                         entry_id, account.name, state.attempts, state.last_error)
             await self._save(entry_id, state, queue, 0.0)
-            return Verdict.THROTTLED
+            return Verdict.THROTTLED, None
         if result.accepted:
             crash_point("upstream_accepted")
         return await self._record(account, queue, envelope, content, state, pending, result)
 
     async def _record(self, account: AccountConfig, queue: _AccountQueue, envelope: Envelope,
                       content: bytes, state: DeliveryState, pending: list[str],
-                      result: SendResult) -> Verdict:
+                      result: SendResult) -> Outcome:
         state.delivered += list(result.accepted)
         verdict, retry = Verdict.OK, False
         for recipient in pending:
@@ -274,10 +277,10 @@ class SpoolWorker:
             log.info("spool: message %s (account %s) deferred, attempt %d: %s", envelope.id, account.name,
                      state.attempts, state.last_error)
             await self._save(envelope.id, state, queue, self.clock.now() + delay if delay else 0.0)
-            return verdict
+            return verdict, result.retry_after_s if verdict is Verdict.THROTTLED else None
         failures = {r: RecipientFailure(status_of(line), line) for r, line in state.failed.items()}
         await self._finish(account, queue, envelope, content, state, failures, expired=False)
-        return verdict
+        return verdict, None
 
     async def _save(self, entry_id: str, state: DeliveryState, queue: _AccountQueue, due: float) -> None:
         state.next_attempt_at = due

@@ -65,3 +65,13 @@ def test_invalid_settings_name_their_yaml_path(spool: dict[str, Any], account_de
     with pytest.raises(ConfigError) as info:
         parse_config(data, env={})
     assert any(p == path and text in m for p, m in info.value.problems), info.value.problems
+
+
+def test_spool_with_graph_sending_is_accepted() -> None:
+    """delivery: spool combines with send_via: graph (the spool then sends through Graph)."""
+    data = _data()
+    data["accounts"]["sales"]["send_via"] = "graph"
+    config = parse_config(data, env={})
+    sales = config.accounts["sales"]
+    assert (sales.delivery, sales.send_via) == ("spool", "graph")
+    assert sales.graph is not None and sales.graph.url == "https://graph.microsoft.com/v1.0"

@@ -6,6 +6,8 @@ import email
 
 import pytest
 
+from relay.errors import GraphError
+from relay.graph.answers import send_reply
 from relay.smtp.reply import SmtpReply
 from relay.spool.dsn import RecipientFailure, build_dsn, status_of
 from relay.spool.entry import Envelope
@@ -48,6 +50,38 @@ def test_throttling_backs_off_doubling_to_the_maximum_once_per_outage() -> None:
     pace.start(600)
     pace.finish(Verdict.OK, 600)
     assert pace.next_start(600) == 600
+
+
+def test_retry_after_replaces_the_doubling_within_bounds() -> None:
+    """An upstream's Retry-After is the backoff (not retry_initial_s), at least 1 s and at most
+    retry_max_s; a longer one from a concurrent attempt extends the running backoff; a later
+    throttle without one doubles from there."""
+    pace = _pace(max_concurrency=5, per_minute=1000, retry_max_s=600.0)
+    pace.start(0)
+    pace.start(0)
+    pace.finish(Verdict.THROTTLED, 0, 30.0)
+    assert (pace.backoff_s, pace.next_start(0)) == (30, 30)
+    pace.finish(Verdict.THROTTLED, 1, 45.0)  # same outage, Graph asks for longer
+    assert pace.next_start(1) == 46 and pace.backoff_s == 30
+    pace.start(46)
+    pace.finish(Verdict.THROTTLED, 46)
+    assert pace.backoff_s == 60 and pace.next_start(46) == 106
+    for asked, expected in ((0.0, 1.0), (10_000.0, 600.0)):
+        pace.start(1000)
+        pace.finish(Verdict.THROTTLED, 1000, asked)
+        assert pace.backoff_s == expected
+        pace.clear_backoff()
+
+
+def test_graph_throttling_reply_is_throttling() -> None:
+    """Graph's 429/503 mapped for the SMTP side (451 4.7.0) backs the spool's account off."""
+    for status in (429, 503):
+        reply = send_reply(GraphError("throttled", status=status, code="ApplicationThrottled",
+                                      retry_after_s=30.0))
+        assert is_throttling(reply) and reply.code == 451
+    for status, code in ((403, 550), (413, 552)):
+        reply = send_reply(GraphError("no", status=status, code="ErrorAccessDenied"))
+        assert reply.code == code and reply.is_permanent and not is_throttling(reply)
 
 
 @pytest.mark.parametrize(("reply", "throttling"), [
