@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from bench import child, emailproxy_target
 from bench.content import MessageFactory, unstuff
 from bench.emailproxy_target import EmailProxyProcess
 from bench.loadgen import MAIL_FROM, RCPT_TO, Target, _reply, _smtp_login, _status
-from bench.relay_target import PASSWORD, USERNAME, RelayProcess
+from bench.relay_target import RelayProcess
 from bench.run import emailproxy_target_of, relay_target
 from bench.upstream_proc import REPO_ROOT, UpstreamProcess
 from bench.wire import read_dot_terminated, set_nodelay
@@ -160,9 +161,18 @@ async def measure(name: str, proc: child.ChildServer, target: Target, args: argp
     await loop(args.warmup, f"{name}-warm")
     if out_prefix is not None:
         await asyncio.to_thread(callgrind, proc.pid, "zero")
+    spy = None
+    if args.py_spy:  # sample the measured loop only; py-spy writes its file on SIGINT
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--format", "raw",
+                                "--rate", "500", "-o", f"{args.py_spy}.{name}.txt"],
+                               stdout=subprocess.DEVNULL)
+        await asyncio.sleep(1.0)
     cpu0, t0 = proc.cpu_s(), time.perf_counter()
     await loop(args.messages, f"{name}-run")
     wall, cpu = time.perf_counter() - t0, proc.cpu_s() - cpu0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        await asyncio.to_thread(spy.wait, 60)
     ir = None
     if out_prefix is not None:
         await asyncio.to_thread(callgrind, proc.pid, "dump")
@@ -179,7 +189,8 @@ async def run(args: argparse.Namespace) -> list[Measured]:
     up.start()
     results: list[Measured] = []
     try:
-        digests = up.load_mailbox(max(20, min(args.messages, 100)), args.size) if args.protocol == "pop3" else []
+        pop3 = args.protocol == "pop3"
+        digests = up.load_mailbox(max(20, min(args.messages, 100)), args.size) if pop3 else []
         for name in args.targets:
             out = workdir / f"callgrind.{name}" if args.callgrind else None
             prefix = [*VALGRIND, f"--callgrind-out-file={out}.%p"] if out else []
@@ -217,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=2000, help="measured messages (default 2000)")
     parser.add_argument("--warmup", type=int, default=200, help="messages before measuring (default 200)")
     parser.add_argument("--callgrind", action="store_true", help="run the targets under callgrind")
-    parser.add_argument("--old-root", default="/tmp/old", help="checkout of the `old` relay")
+    parser.add_argument("--py-spy", metavar="PREFIX",
+                        help="py-spy samples of the measured loop to PREFIX.<target>.txt")
+    parser.add_argument("--old-root", default="/tmp/old",  # noqa: S108 - a path the user chooses
+                        help="checkout of the `old` relay")
     args = parser.parse_args(argv)
     results = asyncio.run(run(args))
     print(f"{args.protocol.upper()} {args.size} B, C=1, {args.messages} messages after {args.warmup} "
