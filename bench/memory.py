@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 from types import FrameType
 
+from bench import child
 from bench.matrix import FULL, QUICK, with_tag
 from bench.procstat import memory_mb
 from bench.relay_target import RelayProcess
@@ -38,6 +39,7 @@ from relay.tokens.store import generate_key
 
 REPORT_ENV = "RELAY_MEMORY_REPORT"  # the probe writes its JSON reports here
 ANALYZE_ENV = "RELAY_MEMORY_ANALYZE"
+_SNAPSHOTS: list[tracemalloc.Snapshot] = []
 
 
 class _MallInfo2(ctypes.Structure):
@@ -122,8 +124,10 @@ def report(top: int = 25) -> dict[str, object]:
         current, peak = tracemalloc.get_traced_memory()
         out["traced_mib"] = current / 2**20
         out["traced_peak_mib"] = peak / 2**20
-        stats = tracemalloc.take_snapshot().statistics("lineno")
-        out["top"] = [(str(s.traceback), s.size // 1024, s.count) for s in stats[:top]]
+        snapshot = tracemalloc.take_snapshot()
+        _SNAPSHOTS.append(snapshot)  # the first one is the baseline: later reports show what grew
+        stats = snapshot.compare_to(_SNAPSHOTS[0], "lineno")
+        out["top"] = [(str(s.traceback), s.size_diff // 1024, s.count_diff) for s in stats[:top]]
     out["rss_after_gc_mib"] = memory_mb(os.getpid())["rss"]
     _libc().malloc_trim(0)
     out["rss_after_trim_mib"] = memory_mb(os.getpid())["rss"]
@@ -195,12 +199,16 @@ async def run(args: argparse.Namespace) -> None:
     up = UpstreamProcess(workdir)
     up.start()
     relay = ProbedRelay(up, workdir, args.tracemalloc, args.analyze)
+    child.STARTUP_TIMEOUT_S = max(child.STARTUP_TIMEOUT_S, 120.0)  # tracemalloc slows imports a lot
     try:
         relay.start()
         await asyncio.sleep(1.0)
         print(f"fresh: RSS {relay.memory()['rss']:.1f} MiB", flush=True)
         target = relay_target(relay)
         await warm_up(target, up)
+        if args.analyze:
+            await asyncio.sleep(args.settle)
+            print("  " + summary("after warm-up", await relay.ask()), flush=True)
         for rnd in range(args.rounds):
             for cell in cells:
                 digests = up.load_mailbox(cell.mailbox, cell.spec.size) if cell.mailbox else []
@@ -220,7 +228,7 @@ async def run(args: argparse.Namespace) -> None:
             print(f"  resident by mapping: {rep['maps']}", flush=True)
             if args.show_top and "top" in rep:
                 for site, kib, count in rep["top"]:  # type: ignore[attr-defined]
-                    print(f"    {kib:8,} KiB {count:7,} blocks  {site}")
+                    print(f"    {kib:+8,} KiB {count:+7,} blocks  {site}")
                 print("    types: " + ", ".join(f"{n} {c}" for n, c in rep["types"]))  # type: ignore[attr-defined]
     finally:
         relay.stop()
