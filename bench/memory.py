@@ -64,7 +64,7 @@ def heap_stats() -> dict[str, float]:
 
 def mappings() -> dict[str, float]:
     """Resident MiB by kind of mapping (/proc/self/smaps): [heap], anonymous (by size class), files."""
-    out: Counter[str] = Counter()
+    out: dict[str, float] = {}
     kind = ""
     for line in Path("/proc/self/smaps").read_text().splitlines():
         first = line.split()
@@ -75,7 +75,7 @@ def mappings() -> dict[str, float]:
             anon = f"anon {'>=1' if size else '<1'} MiB"
             kind = name if name.startswith("[") else ("file" if name else anon)
         elif first[0] == "Rss:":
-            out[kind] += int(first[1]) / 1024
+            out[kind] = out.get(kind, 0.0) + int(first[1]) / 1024
     out["threads"] = len(os.listdir("/proc/self/task"))
     return {k: round(v, 1) for k, v in out.items()}
 

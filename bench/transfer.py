@@ -206,7 +206,7 @@ async def run(args: argparse.Namespace) -> list[Measured]:
                 root = REPO_ROOT if name == "relay" else Path(args.old_root)
                 relay = Wrapped(up, workdir, name, root, prefix)
                 proc, target = relay, relay_target(relay, name)
-            proc.start()  # type: ignore[attr-defined]
+            proc.start()
             try:
                 results.append(await measure(name, proc, target, args, digests,
                                              Path(f"{out}.{proc.pid}") if out else None))
