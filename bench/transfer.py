@@ -191,8 +191,9 @@ async def run(args: argparse.Namespace) -> list[Measured]:
     try:
         pop3 = args.protocol == "pop3"
         digests = up.load_mailbox(max(20, min(args.messages, 100)), args.size) if pop3 else []
-        for name in args.targets:
-            out = workdir / f"callgrind.{name}" if args.callgrind else None
+        for index, name in enumerate(args.targets):  # a name may repeat (interleaved rounds)
+            run_dir = workdir / f"run{index}"
+            out = run_dir / f"callgrind.{name}" if args.callgrind else None
             prefix = [*VALGRIND, f"--callgrind-out-file={out}.%p"] if out else []
             proc: child.ChildServer
             if name == "emailproxy":
@@ -200,11 +201,11 @@ async def run(args: argparse.Namespace) -> list[Measured]:
                     print("emailproxy is not installed: skipped", file=sys.stderr)
                     continue
                 WrappedProxy.prefix = prefix
-                ep = WrappedProxy(up, workdir, name)
+                ep = WrappedProxy(up, run_dir, name)
                 proc, target = ep, emailproxy_target_of(ep)
             else:
                 root = REPO_ROOT if name == "relay" else Path(args.old_root)
-                relay = Wrapped(up, workdir, name, root, prefix)
+                relay = Wrapped(up, run_dir, name, root, prefix)
                 proc, target = relay, relay_target(relay, name)
             proc.start()
             try:
