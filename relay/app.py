@@ -29,6 +29,7 @@ from relay import sdnotify
 from relay.config.model import ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.errors import RelayError
 from relay.listening import fit_fd_limit
+from relay.memory_release import release_when_idle
 from relay.metrics import RelayMetrics
 from relay.tokens.interface import TokenStore
 from relay.tokens.manager import AccountTokenStatus, TokenManager
@@ -312,6 +313,7 @@ class RelayApp:
         log.info("relay running (pid signals: TERM/INT stop gracefully, HUP reloads the configuration)")
         sdnotify.notify(sdnotify.ready(self._status_line()))
         watchdog = sdnotify.start_watchdog()
+        releaser = asyncio.ensure_future(release_when_idle())  # memory back after bursts
         stopping: asyncio.Task[None] | None = None
         try:
             await self._stop_requested.wait()
@@ -331,6 +333,7 @@ class RelayApp:
                 loop.remove_signal_handler(signum)
             if watchdog is not None:
                 watchdog.cancel()
+            releaser.cancel()
         log.info("stopped")
         return self.exit_code
 
