@@ -90,6 +90,20 @@ def test_no_import_cycle_between_packages() -> None:
     assert sorted(cycles(package_graph())) == sorted(KNOWN_CYCLES)  # the order is the DFS's
 
 
+def module_graph() -> dict[str, set[str]]:
+    """Edges between the modules of relay/ (a package's ``__init__`` is the package's name)."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for path in RELAY.rglob("*.py"):
+        module = _module_name(path)
+        graph[module].update(target for target in _imports(path, module) if target != module)
+    return graph
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Inside a package too, no two modules import each other (also lazily or for typing only)."""
+    assert cycles(module_graph()) == []
+
+
 def test_the_cycle_finder_finds_a_cycle() -> None:
     """The check itself works: a loop of three units is reported."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
