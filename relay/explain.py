@@ -1,10 +1,11 @@
 """Explain a provider's reply: which cause, which fix, for the operator.
 
-One table (`relay.explain_table.EXPLANATIONS`) maps upstream SMTP/POP3 replies and token-endpoint
-errors (AADSTS codes) to a cause and a fix. Everything here is pure: `explain(text)` finds the
-first matching entry; `Explanation.render` fills in the account, mailbox and setting names.
-`ExplainedOnce` remembers which (account, cause) pairs were already logged, so a log shows each
-cause once per account instead of on every failed message.
+One table (`relay.explain_table.EXPLANATIONS`, of `Explanation` values, defined beside it) maps
+upstream SMTP/POP3 replies and token-endpoint errors (AADSTS codes) to a cause and a fix.
+Everything here is pure: `explain(text)` finds the first matching entry; `Explanation.render`
+fills in the account, mailbox and setting names. `ExplainedOnce` remembers which (account, cause)
+pairs were already logged, so a log shows each cause once per account instead of on every failed
+message.
 
 Used by the SMTP/POP3 failure logs, `relay check`, the admin status and `relay explain "TEXT"`.
 """
@@ -12,47 +13,13 @@ Used by the SMTP/POP3 failure logs, `relay check`, the admin status and `relay e
 from __future__ import annotations
 
 import logging
-import re
 import threading
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.explain_table import Explanation
 
 log = logging.getLogger("relay.explain")
-
-_PLACEHOLDERS = re.compile(r"<(mbx|account|credentials)>")
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """One known provider reply: how to recognise it, what it means, what fixes it.
-
-    ``pattern`` is a case-insensitive regular expression searched in the reply text; ``source`` is
-    where the text and fix are documented (or ``obs.`` plus where it was observed). In ``fix``,
-    ``<mbx>``, ``<account>`` and ``<credentials>`` are replaced by `render`.
-    """
-
-    key: str
-    provider: str  # "microsoft" | "google" | "entra"
-    pattern: str
-    cause: str
-    fix: str
-    source: str
-    transient: bool = False
-
-    def matches(self, text: str) -> bool:
-        """True if ``text`` contains this reply."""
-        return re.search(self.pattern, text, re.IGNORECASE) is not None
-
-    def render(self, *, account: str | None = None, mailbox: str | None = None,
-               credentials: str | None = None) -> str:
-        """``cause; fix`` with the placeholders filled in (left as they are when unknown)."""
-        values = {"mbx": mailbox, "account": account, "credentials": credentials}
-
-        def fill(match: re.Match[str]) -> str:
-            value = values.get(match.group(1))
-            return value if value else match.group(0)
-
-        kind = "temporary" if self.transient else "needs a fix"
-        return _PLACEHOLDERS.sub(fill, f"{self.cause} ({kind}). Fix: {self.fix}")
 
 
 def explain(text: str) -> Explanation | None:

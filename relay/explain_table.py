@@ -1,4 +1,5 @@
-"""The error-explanation table: provider replies -> cause + fix (see `relay.explain`).
+"""The error-explanation table: provider replies -> cause + fix (see `relay.explain`), and its
+`Explanation` type.
 
 Order matters: the first matching entry wins, so specific texts come before general ones (the
 5.7.139 variants before the bare 5.7.139; SendAsDenied and the quota texts before a bare 554 5.2.0).
@@ -12,7 +13,47 @@ not on a provider page.
 
 from __future__ import annotations
 
-from relay.explain import Explanation as E
+import re
+from dataclasses import dataclass
+
+_PLACEHOLDERS = re.compile(r"<(mbx|account|credentials)>")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One known provider reply: how to recognise it, what it means, what fixes it.
+
+    ``pattern`` is a case-insensitive regular expression searched in the reply text; ``source`` is
+    where the text and fix are documented (or ``obs.`` plus where it was observed). In ``fix``,
+    ``<mbx>``, ``<account>`` and ``<credentials>`` are replaced by `render`.
+    """
+
+    key: str
+    provider: str  # "microsoft" | "google" | "entra"
+    pattern: str
+    cause: str
+    fix: str
+    source: str
+    transient: bool = False
+
+    def matches(self, text: str) -> bool:
+        """True if ``text`` contains this reply."""
+        return re.search(self.pattern, text, re.IGNORECASE) is not None
+
+    def render(self, *, account: str | None = None, mailbox: str | None = None,
+               credentials: str | None = None) -> str:
+        """``cause; fix`` with the placeholders filled in (left as they are when unknown)."""
+        values = {"mbx": mailbox, "account": account, "credentials": credentials}
+
+        def fill(match: re.Match[str]) -> str:
+            value = values.get(match.group(1))
+            return value if value else match.group(0)
+
+        kind = "temporary" if self.transient else "needs a fix"
+        return _PLACEHOLDERS.sub(fill, f"{self.cause} ({kind}). Fix: {self.fix}")
+
+
+E = Explanation
 
 _SMTP_AUTH_DOC = ("MS-SA "
                   "email-delivery/fix-issues-with-printers-scanners-and-lob-applications-that-send-email-using-off")

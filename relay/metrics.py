@@ -22,6 +22,8 @@ from typing import Protocol
 
 from prometheus_client import generate_latest
 
+from relay.metrics_export import build_registry
+
 PREFIX = "xoauth2relay"
 OTHER = "other"
 PROTOCOLS = ("smtp", "pop3", "imap")
@@ -180,9 +182,7 @@ class RelayMetrics:
         for name in self.accounts:
             self.messages[name, "delivered"] = 0
             self.message_bytes[name, "delivered"] = 0
-        from relay.metrics_export import build_registry  # noqa: PLC0415 - it imports this module
-
-        self.registry = build_registry(self)
+        self.registry = build_registry(self, LATENCY_BUCKETS)
 
     def add_accounts(self, names: Iterable[str]) -> None:
         """Accept these account names as labels too (a reload may add accounts)."""

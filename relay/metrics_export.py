@@ -1,12 +1,14 @@
 """The Prometheus exposition of `RelayMetrics`: a prometheus_client collector over its plain counters.
 
 Built on every scrape (O(series), bounded by the configuration); the mail paths never touch it.
+It reads the counters through the `MetricsSource` protocol, so `relay.metrics` imports this module
+and not the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -20,10 +22,107 @@ from prometheus_client.registry import Collector
 
 import relay
 
-if TYPE_CHECKING:
-    from relay.metrics import LatencyHistogram, RelayMetrics, SpoolStats
-
 PREFIX = "xoauth2relay"
+
+
+class Histogram(Protocol):
+    """Bucket counts (not cumulative, the last one +Inf) and the sum of the observations."""
+
+    @property
+    def counts(self) -> Sequence[int]:
+        """Observations per bucket."""
+
+    @property
+    def total(self) -> float:
+        """Sum of the observed values."""
+
+
+class SpoolSource(Protocol):
+    """The spool's numbers (`relay.metrics.SpoolStats` has them)."""
+
+    @property
+    def per_account(self) -> Mapping[str, int]:
+        """account -> messages waiting."""
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the queued files."""
+
+    @property
+    def oldest_age_s(self) -> float:
+        """Age of the oldest message (0: empty)."""
+
+    @property
+    def corrupt_files(self) -> int:
+        """Files moved aside as unreadable."""
+
+    @property
+    def delivered(self) -> int:
+        """Spooled messages delivered since start."""
+
+    @property
+    def bounced(self) -> int:
+        """Spooled messages given up since start."""
+
+
+class MetricsSource(Protocol):
+    """The plain counters the collector reads (`relay.metrics.RelayMetrics` has them)."""
+
+    @property
+    def sessions(self) -> Mapping[tuple[str, str], int]:
+        """(protocol, outcome) -> ended sessions."""
+
+    @property
+    def active(self) -> Mapping[str, int]:
+        """protocol -> open sessions."""
+
+    @property
+    def messages(self) -> Mapping[tuple[str, str], int]:
+        """(account, outcome) -> messages."""
+
+    @property
+    def message_bytes(self) -> Mapping[tuple[str, str], int]:
+        """(account, outcome) -> message bytes."""
+
+    @property
+    def fetched(self) -> Mapping[str, int]:
+        """account -> messages retrieved over POP3."""
+
+    @property
+    def replies(self) -> Mapping[tuple[str, str, str], int]:
+        """(account, protocol, class) -> upstream replies."""
+
+    @property
+    def login_seconds(self) -> Mapping[str, Histogram]:
+        """protocol -> upstream login times."""
+
+    @property
+    def message_seconds(self) -> Histogram:
+        """Message transfer times."""
+
+    @property
+    def auth_failures(self) -> Mapping[str, int]:
+        """protocol -> refused local logins."""
+
+    @property
+    def refreshes(self) -> Mapping[tuple[str, str], int]:
+        """(account, outcome) -> token requests."""
+
+    @property
+    def token_expiry(self) -> Mapping[str, float]:
+        """account -> access token expiry (Unix time)."""
+
+    @property
+    def needs_reauth(self) -> Mapping[str, float]:
+        """account -> 1.0 when it needs `relay authorize`."""
+
+    @property
+    def pool_sessions(self) -> Mapping[str, float]:
+        """state -> pooled upstream SMTP sessions."""
+
+    @property
+    def spool(self) -> Callable[[], SpoolSource] | None:
+        """Reads the spool's numbers (None: no account spools)."""
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Mapping[Any, int]) -> CounterMetricFamily:
@@ -40,22 +139,21 @@ def _gauge(name: str, doc: str, labels: list[str], values: Mapping[str, float]) 
     return family
 
 
-def _buckets(hist: LatencyHistogram) -> list[tuple[str, float]]:
-    from relay.metrics import LATENCY_BUCKETS  # noqa: PLC0415 - circular at import time
-
+def _buckets(hist: Histogram, bounds: Sequence[float]) -> list[tuple[str, float]]:
     cumulative = 0
     out: list[tuple[str, float]] = []
-    for bound, count in zip([*LATENCY_BUCKETS, float("inf")], hist.counts, strict=True):
+    for bound, count in zip([*bounds, float("inf")], hist.counts, strict=True):
         cumulative += count
         out.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
     return out
 
 
 class RelayCollector(Collector):
-    """Yields every relay metric family from a `RelayMetrics`."""
+    """Yields every relay metric family from a `RelayMetrics` (histograms with ``bounds``)."""
 
-    def __init__(self, metrics: RelayMetrics) -> None:
+    def __init__(self, metrics: MetricsSource, bounds: Sequence[float]) -> None:
         self.m = metrics
+        self.bounds = bounds
 
     def collect(self) -> Iterator[Metric]:
         """The families, in a stable order."""
@@ -74,11 +172,11 @@ class RelayCollector(Collector):
         login = HistogramMetricFamily(f"{PREFIX}_upstream_login_seconds", "Upstream connect + XOAUTH2 "
                                       "login time", labels=["protocol"])
         for protocol, hist in sorted(m.login_seconds.items()):
-            login.add_metric([protocol], _buckets(hist), hist.total)
+            login.add_metric([protocol], _buckets(hist, self.bounds), hist.total)
         yield login
         message = HistogramMetricFamily(f"{PREFIX}_message_seconds", "Time from the message content's "
                                         "start to the upstream's final reply")
-        message.add_metric([], _buckets(m.message_seconds), m.message_seconds.total)
+        message.add_metric([], _buckets(m.message_seconds, self.bounds), m.message_seconds.total)
         yield message
         yield _counter("local_auth_failures", "Refused local logins, by protocol", ["protocol"],
                        m.auth_failures)
@@ -96,7 +194,7 @@ class RelayCollector(Collector):
         yield info
 
 
-def _spool_families(spool: SpoolStats) -> Iterator[Metric]:
+def _spool_families(spool: SpoolSource) -> Iterator[Metric]:
     """Spool depth (per account), bytes, oldest age, corrupt files, delivered and bounced."""
     yield _gauge("spool_messages", "Messages waiting in the spool, by account", ["account"],
                  {name: float(n) for name, n in spool.per_account.items()})
@@ -112,8 +210,9 @@ def _spool_families(spool: SpoolStats) -> Iterator[Metric]:
                               "logged for <>) since start", value=spool.bounced)
 
 
-def build_registry(metrics: RelayMetrics) -> CollectorRegistry:
-    """A registry holding only the relay's collector (not the process-global default registry)."""
+def build_registry(metrics: MetricsSource, bounds: Sequence[float]) -> CollectorRegistry:
+    """A registry holding only the relay's collector (not the process-global default registry);
+    ``bounds`` are the upper bounds of the latency histograms' buckets."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(metrics))
+    registry.register(RelayCollector(metrics, bounds))
     return registry

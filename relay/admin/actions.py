@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from relay.alerts.channels import AlertDeliveryError, send_upstream_message
 from relay.authorize import new_pkce, new_state
 from relay.errors import OAuthError, RelayError
 from relay.providers.base import DevicePending, OAuthProvider, TokenResponse
 from relay.redirect_listener import code_from_redirect
+from relay.sendmail import AlertDeliveryError, send_upstream_message
 from relay.tokens.manager import new_http_client
 from relay.tokens.model import TokenSet, expiry_from
 

@@ -7,12 +7,14 @@ Responses never contain a token or secret; they are `Cache-Control: no-store`.
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 from relay.admin.report import RelayView, collect, readiness, status_document, update_state_gauges
+from relay.admin.webapp import AdminWeb
+from relay.admin.websession import bearer_ok
 from relay.config.model import AdminConfig
 from relay.httpserver import HttpLimits, HttpRequest, HttpResponse, HttpServer, json_response, text_response
+from relay.localauth import is_loopback
 
 log = logging.getLogger("relay.admin")
 
@@ -21,16 +23,6 @@ READ_METHODS = ("GET", "HEAD")
 PUBLIC_PATHS = frozenset({"/healthz"})
 ADMIN_LIMITS = HttpLimits(max_head_bytes=8 * 1024, max_body_bytes=64 * 1024, idle_timeout_s=10.0,
                           max_connections=32)
-
-
-def bearer_ok(header: str | None, token: str) -> bool:
-    """True when ``header`` is ``Bearer <token>`` (scheme case-insensitive, constant-time compare)."""
-    if not header:
-        return False
-    scheme, _, given = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode("utf-8"))
 
 
 class AdminServer:
@@ -43,9 +35,6 @@ class AdminServer:
         self._http = HttpServer(self.handle, config.host, config.port, limits=ADMIN_LIMITS, name="admin")
         self._routes = {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
                         "/status": self._status}
-        from relay.admin.webapp import AdminWeb  # noqa: PLC0415 - it imports bearer_ok from here
-        from relay.localauth import is_loopback  # noqa: PLC0415
-
         self.web = AdminWeb(view, config, open_without_token=self._token is None and is_loopback(config.host))
 
     @property

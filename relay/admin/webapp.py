@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from relay.admin.actions import ActionError, AdminActions
 from relay.admin.report import RelayView, collect, status_document
 from relay.admin.web import CSS, SECURITY_HEADERS, login_page, message_page, status_page
-from relay.admin.websession import WebSession, WebSessions, csrf_ok, session_cookie
+from relay.admin.websession import WebSession, WebSessions, bearer_ok, csrf_ok, session_cookie
 from relay.config.model import AdminConfig
 from relay.errors import OAuthError, RelayError
 from relay.httpserver import HttpRequest, HttpResponse
@@ -104,8 +104,6 @@ class AdminWeb:
             return html(405, login_page("use the form"), (("Allow", "GET, POST"),))
         token = self.config.auth_token
         given = request.form.get("token", "")[:MAX_FIELD_CHARS]
-        from relay.admin.server import bearer_ok  # noqa: PLC0415 - the server imports this module
-
         if token is None or bearer_ok(f"Bearer {given}", token.reveal()):
             client_ip = request.client.rpartition(":")[0]
             self.sessions.succeeded(client_ip)

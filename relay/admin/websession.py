@@ -94,3 +94,13 @@ def session_cookie(session: WebSession | None, *, secure: bool = False) -> str:
     if session is None:
         return f"{COOKIE}=; Max-Age=0{flags}"
     return f"{COOKIE}={session.sid}; Max-Age={int(SESSION_TTL_S)}{flags}"
+
+
+def bearer_ok(header: str | None, token: str) -> bool:
+    """True when ``header`` is ``Bearer <token>`` (scheme case-insensitive, constant-time compare)."""
+    if not header:
+        return False
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode("utf-8"))

@@ -13,17 +13,13 @@ from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING, Protocol
 
 from relay.alerts.rules import Alert
-from relay.config.model import AccountConfig, EmailAlertConfig, RelayConfig, WebhookAlertConfig
-from relay.errors import RelayError
+from relay.config.model import EmailAlertConfig, RelayConfig, WebhookAlertConfig
+from relay.sendmail import AlertDeliveryError, send_upstream_message
 
 if TYPE_CHECKING:
     from relay.tokens.source import TokenSource
 
 USER_AGENT = "xoauth2-relay-alerts"
-
-
-class AlertDeliveryError(RelayError):
-    """An alert could not be delivered on one channel."""
 
 
 class AlertChannel(Protocol):
@@ -108,53 +104,3 @@ class EmailChannel:
         sender = self.config.sender or account.mailbox
         msg = alert_message(alert, sender, self.config.to, self.relay_name)
         await send_upstream_message(self.relay_config, self.tokens, account, self.config.to, msg=msg)
-
-
-async def send_upstream_message(config: RelayConfig, tokens: TokenSource, account: AccountConfig,
-                                to: tuple[str, ...], subject: str = "", text: str = "", *,
-                                msg: EmailMessage | None = None) -> str:
-    """Send a message upstream as ``account`` with its own token; the upstream's final reply.
-
-    Raises AlertDeliveryError naming the account and the upstream's answer when anything fails.
-    """
-    from relay.smtp.upstream import UpstreamSmtpSession, rcpt_command  # noqa: PLC0415
-
-    if account.smtp is None:
-        raise AlertDeliveryError(f"account {account.name} has no smtp upstream")
-    if msg is None:
-        msg = EmailMessage()
-        msg["From"] = account.mailbox
-        msg["To"] = ", ".join(to)
-        msg["Subject"] = subject
-        msg["Date"] = format_datetime(datetime.now(UTC))
-        msg["Message-ID"] = make_msgid(domain=account.mailbox.rpartition("@")[2] or None)
-        msg.set_content(text)
-    sender = str(msg["From"])
-    limits = config.limits
-    up = UpstreamSmtpSession(account.smtp, account=account.name, local_hostname=socket.getfqdn(),
-                             connect_timeout_s=limits.upstream_connect_timeout_s,
-                             command_timeout_s=limits.upstream_command_timeout_s,
-                             data_timeout_s=limits.upstream_data_timeout_s)
-    try:
-        token = await tokens.get_token(account.name)
-        await up.connect()
-        await up.authenticate(account.mailbox, token)
-        reply = await up.mail(sender)
-        if reply.is_positive:
-            for rcpt in to:
-                reply = await up.send_command(rcpt_command(rcpt), "RCPT")
-                if not reply.is_positive:
-                    break
-        if reply.is_positive:
-            content = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            reply = await up.send_data(content)
-        if not reply.is_positive:
-            raise AlertDeliveryError(f"email through account {account.name}: the upstream answered "
-                                     f"{reply.one_line()}")
-        await up.quit()
-        return reply.one_line()
-    except (RelayError, OSError) as exc:
-        up.abort()
-        if isinstance(exc, AlertDeliveryError):
-            raise
-        raise AlertDeliveryError(f"email through account {account.name}: {exc}") from None

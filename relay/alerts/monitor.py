@@ -14,11 +14,12 @@ from datetime import datetime
 from pathlib import Path
 
 from relay.admin.report import RelayView, collect
-from relay.alerts.channels import AlertChannel, AlertDeliveryError, EmailChannel, WebhookChannel
+from relay.alerts.channels import AlertChannel, EmailChannel, WebhookChannel
 from relay.alerts.rules import Alert, AlertTracker, evaluate
 from relay.config.model import AlertsConfig, RelayConfig
 from relay.errors import RelayError
 from relay.metrics import SpoolStats
+from relay.sendmail import AlertDeliveryError
 
 log = logging.getLogger("relay.alerts")
 

@@ -174,20 +174,7 @@ class Demo:
             assert smtp_port is not None and pop3_port is not None and imap_port is not None
             say(f"{CHECK} Relay listening: SMTP 127.0.0.1:{smtp_port}, POP3 127.0.0.1:{pop3_port}, "
                 f"IMAP 127.0.0.1:{imap_port}")
-            subject, msgid = await asyncio.to_thread(self.send, smtp_port)
-            if graph:
-                if not world.graph.sent():
-                    raise DemoFailed("the fake Microsoft Graph did not receive the message")
-                say(f"{CHECK} Sent a message through the relay's SMTP (AUTH PLAIN as {DEMO_LOGIN}): 250 "
-                    f"after Microsoft Graph answered 202 to POST /users/{DEMO_MAILBOX}/sendMail (the "
-                    "MIME message base64, with a graph.microsoft.com token from the same grant)")
-            else:
-                received = world.smtp.wait_for_messages(1, timeout_s=10)
-                if not received:
-                    raise DemoFailed("the sandbox upstream did not receive the message")
-                say(f"{CHECK} Sent a message through the relay's SMTP (AUTH PLAIN as {DEMO_LOGIN}): 250; "
-                    f"the relay logged in upstream with XOAUTH2 as {received[-1].user} and the sandbox "
-                    "accepted it")
+            subject, msgid = await self.send_step(world, smtp_port, graph=graph)
             fetched = await asyncio.to_thread(self.fetch, pop3_port, msgid)
             upstream = "the Inbox read through Graph" if graph else "XOAUTH2 upstream"
             say(f"{CHECK} Fetched it back over the relay's POP3 (USER/PASS as {DEMO_LOGIN}, {upstream}): "
@@ -211,6 +198,25 @@ class Demo:
             delivery.stop()
             world.stop()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def send_step(self, world: SandboxWorld, smtp_port: int, *, graph: bool) -> tuple[str, str]:
+        """Send the demo message through the relay's SMTP; check where it arrived (sandbox SMTP
+        upstream, or the fake Graph); return its subject and Message-ID."""
+        subject, msgid = await asyncio.to_thread(self.send, smtp_port)
+        if graph:
+            if not world.graph.sent():
+                raise DemoFailed("the fake Microsoft Graph did not receive the message")
+            say(f"{CHECK} Sent a message through the relay's SMTP (AUTH PLAIN as {DEMO_LOGIN}): 250 "
+                f"after Microsoft Graph answered 202 to POST /users/{DEMO_MAILBOX}/sendMail (the "
+                "MIME message base64, with a graph.microsoft.com token from the same grant)")
+        else:
+            received = world.smtp.wait_for_messages(1, timeout_s=10)
+            if not received:
+                raise DemoFailed("the sandbox upstream did not receive the message")
+            say(f"{CHECK} Sent a message through the relay's SMTP (AUTH PLAIN as {DEMO_LOGIN}): 250; "
+                f"the relay logged in upstream with XOAUTH2 as {received[-1].user} and the sandbox "
+                "accepted it")
+        return subject, msgid
 
     def write_config(self, world: SandboxWorld) -> RelayConfig:
         """Write the store key and the YAML configuration; load it back through the real loader."""

@@ -17,14 +17,15 @@ MAX_LITERAL_OCTETS and is accepted only where a string may follow before login (
 synchronising literal that is too large or not expected is refused before the client sends it
 (tagged BAD, no ``+``); a non-synchronising one is read and dropped up to MAX_DISCARD_OCTETS, and
 beyond that the connection ends with ``* BYE`` since the client and relay cannot stay in step.
+The framing is `relay.imap.framing.ImapFraming` (this class's base); the events are in
+`relay.imap.events`.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-
 from relay.errors import ProtocolInputError
+from relay.imap.events import NEED_DATA, PAUSED, Event, LoginAttempt, Reply, StartTls, State
+from relay.imap.framing import MAX_DISCARD_OCTETS, MAX_LINE_OCTETS, ImapFraming
 from relay.imap.syntax import (
     Atom,
     ImapSyntaxError,
@@ -43,65 +44,19 @@ from relay.imap.syntax import (
 from relay.sasl import check_safe, decode_plain
 from relay.secret import Secret
 
-MAX_LINE_OCTETS = 8192  # one command line part, without CRLF (RFC 7162 section 4 suggests 8000)
+# Re-exported: the session and the tests import the events and limits from here.
+__all__ = ["MAX_COMMAND_OCTETS", "MAX_DISCARD_OCTETS", "MAX_LINE_OCTETS", "MAX_LITERAL_OCTETS", "NEED_DATA",
+           "PAUSED", "Event", "ImapProtocol", "LoginAttempt", "Reply", "StartTls", "State"]
+
 MAX_LITERAL_OCTETS = 8192  # a user name or password literal
-MAX_DISCARD_OCTETS = 1024 * 1024  # a refused non-synchronising literal we still read and drop
 MAX_COMMAND_OCTETS = 64 * 1024  # all parts and literals of one command together
 IMPLEMENTATION = "xoauth2-relay"
-_TAIL_KEPT = 32  # bytes of a discarded overlong line kept to see a literal announcement at its end
 _STRING_COMMANDS = frozenset({b"LOGIN", b"ID"})  # the only commands taking literals before login
 _AFTER_LOGIN = frozenset(
     b"SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND "
     b"IDLE CHECK CLOSE UNSELECT EXPUNGE SEARCH FETCH STORE COPY MOVE UID ENABLE GETQUOTA "
     b"GETQUOTAROOT SETQUOTA GETACL SETACL MYRIGHTS LISTRIGHTS GETMETADATA SETMETADATA COMPRESS "
     b"ESEARCH SORT THREAD NOTIFY".split())
-
-
-class State(enum.Enum):
-    """Where the client is: before login, logged in (relay takes over), or gone."""
-
-    NOT_AUTHENTICATED = "NOT_AUTHENTICATED"
-    AUTHENTICATED = "AUTHENTICATED"
-    CLOSED = "CLOSED"
-
-
-class _Sentinel(enum.Enum):
-    NEED_DATA = "NEED_DATA"  # feed more bytes with receive_data()
-    PAUSED = "PAUSED"  # a LoginAttempt or StartTls awaits the server's decision
-
-
-NEED_DATA = _Sentinel.NEED_DATA
-PAUSED = _Sentinel.PAUSED
-
-
-@dataclass(frozen=True)
-class Reply:
-    """Bytes the relay answers by itself; close the connection after sending when ``close``."""
-
-    data: bytes
-    close: bool = False
-
-
-@dataclass(frozen=True)
-class LoginAttempt:
-    """A local login (LOGIN or AUTHENTICATE PLAIN) to check; the protocol pauses until decided.
-
-    The server answers with a reply tagged ``tag``."""
-
-    tag: bytes
-    username: str
-    password: Secret
-    mechanism: str  # "LOGIN" or "PLAIN"
-
-
-@dataclass(frozen=True)
-class StartTls:
-    """Send ``reply``, then run the TLS handshake and call :meth:`ImapProtocol.tls_started`."""
-
-    reply: bytes
-
-
-Event = Reply | LoginAttempt | StartTls | _Sentinel
 
 
 class _Bad(Exception):
@@ -112,7 +67,7 @@ class _Bad(Exception):
         self.code = code
 
 
-class ImapProtocol:
+class ImapProtocol(ImapFraming):
     """One client connection's pre-login IMAP state: framing, parsing and local replies."""
 
     def __init__(self, *, starttls_available: bool, tls_active: bool, plaintext_allowed: bool) -> None:
@@ -189,30 +144,7 @@ class ImapProtocol:
             if event is not None:
                 return event
 
-    # --- framing ---------------------------------------------------------------------------
-
-    def _next_line(self) -> bytes | Reply | None:
-        """Cut the next line part (without CRLF) from the buffer, answer an overlong one."""
-        if self._discarding:
-            return self._discard_line()
-        end = self._buf.find(b"\n")
-        if end < 0:
-            content = len(self._buf) - (1 if self._buf.endswith(b"\r") else 0)
-            if content > MAX_LINE_OCTETS:
-                reply = self._too_long(bytes(self._buf[:64]))
-                self._discard_tail = bytes(self._buf[-_TAIL_KEPT:])
-                self._buf.clear()
-                self._discarding = True
-                return reply
-            return None
-        line = bytes(self._buf[:end])
-        del self._buf[: end + 1]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if len(line) > MAX_LINE_OCTETS:
-            reply = self._too_long(line[:64])
-            return self._line_skipped(line[-_TAIL_KEPT:]) or reply
-        return line
+    # --- commands ---------------------------------------------------------------------------
 
     def _too_long(self, head: bytes) -> Reply:
         """The reply to an overlong line: tagged when its tag is known or readable."""
@@ -220,61 +152,6 @@ class ImapProtocol:
         self._reset_command()
         self._sasl_tag = None
         return Reply(tagged(tag or b"*", "BAD", "Command line too long", "TOOBIG"))
-
-    def _line_skipped(self, tail: bytes) -> Reply | None:
-        """A refused line ended with ``tail``: drop a non-synchronising literal announced there
-        (the client sends it without waiting) and the rest of the command after it."""
-        _text, literal = split_literal(tail)
-        if literal is None or literal.synchronising:
-            return None
-        if literal.size > MAX_DISCARD_OCTETS:
-            return self._bye_too_big()
-        self._skip = literal.size
-        self._refused_literal = True
-        return None
-
-    def _discard_line(self) -> Reply | None:
-        end = self._buf.find(b"\n")
-        if end < 0:
-            self._discard_tail = (self._discard_tail + bytes(self._buf[-_TAIL_KEPT:]))[-_TAIL_KEPT:]
-            self._buf.clear()
-            return None
-        tail = (self._discard_tail + bytes(self._buf[:end]))[-_TAIL_KEPT:].rstrip(b"\r")
-        del self._buf[: end + 1]
-        self._discarding = False
-        self._discard_tail = b""
-        return self._line_skipped(tail)
-
-    def _drop_skipped(self) -> bool:
-        """Drop bytes of a refused non-synchronising literal; True when all are gone."""
-        count = min(self._skip, len(self._buf))
-        del self._buf[:count]
-        self._skip -= count
-        if self._skip:
-            return False
-        if self._refused_literal:
-            # The rest of that command's line follows the literal; skip it too.
-            self._discarding = True
-            self._discard_tail = b""
-            self._refused_literal = False
-        return True
-
-    def _read_literal(self) -> bool:
-        literal = self._literal
-        assert literal is not None
-        if len(self._buf) < literal.size:
-            return False
-        self._tokens.append(String(bytes(self._buf[: literal.size])))
-        del self._buf[: literal.size]
-        self._literal = None
-        return True
-
-    def _bye_too_big(self) -> Reply:
-        self.state = State.CLOSED
-        self._buf.clear()
-        return Reply(untagged("BYE [TOOBIG] Literal too large; closing the connection"), close=True)
-
-    # --- commands --------------------------------------------------------------------------
 
     def _line(self, line: bytes) -> Event | None:
         """Handle one line part; return an event, or None when the command continues."""

@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import json
 from abc import ABC
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 from relay.config.model import CredentialsConfig, OAuthFlow, UpstreamEndpoint
 from relay.errors import AuthorizeDenied, AuthorizeTimeout, OAuthError, TokenRefreshFailed
+from relay.providers.answers import (
+    DEVICE_CODE_GRANT,
+    DeviceAuthorization,
+    DevicePending,
+    Endpoints,
+    TokenResponse,
+    clamp_lifetime,
+)
 from relay.providers.proxy import proxied_client, proxy_refused
 from relay.providers.token_errors import map_token_error
 from relay.secret import Secret
-from relay.tokens.model import clamp_lifetime
 
 if TYPE_CHECKING:
     # httpx (~4 MiB resident) is imported by the first token request, not at start-up: a relay
@@ -34,50 +40,12 @@ if TYPE_CHECKING:
 
     from relay.providers.client_assertion import SigningCertificate
 
-DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# Re-exported: custom providers import these value types from here (the public API).
+__all__ = ["DEVICE_CODE_GRANT", "DeviceAuthorization", "DevicePending", "Endpoints", "OAuthProvider",
+           "TokenResponse", "UnsupportedGrant", "UpstreamDefaults"]
 
 UpstreamDefaults = tuple[UpstreamEndpoint | None, UpstreamEndpoint | None, UpstreamEndpoint | None]
 """A provider's default (SMTP, POP3, IMAP) servers."""
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """The provider's OAuth endpoints (None: the provider has no such endpoint)."""
-
-    token_url: str
-    authorize_url: str | None = None
-    device_authorization_url: str | None = None
-    revocation_url: str | None = None
-
-
-@dataclass(frozen=True)
-class TokenResponse:
-    """A successful token endpoint answer (RFC 6749 5.1)."""
-
-    access_token: Secret
-    expires_in_s: int
-    refresh_token: Secret | None = None
-    scope: str | None = None
-    token_type: str = "Bearer"  # noqa: S105 - a token type name, not a secret
-
-
-@dataclass(frozen=True)
-class DeviceAuthorization:
-    """An RFC 8628 device authorization answer (Google's ``verification_url`` accepted too)."""
-
-    device_code: Secret
-    user_code: str
-    verification_uri: str
-    expires_in_s: int
-    interval_s: int = 5
-    verification_uri_complete: str | None = None
-
-
-@dataclass(frozen=True)
-class DevicePending:
-    """Polling signal: the user has not approved yet; ``slow_down`` means add 5 s to the interval."""
-
-    slow_down: bool = False
 
 
 class UnsupportedGrant(OAuthError):

@@ -2,7 +2,10 @@
 
 Local side:
     server.py       SmtpRelayServer: listener, connection limit, graceful stop
-    protocol.py     aiosmtpd SMTP subclass: bulk DATA reader, enhanced codes, connection state
+    session.py      aiosmtpd SMTP subclass (RelaySMTP): bulk DATA reader, AUTH, STARTTLS, output
+    session_limits.py  its base: per-client cap, login deadline, command budget
+    connection.py   ConnectionState: per-connection state that survives STARTTLS
+    builtin_replies.py  pure: enhanced codes for aiosmtpd's own replies, the EHLO AUTH= line
     handler.py      thin adapter: local AUTH, address checks, envelope; commands to the delivery
     replies.py      every reply the relay itself sends, as named SmtpReply values
     dataframe.py    pure: DATA end-of-data detection, size and line-length limits

@@ -11,7 +11,7 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
   `RelayHandler.open_data`);
 * ``_getaddr``: a fast path for plain ``<local@domain>`` (same result as aiosmtpd's parser);
 * ``push``: aiosmtpd's built-in error replies lack RFC 3463 enhanced status codes; the one exit
-  point adds them (``503 5.5.1``, ``500 5.5.2`` ...);
+  point adds them (``503 5.5.1``, ``500 5.5.2`` ...; `relay.smtp.builtin_replies`);
 * ``_timeout_cb``: the idle timer must not close a client while *we* wait for the upstream;
 * ``smtp_AUTH``: legacy devices send ``HELO`` then ``AUTH`` (aiosmtpd allows AUTH only after
   EHLO) and lower-case mechanism names; EHLO also advertises the pre-RFC ``AUTH=LOGIN PLAIN``
@@ -21,10 +21,10 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
   for commands as for DATA, as Postfix's ``smtpd_forbid_bare_newline`` does;
 * ``connection_made``/``connection_lost``: TCP_NODELAY, and connection state that survives
   STARTTLS (aiosmtpd replaces its Session then) plus the end-of-session hook;
-* session limits (`apply_limits`, relay.sessionlimits): the per-client connection cap (421 at
-  connect), the login deadline (421 unless AUTH succeeded or a MAIL was accepted in time) and the
-  budget of commands without progress (NOOP, RSET, HELP, VRFY, 4xx/5xx replies; reset by a
-  successful AUTH or MAIL).
+* session limits (the base class `relay.smtp.session_limits.SessionLimits`): the per-client
+  connection cap (421 at connect), the login deadline (421 unless AUTH succeeded or a MAIL was
+  accepted in time) and the budget of commands without progress (NOOP, RSET, HELP, VRFY, 4xx/5xx
+  replies; reset by a successful AUTH or MAIL).
 """
 
 from __future__ import annotations
@@ -34,49 +34,27 @@ import contextlib
 import functools
 import logging
 import re
-import secrets
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
+from aiosmtpd.smtp import TLSSetupException, syntax
 
-from relay.config.model import AccountConfig, BareLfMode, LimitsConfig
+from relay.config.model import BareLfMode
 from relay.sessionlimits import ClientSlots, CommandBudget
 from relay.smtp import replies
+from relay.smtp.builtin_replies import add_enhanced_code, with_old_style_auth
+from relay.smtp.connection import ConnectionState
 from relay.smtp.dataframe import DataFramer, LineEndNormalizer
 from relay.smtp.fastinit import cheap_introspection
 from relay.smtp.reply import SmtpReply
+from relay.smtp.session_limits import SessionLimits
 from relay.upstream.stream import set_nodelay
 
 if TYPE_CHECKING:
-    from relay.smtp.delivery import ContentSink, Delivery
+    from relay.smtp.delivery import ContentSink
 
-# Built-in aiosmtpd replies without an enhanced status code get this one (by reply code). Only the
-# codes aiosmtpd uses for errors and the exact plain "250 OK"/"221 Bye": EHLO lines must stay bare.
-_ENHANCED_FOR_CODE = {500: "5.5.2", 501: "5.5.2", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
-                      552: "5.3.4", 555: "5.5.4"}
-_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
-_REWRITES = {
-    "250 OK": "250 2.0.0 OK",
-    "221 Bye": "221 2.0.0 Bye",
-    "500 Command line too long": "500 5.5.2 Line too long",
-    "552 Error: message size exceeds fixed maximum message size":
-        "552 5.3.4 Message size exceeds fixed maximum message size",
-}
-
-
-def add_enhanced_code(status: str) -> str:
-    """Give an aiosmtpd built-in error reply its RFC 3463 enhanced status code."""
-    if status in _REWRITES:
-        return _REWRITES[status]
-    if len(status) < 4 or status[3] != " " or _HAS_ENHANCED.match(status):
-        return status
-    code = int(status[:3]) if status[:3].isascii() and status[:3].isdigit() else 0
-    enhanced = _ENHANCED_FOR_CODE.get(code)
-    return f"{status[:4]}{enhanced} {status[4:]}" if enhanced else status
-
+# ConnectionState is re-exported: the handler imports it from here.
+__all__ = ["BARE_LF_REFUSED", "MAX_AUTH_LINE_OCTETS", "ConnectionState", "RelaySMTP"]
 
 log = logging.getLogger("relay.smtp")
 
@@ -88,33 +66,6 @@ MAX_AUTH_LINE_OCTETS = 2048
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_ANGLE_ADDR = re.compile(
     rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^\s(][^\r\n]*)?\Z")
-
-
-def _with_old_style_auth(responses: list[str]) -> list[str]:
-    """Add ``250-AUTH=LOGIN PLAIN`` after ``250-AUTH LOGIN PLAIN``: the pre-RFC 2554 form that old
-    Outlook-era and embedded clients parse instead (Postfix's ``broken_sasl_auth_clients``)."""
-    out = []
-    for line in responses:
-        out.append(line)
-        if line.startswith("250-AUTH "):
-            out.append("250-AUTH=" + line[len("250-AUTH "):])
-    return out
-
-
-@dataclass
-class ConnectionState:
-    """Per-connection relay state; unlike aiosmtpd's Session it survives STARTTLS."""
-
-    session_id: str = field(default_factory=lambda: secrets.token_hex(4))
-    client_address: str = "?"
-    client_ip: str = ""
-    started: float = field(default_factory=time.monotonic)
-    account: AccountConfig | None = None
-    delivery: Delivery | None = None  # the account's transactions (relay.smtp.delivery)
-    messages: int = 0  # of deliveries already ended (STARTTLS, another login), for the summary
-    bytes: int = 0
-    last_upstream_reply: str | None = None
-    outcome: str = "ok"  # the session's outcome for metrics: ok | auth_failed | upstream_error
 
 
 class _Busy:
@@ -133,7 +84,7 @@ class _Busy:
         self._server._reset_timeout()
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(SessionLimits):
     """aiosmtpd's SMTP with bulk, streamed DATA (see the module docstring for each override)."""
 
     # The stream buffer limit: aiosmtpd uses it as the command-line limit too, but still refuses
@@ -157,16 +108,6 @@ class RelaySMTP(SMTP):
         self._login_timer: asyncio.TimerHandle | None = None
         self._on_open: Callable[[RelaySMTP], None] | None = None
 
-    def apply_limits(self, limits: LimitsConfig, slots: ClientSlots,
-                     on_open: Callable[[RelaySMTP], None] | None = None) -> None:
-        """Enforce the per-client cap, login deadline and command budget (before the connection);
-        ``on_open`` is called once the connection is admitted (with implicit TLS: after the
-        handshake, so a failed one never counts as a session)."""
-        self._on_open = on_open
-        self._slots = slots
-        self._budget = CommandBudget(limits.max_commands_without_progress)
-        self._login_timeout_s = limits.login_timeout_s
-
     # --- connection life cycle ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,50 +121,6 @@ class RelaySMTP(SMTP):
             if not self._admit(transport):
                 return
         super().connection_made(transport)
-
-    def _admit(self, transport: asyncio.BaseTransport) -> bool:
-        """Take a per-client slot and arm the login deadline; False: refused with 421."""
-        if self._slots is None:
-            return True
-        self._slot = self._slots.take(self.state.client_ip)
-        if self._slot is None:
-            self._refused = True
-            log.warning("smtp: refusing a connection from %s: limits.max_connections_per_client (%d) "
-                        "reached for this client", self.state.client_ip, self._slots.per_client)
-            transport.write(b"421 4.7.0 Too many connections from your address, try again later\r\n")  # type: ignore[attr-defined]
-            transport.close()
-            return False
-        self._login_timer = self.loop.call_later(self._login_timeout_s, self._login_too_late)
-        if self._on_open is not None:
-            self._on_open(self)
-        return True
-
-    def _login_too_late(self) -> None:
-        self._login_timer = None
-        if self.transport is not None:
-            log.info("smtp %s: no login within limits.login_timeout_s (%.0f s) from %s; closing",
-                     self.state.session_id, self._login_timeout_s, self.state.client_address)
-            self.transport.write(b"421 4.4.2 Login timeout, closing connection\r\n")  # type: ignore[attr-defined]
-            self.close()
-
-    def progress(self) -> None:
-        """The session did something useful (logged in, MAIL accepted): no deadline, fresh budget."""
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
-        if self._budget is not None:
-            self._budget.progress()
-
-    async def _wasted(self) -> bool:
-        """Count a command without progress; True (after a 421 and close) once over the budget."""
-        if self._budget is None or self._budget.spend():
-            return False
-        log.info("smtp %s: %d commands without progress from %s; closing", self.state.session_id,
-                 self._budget.limit, self.state.client_address)
-        self._budget = None  # the 421 below must not count again
-        await super().push("421 4.7.0 Too many commands without progress, closing connection")
-        self.close()
-        return True
 
     def data_received(self, data: bytes) -> None:
         if not self._refused:
@@ -281,11 +178,6 @@ class RelaySMTP(SMTP):
         transport = self.transport
         return transport is not None and transport.get_extra_info("ssl_object") is not None
 
-    def close(self) -> None:
-        """Close the client connection."""
-        if self.transport is not None:
-            self.transport.close()
-
     # --- timers -------------------------------------------------------------------------------
 
     def busy(self) -> _Busy:
@@ -332,27 +224,7 @@ class RelaySMTP(SMTP):
                 return
         await super().push(status)  # type: ignore[type-var]
 
-    # --- commands that count against the budget, and MAIL (progress) ---------------------------
-
-    @syntax("NOOP [ignored]")
-    async def smtp_NOOP(self, arg: str) -> None:
-        if not await self._wasted():
-            await super().smtp_NOOP(arg)
-
-    @syntax("RSET")
-    async def smtp_RSET(self, arg: str) -> None:
-        if not await self._wasted():
-            await super().smtp_RSET(arg)
-
-    @syntax("HELP [command]")
-    async def smtp_HELP(self, arg: str) -> None:
-        if not await self._wasted():
-            await super().smtp_HELP(arg)
-
-    @syntax("VRFY <address>")
-    async def smtp_VRFY(self, arg: str) -> None:
-        if not await self._wasted():
-            await super().smtp_VRFY(arg)
+    # --- MAIL (progress) ------------------------------------------------------------------------
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -411,7 +283,7 @@ class RelaySMTP(SMTP):
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         if command == "EHLO" and args and isinstance(args[-1], list):
-            args = (*args[:-1], _with_old_style_auth(args[-1]))
+            args = (*args[:-1], with_old_style_auth(args[-1]))
         return await super()._call_handler_hook(command, *args)
 
     # --- AUTH helper --------------------------------------------------------------------------

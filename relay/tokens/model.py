@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from relay.errors import TokenStoreError
+from relay.providers.answers import clamp_lifetime
 from relay.secret import Secret
 
 
@@ -72,24 +72,6 @@ class TokenSet:
             name = str(data.get("account", "?"))[:64]
             raise TokenStoreError(f"the token store entry for account '{name}' is malformed "
                                   f"({type(exc).__name__}); run `relay authorize {name}` again") from None
-
-
-# The longest token lifetime believed: a provider answering more (expires_in Infinity, 1e12) gets
-# its token refreshed after this instead of an OverflowError.
-MAX_TOKEN_LIFETIME_S = 365 * 24 * 3600
-
-
-def clamp_lifetime(expires_in: object, default_s: int) -> int:
-    """A token endpoint's ``expires_in`` as whole seconds in 0..MAX_TOKEN_LIFETIME_S.
-
-    Not a number (or NaN): ``default_s``; negative: 0; infinite or huge: the maximum."""
-    try:
-        value = float(expires_in)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return default_s
-    if math.isnan(value):
-        return default_s
-    return int(min(max(value, 0.0), MAX_TOKEN_LIFETIME_S))
 
 
 def expiry_from(obtained_at: datetime, expires_in_s: float) -> datetime:

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.errors import UpstreamProtocolError
+from relay.smtp.builtin_replies import add_enhanced_code
 from relay.smtp.dataframe import DataFramer, DataProblem
 from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply, parse_reply
-from relay.smtp.session import add_enhanced_code
 
 FUZZ = settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 END = b"\r\n.\r\n"

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.pop3.protocol import NEED_DATA, Pop3Protocol, Reply
+from relay.smtp.builtin_replies import with_old_style_auth
 from relay.smtp.dataframe import DataFramer, DataProblem, LineEndNormalizer, count_bare_lf
-from relay.smtp.session import _with_old_style_auth
 
 _pieces = st.sampled_from([b"\r", b"\n", b".", b"\r\n", b".\n", b"\n.\n", b"a", b"xy ", b".."])
 _content = st.lists(_pieces, max_size=40).map(b"".join)
@@ -82,9 +82,9 @@ def test_has_bare_lf_tracks_boundaries() -> None:
 def test_old_style_auth_line_follows_the_standard_one() -> None:
     """EHLO offers `AUTH=LOGIN PLAIN` right after `AUTH LOGIN PLAIN`; nothing else changes."""
     lines = ["250-relay.test", "250-SIZE 100", "250-AUTH LOGIN PLAIN", "250 HELP"]
-    assert _with_old_style_auth(lines) == ["250-relay.test", "250-SIZE 100", "250-AUTH LOGIN PLAIN",
+    assert with_old_style_auth(lines) == ["250-relay.test", "250-SIZE 100", "250-AUTH LOGIN PLAIN",
                                            "250-AUTH=LOGIN PLAIN", "250 HELP"]
-    assert _with_old_style_auth(["250-x", "250 HELP"]) == ["250-x", "250 HELP"]
+    assert with_old_style_auth(["250-x", "250 HELP"]) == ["250-x", "250 HELP"]
 
 
 def _pop3_replies(data: bytes, bare_lf: str) -> list[Reply]:

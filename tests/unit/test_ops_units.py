@@ -14,7 +14,7 @@ import h11
 import pytest
 
 from relay.admin.report import ListenerState, RelayReport, readiness, status_document
-from relay.admin.server import bearer_ok
+from relay.admin.websession import bearer_ok
 from relay.alerts.channels import alert_message, webhook_payload
 from relay.alerts.rules import Alert, AlertTracker, Condition, evaluate
 from relay.config.model import AlertsConfig

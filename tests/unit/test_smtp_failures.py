@@ -14,6 +14,7 @@ from relay.errors import (
     UpstreamReply,
     UpstreamUnavailable,
 )
+from relay.smtp.builtin_replies import add_enhanced_code
 from relay.smtp.failures import (
     client_reply_for_upstream,
     describe_failure,
@@ -21,7 +22,6 @@ from relay.smtp.failures import (
     reply_for_error,
 )
 from relay.smtp.reply import SmtpReply, parse_reply
-from relay.smtp.session import add_enhanced_code
 
 ACCOUNT = AccountConfig(
     name="sales", username="sales-app", password_hash=None, mailbox="sales@contoso.com",
