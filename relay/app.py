@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.app")
 
 ConfigLoader = Callable[[Path], RelayConfig]
+TokensFactory = Callable[[RelayConfig, TokenStore], TokenManager]
+"""Builds a generation's TokenManager (tests: retry timing, clocks); default: from the config."""
+AuthenticatorFactory = Callable[[RelayConfig], object]
+"""Builds a generation's local authenticator (tests: wrappers); default: LocalAuthenticator."""
 BIND_RETRIES = 20
 BIND_RETRY_DELAY_S = 0.05
 RELOAD_TIMEOUT_S = 30.0  # reading + validating the YAML; it takes milliseconds normally
@@ -70,8 +74,12 @@ class RelayApp:
     """The running relay: ``await app.start()`` then ``await app.stop()``, or ``await app.run()``."""
 
     def __init__(self, config: RelayConfig, *, store: TokenStore | None = None,
-                 loader: ConfigLoader | None = None, reload_timeout_s: float = RELOAD_TIMEOUT_S) -> None:
+                 loader: ConfigLoader | None = None, reload_timeout_s: float = RELOAD_TIMEOUT_S,
+                 tokens_factory: TokensFactory | None = None,
+                 authenticator_factory: AuthenticatorFactory | None = None) -> None:
         self.config = config
+        self._tokens_factory = tokens_factory
+        self._authenticator_factory = authenticator_factory
         self._store = store
         self._owns_store = False
         self._loader = loader
@@ -151,6 +159,10 @@ class RelayApp:
         idle = sum(pool.idle_sessions(name) for name in gen.config.accounts)
         return {"idle": idle, "in_use": total - idle}
 
+    def listener(self, name: str) -> object | None:
+        """The running listener server ("smtp", "pop3", "imap"), None when disabled or stopped."""
+        return self._current.servers.get(name) if self._current else None
+
     def _port(self, name: str) -> int | None:
         server = self._current.servers.get(name) if self._current else None
         return getattr(server, "port", None) if server is not None else None
@@ -193,12 +205,16 @@ class RelayApp:
         assert self._store is not None
         listeners = sum(int(getattr(config.listen, name).enabled) for name in ("smtp", "pop3", "imap"))
         config = dataclasses.replace(config, limits=fit_fd_limit(config.limits, listeners=listeners))
-        tokens = TokenManager(config, self._store, lease_ttl_s=config.token_store.lease_ttl_s)
+        if self._tokens_factory is not None:
+            tokens = self._tokens_factory(config, self._store)
+        else:
+            tokens = TokenManager(config, self._store, lease_ttl_s=config.token_store.lease_ttl_s)
         if self.metrics is not None:
             self.metrics.add_accounts(config.accounts)
             tokens.observer = self.metrics
         gen = _Generation(config, tokens)
-        authenticator = LocalAuthenticator(config)
+        authenticator = (self._authenticator_factory(config) if self._authenticator_factory is not None
+                         else LocalAuthenticator(config))
         try:
             gen.graph = _graph_service(config, tokens)
             if config.listen.smtp.enabled:
