@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -187,6 +187,10 @@ class AppRelay:
         """The running listener object ("smtp", "pop3", "imap"), for tests that inspect its state."""
         return self.app.listener(name)
 
+    def active_sessions(self) -> int:
+        """Client sessions still running on the relay's listeners."""
+        return sum(state.active_sessions for state in self.app.listener_states())
+
     def run(self, coro: Any, timeout_s: float = 30) -> Any:
         """Run a coroutine on the relay's loop and return its result."""
         return self.thread.run(coro, timeout_s=timeout_s)
@@ -264,3 +268,19 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+class _Counted(Protocol):
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+
+def wait_settled(relay: AppRelay, *upstreams: _Counted, timeout_s: float = 20.0) -> None:
+    """Wait until the relay runs no client session and every sandbox server in ``upstreams`` has no
+    open connection. After that nothing more can reach the sandbox (a message needs a connection),
+    so "no duplicate" / "nothing stored" / "not deleted" assertions cannot pass by being early."""
+    wait_until(lambda: relay.active_sessions() == 0, timeout_s, "the relay's client sessions to end")
+    for upstream in upstreams:
+        wait_until(lambda u=upstream: u.counters.get("open_connections", 0) == 0, timeout_s,  # type: ignore[misc]
+                   f"{type(upstream).__name__}'s connections to close")
+
