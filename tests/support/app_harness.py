@@ -5,7 +5,7 @@ Every suite that needs a running relay goes through here, so the wiring `relay s
 exercise. The suites still describe their relay as a RelayConfig (dataclasses are easy to vary per
 test); ``write_config_yaml`` turns it into the YAML an operator would write (only the settings
 that differ from the defaults, secrets as plain values, the store key in a 0600 key file), and the
-relay is started from that file through ``relay.config.loader.load_config``. The harness checks
+relay is started from that file through ``relay.configuration.load_config``. The harness checks
 that the loaded configuration equals the one the suite described, so a loader or model drift fails
 loudly instead of silently testing something else.
 
@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import yaml
 
 from relay.app import AuthenticatorFactory, RelayApp, TokensFactory
-from relay.config.loader import load_config
 from relay.config.model import AccountConfig, LimitsConfig, PoolConfig, RelayConfig
+from relay.configuration import load_config
 from relay.sandbox.loop import LoopThread
 from relay.secret import Secret
 from relay.tokens.interface import TokenStore
@@ -39,6 +39,10 @@ from relay.tokens.model import TokenSet
 from relay.tokens.store import EncryptedFileStore, decode_key
 
 # ---- RelayConfig -> the YAML an operator writes -------------------------------------------------
+
+WRITTEN = "_written"
+"""AccountConfig keeps the endpoint settings as written (``smtp_written`` for the YAML key ``smtp``)
+beside the resolved endpoint (``smtp``); the harness writes and compares the resolved ones."""
 
 
 def _plain(value: object) -> object:
@@ -70,7 +74,7 @@ def _section(obj: object, *, skip: tuple[str, ...] = ()) -> dict[str, object]:
     """The settings of one dataclass section that differ from their defaults (always: required ones)."""
     out: dict[str, object] = {}
     for f in dataclasses.fields(obj):  # type: ignore[arg-type]
-        if f.name in skip:
+        if f.name in skip or f.name.endswith(WRITTEN):
             continue
         value = getattr(obj, f.name)
         if value == _default_of(f):
@@ -134,10 +138,25 @@ def load_written(config: RelayConfig, path: Path) -> RelayConfig:
     write_config_yaml(config, path)
     loaded = load_config(path, env={})
     described = dataclasses.replace(config, source_path=loaded.source_path)
-    if loaded != described:
-        raise AssertionError(f"relay.yaml written from the test's RelayConfig loads differently:\n"
-                             f"described: {described}\nloaded:    {loaded}")
+    differences = list(_differences(described, loaded, "config"))
+    if differences:
+        raise AssertionError("relay.yaml written from the test's RelayConfig loads differently:\n"
+                             + "\n".join(differences))
     return loaded
+
+
+def _differences(want: object, got: object, path: str) -> Iterator[str]:
+    """Paths where two configurations differ (dataclass fields and mapping keys walked)."""
+    if dataclasses.is_dataclass(want) and type(want) is type(got):
+        for f in dataclasses.fields(want):
+            if f.name.endswith(WRITTEN):
+                continue
+            yield from _differences(getattr(want, f.name), getattr(got, f.name), f"{path}.{f.name}")
+    elif isinstance(want, Mapping) and isinstance(got, Mapping):
+        for key in sorted(set(want) | set(got), key=str):
+            yield from _differences(want.get(key), got.get(key), f"{path}.{key}")
+    elif want != got:
+        yield f"{path}: described {want!r}, loaded {got!r}"
 
 
 # ---- the running relay --------------------------------------------------------------------------
