@@ -27,13 +27,15 @@ from support.relay_harness import (
     sandbox_smtp_upstream,
 )
 
+from relay.app import TokensFactory
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.pop3.server import Pop3ProxyServer
 from relay.sandbox.world import SandboxWorld
 from relay.smtp.server import SmtpRelayServer
-from relay.tokens.manager import new_http_client
+from relay.tokens.interface import TokenStore
+from relay.tokens.manager import TokenManager, new_http_client
 from relay.tokens.model import TokenSet
 from relay.tokens.store import EncryptedFileStore, decode_key, generate_key
 
@@ -139,13 +141,14 @@ def sandbox(tmp_path: Path) -> Iterator[SandboxWorld]:
 def rel_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
     """Factory: a RelayApp from relay.yaml: ``rel_relay(limits=..., smtp=..., pop3=..., seed=True,
     expired=False, retry_attempts=1, store_options={...})`` (keyword arguments of
-    EncryptedFileStore, e.g. a slow ``fsync``)."""
+    EncryptedFileStore, e.g. a slow ``fsync``); ``prepare_tokens(manager)`` runs before RelayApp
+    starts the TokenManager's background refresher."""
     started: list[Relay] = []
 
     def start(*, seed: bool = True, expired: bool = False, retry_attempts: int = 1,
               retry_base_delay_s: float = 0.01, authenticator: Any = None, http_timeout_s: float = 20.0,
               check_interval_s: float | None = None, store_options: dict[str, Any] | None = None,
-              **options: Any) -> Relay:
+              prepare_tokens: Callable[[TokenManager], None] | None = None, **options: Any) -> Relay:
         store_dir = tmp_path / f"relay{len(started)}"
         store_dir.mkdir(mode=0o700)
         config = build_config(sandbox, store_dir / "tokens.enc", **options)
@@ -158,6 +161,8 @@ def rel_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
             store = EncryptedFileStore(config.token_store.path, key, **store_options).open()
         tokens = tokens_with(retry_attempts=retry_attempts, retry_base_delay_s=retry_base_delay_s,
                              http=new_http_client(http_timeout_s), check_interval_s=check_interval_s or 30.0)
+        if prepare_tokens is not None:
+            tokens = _prepared(tokens, prepare_tokens)
         base = start_app_relay(config, store_dir, key=key_text, name=f"rel-relay-{len(started)}", store=store,
                                tokens_factory=tokens,
                                authenticator_factory=(lambda _c: authenticator) if authenticator else None)
@@ -168,6 +173,15 @@ def rel_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
     yield start
     for relay in started:
         relay.stop()
+
+
+def _prepared(factory: TokensFactory, prepare: Callable[[TokenManager], None]) -> TokensFactory:
+    """A tokens_factory that lets the test patch the TokenManager before RelayApp starts it."""
+    def make(config: RelayConfig, store: TokenStore) -> TokenManager:
+        tokens = factory(config, store)
+        prepare(tokens)
+        return tokens
+    return make
 
 
 class Raw(LineClient):
