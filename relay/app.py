@@ -36,6 +36,7 @@ from relay.tokens.store import load_key, open_store_async
 
 if TYPE_CHECKING:
     from relay.admin.report import ListenerState
+    from relay.localauth import LocalAuthenticator
     from relay.smtp.delivery import DeliveryFactory
     from relay.spool.service import SpoolService
 
@@ -44,8 +45,8 @@ log = logging.getLogger("relay.app")
 ConfigLoader = Callable[[Path], RelayConfig]
 TokensFactory = Callable[[RelayConfig, TokenStore], TokenManager]
 """Builds a generation's TokenManager (tests: retry timing, clocks); default: from the config."""
-AuthenticatorFactory = Callable[[RelayConfig], object]
-"""Builds a generation's local authenticator (tests: wrappers); default: LocalAuthenticator."""
+AuthenticatorFactory = Callable[[RelayConfig], "LocalAuthenticator"]
+"""Builds a generation's local authenticator (tests: wrappers); default: from the config."""
 BIND_RETRIES = 20
 BIND_RETRY_DELAY_S = 0.05
 RELOAD_TIMEOUT_S = 30.0  # reading + validating the YAML; it takes milliseconds normally
