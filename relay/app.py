@@ -37,12 +37,17 @@ from relay.tokens.store import load_key, open_store_async
 
 if TYPE_CHECKING:
     from relay.admin.report import ListenerState
+    from relay.localauth import LocalAuthenticator
     from relay.smtp.delivery import DeliveryFactory
     from relay.spool.service import SpoolService
 
 log = logging.getLogger("relay.app")
 
 ConfigLoader = Callable[[Path], RelayConfig]
+TokensFactory = Callable[[RelayConfig, TokenStore], TokenManager]
+"""Builds a generation's TokenManager (tests: retry timing, clocks); default: from the config."""
+AuthenticatorFactory = Callable[[RelayConfig], "LocalAuthenticator"]
+"""Builds a generation's local authenticator (tests: wrappers); default: from the config."""
 BIND_RETRIES = 20
 BIND_RETRY_DELAY_S = 0.05
 RELOAD_TIMEOUT_S = 30.0  # reading + validating the YAML; it takes milliseconds normally
@@ -71,8 +76,12 @@ class RelayApp:
     """The running relay: ``await app.start()`` then ``await app.stop()``, or ``await app.run()``."""
 
     def __init__(self, config: RelayConfig, *, store: TokenStore | None = None,
-                 loader: ConfigLoader | None = None, reload_timeout_s: float = RELOAD_TIMEOUT_S) -> None:
+                 loader: ConfigLoader | None = None, reload_timeout_s: float = RELOAD_TIMEOUT_S,
+                 tokens_factory: TokensFactory | None = None,
+                 authenticator_factory: AuthenticatorFactory | None = None) -> None:
         self.config = config
+        self._tokens_factory = tokens_factory
+        self._authenticator_factory = authenticator_factory
         self._store = store
         self._owns_store = False
         self._loader = loader
@@ -152,6 +161,10 @@ class RelayApp:
         idle = sum(pool.idle_sessions(name) for name in gen.config.accounts)
         return {"idle": idle, "in_use": total - idle}
 
+    def listener(self, name: str) -> object | None:
+        """The running listener server ("smtp", "pop3", "imap"), None when disabled or stopped."""
+        return self._current.servers.get(name) if self._current else None
+
     def _port(self, name: str) -> int | None:
         server = self._current.servers.get(name) if self._current else None
         return getattr(server, "port", None) if server is not None else None
@@ -194,12 +207,16 @@ class RelayApp:
         assert self._store is not None
         listeners = sum(int(getattr(config.listen, name).enabled) for name in ("smtp", "pop3", "imap"))
         config = dataclasses.replace(config, limits=fit_fd_limit(config.limits, listeners=listeners))
-        tokens = TokenManager(config, self._store, lease_ttl_s=config.token_store.lease_ttl_s)
+        if self._tokens_factory is not None:
+            tokens = self._tokens_factory(config, self._store)
+        else:
+            tokens = TokenManager(config, self._store, lease_ttl_s=config.token_store.lease_ttl_s)
         if self.metrics is not None:
             self.metrics.add_accounts(config.accounts)
             tokens.observer = self.metrics
         gen = _Generation(config, tokens)
-        authenticator = LocalAuthenticator(config)
+        authenticator = (self._authenticator_factory(config) if self._authenticator_factory is not None
+                         else LocalAuthenticator(config))
         try:
             gen.graph = _graph_service(config, tokens)
             if config.listen.smtp.enabled:

@@ -32,6 +32,12 @@ def _signing_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def verification_key() -> rsa.RSAPublicKey:
+    """The public key the sandbox's access tokens verify with (for tests using an independent
+    JWT library)."""
+    return _signing_key().public_key()
+
+
 def object_id(name: str) -> str:
     """A stable object id (GUID) for a user or app name."""
     return str(uuid.uuid5(_NAMESPACE, name.lower()))

@@ -1,7 +1,7 @@
 """Fixtures for the reliability and security tests: one relay (SMTP + POP3) in front of the sandbox.
 
-The relay runs the production code (SmtpRelayServer, Pop3ProxyServer, TokenManager over an
-encrypted store seeded as after `relay authorize`) on its own loop thread. Helpers here are shared
+The relay is a RelayApp started from relay.yaml (tests/support/app_harness.py), over an encrypted
+store seeded as after `relay authorize`, on its own loop thread. Helpers here are shared
 by the live tests; the fuzz tests need none of them.
 """
 
@@ -11,11 +11,12 @@ import poplib
 import smtplib
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from support.app_harness import AppRelay, start_app_relay, tokens_with
 from support.relay_harness import (
     LineClient,
     authorized_token_set,
@@ -24,16 +25,16 @@ from support.relay_harness import (
     sandbox_credentials,
     sandbox_pop3_upstream,
     sandbox_smtp_upstream,
-    stop_on_loop,
 )
 
+from relay.app import TokensFactory
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
 from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.pop3.server import Pop3ProxyServer
-from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
 from relay.smtp.server import SmtpRelayServer
+from relay.tokens.interface import TokenStore
 from relay.tokens.manager import TokenManager, new_http_client
 from relay.tokens.model import TokenSet
 from relay.tokens.store import EncryptedFileStore, decode_key, generate_key
@@ -84,27 +85,22 @@ def seed_store(sandbox: SandboxWorld, path: Path, key: bytes, *, expired: bool =
 
 
 @dataclass
-class Relay:
-    """A running SMTP + POP3 relay on its own loop thread."""
+class Relay(AppRelay):
+    """A RelayApp (SMTP + POP3) started from relay.yaml, on its own loop thread."""
 
-    config: RelayConfig
-    sandbox: SandboxWorld
-    smtp_server: SmtpRelayServer
-    pop3_server: Pop3ProxyServer
-    tokens: TokenManager
-    thread: LoopThread
-    key: bytes
-    stopped: bool = field(default=False)
+    sandbox: SandboxWorld | None = None
+    key: bytes = b""
+    own_store: Any = None  # a store the test opened itself (store_options); closed after the relay
 
     @property
-    def smtp_port(self) -> int:
-        """The relay's SMTP port."""
-        return self.smtp_server.port
+    def smtp_server(self) -> SmtpRelayServer:
+        """The running SMTP listener."""
+        return cast(SmtpRelayServer, self.app.listener("smtp"))
 
     @property
-    def pop3_port(self) -> int:
-        """The relay's POP3 port."""
-        return self.pop3_server.port
+    def pop3_server(self) -> Pop3ProxyServer:
+        """The running POP3 listener."""
+        return cast(Pop3ProxyServer, self.app.listener("pop3"))
 
     def smtp(self, *, login: bool = True) -> smtplib.SMTP:
         """An smtplib client (logged in by default)."""
@@ -122,10 +118,13 @@ class Relay:
         return client
 
     def stop(self, grace_s: float = 3.0) -> None:
-        """Stop both servers and the token manager, then the loop thread."""
-        if not self.stopped:
-            self.stopped = True
-            stop_on_loop(self.thread, [self.smtp_server, self.pop3_server], self.tokens, grace_s)
+        """Stop the relay (and a store the test opened), then the loop thread."""
+        if self.stopped:
+            return
+        if self.own_store is not None:
+            self.run(self.app.stop(grace_s), timeout_s=grace_s + 20)
+            self.run(self.own_store.close())
+        super().stop(grace_s)
 
 
 StartRelay = Callable[..., Relay]
@@ -140,45 +139,49 @@ def sandbox(tmp_path: Path) -> Iterator[SandboxWorld]:
 
 @pytest.fixture
 def rel_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
-    """Factory: ``rel_relay(limits=..., smtp=..., pop3=..., seed=True, expired=False, retry_attempts=1,
-    store_options={...})`` (keyword arguments of EncryptedFileStore, e.g. a slow ``fsync``)."""
+    """Factory: a RelayApp from relay.yaml: ``rel_relay(limits=..., smtp=..., pop3=..., seed=True,
+    expired=False, retry_attempts=1, store_options={...})`` (keyword arguments of
+    EncryptedFileStore, e.g. a slow ``fsync``); ``prepare_tokens(manager)`` runs before RelayApp
+    starts the TokenManager's background refresher."""
     started: list[Relay] = []
 
     def start(*, seed: bool = True, expired: bool = False, retry_attempts: int = 1,
               retry_base_delay_s: float = 0.01, authenticator: Any = None, http_timeout_s: float = 20.0,
               check_interval_s: float | None = None, store_options: dict[str, Any] | None = None,
-              **options: Any) -> Relay:
+              prepare_tokens: Callable[[TokenManager], None] | None = None, **options: Any) -> Relay:
         store_dir = tmp_path / f"relay{len(started)}"
         store_dir.mkdir(mode=0o700)
         config = build_config(sandbox, store_dir / "tokens.enc", **options)
-        key = decode_key(generate_key(), "test")
+        key_text = generate_key()
+        key = decode_key(key_text, "test")
         if seed:
             seed_store(sandbox, config.token_store.path, key, expired=expired)
-        thread = LoopThread(f"rel-relay-{len(started)}").start()
-
-        async def make() -> tuple[SmtpRelayServer, Pop3ProxyServer, TokenManager]:
-            store = EncryptedFileStore(config.token_store.path, key, **(store_options or {})).open()
-            tokens = TokenManager(config, store, retry_attempts=retry_attempts,
-                                  retry_base_delay_s=retry_base_delay_s,
-                                  http=new_http_client(http_timeout_s),
-                                  check_interval_s=check_interval_s or 30.0)
-            if check_interval_s is not None:
-                await tokens.start()
-            auth = authenticator or make_authenticator(config)
-            smtp_server = SmtpRelayServer(config, tokens, auth, hostname="relay.test")
-            pop3_server = Pop3ProxyServer(config, tokens, auth)
-            await smtp_server.start()
-            await pop3_server.start()
-            return smtp_server, pop3_server, tokens
-
-        smtp_server, pop3_server, tokens = thread.run(make())
-        relay = Relay(config, sandbox, smtp_server, pop3_server, tokens, thread, key)
+        store = None  # None: RelayApp opens the configured store, as `relay serve` does
+        if store_options:
+            store = EncryptedFileStore(config.token_store.path, key, **store_options).open()
+        tokens = tokens_with(retry_attempts=retry_attempts, retry_base_delay_s=retry_base_delay_s,
+                             http=new_http_client(http_timeout_s), check_interval_s=check_interval_s or 30.0)
+        if prepare_tokens is not None:
+            tokens = _prepared(tokens, prepare_tokens)
+        base = start_app_relay(config, store_dir, key=key_text, name=f"rel-relay-{len(started)}", store=store,
+                               tokens_factory=tokens,
+                               authenticator_factory=(lambda _c: authenticator) if authenticator else None)
+        relay = Relay(base.app, base.thread, base.config_path, sandbox=sandbox, key=key, own_store=store)
         started.append(relay)
         return relay
 
     yield start
     for relay in started:
         relay.stop()
+
+
+def _prepared(factory: TokensFactory, prepare: Callable[[TokenManager], None]) -> TokensFactory:
+    """A tokens_factory that lets the test patch the TokenManager before RelayApp starts it."""
+    def make(config: RelayConfig, store: TokenStore) -> TokenManager:
+        tokens = factory(config, store)
+        prepare(tokens)
+        return tokens
+    return make
 
 
 class Raw(LineClient):

@@ -96,19 +96,20 @@ def test_pop3_unexpected_upstream_error_is_sys_temp(rel_relay, caplog):
 def test_background_refresher_survives_an_unexpected_exception(rel_relay, sandbox):
     """Item 10: one pass of the background refresher raising something unexpected does not end
     it: the next pass refreshes the (nearly expired) token."""
-    relay = rel_relay(expired=True)
-    relay.tokens._check_interval_s = 0.05
     calls = {"n": 0}
-    original = relay.tokens._single_flight
 
-    async def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("unexpected bug in one pass")
-        return await original(*args, **kwargs)
+    def break_first_pass(tokens):  # before RelayApp starts the refresher
+        original = tokens._single_flight
 
-    relay.tokens._single_flight = flaky  # type: ignore[method-assign]
-    relay.thread.run(relay.tokens.start())
+        async def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("unexpected bug in one pass")
+            return await original(*args, **kwargs)
+
+        tokens._single_flight = flaky
+
+    rel_relay(expired=True, check_interval_s=0.05, prepare_tokens=break_first_pass)
     deadline = time.monotonic() + 10
     while sandbox.oauth.counters.get("refresh_requests", 0) < 1 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -10,6 +10,7 @@ import smtplib
 import time
 
 import pytest
+from support.app_harness import wait_settled
 
 from relay.config.model import ListenerConfig, UpstreamEndpoint
 from relay.sandbox.smtp_upstream import SandboxSmtpServer
@@ -59,7 +60,7 @@ def test_upstream_reply_at_each_stage_reaches_client_and_nothing_is_stored(rel_r
         up.clear_faults()
         assert client.sendmail("from@x.test", ["to@x.test"], MSG) == {}
     assert [m.data for m in up.wait_for_messages(1)] == [MSG]
-    time.sleep(0.1)
+    wait_settled(relay, up)
     assert len(up.messages()) == 1
 
 
@@ -182,5 +183,5 @@ def test_smtp_smuggling_is_refused_and_nothing_delivered(rel_relay, sandbox, sep
     assert raw.smtp(MSG + b".").startswith("250")
     raw.close()
     assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [MSG]
-    time.sleep(0.1)
+    wait_settled(relay, sandbox.smtp)
     assert len(sandbox.smtp.messages()) == 1

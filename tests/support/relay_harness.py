@@ -1,5 +1,10 @@
 """Building blocks shared by the relay test harnesses (SMTP, POP3, reliability, real servers).
 
+A running relay for a test comes from tests/support/app_harness.py (a RelayApp started from a
+relay.yaml); this module keeps the config parts, the seeded token sets and the raw line clients.
+``LoopRelay``/``stop_on_loop`` remain for the few tests that need a listener built by hand and
+the suites not migrated yet (IMAP world, real servers, client matrix).
+
 Only what the suites do identically lives here: assembling a RelayConfig, the sandbox credentials
 and upstream endpoints, an authorized token set as after `relay authorize`, stopping a relay that
 runs on a LoopThread, and the socket/line part of the raw clients. Each suite keeps its own

@@ -1,4 +1,4 @@
-"""Fixtures for the POP3 proxy tests: the relay on its own loop thread in front of the sandbox.
+"""Fixtures for the POP3 proxy tests: a RelayApp (tests/support/app_harness.py) in front of the sandbox.
 
 The relay uses the real TokenManager over an encrypted store seeded as after `relay authorize`,
 so token refresh and forced refresh run the production code path.
@@ -9,18 +9,16 @@ from __future__ import annotations
 import functools
 import poplib
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from support.app_harness import AppRelay, seed_accounts, start_app_relay, tokens_with, wait_until
 from support.relay_harness import (
     LineClient,
-    LoopRelay,
     authorized_token_set,
-    fresh_store,
     loopback,
     relay_config,
     sandbox_credentials,
@@ -28,12 +26,10 @@ from support.relay_harness import (
 )
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, RelayConfig, UpstreamEndpoint
-from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.pop3.server import Pop3ProxyServer
-from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
-from relay.tokens.manager import TokenManager
+from relay.tokens.store import generate_key
 
 PASSWORD = "pop3 horse battery"
 TIMEOUT_S = 30.0
@@ -79,20 +75,21 @@ def build_config(sandbox: SandboxWorld, tmp_path: Path, *, accounts: int = 1,
     )
 
 
-async def seeded_token_manager(sandbox: SandboxWorld, config: RelayConfig, *,
-                               expired: bool = False) -> TokenManager:
-    """A TokenManager over a fresh store with authorized tokens for every account (as after
-    `relay authorize`); with ``expired`` the stored access tokens are past their expiry."""
-    store = fresh_store(config.token_store.path)
-    for account in config.accounts.values():
-        await store.put(authorized_token_set(sandbox.oauth, account.name, account.mailbox,
-                                             expires_in_s=-60 if expired else 3600))
-    return TokenManager(config, store, retry_attempts=2, retry_base_delay_s=0.01)
-
-
 @dataclass
-class RunningPop3Relay(LoopRelay[Pop3ProxyServer]):
-    """A started Pop3ProxyServer with the real TokenManager, on its own loop thread."""
+class RunningPop3Relay(AppRelay):
+    """A RelayApp (POP3 listener only) started from relay.yaml, on its own loop thread."""
+
+    sandbox: SandboxWorld | None = None
+
+    @property
+    def port(self) -> int:
+        """The relay's POP3 port."""
+        return self.pop3_port
+
+    @property
+    def server(self) -> Pop3ProxyServer:
+        """The running POP3 listener."""
+        return cast(Pop3ProxyServer, self.app.listener("pop3"))
 
     def pop(self, i: int = 0, *, login: bool = True) -> poplib.POP3:
         """A poplib client connected to the relay (logged in as account ``i`` by default)."""
@@ -108,10 +105,9 @@ class RunningPop3Relay(LoopRelay[Pop3ProxyServer]):
 
     def wait_unlocked(self, i: int = 0) -> None:
         """Wait until the sandbox released account ``i``'s maildrop (the upstream session ended)."""
-        deadline = time.monotonic() + TIMEOUT_S
-        while self.sandbox.pop3.is_locked(mailbox(i)):
-            assert time.monotonic() < deadline, "upstream maildrop still locked"
-            time.sleep(0.02)
+        assert self.sandbox is not None
+        sandbox = self.sandbox
+        wait_until(lambda: not sandbox.pop3.is_locked(mailbox(i)), TIMEOUT_S, "the upstream maildrop lock")
 
 
 class RawPop3(LineClient):
@@ -147,23 +143,33 @@ class RawPop3(LineClient):
 StartPop3Relay = Callable[..., RunningPop3Relay]
 
 
+def launch_pop3_relay(sandbox: SandboxWorld, config: RelayConfig, directory: Path, *,
+                      expired: bool = False) -> RunningPop3Relay:
+    """Start a RelayApp for ``config`` from ``directory``/relay.yaml with every account authorized
+    (``expired``: the stored access tokens are past their expiry)."""
+    key = generate_key()
+    seed_accounts(config, key, {
+        account.name: authorized_token_set(sandbox.oauth, account.name, account.mailbox,
+                                           expires_in_s=-60 if expired else 3600)
+        for account in config.accounts.values()})
+    base = start_app_relay(config, directory, key=key, name="pop3-relay",
+                           tokens_factory=tokens_with(retry_attempts=2, retry_base_delay_s=0.01))
+    return RunningPop3Relay(base.app, base.thread, base.config_path, sandbox=sandbox)
+
+
 @pytest.fixture
 def pop3_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartPop3Relay]:
     """A starter: ``pop3_relay(accounts=1, limits=..., listener=..., upstream=..., expired=False)``."""
     started: list[RunningPop3Relay] = []
 
     def start(*, expired: bool = False, **options: Any) -> RunningPop3Relay:
-        config = build_config(sandbox, tmp_path, **options)
-        thread = LoopThread("pop3-relay").start()
-        tokens = thread.run(seeded_token_manager(sandbox, config, expired=expired))
-        server = Pop3ProxyServer(config, tokens, LocalAuthenticator(config))
-        thread.run(server.start())
-        relay = RunningPop3Relay(config, sandbox, server, tokens, thread)
+        directory = tmp_path / f"relay{len(started)}"
+        directory.mkdir(mode=0o700)
+        relay = launch_pop3_relay(sandbox, build_config(sandbox, directory, **options), directory,
+                                  expired=expired)
         started.append(relay)
         return relay
 
     yield start
     for relay in started:
         relay.stop()
-
-

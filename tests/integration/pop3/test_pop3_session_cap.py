@@ -9,13 +9,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from relay.localauth import LocalAuthenticator
-from relay.pop3.server import Pop3ProxyServer
-from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
 from relay.upstream_slots import loop_slots, pop3_slot_key
 
-from .conftest import PASSWORD, RunningPop3Relay, build_config, seeded_token_manager, username, with_limits
+from .conftest import PASSWORD, RunningPop3Relay, build_config, launch_pop3_relay, username, with_limits
 
 
 async def _waiting(relay: RunningPop3Relay) -> int:
@@ -28,12 +25,9 @@ def _start(sandbox: SandboxWorld, tmp_path: Path, wait_s: float) -> RunningPop3R
     config = build_config(sandbox, tmp_path, limits=with_limits(upstream_slot_wait_s=wait_s))
     account = replace(config.accounts["acct0"], max_upstream_pop3_sessions=1)
     config = replace(config, accounts={"acct0": account})
-    thread = LoopThread("pop3-cap").start()
-    tokens = thread.run(seeded_token_manager(sandbox, config))
-    server = Pop3ProxyServer(config, tokens, LocalAuthenticator(config))
-    thread.run(server.start())
-    return RunningPop3Relay(config, sandbox, server, tokens, thread)
-
+    directory = tmp_path / "relay"
+    directory.mkdir(mode=0o700)
+    return launch_pop3_relay(sandbox, config, directory)
 
 def test_second_session_waits_for_the_first(sandbox: SandboxWorld, tmp_path: Path) -> None:
     """Cap 1: the second login completes right after the first client QUITs (no IN-USE refusal)."""

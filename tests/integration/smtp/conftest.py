@@ -1,15 +1,16 @@
-"""Fixtures for the SMTP relay tests: a relay in its own loop thread in front of the sandbox."""
+"""Fixtures for the SMTP relay tests: a RelayApp (tests/support/app_harness.py) in front of the sandbox."""
 
 from __future__ import annotations
 
 import smtplib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from support.app_harness import AppRelay, seed_accounts, start_app_relay, tokens_with
 from support.relay_harness import (
     LineClient,
     LoopRelay,
@@ -24,10 +25,10 @@ from support.relay_harness import (
 from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig, PoolConfig, RelayConfig
 from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
-from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
 from relay.smtp.server import SmtpRelayServer
 from relay.tokens.manager import TokenManager
+from relay.tokens.store import generate_key
 
 PASSWORD = "correct horse"
 MAILBOX = "sales@sandbox.test"
@@ -54,8 +55,20 @@ def build_config(sandbox: SandboxWorld, tmp_path: Path, *, limits: LimitsConfig 
 
 
 @dataclass
-class RunningRelay(LoopRelay[SmtpRelayServer]):
-    """A started SmtpRelayServer with the real TokenManager, on its own loop thread."""
+class RunningRelay(AppRelay):
+    """A RelayApp (SMTP listener only) started from relay.yaml, on its own loop thread."""
+
+    sandbox: SandboxWorld | None = None
+
+    @property
+    def port(self) -> int:
+        """The relay's SMTP port."""
+        return self.smtp_port
+
+    @property
+    def server(self) -> SmtpRelayServer:
+        """The running SMTP listener (pool, active sessions)."""
+        return cast(SmtpRelayServer, self.app.listener("smtp"))
 
     def smtp(self, login: bool = True, timeout: float = 30) -> smtplib.SMTP:
         """An smtplib client connected (and logged in) to the relay."""
@@ -113,33 +126,55 @@ async def seed_tokens_async(sandbox: SandboxWorld, config: RelayConfig, *, seed:
     return TokenManager(config, store, retry_attempts=retry_attempts, retry_base_delay_s=0.01)
 
 
+def launch_relay(sandbox: SandboxWorld, config: RelayConfig, directory: Path, *, name: str = "relay-smtp",
+                 seed: Mapping[str, str] | None = None, authenticator: Any = None,
+                 retry_attempts: int = 1) -> RunningRelay:
+    """Start a RelayApp for ``config`` from ``directory``/relay.yaml; ``seed``: account -> mailbox
+    authorized before the start (as after `relay authorize`)."""
+    key = generate_key()
+    seed_accounts(config, key, {account: authorized_token_set(sandbox.oauth, account, mailbox)
+                                for account, mailbox in (seed or {}).items()})
+    base = start_app_relay(config, directory, key=key, name=name,
+                           tokens_factory=tokens_with(retry_attempts=retry_attempts, retry_base_delay_s=0.01),
+                           authenticator_factory=(lambda _c: authenticator) if authenticator else None)
+    return RunningRelay(base.app, base.thread, base.config_path, sandbox=sandbox)
+
+
 StartRelay = Callable[..., RunningRelay]
 
 
 @pytest.fixture
 def start_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartRelay]:
-    """Factory: start a relay (config changes as keyword arguments) in front of the sandbox."""
+    """Factory: start a RelayApp from relay.yaml (config changes as keyword arguments) in front of
+    the sandbox, with 'sales' authorized (``seed=False``: not authorized)."""
     started: list[RunningRelay] = []
 
     def start(*, authenticator: Any = None, seed: bool = True, retry_attempts: int = 1,
               upstream_pool: PoolConfig | None = None, **config_changes: Any) -> RunningRelay:
-        config = build_config(sandbox, tmp_path / f"relay{len(started)}", **config_changes)
+        directory = tmp_path / f"relay{len(started)}"
+        directory.mkdir(mode=0o700)
+        config = build_config(sandbox, directory, **config_changes)
         if upstream_pool is not None:
             config = replace(config, upstream_pool=upstream_pool)
-        thread = LoopThread(f"relay-smtp-{len(started)}").start()
-
-        async def make() -> tuple[SmtpRelayServer, TokenManager]:
-            tokens = await seed_tokens_async(sandbox, config, seed=seed, retry_attempts=retry_attempts)
-            server = SmtpRelayServer(config, tokens, authenticator or make_authenticator(config),
-                                     hostname="relay.test")
-            await server.start()
-            return server, tokens
-
-        server, tokens = thread.run(make())
-        relay = RunningRelay(config, sandbox, server, tokens, thread)
+        relay = launch_relay(sandbox, config, directory, name=f"relay-smtp-{len(started)}",
+                             seed={"sales": MAILBOX} if seed else None, authenticator=authenticator,
+                             retry_attempts=retry_attempts)
         started.append(relay)
         return relay
 
     yield start
     for relay in started:
         relay.stop()
+
+
+@dataclass
+class DirectSmtpRelay(LoopRelay[SmtpRelayServer]):
+    """An SmtpRelayServer built directly, without RelayApp: only for tests that plug in a part
+    RelayApp does not let a configuration choose (a custom Delivery factory)."""
+
+    def smtp(self, login: bool = True, timeout: float = 30) -> smtplib.SMTP:
+        """An smtplib client connected (and logged in) to the relay."""
+        client = smtplib.SMTP("127.0.0.1", self.port, timeout=timeout)
+        if login:
+            client.login(USERNAME, PASSWORD)
+        return client

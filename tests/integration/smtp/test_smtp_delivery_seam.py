@@ -21,7 +21,7 @@ from relay.smtp.delivery import ConnectionInfo, ContentSink, Delivery
 from relay.smtp.reply import EhloCapabilities, SmtpReply
 from relay.smtp.server import SmtpRelayServer
 
-from .conftest import RunningRelay, build_config, make_authenticator, seed_tokens_async
+from .conftest import DirectSmtpRelay, build_config, make_authenticator, seed_tokens_async
 
 QUEUED = SmtpReply.make(250, "2.0.0", "queued")
 
@@ -105,7 +105,10 @@ class StoreDelivery:
 
 @pytest.fixture
 def store_relay(sandbox, tmp_path):  # type: ignore[no-untyped-def]
-    """A relay whose accounts deliver into ``relay.box`` instead of the upstream."""
+    """A relay whose accounts deliver into ``relay.box`` instead of the upstream.
+
+    Built from SmtpRelayServer directly, not RelayApp: the point is plugging in a Delivery factory
+    that no configuration selects (the seam spool and Graph use)."""
     config = build_config(sandbox, tmp_path)
     box: list[Stored] = []
 
@@ -130,7 +133,7 @@ def store_relay(sandbox, tmp_path):  # type: ignore[no-untyped-def]
         return server, tokens
 
     server, tokens = thread.run(make())
-    relay = RunningRelay(config, sandbox, server, tokens, thread)
+    relay = DirectSmtpRelay(config, sandbox, server, tokens, thread)
     relay.box = box  # type: ignore[attr-defined]
     yield relay
     relay.stop()

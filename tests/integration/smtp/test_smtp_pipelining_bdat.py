@@ -6,10 +6,10 @@ recipient, and nothing delivered for a message we or the upstream refused."""
 from __future__ import annotations
 
 import smtplib
-import time
 from dataclasses import replace
 
 import pytest
+from support.app_harness import wait_settled, wait_until
 from support.relay_harness import sandbox_smtp_upstream
 
 from relay.config.model import LimitsConfig, PoolConfig
@@ -156,7 +156,7 @@ def test_refused_content_after_part_went_upstream_is_never_delivered(start_relay
     assert raw.cmd(stuffed(MSG) + b".").startswith("250")
     raw.close()
     assert [m.data for m in sandbox.smtp.wait_for_messages(1)] == [MSG]
-    time.sleep(0.1)
+    wait_settled(relay, sandbox.smtp)
     assert len(sandbox.smtp.messages()) == 1
     first = sandbox.smtp.transcripts()[0].verbs()
     assert "DATA" in first and "." not in first and "BDAT" not in first
@@ -217,7 +217,7 @@ def test_kept_session_that_died_while_idle_is_replaced_at_the_first_rcpt(start_r
     with relay.smtp() as client:
         assert client.sendmail("app@example.com", ["a@example.com"], b"one\r\n") == {}
         assert sandbox.smtp.drop_connections() == 1
-        time.sleep(0.1)
+        wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0, what="the sandbox to drop it")
         assert client.sendmail("app@example.com", ["a@example.com"], b"two\r\n") == {}
     assert [m.data for m in sandbox.smtp.wait_for_messages(2)] == [b"one\r\n", b"two\r\n"]
     assert sandbox.smtp.counters["connections"] == 2
@@ -230,7 +230,7 @@ def test_fresh_session_failing_at_the_first_rcpt_is_4xx_without_retry(start_rela
     with relay.smtp() as client:
         assert client.mail("app@example.com")[0] == 250
         sandbox.smtp.drop_connections()
-        time.sleep(0.1)
+        wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0, what="the sandbox to drop it")
         assert client.rcpt("a@example.com")[0] == 451
         assert client.rcpt("b@example.com")[0] == 451
     assert sandbox.smtp.messages() == []

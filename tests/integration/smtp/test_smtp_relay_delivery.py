@@ -9,8 +9,6 @@ import smtplib
 import aiosmtplib
 import pytest
 
-from relay.smtp.server import SmtpRelayServer
-
 from .conftest import MAILBOX, PASSWORD, USERNAME
 
 
@@ -193,15 +191,23 @@ def test_message_over_limit_while_receiving_is_refused_and_not_delivered(start_r
 
 async def test_100_concurrent_sessions_of_10_messages_each_delivered_exactly_once(sandbox, tmp_path):
     """1000 messages over 100 parallel sessions all arrive upstream exactly once."""
-    from .conftest import build_config, make_authenticator, seed_tokens_async
+    from support.app_harness import app_from_yaml, seed_accounts
+    from support.relay_harness import authorized_token_set
+
+    from relay.tokens.store import generate_key
+
+    from .conftest import build_config
 
     config = build_config(sandbox, tmp_path)
-    tokens = await seed_tokens_async(sandbox, config)
-    server = SmtpRelayServer(config, tokens, make_authenticator(config), hostname="relay.test")
-    await server.start()
+    key = generate_key()
+    await asyncio.to_thread(seed_accounts, config, key,
+                            {"sales": authorized_token_set(sandbox.oauth, "sales", MAILBOX)})
+    app = app_from_yaml(config, tmp_path, key=key)  # in this test's loop: aiosmtplib clients share it
+    await app.start()
+    port = app.smtp_port
 
     async def session(n: int) -> None:
-        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, timeout=60) as client:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60) as client:
             await client.login(USERNAME, PASSWORD)
             for i in range(10):
                 await client.sendmail("app@example.com", [f"r{n}@example.com"],
@@ -210,8 +216,7 @@ async def test_100_concurrent_sessions_of_10_messages_each_delivered_exactly_onc
     try:
         await asyncio.gather(*(session(n) for n in range(100)))
     finally:
-        await server.stop(5)
-        await tokens.close()
+        await app.stop(5)
     msgs = await asyncio.to_thread(sandbox.smtp.wait_for_messages, 1000, 30)
     subjects = sorted(m.data.split(b"\r\n")[0] for m in msgs)
     assert len(msgs) == 1000
@@ -224,12 +229,9 @@ def trusted_and_ops(sandbox, tmp_path):  # type: ignore[no-untyped-def]
     """A relay where 127.0.0.0/8 is trusted as 'sales' and 'ops' (ops-app / "ops pass") logs in."""
     from dataclasses import replace as dc_replace
 
-    from support.relay_harness import authorized_token_set
-
     from relay.passwords import hash_password
-    from relay.sandbox.loop import LoopThread
 
-    from .conftest import RunningRelay, build_config, make_authenticator, seed_tokens_async
+    from .conftest import build_config, launch_relay
 
     config = build_config(sandbox, tmp_path, allow_without_auth_from=(
         ipaddress.ip_network("127.0.0.0/8"),))
@@ -237,17 +239,8 @@ def trusted_and_ops(sandbox, tmp_path):  # type: ignore[no-untyped-def]
     ops = dc_replace(sales, name="ops", username="ops-app", mailbox="ops@sandbox.test",
                      password_hash=hash_password("ops pass", log2_n=10), allow_without_auth_from=())
     config = dc_replace(config, accounts={"sales": sales, "ops": ops})
-    thread = LoopThread("relay-smtp-trusted-and-ops").start()
-
-    async def make():  # type: ignore[no-untyped-def]
-        tokens = await seed_tokens_async(sandbox, config)
-        await tokens.store.put(authorized_token_set(sandbox.oauth, "ops", ops.mailbox))
-        server = SmtpRelayServer(config, tokens, make_authenticator(config), hostname="relay.test")
-        await server.start()
-        return server, tokens
-
-    server, tokens = thread.run(make())
-    relay = RunningRelay(config, sandbox, server, tokens, thread)
+    relay = launch_relay(sandbox, config, tmp_path, name="relay-smtp-trusted-and-ops",
+                         seed={"sales": MAILBOX, "ops": ops.mailbox})
     yield relay
     relay.stop()
 
