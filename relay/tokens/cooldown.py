@@ -3,13 +3,16 @@
 When the upstream refuses even a token the relay just obtained by a forced refresh, the cause is
 not the token (SMTP AUTH disabled for the mailbox, POP access off, a permission missing): every
 further refresh would be refused too, and each session forcing one would hammer the provider's
-token endpoint (Microsoft throttles the client ID then, for every account). So the next forced
-refresh that reports this fresh token as refused starts a cool-down instead: forced refreshes
-of the account fail at once (the session answers 454 / -ERR) without a token request until it
-ends. Each cool-down that follows within MAX_COOLDOWN_S of the last doubles, up to that maximum.
+token endpoint (Microsoft throttles the client ID then, for every account). So when the login
+retried with that fresh token is refused (`relay.upstream.login.login_with_refresh` reports it
+through `refused`), a cool-down starts: forced refreshes of the account fail at once (the session
+answers 454 / -ERR) without a token request until it ends. Each cool-down that follows within
+MAX_COOLDOWN_S of the last doubles, up to that maximum.
 
-A token only counts as fresh for FRESH_WINDOW_S after it was issued, so a token that worked for
-a while and is then revoked gets its normal single refresh.
+Only that direct observation starts a cool-down. A later forced refresh naming the last issued
+token does not: the token may have worked and then been revoked (a provider with strict
+rotation, a sign-in elsewhere), and it gets its normal single refresh. A token only counts as
+fresh for FRESH_WINDOW_S after it was issued.
 """
 
 from __future__ import annotations
@@ -46,25 +49,31 @@ def _digest(token: Secret) -> bytes:
 
 
 class RefusedTokenCooldown:
-    """Per-account cool-down state; `check` before a forced refresh, `issued` after one."""
+    """Per-account cool-down state: `check` before a forced refresh, `issued` after one, `refused`
+    when the upstream refused the token it issued."""
 
     def __init__(self, base_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.base_s = base_s
         self._clock = clock
         self._accounts: dict[str, _AccountState] = {}
 
-    def check(self, account: str, rejected: Secret | None) -> None:
-        """Raise UpstreamAuthCoolingDown while the account cools down, or when ``rejected`` is the
-        token its last forced refresh issued (which starts the next cool-down)."""
+    def check(self, account: str) -> None:
+        """Raise UpstreamAuthCoolingDown while the account cools down."""
         state = self._accounts.get(account)
         if state is None:
             return
         now = self._clock()
         if now < state.until:
             raise self._error(account, state.until - now)
-        fresh = (rejected is not None and state.fresh == _digest(rejected)
-                 and now - state.issued_at < FRESH_WINDOW_S)
-        if not fresh:
+
+    def refused(self, account: str, token: Secret) -> None:
+        """The upstream refused ``token``: when it is the one the last forced refresh issued (and
+        still fresh), start the next cool-down."""
+        state = self._accounts.get(account)
+        if state is None or state.fresh is None:
+            return
+        now = self._clock()
+        if state.fresh != _digest(token) or now - state.issued_at >= FRESH_WINDOW_S:
             return
         quiet = now - state.until >= MAX_COOLDOWN_S
         state.level = 0 if quiet else state.level + 1
@@ -74,7 +83,6 @@ class RefusedTokenCooldown:
                     "new token would be refused too (SMTP AUTH / POP access disabled for the mailbox, "
                     "or the app lacks the permission?); sessions get a temporary error and no token "
                     "is requested for %.0f s", account, now - state.issued_at, delay)
-        raise self._error(account, delay)
 
     def issued(self, account: str, token: Secret) -> None:
         """Remember the token a forced refresh handed out after the upstream refused another."""

@@ -124,12 +124,17 @@ class TokenManager:
         acc = self._account(account)
         if resource is not None:
             return await self._resources.token(self, acc, resource, force=True, rejected=rejected)
-        self._cooldown.check(acc.name, rejected)  # the upstream refuses even fresh tokens: no request
+        self._cooldown.check(acc.name)  # the upstream refused even a fresh token: no request
         token = (await self._single_flight(acc, force=True, margin_s=self._margin_s(),
                                            rejected=rejected)).access_token
         if rejected is not None:  # issued because the upstream refused a token: watch this one
             self._cooldown.issued(acc.name, token)
         return token
+
+    def refreshed_token_refused(self, account: str, token: Secret) -> None:
+        """The upstream refused ``token``, which `force_refresh` just handed out: when it is still
+        fresh, the account cools down (relay.tokens.cooldown)."""
+        self._cooldown.refused(account, token)
 
     # --- lifecycle -----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from relay.secret import Secret
 
@@ -29,4 +29,14 @@ class TokenSource(Protocol):
     async def force_refresh(self, account: str, rejected: Secret | None = None,
                             resource: str | None = None) -> Secret:
         """Refresh now, because the upstream rejected ``rejected``, a token that looked valid."""
+        ...
+
+
+@runtime_checkable
+class RefusalAware(Protocol):
+    """A TokenSource that wants to know when the upstream refused a token `force_refresh` had
+    just handed out (relay.tokens.manager.TokenManager: the refused-token cool-down)."""
+
+    def refreshed_token_refused(self, account: str, token: Secret) -> None:
+        """The upstream refused ``token`` right after a forced refresh issued it."""
         ...

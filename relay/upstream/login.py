@@ -4,7 +4,9 @@ A token can look valid (not expired) and still be refused: revoked, replaced by 
 elsewhere, or its scopes changed. The upstream's refusal is then the only signal, so the relay
 forces a refresh naming the rejected token (the token manager refreshes only if that token is
 still the current one: concurrent sessions do not refresh twice) and tries once more. A second
-refusal is final and goes to the operator with the upstream's reply.
+refusal is final and goes to the operator with the upstream's reply; the token source hears of
+it (`RefusalAware`), so an upstream that refuses even fresh tokens gets no more token requests
+for a while (relay.tokens.cooldown).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TypeVar
 
 from relay.errors import UpstreamAuthRejected
 from relay.secret import Secret
-from relay.tokens.source import TokenSource
+from relay.tokens.source import RefusalAware, TokenSource
 
 log = logging.getLogger("relay.upstream")
 
@@ -46,4 +48,9 @@ async def login_with_refresh(
         log.debug("account %s: upstream refused the token (%s); forcing a refresh", account,
                   first.reply or first)
     token = await tokens.force_refresh(account, rejected=token)
-    return await login(token), token
+    try:
+        return await login(token), token
+    except UpstreamAuthRejected as second:
+        if token_refused(second) and isinstance(tokens, RefusalAware):
+            tokens.refreshed_token_refused(account, token)
+        raise

@@ -27,19 +27,37 @@ def test_refused_fresh_token_starts_a_doubling_cooldown() -> None:
     """The fresh token refused: cool-down of the base; refused again right after: twice as long."""
     clock = Clock()
     cool = RefusedTokenCooldown(10.0, clock=clock)
-    cool.check("a", Secret("old"))  # an ordinary refused token: a refresh is allowed
+    cool.refused("a", Secret("old"))  # a token no forced refresh issued: no cool-down
+    cool.check("a")
     cool.issued("a", Secret("fresh1"))
-    with pytest.raises(UpstreamAuthCoolingDown):
-        cool.check("a", Secret("fresh1"))
+    cool.check("a")  # issued, not yet refused: refreshes are allowed
+    cool.refused("a", Secret("fresh1"))
+    with pytest.raises(UpstreamAuthCoolingDown, match="10 s"):
+        cool.check("a")
     clock.now += 9
     with pytest.raises(UpstreamAuthCoolingDown):
-        cool.check("a", Secret("anything"))
+        cool.check("a")
     clock.now += 1.5
-    cool.check("a", Secret("fresh1"))  # over: one more refresh is allowed
+    cool.check("a")  # over: one more refresh is allowed
     cool.issued("a", Secret("fresh2"))
+    cool.refused("a", Secret("fresh2"))
     with pytest.raises(UpstreamAuthCoolingDown, match="20 s"):
-        cool.check("a", Secret("fresh2"))
-    cool.check("b", Secret("fresh2"))  # other accounts are not affected
+        cool.check("a")
+    cool.check("b")  # other accounts are not affected
+
+
+def test_a_later_refresh_naming_the_issued_token_is_no_refusal() -> None:
+    """A token that was issued and later refused by another session (it worked, then the provider
+    revoked it, e.g. strict rotation across replicas) does not cool down: only a `refused` report
+    does; and a refusal of an older token after a newer one was issued does not either."""
+    clock = Clock()
+    cool = RefusedTokenCooldown(10.0, clock=clock)
+    for n in range(50):
+        cool.issued("a", Secret(f"t{n}"))
+        clock.now += 1
+        cool.check("a")
+    cool.refused("a", Secret("t48"))
+    cool.check("a")
 
 
 def test_old_fresh_token_and_long_quiet_reset() -> None:
@@ -49,12 +67,15 @@ def test_old_fresh_token_and_long_quiet_reset() -> None:
     cool = RefusedTokenCooldown(10.0, clock=clock)
     cool.issued("a", Secret("t"))
     clock.now += FRESH_WINDOW_S + 1
-    cool.check("a", Secret("t"))  # no cool-down
+    cool.refused("a", Secret("t"))
+    cool.check("a")  # no cool-down
     cool.issued("a", Secret("t2"))
+    cool.refused("a", Secret("t2"))
     with pytest.raises(UpstreamAuthCoolingDown):
-        cool.check("a", Secret("t2"))
+        cool.check("a")
     clock.now += 10 + MAX_COOLDOWN_S
-    cool.check("a", None)
+    cool.check("a")
     cool.issued("a", Secret("t3"))
+    cool.refused("a", Secret("t3"))
     with pytest.raises(UpstreamAuthCoolingDown, match="10 s"):
-        cool.check("a", Secret("t3"))
+        cool.check("a")
