@@ -61,8 +61,8 @@ class Wrapped(RelayProcess):
     """A relay started from ``root`` (this tree or an old checkout), optionally under callgrind."""
 
     def __init__(self, up: UpstreamProcess, workdir: Path, name: str, root: Path,
-                 prefix: list[str]) -> None:
-        super().__init__(up, workdir, name)
+                 prefix: list[str], extra: dict[str, object] | None = None) -> None:
+        super().__init__(up, workdir, name, extra=extra)
         self.root, self.prefix = root, prefix
         if root != REPO_ROOT and not (root / "relay" / "imap").exists():  # before IMAP existed
             config = yaml.safe_load(self.config_path.read_text())
@@ -204,8 +204,11 @@ async def run(args: argparse.Namespace) -> list[Measured]:
                 ep = WrappedProxy(up, run_dir, name)
                 proc, target = ep, emailproxy_target_of(ep)
             else:
-                root = REPO_ROOT if name == "relay" else Path(args.old_root)
-                relay = Wrapped(up, run_dir, name, root, prefix)
+                root = Path(args.old_root) if name == "old" else REPO_ROOT
+                # relay-admin: this tree with the admin listener on (metrics collected, issue 15)
+                admin = {"admin": {"host": "127.0.0.1", "port": child.free_port()}}
+                extra = admin if name == "relay-admin" else None
+                relay = Wrapped(up, run_dir, name, root, prefix, extra)
                 proc, target = relay, relay_target(relay, name)
             proc.start()
             try:
@@ -223,7 +226,8 @@ async def run(args: argparse.Namespace) -> list[Measured]:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__)
-    parser.add_argument("targets", nargs="*", default=["relay"], help="relay, old, emailproxy (in order)")
+    parser.add_argument("targets", nargs="*", default=["relay"],
+                        help="relay, relay-admin, old, emailproxy (in order)")
     parser.add_argument("--protocol", choices=("smtp", "pop3"), default="smtp")
     parser.add_argument("--size", type=int, default=1024, help="message size in bytes (default 1024)")
     parser.add_argument("--messages", type=int, default=2000, help="measured messages (default 2000)")

@@ -10,6 +10,9 @@
 - With ``admin:`` the admin HTTP listener (relay.admin) serves /metrics, /healthz, /readyz and
   /status; with ``alerts:`` the alert monitor (relay.alerts) watches the accounts. Under systemd
   (``NOTIFY_SOCKET``) READY/RELOADING/STOPPING/WATCHDOG are sent (relay.sdnotify).
+
+The reload lives in relay.app_reload (a mixin), the generation record and start-up logging in
+relay.app_wiring.
 """
 
 from __future__ import annotations
@@ -21,18 +24,17 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relay import sdnotify
-from relay.config.model import ListenerConfig, RelayConfig, UpstreamEndpoint
-from relay.errors import RelayError
+from relay.app_reload import ConfigLoader, ConfigReload
+from relay.app_wiring import Generation, graph_service, log_accounts, log_listener, start_with_retries
+from relay.config.model import ListenerConfig, RelayConfig
 from relay.listening import fit_fd_limit
 from relay.memory_release import release_when_idle
 from relay.metrics import RelayMetrics
 from relay.tokens.interface import TokenStore
-from relay.tokens.manager import AccountTokenStatus, TokenManager
+from relay.tokens.manager import TokenManager
 from relay.tokens.store import load_key, open_store_async
 
 if TYPE_CHECKING:
@@ -43,36 +45,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay.app")
 
-ConfigLoader = Callable[[Path], RelayConfig]
 TokensFactory = Callable[[RelayConfig, TokenStore], TokenManager]
 """Builds a generation's TokenManager (tests: retry timing, clocks); default: from the config."""
 AuthenticatorFactory = Callable[[RelayConfig], "LocalAuthenticator"]
 """Builds a generation's local authenticator (tests: wrappers); default: from the config."""
-BIND_RETRIES = 20
-BIND_RETRY_DELAY_S = 0.05
 RELOAD_TIMEOUT_S = 30.0  # reading + validating the YAML; it takes milliseconds normally
 
 
-@dataclass
-class _Generation:
-    """One configuration's running parts; a reload replaces the whole generation."""
-
-    config: RelayConfig
-    tokens: TokenManager
-    servers: dict[str, object] = field(default_factory=dict)  # "smtp"/"pop3"/"imap" -> server
-    graph: Any = None  # relay.graph.client.GraphService when an account uses Graph
-
-
-def _graph_service(config: RelayConfig, tokens: TokenManager) -> Any:
-    """The shared Graph service when an account sends or reads through Graph, else None."""
-    if not any("graph" in (a.send_via, a.read_via) for a in config.accounts.values()):
-        return None
-    from relay.graph.client import GraphService  # noqa: PLC0415 - only relays that use Graph
-
-    return GraphService(tokens)
-
-
-class RelayApp:
+class RelayApp(ConfigReload):
     """The running relay: ``await app.start()`` then ``await app.stop()``, or ``await app.run()``."""
 
     def __init__(self, config: RelayConfig, *, store: TokenStore | None = None,
@@ -87,8 +67,8 @@ class RelayApp:
         self._loader = loader
         self._reload_timeout_s = reload_timeout_s
         self.exit_code = 0  # 1 when the relay stopped because it could not listen any more
-        self._current: _Generation | None = None
-        self._stopping: _Generation | None = None
+        self._current: Generation | None = None
+        self._stopping: Generation | None = None
         self._draining: set[asyncio.Future[Any]] = set()  # reloads, drains, forced stops
         self._stop_requested = asyncio.Event()
         self._signals = 0
@@ -198,7 +178,7 @@ class RelayApp:
             monitor.start()
             self._alerts = monitor
 
-    async def _start_generation(self, config: RelayConfig, *, bind_retries: int = 1) -> _Generation:
+    async def _start_generation(self, config: RelayConfig, *, bind_retries: int = 1) -> Generation:
         from relay.imap.server import ImapProxyServer  # noqa: PLC0415 - keeps `relay --help` fast
         from relay.localauth import LocalAuthenticator  # noqa: PLC0415
         from relay.pop3.server import Pop3ProxyServer  # noqa: PLC0415
@@ -214,11 +194,11 @@ class RelayApp:
         if self.metrics is not None:
             self.metrics.add_accounts(config.accounts)
             tokens.observer = self.metrics
-        gen = _Generation(config, tokens)
+        gen = Generation(config, tokens)
         authenticator = (self._authenticator_factory(config) if self._authenticator_factory is not None
                          else LocalAuthenticator(config))
         try:
-            gen.graph = _graph_service(config, tokens)
+            gen.graph = graph_service(config, tokens)
             if config.listen.smtp.enabled:
                 gen.servers["smtp"] = SmtpRelayServer(config, tokens, authenticator, observer=self.metrics,
                                                       deliveries=await self._deliveries(gen, tokens))
@@ -234,8 +214,8 @@ class RelayApp:
             if config.listen.imap.enabled:
                 gen.servers["imap"] = ImapProxyServer(config, tokens, authenticator, observer=self.metrics)
             for name, server in gen.servers.items():
-                await _start_with_retries(server, bind_retries)
-                _log_listener(name, getattr(config.listen, name), server.port)  # type: ignore[attr-defined]
+                await start_with_retries(server, bind_retries)
+                log_listener(name, getattr(config.listen, name), server.port)  # type: ignore[attr-defined]
             await tokens.start()
         except BaseException:
             await self._stop_generation(gen, 0)
@@ -243,10 +223,10 @@ class RelayApp:
         if not gen.servers:
             log.warning("all listeners are disabled (listen.smtp, listen.pop3, listen.imap): "
                         "the relay accepts nothing")
-        await _log_accounts(config, tokens)
+        await log_accounts(config, tokens)
         return gen
 
-    async def _deliveries(self, gen: _Generation, tokens: TokenManager) -> DeliveryFactory:
+    async def _deliveries(self, gen: Generation, tokens: TokenManager) -> DeliveryFactory:
         """What each account's SMTP transactions go to: live forwarding, wrapped by Graph for
         ``send_via: graph`` accounts, wrapped by the spool for ``delivery: spool`` accounts."""
         from relay.metrics import NULL_OBSERVER  # noqa: PLC0415 - keeps `relay --help` fast
@@ -307,7 +287,7 @@ class RelayApp:
             await self._store.close()
             self._store = None
 
-    async def _stop_generation(self, gen: _Generation, grace_s: float) -> None:
+    async def _stop_generation(self, gen: Generation, grace_s: float) -> None:
         results = await asyncio.gather(*(s.stop(grace_s) for s in gen.servers.values()),  # type: ignore[attr-defined]
                                        return_exceptions=True)
         for name, result in zip(gen.servers, results, strict=True):
@@ -375,155 +355,3 @@ class RelayApp:
             task = asyncio.ensure_future(server.stop(0))  # type: ignore[attr-defined]
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
-
-    # --- reload ---------------------------------------------------------------------------------
-
-    def _on_reload_signal(self, signum: int) -> None:
-        sdnotify.notify(sdnotify.reloading())
-        task = asyncio.ensure_future(self._reload_and_notify())
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
-        task.add_done_callback(_log_reload_crash)
-
-    async def _reload_and_notify(self) -> None:
-        await self.reload()
-        if self._current is not None:
-            sdnotify.notify(sdnotify.ready(self._status_line()))
-
-    async def reload(self) -> bool:
-        """Re-read the configuration file; swap in new listeners when it is valid. True on success.
-
-        Any failure keeps the relay listening with the running configuration and is logged at
-        ERROR naming what to fix.
-        """
-        async with self._reload_lock:
-            path = self.config.source_path
-            if self._loader is None or path is None or self._current is None:
-                log.warning("SIGHUP: this relay was not started from a configuration file; nothing to reload")
-                return False
-            new_config = await self._load_in_thread(path)
-            if new_config is None:
-                return False
-            if self.spool is not None and new_config.spool_directory() != self.spool.directory:
-                log.error("SIGHUP: spool.directory changed; restart the relay to move the spool "
-                          "(keeping the running configuration)")
-                return False
-            if new_config.token_store != self.config.token_store:
-                log.error("SIGHUP: token_store changed; restart the relay to use another store "
-                          "(keeping the running configuration)")
-                return False
-            old = self._current
-            if not await self._switch_to(new_config):
-                return False
-            if new_config.admin != self.config.admin or new_config.alerts != self.config.alerts:
-                log.warning("SIGHUP: the admin and alerts sections changed; restart the relay to apply them")
-            self.config = new_config
-            log.info("SIGHUP: configuration reloaded from %s; %d session(s) finish on the old one",
-                     path, sum(getattr(s, "active_sessions", 0) for s in old.servers.values()))
-            return True
-
-    async def _load_in_thread(self, path: Path) -> RelayConfig | None:
-        """The new configuration, read off the event loop within the reload deadline; None on failure."""
-        assert self._loader is not None
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(self._loader, path), self._reload_timeout_s)
-        except TimeoutError:
-            log.error("SIGHUP: reading %s took more than %.0f s (a file that never ends, a FIFO, a hung "
-                      "network file system?); keeping the running configuration", path,
-                      self._reload_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - a reload must never take the running relay down
-            log.error("SIGHUP: %s is invalid, keeping the running configuration:\n%s", path, exc)
-        return None
-
-    async def _switch_to(self, new_config: RelayConfig) -> bool:
-        """Close the old listening sockets, start the new generation; on failure restore the old."""
-        old = self._current
-        assert old is not None
-        # Close the old listening sockets (sessions continue) so the new ones can bind the ports.
-        drain = asyncio.ensure_future(self._stop_generation(old, old.config.limits.shutdown_grace_s))
-        self._draining.add(drain)
-        drain.add_done_callback(self._draining.discard)
-        await asyncio.sleep(0)
-        try:
-            self._current = await self._start_generation(new_config, bind_retries=BIND_RETRIES)
-            return True
-        except Exception as exc:  # noqa: BLE001 - whatever broke, the old listeners come back
-            log.error("SIGHUP: cannot start with the new configuration (%s: %s); restoring the "
-                      "running configuration's listeners", type(exc).__name__, exc)
-        try:
-            self._current = await self._start_generation(old.config, bind_retries=BIND_RETRIES)
-        except Exception as exc:  # noqa: BLE001
-            log.critical("SIGHUP: the previous listeners cannot be restored either (%s: %s); the relay "
-                         "has no listeners and stops now (exit 1) so its supervisor restarts it",
-                         type(exc).__name__, exc)
-            self._current = None
-            self.exit_code = 1
-            self._stop_requested.set()
-            return False
-        log.error("SIGHUP: the relay keeps running with the previous configuration; fix %s and send "
-                  "SIGHUP again", new_config.source_path or "the configuration")
-        return False
-
-
-def _log_reload_crash(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("SIGHUP: reload failed unexpectedly", exc_info=task.exception())
-
-
-async def _start_with_retries(server: object, attempts: int) -> None:
-    """Start a listener, retrying a port still held by the listener it replaces."""
-    for attempt in range(attempts):
-        try:
-            await server.start()  # type: ignore[attr-defined]
-            return
-        except OSError:
-            if attempt + 1 >= attempts:
-                raise
-            await asyncio.sleep(BIND_RETRY_DELAY_S)
-
-
-def _log_listener(name: str, listener: ListenerConfig, port: int) -> None:
-    # Mirrors LocalAuthenticator.plaintext_auth_allowed: TLS, a loopback-bound listener, or a listed network.
-    from relay.localauth import is_loopback  # noqa: PLC0415 - keeps `relay --help` fast
-
-    nets = ", ".join(str(n) for n in listener.allow_plaintext_auth_from)
-    if is_loopback(listener.host):
-        plain = "any client (bound to loopback)"
-    else:
-        plain = f"clients in {nets}" if nets else "nobody (set allow_plaintext_auth_from or use TLS)"
-    log.info("listener %s on %s:%d (tls: %s; AUTH without TLS allowed for %s)",
-             name, listener.host, port, listener.tls, plain)
-
-
-def _endpoint(endpoint: UpstreamEndpoint | None) -> str:
-    if endpoint is None:
-        return "off"
-    return f"{endpoint.host}:{endpoint.port} ({endpoint.tls})"
-
-
-def describe_token(status: AccountTokenStatus | None) -> str:
-    """A short token-state phrase for logs and tables (never a token)."""
-    if status is None:
-        return "unknown"
-    if status.state == "valid" and status.valid_until is not None:
-        return f"valid until {status.valid_until.isoformat(timespec='seconds')}"
-    if status.state in ("not authorized", "needs authorize"):
-        return f"{status.state}: run `relay authorize {status.account}`"
-    return status.state
-
-
-async def _log_accounts(config: RelayConfig, tokens: TokenManager) -> None:
-    try:
-        statuses = {s.account: s for s in await tokens.status()}
-    except RelayError as exc:
-        log.error("cannot read the token status: %s", exc)
-        statuses = {}
-    for account in config.accounts.values():
-        status = statuses.get(account.name)
-        level = logging.WARNING if status and status.state in ("not authorized", "needs authorize") \
-            else logging.INFO
-        log.log(level, "account %s: login %s -> %s via %s; smtp %s; pop3 %s; imap %s; token %s",
-                account.name, account.username, account.mailbox, account.credentials,
-                _endpoint(account.smtp), _endpoint(account.pop3), _endpoint(account.imap),
-                describe_token(status))
-    # verify_tls: false is warned about by each listener for its own endpoints, once, at start.

@@ -35,8 +35,9 @@ from relay.providers.base import OAuthProvider, TokenResponse
 from relay.providers.registry import load_provider_class
 from relay.secret import Secret
 from relay.tokens.cooldown import RefusedTokenCooldown
-from relay.tokens.interface import Lease, LocalLease, TokenStore, VersionConflict
+from relay.tokens.interface import Lease, LocalLease, TokenStore
 from relay.tokens.model import TokenSet, expiry_from
+from relay.tokens.refresher import TokenRefresher
 from relay.tokens.resources import ResourceTokens
 from relay.tokens.status import ON_DEMAND_FLOWS, AccountTokenStatus, account_status, newer, still_older
 
@@ -69,7 +70,7 @@ def new_http_client(timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> httpx.AsyncCli
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
 
 
-class TokenManager:
+class TokenManager(TokenRefresher):
     """Implements relay.tokens.source.TokenSource over a TokenStore and the configured providers."""
 
     observer: RelayObserver = NULL_OBSERVER  # relay.metrics: token refresh outcomes
@@ -153,58 +154,6 @@ class TokenManager:
         if self._owns_http and self._http is not None:
             await self._http.aclose()
             self._http = None
-
-    async def refresh_due(self) -> list[str]:
-        """One pass of the background refresher: refresh accounts within twice the margin of expiry.
-
-        Returns the accounts refreshed. Failures are logged, never raised.
-        """
-        refreshed: list[str] = []
-        for name in sorted(self._unsaved):
-            try:
-                _, version = await self._versioned(name, fresh=True)
-                if name not in self._unsaved:
-                    continue  # newer tokens were stored meanwhile
-                await self.store.compare_and_set(self._memory[name], self._unsaved[name] or version or 0)
-            except VersionConflict as exc:
-                log.warning("account '%s': %s", name, exc)
-                self._memory.pop(name, None)
-                self._unsaved.pop(name, None)
-                continue
-            except TokenStoreError as exc:
-                log.error("account '%s': tokens still cannot be saved: %s", name, exc)
-                continue
-            self._unsaved.pop(name, None)
-            self._errors.pop(name, None)
-            log.info("account '%s': tokens kept in memory are saved now", name)
-        ahead_s = 2 * self._margin_s() + self._check_interval_s
-        keepalive_s = self.config.limits.token_keepalive_days * 86400
-        for acc in self.config.accounts.values():
-            try:
-                current = await self._current(acc.name)
-            except TokenRefreshFailed:
-                continue
-            if current is None or current.needs_authorization:
-                continue
-            if current.refresh_token is None and self._flow(acc) not in ON_DEMAND_FLOWS:
-                continue
-            idle_s = (self._clock() - current.obtained_at).total_seconds()
-            keepalive = current.refresh_token is not None and idle_s >= keepalive_s
-            if current.remaining_s(self._clock()) > ahead_s and not keepalive:
-                continue
-            try:
-                if keepalive:
-                    log.info("account '%s': keep-alive refresh (last refresh %.1f days ago; "
-                             "limits.token_keepalive_days: %g)", acc.name, idle_s / 86400,
-                             self.config.limits.token_keepalive_days,
-                             extra={"account": acc.name, "outcome": "keepalive"})
-                await self._single_flight(acc, force=keepalive, margin_s=ahead_s)
-                refreshed.append(acc.name)
-            except (OAuthError, TokenStoreError) as exc:
-                log.debug("background refresh for account '%s' failed: %s", acc.name, exc)
-            except Exception:  # a bug must not end the refresher: the next pass tries again
-                log.exception("background refresh for account '%s' failed unexpectedly", acc.name)
-        return refreshed
 
     async def status(self) -> list[AccountTokenStatus]:
         """Return the token status of every configured account."""
@@ -406,34 +355,6 @@ class TokenManager:
         self.observer.token_refreshed(name, "ok")
         return await self._save(name, fresh, version)
 
-    async def _save(self, name: str, fresh: TokenSet, version: int | None) -> TokenSet:
-        """Persist (compare-and-set) fresh tokens; keep them in memory if the write fails."""
-        # Kept in memory before saving: the provider may have rotated (and so revoked) the old refresh
-        # token, so dropping the new one on a failed write would leave the account needing authorize.
-        self._memory[name] = fresh
-        try:
-            if version is None:
-                raise TokenStoreError("the token store could not be read before the refresh")
-            await self.store.compare_and_set(fresh, version)
-        except VersionConflict as exc:
-            log.warning("account '%s': %s", name, exc)  # fencing: a newer writer wins in the store
-            self._memory.pop(name, None)
-            return fresh
-        except TokenStoreError as exc:
-            log.error("account '%s': new tokens could not be saved, the old stored tokens are kept; using "
-                      "them from memory and saving again at the next refresh check (a restart before "
-                      "then may need `relay authorize %s`): %s", name, name, exc)
-            self._errors[name] = str(exc)
-            if name not in self._unsaved or version is not None:
-                self._unsaved.setdefault(name, version)
-            return fresh
-        self._unsaved.pop(name, None)
-        self._errors.pop(name, None)
-        self._reported.pop(name, None)
-        log.info("account '%s': token refreshed, valid until %s", name, fresh.expires_at.isoformat(),
-                 extra={"account": name, "outcome": "refreshed"})
-        return fresh
-
     def _token_set(self, acc: AccountConfig, response: TokenResponse, current: TokenSet | None) -> TokenSet:
         now = self._clock()
         refresh = response.refresh_token or (current.refresh_token if current else None)
@@ -474,12 +395,3 @@ class TokenManager:
         if self._reported.get(name) != message:
             self._reported[name] = message
             log.error("%s", message, extra={"account": name, "outcome": "token_error"})
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            try:
-                await self.refresh_due()
-            except Exception:  # e.g. the store failing in an unforeseen way: try again next pass
-                log.exception("background token refresh pass failed; retrying in %.0f s",
-                              self._check_interval_s)
-            await asyncio.sleep(self._check_interval_s)

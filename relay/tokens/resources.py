@@ -13,24 +13,50 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from relay.config.model import AccountConfig
 from relay.errors import AuthorizationNeeded, ConfigError, TokenRefreshFailed
 from relay.providers.base import OAuthProvider, TokenResponse
 from relay.secret import Secret
-from relay.tokens.interface import LocalLease
+from relay.tokens.interface import Lease, LocalLease, TokenStore
 from relay.tokens.model import TokenSet, expiry_from
 from relay.tokens.source import GRAPH
 from relay.tokens.status import ON_DEMAND_FLOWS
 
 if TYPE_CHECKING:
-    from relay.tokens.manager import TokenManager
+    import httpx
 
 log = logging.getLogger("relay.tokens")
 LEASE_RETRY_S = 0.2  # as the manager's: poll for another holder's write when the store cannot watch
+
+
+class GrantHolder(Protocol):
+    """What resource token requests use of their TokenManager: its clock, provider, HTTP client,
+    retries, and its store lease and compare-and-set save (so this module does not import it)."""
+
+    store: TokenStore
+    _clock: Callable[[], datetime]
+    _lease_ttl_s: float
+
+    def provider_for(self, account: AccountConfig) -> OAuthProvider: ...
+
+    def _margin_s(self) -> float: ...
+
+    def _flow(self, acc: AccountConfig) -> str: ...
+
+    def _client(self) -> httpx.AsyncClient: ...
+
+    async def _with_retries(self, call: Callable[[], Awaitable[TokenResponse]]) -> TokenResponse: ...
+
+    async def _versioned(self, name: str, *, fresh: bool) -> tuple[TokenSet | None, int | None]: ...
+
+    async def _lease(self, name: str) -> Lease | None: ...
+
+    async def _save(self, name: str, fresh: TokenSet, version: int | None) -> TokenSet: ...
 
 
 def resource_scopes(provider: OAuthProvider, account: AccountConfig, resource: str) -> tuple[str, ...]:
@@ -80,7 +106,7 @@ class ResourceTokens:
             lock = self.grant_locks[account] = asyncio.Lock()
         return lock
 
-    async def token(self, m: TokenManager, acc: AccountConfig, resource: str, *, force: bool,
+    async def token(self, m: GrantHolder, acc: AccountConfig, resource: str, *, force: bool,
                     rejected: Secret | None = None) -> Secret:
         """Another resource's token: cached, else one shared request with the account's grant."""
         key = (acc.name, resource)
@@ -96,7 +122,7 @@ class ResourceTokens:
                                    if self.inflight.get(key) is t else None)
         return await asyncio.shield(task)
 
-    async def _refresh(self, m: TokenManager, acc: AccountConfig, resource: str) -> Secret:
+    async def _refresh(self, m: GrantHolder, acc: AccountConfig, resource: str) -> Secret:
         provider = m.provider_for(acc)
         scopes = resource_scopes(provider, acc, resource)
         async with self.grant_lock(acc.name):
@@ -111,7 +137,7 @@ class ResourceTokens:
             log.info("account '%s': %s token obtained", acc.name, resource)
             return self.keep((acc.name, resource), response, m._clock())
 
-    async def _request(self, m: TokenManager, acc: AccountConfig, provider: OAuthProvider,
+    async def _request(self, m: GrantHolder, acc: AccountConfig, provider: OAuthProvider,
                        scopes: tuple[str, ...]) -> TokenResponse:
         """A refresh-token request for another resource under the store's lease (the same refresh
         token as the account's own refresh); a rotated refresh token is saved compare-and-set."""

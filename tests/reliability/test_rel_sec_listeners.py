@@ -187,7 +187,7 @@ def test_verify_tls_false_is_logged_as_warning_at_start(rel_relay, sandbox, capl
 def test_startup_log_states_the_same_plaintext_rule_as_the_authenticator(tmp_path, caplog, host):
     """The listener line logged at start says plaintext AUTH is allowed for any client exactly when
     LocalAuthenticator allows it for an outside client (loopback binds other than 127.0.0.1 too)."""
-    from relay.app import _log_listener
+    from relay.app_wiring import log_listener as _log_listener
 
     caplog.set_level(logging.INFO, logger="relay")
     listener = ListenerConfig(True, host, 0)
