@@ -2,10 +2,11 @@
 
 Runs ``python -m emailproxy --no-gui --config-file F --cache-store F --log-file F`` (no ``--debug``,
 i.e. its default INFO logging) in its own process. The INI config has one ``[SMTP-port]`` section
-(``server_starttls = True`` towards the bench upstream), one ``[POP-port]`` section (TLS on connect)
-and one account section named after the mailbox with ``oauth2_flow = client_credentials`` against
-the bench token endpoint, so no interactive authorisation is needed. Clients log in with the
-mailbox as username and any fixed password (emailproxy encrypts its cached tokens with the login password).
+(``server_starttls = True`` towards the bench upstream), one ``[POP-port]`` and one ``[IMAP-port]``
+section (TLS on connect) and one account section named after the mailbox with
+``oauth2_flow = client_credentials`` against the bench token endpoint, so no interactive
+authorisation is needed. Clients log in with the mailbox as username and any fixed password
+(emailproxy encrypts its cached tokens with the login password).
 The bench upstream's self-signed certificate is trusted through ``SSL_CERT_FILE``: emailproxy
 verifies upstream TLS with ``ssl.create_default_context()``, which loads OpenSSL's default verify
 paths, and those honour that variable.
@@ -45,13 +46,17 @@ def version() -> str:
         return "?"
 
 
-def emailproxy_config(upstream: UpstreamProcess, smtp_port: int, pop3_port: int) -> configparser.ConfigParser:
-    """emailproxy's INI configuration: two servers on loopback and one client-credentials account."""
+def emailproxy_config(upstream: UpstreamProcess, smtp_port: int, pop3_port: int,
+                      imap_port: int) -> configparser.ConfigParser:
+    """emailproxy's INI configuration: SMTP, POP3 and IMAP servers on loopback and one
+    client-credentials account."""
     config = configparser.ConfigParser(interpolation=None)
     config[f"SMTP-{smtp_port}"] = {"local_address": "127.0.0.1", "server_address": "127.0.0.1",
                                    "server_port": str(upstream.ports["smtp"]), "server_starttls": "True"}
     config[f"POP-{pop3_port}"] = {"local_address": "127.0.0.1", "server_address": "127.0.0.1",
                                   "server_port": str(upstream.ports["pop3"])}
+    config[f"IMAP-{imap_port}"] = {"local_address": "127.0.0.1", "server_address": "127.0.0.1",
+                                   "server_port": str(upstream.ports["imap"])}
     config[MAILBOX] = {"token_url": upstream.token_url, "oauth2_scope": "mail",
                        "oauth2_flow": "client_credentials", "client_id": CLIENT_ID,
                        "client_secret": CLIENT_SECRET}
@@ -71,9 +76,10 @@ class EmailProxyProcess(ChildServer):
         # stdout/stderr (it also prints each log line)
         super().__init__(self.workdir / "emailproxy.out", free_port())
         self.pop3_port = free_port()
+        self.imap_port = free_port()
         self.config_path = self.workdir / "emailproxy.config"
         with self.config_path.open("w") as fh:
-            emailproxy_config(upstream, self.smtp_port, self.pop3_port).write(fh)
+            emailproxy_config(upstream, self.smtp_port, self.pop3_port, self.imap_port).write(fh)
         self.cache_path = self.workdir / "emailproxy.cache"  # encrypted tokens; empty at start
         self.log_path = self.workdir / "emailproxy.log"  # its --log-file
 

@@ -104,7 +104,8 @@ def floor_target(up: UpstreamProcess, fw: ForwarderProcess) -> Target:
 
 def emailproxy_target_of(ep: EmailProxyProcess) -> Target:
     """Log in to emailproxy as its users do: the account (mailbox) name and a password."""
-    return Target(emailproxy_target.NAME, "relay", "127.0.0.1", ep.smtp_port, ep.pop3_port, MAILBOX, PASSWORD)
+    return Target(emailproxy_target.NAME, "relay", "127.0.0.1", ep.smtp_port, ep.pop3_port, MAILBOX, PASSWORD,
+                  imap_port=ep.imap_port)
 
 
 async def run_once(spec: LoadSpec, target: Target, up: UpstreamProcess, digests: list[str],
@@ -153,7 +154,7 @@ async def run_matrix(run: BenchRun, up: UpstreamProcess, legs: list[Leg], log: L
             for leg in order:
                 target = leg.target
                 if cell.spec.protocol == "imap" and not target.imap_port:
-                    continue  # e.g. emailproxy: the bench does not configure its IMAP side
+                    continue  # a target without an IMAP side (Target.imap_port 0)
                 spec = with_tag(cell, f"{cell.key}-{target.name}-{repeat}")
                 if leg.timeout_s is not None:
                     spec = replace(spec, session_timeout_s=leg.timeout_s)

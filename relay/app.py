@@ -263,6 +263,7 @@ class RelayApp(ConfigReload):
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, give sessions ``grace_s`` (limits.shutdown_grace_s) to end, then close."""
+        self._close_listeners()  # first: nothing below may leave them accepting while it awaits
         for part in (self._alerts, self._admin):
             if part is not None:
                 with contextlib.suppress(Exception):
@@ -314,6 +315,7 @@ class RelayApp(ConfigReload):
         stopping: asyncio.Task[None] | None = None
         try:
             await self._stop_requested.wait()
+            self._close_listeners()
             sdnotify.notify(sdnotify.stopping())
             grace_s = self.config.limits.shutdown_grace_s
             if self._current is not None:
@@ -343,9 +345,16 @@ class RelayApp(ConfigReload):
         """Ask `run` to stop gracefully (what SIGTERM does)."""
         self._stop_requested.set()
 
+    def _close_listeners(self) -> None:
+        """Refuse new connections at once on every listener; open sessions carry on."""
+        for gen in (self._current, self._stopping):
+            for server in (gen.servers.values() if gen else ()):
+                server.close_listener()  # type: ignore[attr-defined]
+
     def _on_stop_signal(self, signum: int) -> None:
         self._signals += 1
         if self._signals == 1:
+            self._close_listeners()  # in the handler itself: no loop iteration accepts in between
             log.info("received %s", signal.Signals(signum).name)
             self.request_stop()
             return

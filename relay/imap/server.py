@@ -65,14 +65,18 @@ class ImapProxyServer:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("imap proxy listening on %s:%d (tls: %s)", listener.host, self.port, listener.tls)
 
+    def close_listener(self) -> None:
+        """Close the listening socket now: new connections are refused (open sessions go on)."""
+        if self._server is not None:
+            self._server.close()
+
     async def stop(self, grace_s: float) -> None:
         """Stop accepting; give sessions ``grace_s`` to finish, then cancel them.
 
         Cancelled sessions close their upstream connection; IMAP changes are already committed
         command by command, so nothing is lost.
         """
-        if self._server is not None:
-            self._server.close()
+        self.close_listener()
         tasks = set(self._tasks)
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=grace_s)

@@ -111,13 +111,17 @@ class SmtpRelayServer:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("smtp: listening on %s:%d (tls: %s)", self.listener.host, self.port, self.listener.tls)
 
+    def close_listener(self) -> None:
+        """Close the listening socket now: new connections are refused (open sessions go on)."""
+        if self._server is not None:
+            self._server.close()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, let running sessions finish for up to ``grace_s``, then close them (and
         the pooled upstream sessions)."""
         if grace_s is None:
             grace_s = self.config.limits.shutdown_grace_s
-        if self._server is not None:
-            self._server.close()
+        self.close_listener()
         pending = [asyncio.ensure_future(s.closed.wait()) for s in list(self._sessions)]
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace_s)

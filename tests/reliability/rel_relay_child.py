@@ -3,7 +3,7 @@
 Usage: ``python rel_relay_child.py SPEC.json``; the spec names the upstreams, the store and the
 login; the store key comes from $RELAY_STORE_KEY. Prints ``PORTS <smtp> <pop3>`` once listening.
 SIGTERM stops gracefully (sessions finish within ``grace_s``), like `relay serve`; ``STOPPING`` is
-printed when the signal has been handled. Not a test module.
+printed when the signal has been handled and the listeners are closed. Not a test module.
 
 Store-latency options: ``slow_fsync_s`` makes every fsync of the token store take that long (a slow
 disk); ``lag_probe`` measures the loop's scheduling lag, printed as ``LAG <max_ms> <samples>`` on
@@ -104,7 +104,9 @@ async def main() -> int:
                             lambda: background.add(asyncio.create_task(refresh(tokens, "rel"))))
     print(f"PORTS {smtp.port} {pop3.port}", flush=True)
     await stop.wait()
-    print("STOPPING", flush=True)  # the signal is handled: the listeners close now
+    smtp.close_listener()  # as `relay serve` does on the signal: refuse new connections at once
+    pop3.close_listener()
+    print("STOPPING", flush=True)  # the signal is handled and the listeners are closed
     grace_s = float(spec.get("grace_s", 10.0))
     await asyncio.gather(smtp.stop(grace_s), pop3.stop(grace_s))
     await tokens.close()

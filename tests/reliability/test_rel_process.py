@@ -98,6 +98,15 @@ def _open_data(port: int) -> Raw:
     return raw
 
 
+def _refused(port: int) -> bool:
+    """True when a new connection to ``port`` is refused (the listening socket is closed)."""
+    try:
+        Raw(port).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def test_sigterm_during_data_lets_the_message_finish(sandbox, tmp_path):
     """SIGTERM while a client is mid-DATA: the session finishes, the client gets 250, the message is
     stored once, new connections are refused, and the process exits 0."""
@@ -110,6 +119,7 @@ def test_sigterm_during_data_lets_the_message_finish(sandbox, tmp_path):
         # slip through before the shutdown began.
         assert child.proc.stdout is not None
         assert child.proc.stdout.readline() == b"STOPPING\n", child.stderr()
+        assert _refused(child.smtp_port) and _refused(child.pop3_port), "accepted after SIGTERM"
         raw.send(b"second half\r\n.\r\n")
         assert raw.smtp_reply().startswith("250")
         raw.smtp("QUIT")
