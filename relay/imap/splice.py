@@ -53,7 +53,9 @@ class _Half(asyncio.Protocol):
         if peer is not None and not peer.lost and peer.transport.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
                 peer.transport.write_eof()
-        return True  # keep our sending side open: the peer may still answer
+        # Keep our sending side open (the peer may still answer). A TLS transport cannot stay half
+        # open: asyncio closes it anyway and warns when asked to, so ask only for plain TCP.
+        return self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
