@@ -33,8 +33,9 @@ def _mail_code(relay) -> int:
 def test_token_endpoint_faults_give_454_never_250(rel_relay, sandbox, caplog, fault):
     """Token endpoint 500 / hanging / invalid JSON / invalid_grant: 454 at MAIL, nothing stored,
     and the cause is logged (invalid_grant naming `relay authorize`)."""
-    relay = rel_relay(expired=True, http_timeout_s=0.5)
     oauth = sandbox.oauth
+    # The fault is in place before the relay starts: RelayApp's background refresher renews the
+    # expired token at start-up, and a refresh before the fault would let the session through.
     if fault == "http500":
         oauth.fail_next(10, status=500)
     elif fault == "hang":
@@ -43,6 +44,7 @@ def test_token_endpoint_faults_give_454_never_250(rel_relay, sandbox, caplog, fa
         oauth.invalid_json_next(10)
     else:
         oauth.force_invalid_grant = True
+    relay = rel_relay(expired=True, http_timeout_s=0.5)
     with caplog.at_level(logging.INFO):
         assert _mail_code(relay) == 454
     assert sandbox.smtp.messages() == []
