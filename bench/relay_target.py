@@ -60,7 +60,8 @@ class RelayProcess(ChildServer):
 
     def __init__(self, upstream: UpstreamProcess, workdir: Path, name: str, *, pool: bool = False,
                  log_level: str = "INFO", token_store: dict[str, object] | None = None,
-                 extra: dict[str, object] | None = None) -> None:
+                 extra: dict[str, object] | None = None, root: Path = REPO_ROOT) -> None:
+        self.root = root  # the checkout whose relay runs (another one: e.g. the commit before a change)
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.workdir / "relay.log", free_port())
@@ -72,6 +73,10 @@ class RelayProcess(ChildServer):
                               password_hash=RelayProcess._hash, imap_port=self.imap_port,
                               token_store=token_store)
         config.update(extra or {})  # more sections, e.g. admin (bench/admin_overhead.py)
+        if not (root / "relay" / "imap").exists():  # a checkout from before the IMAP proxy
+            del config["listen"]["imap"]  # type: ignore[attr-defined]
+            del config["accounts"]["bench"]["imap"]  # type: ignore[index]
+            self.imap_port = 0
         self.config_path = self.workdir / "relay.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.output_path
@@ -80,5 +85,7 @@ class RelayProcess(ChildServer):
     def start(self) -> float:
         """Spawn `relay serve`; return seconds from spawn to the first SMTP greeting."""
         env = {**os.environ, "RELAY_STORE_KEY": generate_key()}
+        if self.root != REPO_ROOT:  # its own code first on the path, not this tree's editable install
+            env["PYTHONPATH"] = str(self.root)
         return self.spawn([sys.executable, "-m", "relay", "serve", "-c", str(self.config_path),
-                           "--log-level", self.log_level], env=env, cwd=REPO_ROOT)
+                           "--log-level", self.log_level], env=env, cwd=self.root)

@@ -173,6 +173,33 @@ def emailproxy_metrics(run: BenchRun) -> list[str]:
     return out
 
 
+OLD = "old"  # bench.run.OLD (not imported: bench.run imports this module)
+WITHIN = 0.05  # the new relay may be at most this much slower than the old one
+
+
+def old_table(run: BenchRun) -> list[str]:
+    """New relay vs the relay of another checkout (``--old-root``), cell by cell, same run."""
+    out = ["| cell | old msg/s | new msg/s | new/old | within 5% | old/direct | new/direct | floor/direct "
+           "| CPU ms/msg old / new | latency p50 ms old / new | failed/hung old, new | delivery old, new |",
+           "|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---|"]
+    for cell in run.cells:
+        by = run.results.get(cell.key, {})
+        d, r, o = by.get("direct", []), by.get("relay", []), by.get(OLD, [])
+        if not o:
+            continue
+        ratio = _ratio(o, r)
+        ok = "-" if ratio is None else ("yes" if ratio >= 1 - WITHIN else "**no**")
+        floor = _x(_ratio(d, by.get(FLOOR, [])))
+        p50 = [_f(_med(x, lambda v: v.latency_ms(0.5)), 2) for x in (o, r)]
+        out.append(
+            f"| {cell.label} | {_f(_med(o, lambda x: x.msg_per_s))} | {_f(_med(r, lambda x: x.msg_per_s))} "
+            f"| {_x(ratio)} | {ok} | {_x(_ratio(d, o))} | {_x(_ratio(d, r))} | {floor} "
+            f"| {_f(_cpu_per_msg(o), 2)} / {_f(_cpu_per_msg(r), 2)} "
+            f"| {p50[0]} / {p50[1]} "
+            f"| {_failures(o)}, {_failures(r)} | {_delivery(o)}, {_delivery(r)} |")
+    return out
+
+
 def pool_table(run: BenchRun) -> list[str]:
     """The upstream-pool experiment."""
     out = ["| target | msg/s | latency p50 / p95 ms | setup p50 ms | upstream SMTP connections "
@@ -204,6 +231,8 @@ def render(run: BenchRun) -> str:
         "",
         *relay_table(run),
         *(_emailproxy_section(run) if _has_emailproxy(run) else []),
+        *(["", "New relay (this tree) vs `old` (`--old-root`), same run, order rotating per repeat; "
+           "new/old is the median of per-repeat ratios.", "", *old_table(run)] if OLD in run.targets else []),
         "",
         f"Upstream pool experiment: {run.relay.get('pool_latency_ms', 0):g} ms added upstream latency per "
         "reply; "

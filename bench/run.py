@@ -43,6 +43,7 @@ from bench.upstream import raise_fd_limit
 from bench.upstream_proc import UpstreamProcess
 
 Log = Callable[..., None]
+OLD = "old"  # the target name of the relay from another checkout (--old-root)
 SETTLE_S = 0.3  # between runs: lets closed sessions leave the servers' books
 
 
@@ -284,12 +285,14 @@ async def run_pool(run: BenchRun, up: UpstreamProcess, relay: RelayProcess, work
 
 
 async def bench(quick: bool, repeats: int, log: Log, *, emailproxy: bool = True,
-                emailproxy_repeats: int | None = None, only: str | None = None) -> BenchRun:
+                emailproxy_repeats: int | None = None, only: str | None = None,
+                old_root: Path | None = None) -> BenchRun:
     """Run the whole benchmark; return what it measured.
 
     ``emailproxy``: add it as a third target when it is installed; ``emailproxy_repeats``: run it
     only in that many (first) repeats (default: all); ``only``: just the cells whose key starts
-    with this prefix (``imap``), still with the relay metrics and experiments.
+    with this prefix (``imap``), still with the relay metrics and experiments; ``old_root``: another
+    checkout (e.g. the commit before a change) whose relay runs as one more target, ``old``.
     """
     raise_fd_limit()
     cells = [c for c in (QUICK if quick else FULL) if only is None or c.key.startswith(only)]
@@ -301,6 +304,8 @@ async def bench(quick: bool, repeats: int, log: Log, *, emailproxy: bool = True,
                          "skipped.")
     if use_ep:
         run.targets.append(emailproxy_target.NAME)
+    if old_root is not None:
+        run.targets.append(OLD)
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     up = UpstreamProcess(workdir)
@@ -312,11 +317,16 @@ async def bench(quick: bool, repeats: int, log: Log, *, emailproxy: bool = True,
         relay = RelayProcess(up, workdir, "relay-main")
         fw = ForwarderProcess(up.ports["smtp"], up.ports["pop3"], up.ports["imap"])
         ep = EmailProxyProcess(up, workdir, "emailproxy-main") if use_ep else None
+        old = RelayProcess(up, workdir, "relay-old", root=old_root) if old_root is not None else None
         try:
             run.relay["startup3_s"] = relay.start()
             await warm_up(relay_target(relay), up)
             legs = [Leg(direct_target(up)), Leg(relay_target(relay), relay), Leg(floor_target(up, fw))]
             limited: dict[str, int] = {}
+            if old is not None:
+                run.relay["old_startup_s"] = old.start()
+                await warm_up(relay_target(old, OLD), up)
+                legs.append(Leg(relay_target(old, OLD), old))
             if ep is not None:
                 run.emailproxy["startup2_s"] = ep.start()
                 await warm_up(emailproxy_target_of(ep), up)
@@ -335,6 +345,8 @@ async def bench(quick: bool, repeats: int, log: Log, *, emailproxy: bool = True,
             fw.stop()
             if ep is not None:
                 ep.stop()
+            if old is not None:
+                old.stop()
         await run_idle_sessions(run, up, workdir, sp, log)
         run.relay["login_cell"] = sp.login_cell
     finally:
@@ -361,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
                         "out the session timeout, ~9 min per repeat)")
     p.add_argument("--only", default=None, metavar="PREFIX",
                    help="only the cells whose key starts with PREFIX (e.g. imap, pop3-1m)")
+    p.add_argument("--old-root", type=Path, default=None, metavar="DIR",
+                   help="also run the relay of this checkout as target `old` (e.g. `git worktree add "
+                        "/tmp/old COMMIT`): new vs old in the same run")
     g = sub.add_parser("graph", help="SMTP 100 KB via Microsoft Graph vs via SMTP XOAUTH2 (sandbox fakes)")
     from bench import graph_cell  # noqa: PLC0415
 
@@ -379,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         print(*parts, file=sys.stderr, flush=True)
 
     run = asyncio.run(bench(args.quick, max(1, args.repeats), log, emailproxy=not args.no_emailproxy,
-                            emailproxy_repeats=args.emailproxy_repeats, only=args.only))
+                            emailproxy_repeats=args.emailproxy_repeats, only=args.only,
+                            old_root=args.old_root))
     table = render(run)
     if args.out:
         args.out.write_text(table)

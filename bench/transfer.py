@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from bench import child, emailproxy_target
 from bench.content import MessageFactory, unstuff
 from bench.emailproxy_target import EmailProxyProcess
@@ -62,13 +60,8 @@ class Wrapped(RelayProcess):
 
     def __init__(self, up: UpstreamProcess, workdir: Path, name: str, root: Path,
                  prefix: list[str], extra: dict[str, object] | None = None) -> None:
-        super().__init__(up, workdir, name, extra=extra)
-        self.root, self.prefix = root, prefix
-        if root != REPO_ROOT and not (root / "relay" / "imap").exists():  # before IMAP existed
-            config = yaml.safe_load(self.config_path.read_text())
-            del config["listen"]["imap"]
-            del config["accounts"]["bench"]["imap"]
-            self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        super().__init__(up, workdir, name, extra=extra, root=root)
+        self.prefix = prefix
 
     def start(self) -> float:
         """Spawn the relay of ``root`` (with its own code first on the path)."""
