@@ -7,6 +7,9 @@ still the current one: concurrent sessions do not refresh twice) and tries once 
 refusal is final and goes to the operator with the upstream's reply; the token source hears of
 it (`RefusalAware`), so an upstream that refuses even fresh tokens gets no more token requests
 for a while (relay.tokens.cooldown).
+
+POP3 and IMAP can tell a refused token from other refusals (a mailbox in use, POP disabled): their
+clients raise `TokenRejected` for the former and log in through `login_retrying_rejected_token`.
 """
 
 from __future__ import annotations
@@ -54,3 +57,20 @@ async def login_with_refresh(
         if token_refused(second) and isinstance(tokens, RefusalAware):
             tokens.refreshed_token_refused(account, token)
         raise
+
+
+class TokenRejected(UpstreamAuthRejected):
+    """The upstream refused the access token itself; a refreshed token may succeed."""
+
+
+async def login_retrying_rejected_token(tokens: TokenSource, account: str,
+                                        login: Callable[[Secret], Awaitable[T]]) -> T:
+    """`login_with_refresh` where only `TokenRejected` is about the token; a token refused again
+    after the refresh is a plain `UpstreamAuthRejected` (re-authorization needed)."""
+    try:
+        result, _ = await login_with_refresh(
+            tokens, account, login, token_refused=lambda exc: isinstance(exc, TokenRejected))
+    except TokenRejected as exc:
+        raise UpstreamAuthRejected(f"{exc} (also after a forced token refresh)",
+                                   account=account, reply=exc.reply) from None
+    return result
