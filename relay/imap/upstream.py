@@ -23,7 +23,7 @@ from relay.errors import UpstreamAuthRejected, UpstreamProtocolError, UpstreamRe
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
 from relay.tokens.source import TokenSource
-from relay.upstream.login import TokenRejected, login_retrying_rejected_token
+from relay.upstream.login import TokenRejected, connect_and_log_in
 from relay.upstream.stream import open_stream, tls_context
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -315,15 +315,9 @@ async def open_upstream(account: AccountConfig, tokens: TokenSource,
         raise UpstreamAuthRejected(f"account '{account.name}' has no imap upstream configured",
                                    account=account.name)
 
-    async def attempt(token: Secret) -> tuple[UpstreamImapSession, TaggedReply]:
-        session = await _connect(endpoint, limits)
-        try:
-            return session, await session.authenticate_xoauth2(account.mailbox, token)
-        except BaseException:
-            await session.close()
-            raise
-
-    return await login_retrying_rejected_token(tokens, account.name, attempt)
+    return await connect_and_log_in(
+        tokens, account.name, lambda: _connect(endpoint, limits),
+        lambda session, token: session.authenticate_xoauth2(account.mailbox, token))
 
 
 def reply_value(reply: TaggedReply) -> UpstreamReply:
