@@ -1,11 +1,18 @@
-"""The values the pre-login IMAP state machine (`relay.imap.protocol`) hands to its server."""
+"""The values the pre-login IMAP state machine (`relay.imap.protocol`) hands to its server.
+
+NEED_DATA, PAUSED, `Reply` and `StartTls` are the ones every line-protocol core shares
+(`relay.lineproto.events`); the IMAP login attempt carries the command's tag.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
+from relay.lineproto.events import NEED_DATA, PAUSED, Reply, Signal, StartTls
 from relay.secret import Secret
+
+__all__ = ["NEED_DATA", "PAUSED", "Event", "LoginAttempt", "Reply", "StartTls", "State"]
 
 
 class State(enum.Enum):
@@ -14,23 +21,6 @@ class State(enum.Enum):
     NOT_AUTHENTICATED = "NOT_AUTHENTICATED"
     AUTHENTICATED = "AUTHENTICATED"
     CLOSED = "CLOSED"
-
-
-class _Sentinel(enum.Enum):
-    NEED_DATA = "NEED_DATA"  # feed more bytes with receive_data()
-    PAUSED = "PAUSED"  # a LoginAttempt or StartTls awaits the server's decision
-
-
-NEED_DATA = _Sentinel.NEED_DATA
-PAUSED = _Sentinel.PAUSED
-
-
-@dataclass(frozen=True)
-class Reply:
-    """Bytes the relay answers by itself; close the connection after sending when ``close``."""
-
-    data: bytes
-    close: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,11 +35,4 @@ class LoginAttempt:
     mechanism: str  # "LOGIN" or "PLAIN"
 
 
-@dataclass(frozen=True)
-class StartTls:
-    """Send ``reply``, then run the TLS handshake and call :meth:`ImapProtocol.tls_started`."""
-
-    reply: bytes
-
-
-Event = Reply | LoginAttempt | StartTls | _Sentinel
+Event = Reply | LoginAttempt | StartTls | Signal

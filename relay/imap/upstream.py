@@ -5,7 +5,7 @@ the greeting and the capabilities, and runs ``AUTHENTICATE XOAUTH2``: with the i
 on the command line when the server offers SASL-IR (RFC 4959), else after the ``+``
 continuation. A failure challenge (``+ <base64 JSON>``, Gmail) is answered with an empty line,
 then the tagged NO arrives (PROTOCOLS.md 9.4). A token the upstream refuses is refreshed once and
-tried again on a fresh connection (`relay.imap.refresh`). Low-level failures leave as
+tried again on a fresh connection (`relay.upstream.login`). Low-level failures leave as
 `relay.errors` exceptions: timeouts, OSError and TLS errors as `UpstreamUnavailable`, refusals as
 `UpstreamAuthRejected` (carrying the upstream's own text), garbage as `UpstreamProtocolError`.
 """
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
 from relay.errors import UpstreamAuthRejected, UpstreamProtocolError, UpstreamReply, UpstreamUnavailable
-from relay.imap.refresh import TokenRejected, login_with_refresh
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
 from relay.tokens.source import TokenSource
+from relay.upstream.login import TokenRejected, connect_and_log_in
 from relay.upstream.stream import open_stream, tls_context
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -315,15 +315,9 @@ async def open_upstream(account: AccountConfig, tokens: TokenSource,
         raise UpstreamAuthRejected(f"account '{account.name}' has no imap upstream configured",
                                    account=account.name)
 
-    async def attempt(token: Secret) -> tuple[UpstreamImapSession, TaggedReply]:
-        session = await _connect(endpoint, limits)
-        try:
-            return session, await session.authenticate_xoauth2(account.mailbox, token)
-        except BaseException:
-            await session.close()
-            raise
-
-    return await login_with_refresh(tokens, account, attempt)
+    return await connect_and_log_in(
+        tokens, account.name, lambda: _connect(endpoint, limits),
+        lambda session, token: session.authenticate_xoauth2(account.mailbox, token))
 
 
 def reply_value(reply: TaggedReply) -> UpstreamReply:

@@ -27,9 +27,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from relay.errors import ProtocolInputError
+from relay.lineproto.events import NEED_DATA, PAUSED, Reply, Signal, StartTls
 from relay.pop3.replies import err, is_multiline, multiline, ok
 from relay.sasl import check_safe, decode_plain
 from relay.secret import Secret
+
+# Re-exported: the session and the tests import the events from here.
+__all__ = ["MAX_COMMAND_OCTETS", "MAX_SASL_RESPONSE_OCTETS", "NEED_DATA", "PAUSED", "Event", "LoginAttempt",
+           "Pop3Protocol", "Reply", "StartTls", "State", "UpstreamCommand"]
 
 MAX_COMMAND_OCTETS = 255  # RFC 2449 section 4, including CRLF
 MAX_SASL_RESPONSE_OCTETS = 2048  # a `+ ` continuation line (RFC 5034 sets no limit of its own)
@@ -44,23 +49,11 @@ class State(enum.Enum):
     CLOSED = "CLOSED"
 
 
-class _Sentinel(enum.Enum):
-    NEED_DATA = "NEED_DATA"  # feed more bytes with receive_data()
-    PAUSED = "PAUSED"  # a LoginAttempt or StartTls awaits the server's decision
+class _Cut(enum.Enum):
+    """Why `_next_line` returned no line to parse."""
+
     TOO_LONG = "TOO_LONG"
     BARE_LF = "BARE_LF"  # a line ended by LF alone, with bare_lf="reject"
-
-
-NEED_DATA = _Sentinel.NEED_DATA
-PAUSED = _Sentinel.PAUSED
-
-
-@dataclass(frozen=True)
-class Reply:
-    """Bytes the relay answers by itself; close the connection after sending when ``close``."""
-
-    data: bytes
-    close: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,13 +66,6 @@ class LoginAttempt:
 
 
 @dataclass(frozen=True)
-class StartTls:
-    """Send ``reply``, then run the TLS handshake and call :meth:`Pop3Protocol.tls_started`."""
-
-    reply: bytes
-
-
-@dataclass(frozen=True)
 class UpstreamCommand:
     """A TRANSACTION command to forward; ``multiline`` says whether a +OK answer is multi-line."""
 
@@ -89,7 +75,7 @@ class UpstreamCommand:
     quit: bool = False
 
 
-Event = Reply | LoginAttempt | StartTls | UpstreamCommand | _Sentinel
+Event = Reply | LoginAttempt | StartTls | UpstreamCommand | Signal
 
 _TRANSACTION_ARGS: dict[str, tuple[int, int]] = {  # keyword -> (min, max) numeric arguments
     "STAT": (0, 0), "NOOP": (0, 0), "RSET": (0, 0), "QUIT": (0, 0),
@@ -138,9 +124,9 @@ class Pop3Protocol:
             return NEED_DATA
         sasl = self._in_sasl
         self._in_sasl = False
-        if line is _Sentinel.TOO_LONG:
+        if line is _Cut.TOO_LONG:
             return Reply(err("Line too long"))
-        if line is _Sentinel.BARE_LF:
+        if line is _Cut.BARE_LF:
             self.state = State.CLOSED
             self._buf.clear()
             return Reply(err("Bare LF received; end every line with CRLF"), close=True)
@@ -161,7 +147,7 @@ class Pop3Protocol:
         limit = MAX_SASL_RESPONSE_OCTETS if self._in_sasl else MAX_COMMAND_OCTETS
         return limit - 2
 
-    def _next_line(self) -> bytes | _Sentinel:
+    def _next_line(self) -> bytes | Signal | _Cut:
         """Cut the next line (without its line end) from the buffer, or tell why not."""
         if self._discarding:
             end = self._buf.find(b"\n")
@@ -177,16 +163,16 @@ class Pop3Protocol:
             if content > self._max_content():
                 self._buf.clear()
                 self._discarding = True
-                return _Sentinel.TOO_LONG
+                return _Cut.TOO_LONG
             return NEED_DATA
         line = bytes(self._buf[:end])
         del self._buf[: end + 1]
         if line.endswith(b"\r"):
             line = line[:-1]
         elif self.reject_bare_lf:
-            return _Sentinel.BARE_LF
+            return _Cut.BARE_LF
         if len(line) > self._max_content():
-            return _Sentinel.TOO_LONG
+            return _Cut.TOO_LONG
         return line
 
     # --- AUTHORIZATION ---------------------------------------------------------------------

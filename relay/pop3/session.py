@@ -1,9 +1,10 @@
-"""One proxied POP3 connection: the thin asyncio loop around `Pop3Protocol`.
+"""One proxied POP3 connection: `Pop3Protocol` in a `relay.lineproto.session.LineSession`.
 
-The loop pulls events from the protocol, reads from the client only when the protocol needs
-data (so pipelined input waits in the socket, not in memory), and streams multi-line upstream
-replies through chunk by chunk with ``drain`` between chunks (a slow client slows the upstream
-read, never fills memory). Safety rules for the mailbox:
+The base runs the loop, limits, STLS, login and teardown; this module adds what is POP3's: the
+reply words and codes (RFC 2449/3206), and TRANSACTION, where each command goes to the account's
+`relay.pop3.mailbox.Pop3Mailbox` and multi-line replies stream through chunk by chunk with
+``drain`` between chunks (a slow client slows the upstream read, never fills memory). Safety
+rules for the mailbox:
 
 * QUIT upstream is sent only for the client's QUIT in TRANSACTION; a disconnect, idle timeout,
   error or shutdown closes the upstream without QUIT, so the upstream applies no deletions.
@@ -14,313 +15,98 @@ read, never fills memory). Safety rules for the mailbox:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import ssl
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig
-from relay.drain import needs_drain
-from relay.errors import (
-    AuthorizationNeeded,
-    OAuthError,
-    RelayError,
-    TokenRefreshFailed,
-    UpstreamAuthRejected,
-    UpstreamError,
-    UpstreamUnavailable,
+from relay.config.model import AccountConfig
+from relay.errors import UpstreamAuthRejected, UpstreamError
+from relay.lineproto.events import Credentials
+from relay.lineproto.login import Refusal
+from relay.lineproto.session import (
+    IDLE_TIMEOUT,
+    LOGIN_TIMEOUT,
+    TOO_MANY_COMMANDS,
+    ClientGone,
+    LineContext,
+    LineSession,
 )
-from relay.explain import log_explanation
-from relay.metrics import NULL_OBSERVER, RelayObserver
 from relay.pop3.mailbox import MailboxOpener, Pop3Mailbox
-from relay.pop3.protocol import (
-    NEED_DATA,
-    PAUSED,
-    LoginAttempt,
-    Pop3Protocol,
-    Reply,
-    StartTls,
-    UpstreamCommand,
-)
+from relay.pop3.protocol import LoginAttempt, Pop3Protocol, Reply, UpstreamCommand
 from relay.pop3.replies import err, ok
 from relay.pop3.upstream import open_upstream
-from relay.sessionlimits import CommandBudget
-from relay.tokens.source import TokenSource
 
-if TYPE_CHECKING:
-    from relay.localauth import LocalAuthenticator
-
-log = logging.getLogger("relay.pop3")
-
-CLIENT_READ_BYTES = 64 * 1024
 _PASSED_THROUGH_CODES = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/PERM"})
 _WASTED_COMMANDS = frozenset({"NOOP", "RSET"})  # forwarded, but no progress (relay.sessionlimits)
 _PROGRESS_COMMANDS = frozenset({"RETR", "TOP", "DELE"})
+_GOODBYES = {LOGIN_TIMEOUT: "Login timeout", IDLE_TIMEOUT: "Disconnected for inactivity",
+             TOO_MANY_COMMANDS: "Too many commands without progress; closing"}
+_REFUSAL_CODES = {Refusal.INVALID_CREDENTIALS: "AUTH", Refusal.NO_MAILBOX: "SYS/PERM",
+                  Refusal.REAUTHORIZE: "AUTH", Refusal.REJECTED: "AUTH"}  # the rest: SYS/TEMP
 
 
-@dataclass
-class SessionStats:
-    """Counters for the one log line written when a session ends."""
-
-    account: str = "-"
-    commands: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    outcome: str = "closed"
-    result: str = "ok"  # for metrics: ok | auth_failed | upstream_error
-    upstream_reply: str | None = None  # the upstream's last status line
-    started: float = field(default_factory=time.monotonic)
-
-
-class _ClientGone(Exception):
-    """The client disconnected, or stopped reading for longer than the idle timeout."""
-
-
-@dataclass
-class SessionContext:
-    """What a session needs from the server (all shared, read-only)."""
-
-    listener: ListenerConfig
-    limits: LimitsConfig
-    tokens: TokenSource
-    authenticator: LocalAuthenticator
-    tls_context: ssl.SSLContext | None  # the listener's context (implicit TLS or STLS)
-    open_mailbox: MailboxOpener = open_upstream  # relay.pop3.mailbox: upstream POP3 or Graph
-    observer: RelayObserver = field(default=NULL_OBSERVER)  # relay.metrics
-
-
-class Pop3ProxySession:
+class Pop3ProxySession(LineSession[Pop3Protocol, Pop3Mailbox]):
     """Runs one client connection from greeting to close."""
 
+    protocol = "pop3"
+    log = logging.getLogger("relay.pop3")
+    closing_outcome = "quit"
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 ctx: SessionContext, session_id: str) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._ctx = ctx
-        self.session_id = session_id
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        self.client_ip = str(peer[0])
-        self.client = f"{peer[0]}:{peer[1]}"
-        tls_active = writer.get_extra_info("sslcontext") is not None
-        self._proto = Pop3Protocol(
-            stls_available=ctx.listener.tls == "starttls" and ctx.tls_context is not None,
-            tls_active=tls_active,
-            plaintext_allowed=self._plaintext_allowed(tls_active),
-            bare_lf=ctx.listener.bare_lf,
-        )
-        self._upstream: Pop3Mailbox | None = None
-        self.stats = SessionStats()
-        self._budget = CommandBudget(ctx.limits.max_commands_without_progress)
-        loop = asyncio.get_running_loop()
-        self._login_deadline: float | None = loop.time() + ctx.limits.login_timeout_s
-        self._line_deadline: float | None = None  # when the line being read must be complete
+                 ctx: LineContext, session_id: str, *, open_mailbox: MailboxOpener = open_upstream) -> None:
+        super().__init__(reader, writer, ctx, session_id)
+        self._open_mailbox = open_mailbox  # relay.pop3.mailbox: upstream POP3 or Graph
 
-    def _plaintext_allowed(self, tls_active: bool) -> bool:
-        return self._ctx.authenticator.plaintext_auth_allowed(
-            self._ctx.listener, self.client_ip, tls_active)
+    def _new_core(self, *, starttls_available: bool, tls_active: bool,
+                  plaintext_allowed: bool) -> Pop3Protocol:
+        return Pop3Protocol(stls_available=starttls_available, tls_active=tls_active,
+                            plaintext_allowed=plaintext_allowed, bare_lf=self._ctx.listener.bare_lf)
 
-    # --- client I/O ------------------------------------------------------------------------
+    def _greeting(self) -> bytes:
+        return ok("POP3 relay ready")
 
-    async def _write(self, data: bytes) -> None:
-        self.stats.bytes_out += len(data)
-        try:
-            self._writer.write(data)
-            # Drain (and arm its timer) only when the buffer is at its high-water mark or the
-            # connection is closing (relay.drain): a timer per reply and per chunk is measurable.
-            # asyncio.timeout, not wait_for: wait_for wraps the coroutine in a new Task per call.
-            if needs_drain(self._writer):
-                async with asyncio.timeout(self._ctx.limits.pop3_idle_timeout_s):
-                    await self._writer.drain()
-        except (OSError, TimeoutError) as exc:
-            raise _ClientGone(f"client write failed: {exc or 'timeout'}") from None
+    @property
+    def _idle_timeout_s(self) -> float:
+        return self._ctx.limits.pop3_idle_timeout_s
 
-    async def _read(self) -> bytes:
-        """Read more of the current command line. The idle timeout runs from the start of the
-        line (a byte at a time does not keep a slot), and before login the login deadline too."""
-        loop = asyncio.get_running_loop()
-        if self._line_deadline is None:
-            self._line_deadline = loop.time() + self._ctx.limits.pop3_idle_timeout_s
-        deadline = self._line_deadline
-        if self._login_deadline is not None:
-            deadline = min(deadline, self._login_deadline)
-        try:
-            async with asyncio.timeout_at(deadline):  # see _write
-                data = await self._reader.read(CLIENT_READ_BYTES)
-        except TimeoutError:
-            login_late = self._login_deadline is not None and deadline == self._login_deadline
-            self.stats.outcome = "login timeout" if login_late else "idle timeout"
-            text = "Login timeout" if login_late else "Disconnected for inactivity"
-            with contextlib.suppress(_ClientGone):
-                await self._write(err(text, "SYS/TEMP"))
-            raise _ClientGone(self.stats.outcome) from None
-        except OSError as exc:
-            raise _ClientGone(f"client read failed: {exc}") from None
-        if not data:
-            raise _ClientGone("client disconnected")
-        self.stats.bytes_in += len(data)
-        return data
+    def _goodbye(self, why: str) -> bytes:
+        return err(_GOODBYES[why], "SYS/TEMP")
 
-    async def _spend(self) -> None:
-        """Count a command without progress; over the budget, say so and close."""
-        if not self._budget.spend():
-            self.stats.outcome = "too many commands without progress"
-            with contextlib.suppress(_ClientGone):
-                await self._write(err("Too many commands without progress; closing", "SYS/TEMP"))
-            raise _ClientGone(self.stats.outcome)
+    def _wasted(self, reply: Reply) -> bool:
+        return reply.data.startswith(b"-ERR")
 
-    # --- main loop -------------------------------------------------------------------------
+    async def _on_event(self, event: object) -> bool:
+        if isinstance(event, LoginAttempt):
+            await self._login(event)
+        elif isinstance(event, UpstreamCommand):
+            if event.keyword in _WASTED_COMMANDS:
+                await self._spend()
+            elif event.keyword in _PROGRESS_COMMANDS:
+                self._budget.progress()
+            await self._forward(event)
+            return not event.quit
+        return True
 
-    async def run(self) -> None:
-        """Serve the connection until QUIT, disconnect, timeout or error; log one line."""
-        self._ctx.observer.session_started("pop3")
-        try:
-            await self._write(ok("POP3 relay ready"))
-            await self._loop()
-        except _ClientGone as exc:
-            if self.stats.outcome == "closed":
-                self.stats.outcome = str(exc)
-        except asyncio.CancelledError:
-            self.stats.outcome = "shutdown"
-            raise
-        except (RelayError, OSError) as exc:
-            self.stats.outcome = f"error: {exc}"
-            log.warning("pop3 session %s: %s", self.session_id, exc)
-        finally:
-            await self._close()
+    # --- login ---------------------------------------------------------------------------------
 
-    async def _loop(self) -> None:
-        proto = self._proto
-        while True:
-            event = proto.next_event()
-            if event is NEED_DATA:
-                proto.receive_data(await self._read())
-                continue
-            if event is PAUSED:  # only reachable if a decision was not made: a bug
-                raise RuntimeError("POP3 protocol paused without a pending decision")
-            self._line_deadline = None  # a command line is complete: the next one gets its own
-            self.stats.commands += 1
-            if isinstance(event, Reply):
-                if event.data.startswith(b"-ERR") and not event.close:
-                    await self._spend()
-                await self._write(event.data)
-                if event.close:
-                    self.stats.outcome = "quit"
-                    return
-            elif isinstance(event, LoginAttempt):
-                await self._login(event)
-            elif isinstance(event, StartTls):
-                await self._start_tls(event)
-            elif isinstance(event, UpstreamCommand):
-                if event.keyword in _WASTED_COMMANDS:
-                    await self._spend()
-                elif event.keyword in _PROGRESS_COMMANDS:
-                    self._budget.progress()
-                await self._forward(event)
-                if event.quit:
-                    return
+    def _refusal(self, attempt: Credentials, refusal: Refusal, text: str) -> bytes:
+        return err(text, _REFUSAL_CODES.get(refusal, "SYS/TEMP"))
 
-    async def _start_tls(self, event: StartTls) -> None:
-        assert self._ctx.tls_context is not None
-        # Stop reading before the +OK: the client's ClientHello must reach the TLS layer, not the
-        # clear-text stream buffer. Whatever already sits in that buffer came before the +OK, so
-        # it is clear text pipelined behind STLS and is dropped (RFC 2595 section 4). asyncio
-        # offers no public way to empty a StreamReader, hence the private attribute.
-        self._writer.transport.pause_reading()  # type: ignore[attr-defined]
-        self._reader._buffer.clear()  # type: ignore[attr-defined]
-        await self._write(event.reply)
-        try:
-            await asyncio.wait_for(self._writer.start_tls(self._ctx.tls_context),
-                                   self._ctx.limits.pop3_idle_timeout_s)
-        except (OSError, TimeoutError) as exc:
-            raise _ClientGone(f"TLS handshake failed: {exc or 'timeout'}") from None
-        self._proto.tls_started(plaintext_allowed=self._plaintext_allowed(True))
+    def _has_mailbox(self, account: AccountConfig) -> bool:
+        return account.can_read
 
-    # --- login -----------------------------------------------------------------------------
-
-    async def _login(self, event: LoginAttempt) -> None:
-        account = await self._ctx.authenticator.authenticate(
-            event.username, event.password.reveal(), self.client_ip)
-        if account is None:
-            self._ctx.observer.local_auth_failed("pop3")
-            self.stats.result = "auth_failed"
-            self._proto.login_failed()
-            await self._write(err("Invalid credentials", "AUTH"))
-            return
-        self.stats.result = "ok"
-        self.stats.account = account.name
-        reply = await self._connect_upstream(account)
-        if self._upstream is None:
-            self._proto.login_failed()
-        else:
-            self._proto.set_upstream_capabilities(self._upstream.capabilities)
-            self._proto.login_succeeded()
-            self._login_deadline = None
-            self._budget.progress()
-        await self._write(reply)
-
-    async def _connect_upstream(self, account: AccountConfig) -> bytes:
-        """Log in upstream; return the reply for the client (and set ``_upstream`` on success)."""
-        if not account.can_read:
-            log.warning("pop3 login for account '%s' refused: the account has no pop3 upstream "
-                        "(set accounts.%s.pop3)", account.name, account.name)
-            return err(f"Account {account.username} has no POP3 mailbox configured", "SYS/PERM")
-        started = time.monotonic()
-        try:
-            self._upstream, status = await self._ctx.open_mailbox(account, self._ctx.tokens,
-                                                                  self._ctx.limits)
-            self._ctx.observer.upstream_login(account.name, "pop3", time.monotonic() - started, 200)
-        except UpstreamAuthRejected as exc:
-            self._ctx.observer.upstream_login(account.name, "pop3", time.monotonic() - started, 535)
-            return self._auth_rejected(account, exc)
-        except AuthorizationNeeded as exc:
-            self._log_login_failure(account, exc, f"run `relay authorize {account.name}`")
-            return err("Mailbox re-authorization needed; ask the relay operator", "AUTH")
-        except (TokenRefreshFailed, OAuthError) as exc:
-            self._log_login_failure(account, exc, "the OAuth provider is unreachable or failing; "
-                                    "the client may retry later")
-            return err("Cannot obtain an access token right now; try again later", "SYS/TEMP")
-        except UpstreamUnavailable as exc:
-            self._log_login_failure(account, exc, "check the upstream host, port and TLS settings "
-                                    f"under accounts.{account.name}.pop3")
-            return err("Upstream mail server unavailable; try again later", "SYS/TEMP")
-        except (UpstreamError, RelayError) as exc:
-            self._log_login_failure(account, exc, "see the error above")
-            return err("Upstream mail server error; try again later", "SYS/TEMP")
-        except Exception:  # a bug: the client still gets an answer it can retry on
-            log.exception("pop3 session %s: unexpected error logging in upstream for account '%s'",
-                          self.session_id, account.name)
-            return err("Local error; try again later", "SYS/TEMP")
+    async def _open_upstream(self, account: AccountConfig, attempt: Credentials) -> bytes:
+        self._upstream, status = await self._open_mailbox(account, self._ctx.tokens, self._ctx.limits)
+        self._core.set_upstream_capabilities(self._upstream.capabilities)
         return status.raw
 
-    def _auth_rejected(self, account: AccountConfig, exc: UpstreamAuthRejected) -> bytes:
-        """The upstream refused the token even after a refresh: the client's reply."""
-        code = exc.reply.enhanced_code if exc.reply else None
-        if code in _PASSED_THROUGH_CODES:
-            self._log_login_failure(account, exc, "the upstream mailbox refused the session")
-            return f"-ERR {exc.reply.text if exc.reply else ''}\r\n".encode()
-        self._log_login_failure(account, exc, f"the token was rejected after a refresh: check "
-                                f"that POP access is enabled for {account.mailbox} and the "
-                                f"app has POP permission, then run `relay authorize "
-                                f"{account.name}`")
-        return err("Upstream mailbox login rejected; re-authorization needed", "AUTH")
+    def _passed_through(self, attempt: Credentials, exc: UpstreamAuthRejected) -> bytes | None:
+        if exc.reply is not None and exc.reply.enhanced_code in _PASSED_THROUGH_CODES:
+            return f"-ERR {exc.reply.text}\r\n".encode()
+        return None
 
-    def _log_login_failure(self, account: AccountConfig, exc: Exception, fix: str) -> None:
-        provider_error = getattr(exc, "provider_error", None)
-        detail = f" (provider error: {provider_error})" if provider_error else ""
-        explanation = (f"upstream login for account '{account.name}' ({account.mailbox}) failed: "
-                       f"{exc}{detail}; fix: {fix}")
-        self.stats.result = "upstream_error"
-        self._ctx.observer.upstream_failure(account.name, "pop3", explanation)
-        log.warning("pop3 session %s: %s", self.session_id, explanation,
-                    extra={"account": account.name, "session": self.session_id, "client": self.client,
-                           "protocol": "pop3", "outcome": "upstream_error",
-                           "upstream_reply": str(getattr(exc, "reply", None) or "") or None})
-        reply = getattr(exc, "reply", None)  # an UpstreamReply value, when the upstream answered
-        log_explanation(account.name, account.mailbox, reply.one_line() if reply else str(exc))
+    def _access_hint(self, account: AccountConfig) -> str:
+        return f"POP access is enabled for {account.mailbox} and the app has POP permission"
 
-    # --- TRANSACTION -----------------------------------------------------------------------
+    # --- TRANSACTION ---------------------------------------------------------------------------
 
     async def _forward(self, command: UpstreamCommand) -> None:
         upstream = self._upstream
@@ -336,10 +122,10 @@ class Pop3ProxySession:
         except (UpstreamError, Exception) as exc:
             # Nothing of this reply reached the client yet: say why, then close.
             if not isinstance(exc, UpstreamError):
-                log.exception("pop3 session %s: unexpected upstream error", self.session_id)
+                self.log.exception("pop3 session %s: unexpected upstream error", self.session_id)
             self.stats.outcome = f"upstream failed: {exc}"
             await self._write(err("Upstream mail server connection lost", "SYS/TEMP"))
-            raise _ClientGone(self.stats.outcome) from None
+            raise ClientGone(self.stats.outcome) from None
         if not (status.ok and command.multiline):
             await self._write(status.raw)
             return
@@ -360,28 +146,7 @@ class Pop3ProxySession:
         except UpstreamError as exc:
             # Mid-body: close without the terminating "." so the client sees an incomplete reply.
             self.stats.outcome = f"upstream failed mid-reply: {exc}"
-            raise _ClientGone(self.stats.outcome) from None
-
-    # --- close -----------------------------------------------------------------------------
-
-    async def _close(self) -> None:
-        if self._upstream is not None:
-            await self._upstream.close()  # without QUIT unless quit() already ran
-        try:
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 5)
-        except (OSError, TimeoutError):
-            self._writer.transport.abort()
-        s = self.stats
-        self._ctx.observer.session_ended("pop3", s.account if s.account != "-" else None, s.result)
-        log.info("pop3 session %s ended: account=%s client=%s commands=%d bytes_in=%d "
-                 "bytes_out=%d outcome=%s", self.session_id, s.account, self.client, s.commands,
-                 s.bytes_in, s.bytes_out, s.outcome,
-                 extra={"account": s.account, "session": self.session_id, "client": self.client,
-                        "protocol": "pop3", "outcome": s.result, "detail": s.outcome,
-                        "upstream_reply": s.upstream_reply,
-                        "duration_ms": round((time.monotonic() - s.started) * 1000),
-                        "bytes": s.bytes_out, "bytes_in": s.bytes_in})
+            raise ClientGone(self.stats.outcome) from None
 
 
 def _status_line(raw: bytes) -> str:

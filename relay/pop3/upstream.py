@@ -4,7 +4,7 @@
 connect()`` (TLS on connect or STLS, verifying certificate and host name, through
 `relay.upstream.stream`; greeting; CAPA), ``await authenticate(mailbox, token)`` (the two-step
 ``AUTH XOAUTH2`` of RFC 5034), then commands, ``quit()`` or ``close()``. `open_upstream` logs in
-with `relay.upstream.login.login_with_refresh`: a token the upstream rejects is refreshed once and
+with `relay.upstream.login.connect_and_log_in`: a token the upstream rejects is refreshed once and
 tried again on a fresh connection. Every low-level failure leaves this module as a `relay.errors`
 exception: timeouts, OSError and TLS errors as `UpstreamUnavailable`, refusals as
 `UpstreamAuthRejected` (carrying the upstream's reply as an `UpstreamReply`), garbage as
@@ -29,7 +29,7 @@ from relay.pop3.replies import MultilineEndScanner, StatusLine, parse_status
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
 from relay.tokens.source import TokenSource
-from relay.upstream.login import login_with_refresh
+from relay.upstream.login import TokenRejected, connect_and_log_in
 from relay.upstream.stream import open_stream, start_tls, translate_failure
 from relay.upstream_slots import loop_slots, pop3_slot_key
 
@@ -43,10 +43,6 @@ _NOT_A_TOKEN_PROBLEM = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/TEMP", "SYS/PERM
 def _is_continuation(line: bytes) -> bool:
     """Tell a SASL ``+ [challenge]`` line from a ``+OK`` status line."""
     return line.startswith(b"+ ") or line.rstrip(b"\r\n") == b"+"
-
-
-class TokenRejected(UpstreamAuthRejected):
-    """The upstream refused the access token itself; a refreshed token may succeed."""
 
 
 def response_code(text: str) -> str | None:
@@ -295,7 +291,9 @@ async def open_upstream(account: AccountConfig, tokens: TokenSource,
         account=account.name, setting=f"accounts.{account.name}.max_upstream_pop3_sessions",
         wait_s=limits.upstream_slot_wait_s)
     try:
-        session, status = await _login_refreshing(account, endpoint, tokens, limits)
+        session, status = await connect_and_log_in(
+            tokens, account.name, lambda: _connected(endpoint, limits, account.name),
+            lambda session, token: session.authenticate(account.mailbox, token))
     except BaseException:
         slot.release()
         raise
@@ -303,23 +301,7 @@ async def open_upstream(account: AccountConfig, tokens: TokenSource,
     return session, status
 
 
-async def _login_refreshing(account: AccountConfig, endpoint: UpstreamEndpoint, tokens: TokenSource,
-                            limits: LimitsConfig) -> tuple[UpstreamPop3Session, StatusLine]:
-    """Log in with `login_with_refresh`; a token refused twice is `UpstreamAuthRejected`."""
-
-    async def login(token: Secret) -> tuple[UpstreamPop3Session, StatusLine]:
-        session = UpstreamPop3Session(endpoint, limits, account=account.name)
-        await session.connect()
-        try:
-            return session, await session.authenticate(account.mailbox, token)
-        except BaseException:
-            await session.close()
-            raise
-
-    try:
-        result, _ = await login_with_refresh(
-            tokens, account.name, login, token_refused=lambda exc: isinstance(exc, TokenRejected))
-    except TokenRejected as exc:
-        raise UpstreamAuthRejected(f"{exc} (also after a forced token refresh)",
-                                   account=account.name, reply=exc.reply) from None
-    return result
+async def _connected(endpoint: UpstreamEndpoint, limits: LimitsConfig, account: str) -> UpstreamPop3Session:
+    session = UpstreamPop3Session(endpoint, limits, account=account)
+    await session.connect()
+    return session

@@ -7,13 +7,16 @@ still the current one: concurrent sessions do not refresh twice) and tries once 
 refusal is final and goes to the operator with the upstream's reply; the token source hears of
 it (`RefusalAware`), so an upstream that refuses even fresh tokens gets no more token requests
 for a while (relay.tokens.cooldown).
+
+POP3 and IMAP can tell a refused token from other refusals (a mailbox in use, POP disabled): their
+clients raise `TokenRejected` for the former and log in through `connect_and_log_in`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from relay.errors import UpstreamAuthRejected
 from relay.secret import Secret
@@ -54,3 +57,41 @@ async def login_with_refresh(
         if token_refused(second) and isinstance(tokens, RefusalAware):
             tokens.refreshed_token_refused(account, token)
         raise
+
+
+class TokenRejected(UpstreamAuthRejected):
+    """The upstream refused the access token itself; a refreshed token may succeed."""
+
+
+class Connection(Protocol):
+    """An upstream connection that can be closed (a POP3 or IMAP client session)."""
+
+    async def close(self) -> None:
+        """Close the connection."""
+
+
+C = TypeVar("C", bound=Connection)
+
+
+async def connect_and_log_in(tokens: TokenSource, account: str, connect: Callable[[], Awaitable[C]],
+                             authenticate: Callable[[C, Secret], Awaitable[T]]) -> tuple[C, T]:
+    """Open a connection with ``connect()`` and log in with ``authenticate(connection, token)``;
+    a connection whose login fails is closed. When the upstream refused the token itself
+    (`TokenRejected`), force one refresh and try again on a fresh connection; a second refusal is
+    a plain `UpstreamAuthRejected` (re-authorization needed). The POP3 and IMAP clients use it."""
+
+    async def attempt(token: Secret) -> tuple[C, T]:
+        connection = await connect()
+        try:
+            return connection, await authenticate(connection, token)
+        except BaseException:
+            await connection.close()
+            raise
+
+    try:
+        result, _ = await login_with_refresh(
+            tokens, account, attempt, token_refused=lambda exc: isinstance(exc, TokenRejected))
+    except TokenRejected as exc:
+        raise UpstreamAuthRejected(f"{exc} (also after a forced token refresh)",
+                                   account=account, reply=exc.reply) from None
+    return result

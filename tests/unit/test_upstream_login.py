@@ -10,7 +10,7 @@ import pytest
 
 from relay.errors import UpstreamAuthRejected
 from relay.secret import Secret
-from relay.upstream.login import login_with_refresh
+from relay.upstream.login import TokenRejected, connect_and_log_in, login_with_refresh
 
 
 class Tokens:
@@ -80,3 +80,60 @@ def test_a_source_without_the_report_still_works() -> None:
     with pytest.raises(UpstreamAuthRejected):
         asyncio.run(login_with_refresh(PlainTokens(), "a", _upstream(set())))  # type: ignore[arg-type]
     assert asyncio.run(login_with_refresh(PlainTokens(), "a", _upstream({"t1"})))[0] == "t1"  # type: ignore[arg-type]
+
+
+class Connection:
+    """An upstream connection that records whether it was closed."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _connect_and_log_in(tokens: Tokens, refuse: Callable[[Secret], Exception | None]
+                        ) -> tuple[list[Connection], tuple[Connection, str] | BaseException]:
+    """Run `connect_and_log_in` against numbered connections; the connections and the outcome."""
+    opened: list[Connection] = []
+
+    async def connect() -> Connection:
+        opened.append(Connection(len(opened)))
+        return opened[-1]
+
+    async def authenticate(connection: Connection, token: Secret) -> str:
+        problem = refuse(token)
+        if problem is not None:
+            raise problem
+        return token.reveal()
+
+    try:
+        outcome: tuple[Connection, str] | BaseException = asyncio.run(
+            connect_and_log_in(tokens, "a", connect, authenticate))  # type: ignore[arg-type]
+    except UpstreamAuthRejected as exc:
+        outcome = exc
+    return opened, outcome
+
+
+def test_rejected_token_is_refreshed_on_a_fresh_connection_and_the_first_closed() -> None:
+    """TokenRejected: the refused connection is closed, a fresh one logs in with the new token."""
+    opened, outcome = _connect_and_log_in(
+        Tokens(), lambda t: TokenRejected("bad token", account="a") if t.reveal() == "t0" else None)
+    assert outcome == (opened[1], "t1") and [c.closed for c in opened] == [True, False]
+
+
+def test_token_rejected_twice_is_a_plain_refusal() -> None:
+    """A token refused again after the refresh: UpstreamAuthRejected (not TokenRejected), both closed."""
+    opened, outcome = _connect_and_log_in(Tokens(), lambda t: TokenRejected("bad token", account="a"))
+    assert isinstance(outcome, UpstreamAuthRejected) and not isinstance(outcome, TokenRejected)
+    assert "also after a forced token refresh" in str(outcome)
+    assert [c.closed for c in opened] == [True, True]
+
+
+def test_other_refusals_get_no_refresh() -> None:
+    """A refusal that is not about the token (mailbox in use): raised at once, one connection."""
+    tokens = Tokens()
+    opened, outcome = _connect_and_log_in(tokens, lambda t: UpstreamAuthRejected("IN-USE", account="a"))
+    assert isinstance(outcome, UpstreamAuthRejected) and tokens.issued == 0
+    assert [c.closed for c in opened] == [True]

@@ -111,9 +111,11 @@ def test_account_without_imap_gets_contactadmin(imap_world) -> None:
 
 @pytest.fixture(scope="module")
 def short_relay(imap_world, tmp_path_factory):
-    """A second relay with a 1 s IMAP idle timeout, one account pointing at a closed port."""
+    """A second relay with a 1 s IMAP idle timeout, a 3 s login deadline, a budget of 3 commands
+    without progress and 2 connections per client (loopback exempt unless a test says otherwise)."""
     limits = LimitsConfig(auth_failure_delay_s=0.0, upstream_connect_timeout_s=2.0,
-                          imap_idle_timeout_s=1.0)
+                          imap_idle_timeout_s=1.0, login_timeout_s=3.0,
+                          max_commands_without_progress=3, max_connections_per_client=2)
     relay = start_relay(tmp_path_factory.mktemp("short"), imap_world.oauth, imap_world.dovecot,
                         limits=limits)
     yield relay
@@ -139,6 +141,64 @@ def test_slow_client_before_login_is_dropped(short_relay) -> None:
     assert client.line() == b"* BYE Autologout; idle for too long\r\n"
     assert client.line() == b""
     client.close()
+
+
+def test_login_deadline_closes_a_busy_client_that_never_logs_in(short_relay) -> None:
+    """CAPABILITY every 0.3 s keeps the idle timer happy, but no login within login_timeout_s
+    ends the session with * BYE."""
+    client = ImapLines(short_relay.ports["none"])
+    started = time.monotonic()
+    for n in range(100):
+        client.send(b"c%d CAPABILITY\r\n" % n)
+        line = client.line()
+        if line.startswith(b"* BYE"):
+            break
+        assert line.startswith(b"* CAPABILITY ") and client.line() == b"c%d OK CAPABILITY completed\r\n" % n
+        time.sleep(0.3)  # pacing the client, not guarding an assertion
+    assert line == b"* BYE Autologout; no login in time\r\n"
+    assert client.line() == b""
+    assert 2.5 < time.monotonic() - started < 15
+    client.close()
+
+
+def test_commands_without_progress_close_the_session(short_relay) -> None:
+    """NOOPs and refused commands count against max_commands_without_progress (3): the fourth
+    gets * BYE and the connection closes; CAPABILITY does not count."""
+    client = ImapLines(short_relay.ports["none"])
+    client.send(b"a1 NOOP\r\na2 FROB\r\na3 CAPABILITY\r\na4 NOOP\r\na5 NOOP\r\n")
+    assert client.line() == b"a1 OK NOOP completed\r\n"
+    assert client.line() == b"a2 BAD Unknown command\r\n"
+    assert client.until_tagged(b"a3")[-1] == b"a3 OK CAPABILITY completed\r\n"
+    assert client.line() == b"a4 OK NOOP completed\r\n"
+    assert client.line() == b"* BYE Too many commands without progress; closing\r\n"
+    assert client.line() == b""
+    client.close()
+
+
+def test_per_client_connection_cap(short_relay) -> None:
+    """With max_connections_per_client 2 (loopback not exempt here), a client's third connection
+    gets * BYE [UNAVAILABLE]; once one closes, the client may connect again."""
+    server = short_relay.servers["none"]
+    server.client_slots.exempt_loopback = False
+    try:
+        first, second = ImapLines(short_relay.ports["none"]), ImapLines(short_relay.ports["none"])
+        assert first.greeting.startswith(b"* OK") and second.greeting.startswith(b"* OK")
+        third = ImapLines(short_relay.ports["none"])
+        assert third.greeting == b"* BYE [UNAVAILABLE] Too many connections; try again later\r\n"
+        assert third.line() == b""
+        third.close()
+        first.send(b"x LOGOUT\r\n")
+        assert first.until_tagged(b"x")[-1] == b"x OK LOGOUT completed\r\n"
+        first.close()
+        deadline = time.monotonic() + 10
+        while server.client_slots.open_for("127.0.0.1") > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the relay releases the slot when the session's task ends
+        again = ImapLines(short_relay.ports["none"])
+        assert again.greeting.startswith(b"* OK")
+        again.close()
+        second.close()
+    finally:
+        server.client_slots.exempt_loopback = True
 
 
 def test_upstream_down_is_no_unavailable(short_relay) -> None:
