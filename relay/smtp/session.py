@@ -138,6 +138,7 @@ class RelaySMTP(SessionLimits):
             self._slot = None
         if self._refused:
             self.closed.set()
+            self._break_cycles()
             return
         super().connection_lost(error)
         if not self.closed.is_set():
@@ -156,7 +157,12 @@ class RelaySMTP(SessionLimits):
         counting frees the closed session and its buffers at once instead of the cycle collector
         much later (bench/README.md, memory): aiosmtpd's command and AUTH tables and the stream
         callback are bound methods of the session, the stream writer and `_Busy` point at it, and
-        the ended command loop's task keeps the exception (traceback: frames) that ended it."""
+        the ended command loop's task keeps the exception (traceback: frames) that ended it.
+        An idle timer re-armed while the loop unwound (`_Busy` on a cancelled upstream wait) goes
+        too: it would keep the session for the idle timeout and then find no transport."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = None
         self._handler_coroutine = None
         self._smtp_methods.clear()
         self._auth_methods.clear()
