@@ -1,4 +1,4 @@
-"""`relay serve` keeps httpx's CLI and httpcore's trio probe out of the process, and httpx still works."""
+"""What `relay serve` does not import: httpx's CLI, httpcore's trio probe, prometheus_client without metrics."""
 
 from __future__ import annotations
 
@@ -70,3 +70,20 @@ def test_already_imported_modules_are_left_alone(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delitem(sys.modules, "httpx._main")
     assert skip_unused_optional_imports() == ["httpx._main"]
     assert sys.modules["trio"] is already and sys.modules["httpx._main"] is None
+
+
+def test_prometheus_client_is_imported_only_with_metrics() -> None:
+    """The serve path (CLI, app, SMTP/POP3/IMAP listeners) imports no prometheus_client; building
+    RelayMetrics (admin listener or alerts configured) imports it and renders the exposition."""
+    code = ("import sys\n"
+            "import relay.cli; relay.cli.build_parser()\n"
+            "import relay.app, relay.smtp.server, relay.pop3.server, relay.imap.server\n"
+            "before = 'prometheus_client' in sys.modules\n"
+            "from relay.metrics import RelayMetrics\n"
+            "text = RelayMetrics(['sales']).render()\n"
+            "print(before, b'xoauth2relay_' in text)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=REPO_ROOT, env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
