@@ -90,6 +90,8 @@ def print_report(rep: dict[str, object], args: argparse.Namespace) -> None:
         for site, kib, count in rep["top"]:  # type: ignore[attr-defined]
             print(f"    {kib:+8,} KiB {count:+7,} blocks  {site}")
         print("    types: " + ", ".join(f"{n} {c}" for n, c in rep["types"]))  # type: ignore[attr-defined]
+        for kib, count, lines in rep.get("top_tracebacks", []):  # type: ignore[attr-defined]
+            print(f"    {kib:+8,} KiB {count:+7,} blocks allocated at:\n      " + "\n      ".join(lines))
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="reports also collect cycles (listing their types) and trim the heap")
     p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                    help="trace allocations with this many frames (slow: 0 = off)")
-    p.add_argument("--show-top", action="store_true", help="print the top allocation sites")
+    p.add_argument("--show-top", action="store_true",
+                   help="print the top allocation sites of what grew since the previous report")
     args = parser.parse_args(argv)
     asyncio.run(run(args))
     return 0

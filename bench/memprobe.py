@@ -143,9 +143,13 @@ def report(top: int = 25) -> dict[str, object]:
         out["traced_mib"] = current / 2**20
         out["traced_peak_mib"] = peak / 2**20
         snapshot = tracemalloc.take_snapshot()
-        _SNAPSHOTS.append(snapshot)  # the first one is the baseline: later reports show what grew
-        stats = snapshot.compare_to(_SNAPSHOTS[0], "lineno")
+        _SNAPSHOTS.append(snapshot)  # what grew since the previous report (the first: since start)
+        previous = _SNAPSHOTS[-2] if len(_SNAPSHOTS) > 1 else snapshot
+        stats = snapshot.compare_to(previous, "lineno")
         out["top"] = [(str(s.traceback), s.size_diff // 1024, s.count_diff) for s in stats[:top]]
+        grown = [s for s in snapshot.compare_to(previous, "traceback") if s.count_diff > 0][:8]
+        out["top_tracebacks"] = [(s.size_diff // 1024, s.count_diff,
+                                  s.traceback.format(limit=8, most_recent_first=True)) for s in grown]
         out["traced_by_package"] = traced_by_package(snapshot)[:top]
     out["rss_after_gc_mib"] = memory_mb(os.getpid())["rss"]
     _libc().malloc_trim(0)

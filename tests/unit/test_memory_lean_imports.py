@@ -1,4 +1,5 @@
-"""What `relay serve` does not import: httpx's CLI, httpcore's trio probe, prometheus_client without metrics."""
+"""What `relay serve` does not import: httpx's CLI, httpcore's trio probe, and prometheus_client
+unless metrics are collected."""
 
 from __future__ import annotations
 
