@@ -18,11 +18,10 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import generate_latest
-
-from relay.metrics_export import build_registry
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 PREFIX = "xoauth2relay"
 OTHER = "other"
@@ -182,7 +181,12 @@ class RelayMetrics:
         for name in self.accounts:
             self.messages[name, "delivered"] = 0
             self.message_bytes[name, "delivered"] = 0
-        self.registry = build_registry(self, LATENCY_BUCKETS)
+        # prometheus_client (with wsgiref, http.server, urllib.request ...: ~2.5 MiB) is imported
+        # only here: a relay without an admin listener or alerts never builds RelayMetrics, and
+        # every mail path imports this module (NULL_OBSERVER).
+        from relay.metrics_export import build_registry  # noqa: PLC0415
+
+        self.registry: CollectorRegistry = build_registry(self, LATENCY_BUCKETS)
 
     def add_accounts(self, names: Iterable[str]) -> None:
         """Accept these account names as labels too (a reload may add accounts)."""
@@ -276,4 +280,6 @@ class RelayMetrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
+        from prometheus_client import generate_latest  # noqa: PLC0415 - see __init__
+
         return generate_latest(self.registry)

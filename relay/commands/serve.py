@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def cmd_serve(args: argparse.Namespace) -> int:
     """Configure logging, load the configuration and run the relay; return the exit code."""
     from relay.app import RelayApp  # noqa: PLC0415 - keeps `relay --help` fast
+    from relay.lean_imports import skip_unused_optional_imports  # noqa: PLC0415
 
+    skip_unused_optional_imports()  # before anything imports httpx (the first token request)
     configure_logging(args.log_level, args.log_format)
     config = load_config_file(args.config)
     loop_kind = eventloop.resolve(args.event_loop)

@@ -37,6 +37,7 @@ class _Half(asyncio.Protocol):
         self.splice = splice
         self.name = name
         self.transport: Any = None  # asyncio's or uvloop's (SSL) transport
+        self.replaced: asyncio.BaseProtocol | None = None  # the stream protocol we took over from
         self.peer: _Half | None = None
         self.eof = False
         self.lost = False
@@ -62,6 +63,16 @@ class _Half(asyncio.Protocol):
         if exc is not None:
             self.splice.stats.errors.append(f"{self.name}: {exc}")
         self.splice.ended(self.name, "closed" if exc is None else "error")
+        # Nothing calls this half again: drop what points back (the splice, the peer), so the
+        # ended splice and the connections' buffers are freed by reference counting, not left
+        # in cycles for the cycle collector (the peer may still write to our closed transport,
+        # so that stays). The stream protocol the splice replaced hears of the end too, as it
+        # would have without the splice: it drops its own cycle (its StreamWriter and task).
+        replaced, self.replaced = self.replaced, None
+        self.peer = None
+        del self.splice
+        if replaced is not None:
+            replaced.connection_lost(exc)
 
     def pause_writing(self) -> None:
         if self.peer is not None and not self.peer.lost:
@@ -114,6 +125,7 @@ class Splice:
         The transports must not be read by anyone else; both are closed (after flushing) on return.
         """
         client, upstream = self.client.transport, self.upstream.transport
+        self.client.replaced, self.upstream.replaced = client.get_protocol(), upstream.get_protocol()
         client.set_protocol(self.client)
         upstream.set_protocol(self.upstream)
         if to_upstream:

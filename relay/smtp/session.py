@@ -138,6 +138,7 @@ class RelaySMTP(SessionLimits):
             self._slot = None
         if self._refused:
             self.closed.set()
+            self._break_cycles()
             return
         super().connection_lost(error)
         if not self.closed.is_set():
@@ -145,6 +146,29 @@ class RelaySMTP(SessionLimits):
             hook = getattr(self.event_handler, "connection_closed", None)
             if hook is not None:
                 hook(self)
+        task = self._handler_coroutine
+        if task is None or task.done():
+            self._break_cycles()
+        else:  # cancelled above: it unwinds on the loop's next turns
+            task.add_done_callback(self._break_cycles)
+
+    def _break_cycles(self, _task: object = None) -> None:
+        """Drop what points back at this session once its command loop has ended, so reference
+        counting frees the closed session and its buffers at once instead of the cycle collector
+        much later (bench/README.md, memory): aiosmtpd's command and AUTH tables and the stream
+        callback are bound methods of the session, the stream writer and `_Busy` point at it, and
+        the ended command loop's task keeps the exception (traceback: frames) that ended it.
+        An idle timer re-armed while the loop unwound (`_Busy` on a cancelled upstream wait) goes
+        too: it would keep the session for the idle timeout and then find no transport."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = None
+        self._handler_coroutine = None
+        self._smtp_methods.clear()
+        self._auth_methods.clear()
+        self._client_connected_cb = None
+        self.__dict__.pop("_writer", None)
+        self.__dict__.pop("_busy_cm", None)
 
     def _cb_client_connected(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
