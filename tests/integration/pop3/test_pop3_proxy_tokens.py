@@ -55,8 +55,8 @@ def test_dead_grant_asks_for_reauthorization_and_logs_the_fix(pop3_relay, sandbo
 
 def test_provider_down_gives_sys_temp(pop3_relay, sandbox):
     """When the token cannot be refreshed (provider 503), the client gets `-ERR [SYS/TEMP]`."""
+    sandbox.oauth.fail_next(20, status=503)  # before the start: the background refresher may go first
     relay = pop3_relay(expired=True)
-    sandbox.oauth.fail_next(20, status=503)
     assert login(relay) == b"-ERR [SYS/TEMP] Cannot obtain an access token right now; try again later\r\n"
     sandbox.oauth.clear_faults()
     assert login(relay).startswith(b"+OK")  # recovers once the provider is back
