@@ -117,7 +117,7 @@ def short_relay(imap_world, tmp_path_factory):
                           imap_idle_timeout_s=1.0, login_timeout_s=3.0,
                           max_commands_without_progress=3, max_connections_per_client=2)
     relay = start_relay(tmp_path_factory.mktemp("short"), imap_world.oauth, imap_world.dovecot,
-                        limits=limits)
+                        limits=limits, listeners=("none",))
     yield relay
     relay.stop()
 
@@ -232,7 +232,7 @@ def test_plaintext_login_refused_off_loopback_until_starttls(imap_world, tmp_pat
     """On a listener bound to 0.0.0.0 (not loopback, no allow list) the greeting says
     LOGINDISABLED and LOGIN is NO [PRIVACYREQUIRED]; after STARTTLS the same login works."""
     relay = start_relay(tmp_path_factory.mktemp("wide"), imap_world.oauth, imap_world.dovecot,
-                        listen_host="0.0.0.0")
+                        listen_host="0.0.0.0", listeners=("starttls",))
     try:
         client = imaplib.IMAP4("127.0.0.1", relay.ports["starttls"], timeout=TIMEOUT_S)
         assert "LOGINDISABLED" in client.capabilities and "AUTH=PLAIN" not in client.capabilities
