@@ -225,6 +225,14 @@ class AppRelay:
             self.thread.stop()
 
 
+def write_relay_yaml(config: RelayConfig, directory: Path, key: str) -> Path:
+    """Write ``config`` as ``directory``/relay.yaml with the store key in a key file, as an operator
+    leaves it for `relay serve -c` (checked by loading it back); return the path."""
+    path = directory / "relay.yaml"
+    load_written(with_key_file(config, key), path)
+    return path
+
+
 def app_from_yaml(config: RelayConfig, directory: Path, *, key: str, store: TokenStore | None = None,
                   tokens_factory: TokensFactory | None = None,
                   authenticator_factory: AuthenticatorFactory | None = None) -> RelayApp:
