@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import smtplib
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.app_harness import wait_until
 from support.relay_harness import (
     authorized_token_set,
     fresh_store,
@@ -148,15 +148,6 @@ def start_spool_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartSp
     yield start
     for relay in started:
         relay.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true, or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
