@@ -10,31 +10,11 @@ from dataclasses import replace
 
 import pytest
 from imap_world import PASSWORD, TIMEOUT_S, imap_login, start_relay, trusting_context, user
-from support.relay_harness import LineClient
+from support.relay_harness import ImapLines
 
 from relay.config.model import LimitsConfig
 
 pytestmark = pytest.mark.real_servers
-
-
-class ImapLines(LineClient):
-    """A raw IMAP client: greeting read on connect, then exact bytes in and lines out."""
-
-    eof_on_reset = True
-
-    def __init__(self, port: int) -> None:
-        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S))
-        self.greeting = self.line()
-
-    def until_tagged(self, tag: bytes) -> list[bytes]:
-        """Lines up to and including the one tagged ``tag``."""
-        lines = []
-        while True:
-            line = self.line()
-            assert line, f"connection closed before {tag!r}; got {lines}"
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
 
 
 @pytest.fixture
