@@ -141,7 +141,7 @@ class LoopRelay(Generic[ServerT]):
     @property
     def port(self) -> int:
         """The relay's bound port."""
-        return self.server.port  # type: ignore[attr-defined]
+        return int(self.server.port)  # type: ignore[attr-defined]
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop the server and the token manager, then the loop thread (once)."""
@@ -237,7 +237,7 @@ class ImapLines(LineClient):
 
     def until_tagged(self, tag: bytes) -> list[bytes]:
         """Lines up to and including the one tagged ``tag``."""
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self.line()
             assert line, f"connection closed before {tag!r}; got {lines}"

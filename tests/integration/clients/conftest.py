@@ -96,7 +96,8 @@ class MatrixWorld:
             return [m for m in self.sandbox.smtp.messages()
                     if needle in m.data.split(b"\r\n\r\n")[0] + b"\r\n"]
 
-        messages = wait_until(found, timeout_s, f"a message with subject {subject!r} upstream")
+        messages: list[StoredMessage] = wait_until(found, timeout_s,
+                                                   f"a message with subject {subject!r} upstream")
         assert len(messages) == 1, "delivered more than once"
         return messages[0]
 

@@ -31,7 +31,8 @@ from relay.tokens.store import generate_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
 
-from ops_helpers import OpsSetup, ServeProcess, free_port
+from ops_helpers import OpsSetup, free_port
+from support.serve import ServeProcess
 
 PASSWORD = "spool test pw"
 ACCOUNTS = {"sales": "sales@sandbox.test", "ops": "ops@sandbox.test"}
