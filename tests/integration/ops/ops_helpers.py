@@ -57,8 +57,8 @@ class OpsSetup:
         """Add an account using the sandbox upstreams (login ``<name>-app``, password PASSWORD)."""
         from relay.passwords import hash_password
 
-        self.accounts[name] = self.world.account_yaml(username or f"{name}-app", hash_password(PASSWORD),
-                                                      mailbox)
+        pw_hash = hash_password(PASSWORD, log2_n=10)  # a test cost: every login verifies it
+        self.accounts[name] = self.world.account_yaml(username or f"{name}-app", pw_hash, mailbox)
 
     def write(self) -> Path:
         """Write relay.yaml and return its path."""

@@ -36,8 +36,9 @@ TIMEOUT_S = 30.0
 
 @functools.cache
 def password_hash() -> str:
-    """The scrypt hash of PASSWORD, computed once (all test accounts share it)."""
-    return hash_password(PASSWORD)
+    """The scrypt hash of PASSWORD at a test cost (2**10 instead of 2**14: every login verifies it),
+    computed once (all test accounts share it)."""
+    return hash_password(PASSWORD, log2_n=10)
 
 
 def with_limits(**changes: Any) -> LimitsConfig:
