@@ -76,6 +76,11 @@ class ImapRelay:
         return {tls: relay.imap_port for tls, relay in self.apps.items()}
 
     @property
+    def servers(self) -> dict[str, Any]:
+        """The running IMAP listener of each variant, for tests that inspect or tune its state."""
+        return {tls: relay.server("imap") for tls, relay in self.apps.items()}
+
+    @property
     def main(self) -> AppRelay:
         """The relay most tests use: the plain listener's (else the first started)."""
         return self.apps.get("none") or next(iter(self.apps.values()))

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 from imap_world import PASSWORD, TIMEOUT_S, imap_login, start_relay, trusting_context, user
+from support.app_harness import wait_until
 from support.relay_harness import ImapLines
 
 from relay.config.model import LimitsConfig
@@ -170,9 +171,8 @@ def test_per_client_connection_cap(short_relay) -> None:
         first.send(b"x LOGOUT\r\n")
         assert first.until_tagged(b"x")[-1] == b"x OK LOGOUT completed\r\n"
         first.close()
-        deadline = time.monotonic() + 10
-        while server.client_slots.open_for("127.0.0.1") > 1 and time.monotonic() < deadline:
-            time.sleep(0.02)  # the relay releases the slot when the session's task ends
+        wait_until(lambda: server.client_slots.open_for("127.0.0.1") <= 1, 10,
+                   "the relay to release the slot (when the session's task ends)")
         again = ImapLines(short_relay.ports["none"])
         assert again.greeting.startswith(b"* OK")
         again.close()
