@@ -1,7 +1,7 @@
 """Helpers for the operator-command tests: config files for the sandbox, seeded stores, subprocesses.
 
-``ServeProcess``, ``relay_cmd``, ``LISTENER_LINE`` (tests/support/serve.py) and ``wait_until``
-(tests/support/app_harness.py) are re-exported for the ops tests.
+``wait_until`` (tests/support/app_harness.py) is re-exported for the ops tests; `relay serve` as a
+process is tests/support/serve.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 from support.app_harness import wait_until  # noqa: F401 - re-exported for the ops tests
-from support.serve import LISTENER_LINE, ServeProcess, relay_cmd  # noqa: F401 - re-exported
+from support.serve import relay_cmd
 
 from relay.sandbox.oauth import DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE
 from relay.sandbox.world import SandboxWorld
