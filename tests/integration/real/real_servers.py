@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import fcntl
 import os
 import pwd
 import re
@@ -65,13 +66,20 @@ def require_root() -> None:
 
 
 def ensure_system_user(name: str) -> pwd.struct_passwd:
-    """Create a system user without home or shell unless it exists (idempotent)."""
+    """Create a system user without home or shell unless it exists (idempotent; serialised by a lock
+    file, so two test processes starting servers at once do not race in useradd)."""
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", name],
-                       check=False, capture_output=True)
-        return pwd.getpwnam(name)
+        pass
+    with open(f"/tmp/relay-tests-useradd-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", name],
+                           check=False, capture_output=True)
+            return pwd.getpwnam(name)
 
 
 def free_port() -> int:
