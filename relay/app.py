@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from relay.admin.report import ListenerState
     from relay.localauth import LocalAuthenticator
     from relay.smtp.delivery import DeliveryFactory
+    from relay.spool.clock import Clock
     from relay.spool.service import SpoolService
 
 log = logging.getLogger("relay.app")
@@ -58,9 +59,11 @@ class RelayApp(ConfigReload):
     def __init__(self, config: RelayConfig, *, store: TokenStore | None = None,
                  loader: ConfigLoader | None = None, reload_timeout_s: float = RELOAD_TIMEOUT_S,
                  tokens_factory: TokensFactory | None = None,
-                 authenticator_factory: AuthenticatorFactory | None = None) -> None:
+                 authenticator_factory: AuthenticatorFactory | None = None,
+                 spool_clock: Clock | None = None) -> None:
         self.config = config
         self._tokens_factory = tokens_factory
+        self._spool_clock = spool_clock  # tests: a clock they move (relay.spool.clock.ManualClock)
         self._authenticator_factory = authenticator_factory
         self._store = store
         self._owns_store = False
@@ -253,7 +256,8 @@ class RelayApp(ConfigReload):
         if self.spool is None:
             if not uses_spool(config):
                 return forward
-            self.spool = SpoolService(config, load_key(config.token_store), tokens)
+            self.spool = SpoolService(config, load_key(config.token_store), tokens,
+                                      clock=self._spool_clock)
             await self.spool.start()
             if self.metrics is not None:
                 self.metrics.spool = self.spool.stats

@@ -7,6 +7,7 @@ by the live tests; the fuzz tests need none of them.
 
 from __future__ import annotations
 
+import functools
 import poplib
 import smtplib
 import socket
@@ -57,12 +58,19 @@ def fast_limits(**changes: Any) -> LimitsConfig:
     return replace(base, **changes)
 
 
+@functools.cache
+def _password_hash() -> str:
+    """PASSWORD's scrypt hash at a test cost (2**10; the default 2**14 costs ~0.1 s per login, which
+    the many-login tests pay hundreds of times); the verification code is the same."""
+    return hash_password(PASSWORD, log2_n=10)
+
+
 def build_config(sandbox: SandboxWorld, store_path: Path, *, limits: LimitsConfig | None = None,
                  smtp: UpstreamEndpoint | None = None, pop3: UpstreamEndpoint | None = None,
                  smtp_listener: ListenerConfig | None = None,
                  pop3_listener: ListenerConfig | None = None) -> RelayConfig:
     """One account ``rel`` (login rel-app) sending and reading through the sandbox."""
-    pw_hash = hash_password(PASSWORD)
+    pw_hash = _password_hash()
     smtp = smtp or sandbox_smtp_upstream(sandbox)
     pop3 = pop3 or sandbox_pop3_upstream(sandbox)
     account = AccountConfig(name="rel", username=USERNAME, password_hash=pw_hash, mailbox=MAILBOX,

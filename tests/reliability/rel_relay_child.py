@@ -1,9 +1,12 @@
-"""A relay (SMTP + POP3 + TokenManager) in its own process, for signal, restart and memory tests.
+"""A relay (`RelayApp.run`, what `relay serve` runs) in its own process, for signal, restart and
+memory tests.
 
 Usage: ``python rel_relay_child.py SPEC.json``; the spec names the upstreams, the store and the
-login; the store key comes from $RELAY_STORE_KEY. Prints ``PORTS <smtp> <pop3>`` once listening.
-SIGTERM stops gracefully (sessions finish within ``grace_s``), like `relay serve`; ``STOPPING`` is
-printed when the signal has been handled and the listeners are closed. Not a test module.
+login; the store key comes from $RELAY_STORE_KEY. The child writes relay.yaml next to the store
+(tests/support/app_harness.py), loads it with the real loader and runs RelayApp on it: SIGTERM
+stops gracefully (sessions finish within ``grace_s``, limits.shutdown_grace_s) exactly as under
+`relay serve`; the relay's log goes to stderr ("received SIGTERM" once the listeners are closed).
+Prints ``PORTS <smtp> <pop3>`` once listening. Not a test module.
 
 Store-latency options: ``slow_fsync_s`` makes every fsync of the token store take that long (a slow
 disk); ``lag_probe`` measures the loop's scheduling lag, printed as ``LAG <max_ms> <samples>`` on
@@ -16,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
+import logging
 import os
 import signal
 import sys
@@ -27,90 +30,77 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests folder, for support/
 
+from support.app_harness import app_from_yaml, tokens_with
 from support.relay_harness import loopback, relay_config
 
 from relay import eventloop
-from relay.config.model import (
-    AccountConfig,
-    CredentialsConfig,
-    LimitsConfig,
-    ListenerConfig,
-    UpstreamEndpoint,
-)
+from relay.app import RelayApp
+from relay.config.model import AccountConfig, CredentialsConfig, LimitsConfig, RelayConfig, UpstreamEndpoint
 from relay.errors import RelayError
-from relay.pop3.server import Pop3ProxyServer
-from relay.smtp.server import SmtpRelayServer
-from relay.tokens.keys import load_key
+from relay.passwords import hash_password
 from relay.tokens.manager import TokenManager
-from relay.tokens.store import EncryptedFileStore
+from relay.tokens.store import EncryptedFileStore, decode_key
 
 
-class OneLogin:
-    """Authenticator for one local login (plain compare; the password module is tested elsewhere)."""
-
-    def __init__(self, account: AccountConfig, password: str) -> None:
-        self.account = account
-        self.password = password
-
-    async def authenticate(self, username: str, password: str, client_ip: str) -> AccountConfig | None:
-        ok = username == self.account.username and password == self.password
-        return self.account if ok else None
-
-    def plaintext_auth_allowed(self, listener: ListenerConfig, client_ip: str, tls_active: bool) -> bool:
-        return tls_active or ipaddress.ip_address(client_ip).is_loopback
-
-    def trusted_account_for(self, client_ip: str) -> AccountConfig | None:
-        return None
+def build_config(spec: dict[str, object]) -> RelayConfig:
+    """One account ``rel`` (the spec's login) sending and reading through the spec's upstreams."""
+    ca = Path(str(spec["ca_file"]))
+    account = AccountConfig(
+        name="rel", username=str(spec["username"]),
+        password_hash=hash_password(str(spec["password"]), log2_n=10), mailbox=str(spec["mailbox"]),
+        credentials="sandbox",
+        smtp=UpstreamEndpoint("127.0.0.1", int(spec["smtp_port"]), "starttls", ca_file=ca),  # type: ignore[call-overload]
+        pop3=UpstreamEndpoint("127.0.0.1", int(spec["pop3_port"]), "implicit", ca_file=ca))  # type: ignore[call-overload]
+    creds = CredentialsConfig(name="sandbox", provider="generic", client_id=str(spec["client_id"]),
+                              scopes=tuple(spec["scopes"]), token_url=str(spec["token_url"]),  # type: ignore[arg-type]
+                              authorize_url=str(spec["authorize_url"]))
+    return relay_config(
+        accounts=[account], credentials=creds, token_store=Path(str(spec["store"])),
+        smtp_listener=loopback(port=int(spec.get("listen_smtp", 0))),  # type: ignore[call-overload]
+        pop3_listener=loopback(port=int(spec.get("listen_pop3", 0))),  # type: ignore[call-overload]
+        limits=LimitsConfig(auth_failure_delay_s=0.05, upstream_connect_timeout_s=5,
+                            upstream_command_timeout_s=10, upstream_data_timeout_s=10,
+                            smtp_command_timeout_s=float(spec.get("command_timeout_s", 300.0)),  # type: ignore[arg-type]
+                            pop3_idle_timeout_s=float(spec.get("command_timeout_s", 600.0)),  # type: ignore[arg-type]
+                            shutdown_grace_s=float(spec.get("grace_s", 10.0))))  # type: ignore[arg-type]
 
 
 async def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(sys.argv[1]).read_text())
     if spec.get("nice"):
         with contextlib.suppress(PermissionError):
             os.nice(int(spec["nice"]))
-    ca = Path(spec["ca_file"])
-    account = AccountConfig(
-        name="rel", username=spec["username"], password_hash=None, mailbox=spec["mailbox"],
-        credentials="sandbox",
-        smtp=UpstreamEndpoint("127.0.0.1", spec["smtp_port"], "starttls", ca_file=ca),
-        pop3=UpstreamEndpoint("127.0.0.1", spec["pop3_port"], "implicit", ca_file=ca))
-    creds = CredentialsConfig(name="sandbox", provider="generic", client_id=spec["client_id"],
-                              scopes=tuple(spec["scopes"]), token_url=spec["token_url"])
-    config = relay_config(
-        accounts=[account], credentials=creds, token_store=Path(spec["store"]),
-        smtp_listener=loopback(port=spec.get("listen_smtp", 0)),
-        pop3_listener=loopback(port=spec.get("listen_pop3", 0)),
-        limits=LimitsConfig(auth_failure_delay_s=0.05, upstream_connect_timeout_s=5,
-                            upstream_command_timeout_s=10, upstream_data_timeout_s=10,
-                            smtp_command_timeout_s=spec.get("command_timeout_s", 300.0),
-                            pop3_idle_timeout_s=spec.get("command_timeout_s", 600.0)))
-    store = EncryptedFileStore(Path(spec["store"]), load_key(config.token_store),
+    config = build_config(spec)
+    key = os.environ["RELAY_STORE_KEY"]
+    store = EncryptedFileStore(config.token_store.path, decode_key(key, "RELAY_STORE_KEY"),
                                fsync=slow_fsync(float(spec.get("slow_fsync_s", 0.0)))).open()
-    tokens = TokenManager(config, store, retry_attempts=1)
-    auth = OneLogin(account, spec["password"])
-    smtp = SmtpRelayServer(config, tokens, auth, hostname="relay.test")
-    pop3 = Pop3ProxyServer(config, tokens, auth)  # type: ignore[arg-type]
-    await smtp.start()
-    await pop3.start()
-    stop = asyncio.Event()
+    app = app_from_yaml(config, config.token_store.path.parent, key=key, store=store,
+                        tokens_factory=tokens_with(retry_attempts=1))
+    running = asyncio.ensure_future(app.run())  # installs the SIGTERM/SIGINT/SIGHUP handlers
+    await _listening(app, running)
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
     background: set[asyncio.Task[None]] = set()
     if spec.get("lag_probe"):
         probe = LagProbe()
         background.add(asyncio.create_task(probe.run()))
         loop.add_signal_handler(signal.SIGUSR2, probe.report)
     loop.add_signal_handler(signal.SIGUSR1,
-                            lambda: background.add(asyncio.create_task(refresh(tokens, "rel"))))
-    print(f"PORTS {smtp.port} {pop3.port}", flush=True)
-    await stop.wait()
-    smtp.close_listener()  # as `relay serve` does on the signal: refuse new connections at once
-    pop3.close_listener()
-    print("STOPPING", flush=True)  # the signal is handled and the listeners are closed
-    grace_s = float(spec.get("grace_s", 10.0))
-    await asyncio.gather(smtp.stop(grace_s), pop3.stop(grace_s))
-    await tokens.close()
-    return 0
+                            lambda: background.add(asyncio.create_task(refresh(app.tokens, "rel"))))
+    print(f"PORTS {app.smtp_port} {app.pop3_port}", flush=True)
+    code = await running
+    await store.close()
+    return code
+
+
+async def _listening(app: RelayApp, running: asyncio.Future[int]) -> None:
+    """Return once both listeners are bound (raise what `run` raised if it ended first)."""
+    while app.smtp_port is None or app.pop3_port is None:
+        if running.done():
+            running.result()
+            raise RuntimeError("the relay stopped before it listened")
+        await asyncio.sleep(0.01)
 
 
 def slow_fsync(delay_s: float) -> Callable[[int], None]:

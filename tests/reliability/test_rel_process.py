@@ -78,7 +78,8 @@ def child_relay(sandbox, tmp_path: Path, *, key: str | None = None, seed: bool =
         seed_store(sandbox, store, decode_key(key, "test"))
     spec = {"ca_file": str(sandbox.ca_file), "username": USERNAME, "password": PASSWORD, "mailbox": MAILBOX,
             "smtp_port": sandbox.smtp_port, "pop3_port": sandbox.pop3_port, "client_id": DEFAULT_CLIENT_ID,
-            "scopes": DEFAULT_SCOPE.split(), "token_url": sandbox.oauth.token_url, "store": str(store),
+            "scopes": DEFAULT_SCOPE.split(), "token_url": sandbox.oauth.token_url,
+            "authorize_url": sandbox.oauth.authorize_url, "store": str(store),
             **extra}
     child = Child(spec, key, tmp_path)
     try:
@@ -115,10 +116,9 @@ def test_sigterm_during_data_lets_the_message_finish(sandbox, tmp_path):
         raw.send(b"Subject: t\r\n\r\nfirst half\r\n")
         time.sleep(0.2)  # deliberate: the client is mid-message when the signal comes
         child.proc.send_signal(signal.SIGTERM)
-        # Only once the child has handled the signal does the client finish, so the message cannot
-        # slip through before the shutdown began.
-        assert child.proc.stdout is not None
-        assert child.proc.stdout.readline() == b"STOPPING\n", child.stderr()
+        # Only once the child has handled the signal (its listeners are closed in the handler, then
+        # it logs) does the client finish, so the message cannot slip through before the shutdown.
+        wait_until(lambda: "received SIGTERM" in child.stderr(), what="the relay to handle SIGTERM")
         assert _refused(child.smtp_port) and _refused(child.pop3_port), "accepted after SIGTERM"
         raw.send(b"second half\r\n.\r\n")
         assert raw.smtp_reply().startswith("250")
@@ -234,7 +234,8 @@ def test_socket_fuzz_keeps_serving_and_memory_returns_to_baseline(sandbox, tmp_p
         assert errors == [] and good >= 3
         assert child.proc.poll() is None, child.stderr()
         assert len(sandbox.smtp.wait_for_messages(good + 1)) == good + 1
-        time.sleep(1.0)  # settle time for an upper bound on RSS (not a guard: waiting longer only helps)
-        after = child.rss_kib()
-        assert after < baseline + 40 * 1024, (baseline, after)
+        # Memory comes back once the sessions are gone (RelayApp releases it when idle): wait for
+        # that with a deadline; a relay that keeps the growth fails here.
+        wait_until(lambda: child.rss_kib() < baseline + 40 * 1024, 15,
+                   f"RSS back near the baseline ({baseline} KiB)")
         assert "Traceback" not in child.stderr()

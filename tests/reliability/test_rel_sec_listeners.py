@@ -12,34 +12,23 @@ import logging
 import poplib
 import smtplib
 import ssl
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
+from relay.app import RelayApp
 from relay.config.model import ListenerConfig, UpstreamEndpoint
 from relay.configuration import load_config
 from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
-from relay.pop3.server import Pop3ProxyServer
 from relay.sasl import encode_plain
-from relay.smtp.server import SmtpRelayServer
 from relay.tlsutil import generate_self_signed
+from relay.tokens.store import generate_key
 
 from .conftest import PASSWORD, TIMEOUT_S, USERNAME, Raw
 
 LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
-
-
-class NoTokens:
-    """A TokenSource that is never asked (no session logs in)."""
-
-    async def get_token(self, account_name: str):
-        raise AssertionError("not used")
-
-    async def force_refresh(self, account_name: str):
-        raise AssertionError("not used")
 
 
 async def _refused(host: str, port: int) -> bool:
@@ -52,10 +41,15 @@ async def _refused(host: str, port: int) -> bool:
 
 
 async def test_listeners_bind_127_0_0_1_by_default(tmp_path: Path):
-    """A config without a listen section binds both listeners to 127.0.0.1 (127.0.0.2 is refused)."""
+    """A config whose listen section names no host: RelayApp binds both listeners to 127.0.0.1 only
+    (127.0.0.2 is refused)."""
+    key_file = tmp_path / "store.key"
+    key_file.write_text(generate_key() + "\n")
+    key_file.chmod(0o600)
     path = tmp_path / "relay.yaml"
     path.write_text(yaml.safe_dump({
-        "token_store": {"key_env": "RELAY_STORE_KEY"},
+        "listen": {"smtp": {"port": 0}, "pop3": {"port": 0}},  # any free port; the host is the default
+        "token_store": {"path": str(tmp_path / "tokens.enc"), "key_env": None, "key_file": str(key_file)},
         "credentials": {"c": {"provider": "generic", "client_id": "x", "token_url": "https://t.example/token",
                               "authorize_url": "https://t.example/authorize"}},
         "accounts": {"a": {"username": "u", "password_hash": hash_password("p", log2_n=4),
@@ -63,23 +57,19 @@ async def test_listeners_bind_127_0_0_1_by_default(tmp_path: Path):
                            "smtp": {"host": "smtp.example.com", "port": 587, "tls": "starttls"},
                            "pop3": False}},
     }))
+    path.chmod(0o600)
     config = load_config(path, env={})
     assert config.listen.smtp.host == "127.0.0.1" and config.listen.pop3.host == "127.0.0.1"
-    config = replace(config, listen=replace(config.listen, smtp=replace(config.listen.smtp, port=0),
-                                            pop3=replace(config.listen.pop3, port=0)))
-    auth = LocalAuthenticator(config)
-    smtp = SmtpRelayServer(config, NoTokens(), auth, hostname="relay.test")
-    pop3 = Pop3ProxyServer(config, NoTokens(), auth)  # type: ignore[arg-type]
-    await smtp.start()
-    await pop3.start()
+    app = RelayApp(config)
+    await app.start()
     try:
-        for server in (smtp, pop3):
-            sockets = server._server.sockets  # type: ignore[union-attr]
+        for name in ("smtp", "pop3"):
+            server = app.listener(name)
+            sockets = server._server.sockets  # type: ignore[attr-defined]
             assert [s.getsockname()[0] for s in sockets] == ["127.0.0.1"]
-            assert await _refused("127.0.0.2", server.port)
+            assert await _refused("127.0.0.2", server.port)  # type: ignore[attr-defined]
     finally:
-        await smtp.stop(1)
-        await pop3.stop(1)
+        await app.stop(1)
 
 
 def _smtp_login_refused(port: int) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from subprocess import Popen
 
 import pytest
+from support.app_harness import wait_until
 
 from relay.sandbox.world import SandboxWorld
 from relay.tokens.store import EncryptedFileStore, decode_key, generate_key
@@ -122,10 +123,8 @@ def test_locked_store_and_slow_fsync_do_not_stall_the_loop(sandbox: SandboxWorld
         sent = 1
         locker = hold_lock(store_path.with_name("tokens.enc.lock"))
         relay.proc.send_signal(signal.SIGUSR1)  # force a refresh: its write waits for the lock
-        deadline = time.monotonic() + 10
-        while sandbox.oauth.counters.get("refresh_requests", 0) < 2:
-            assert time.monotonic() < deadline, "the refresh never reached the token endpoint"
-            time.sleep(0.01)
+        wait_until(lambda: sandbox.oauth.counters.get("refresh_requests", 0) >= 2, 10,
+                   "the refresh to reach the token endpoint")
         for _ in range(8):
             _send(relay.smtp_port, sent)
             sent += 1

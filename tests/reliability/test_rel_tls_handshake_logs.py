@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 
 import pytest
+from support.app_harness import wait_until
 
 from relay.config.model import ListenerConfig
 from relay.tlsutil import generate_self_signed
@@ -51,10 +51,8 @@ def test_failed_tls_handshake_is_logged_at_info_without_traceback(rel_relay, tmp
     upgrade = None if tls == "implicit" else (b"STARTTLS" if listener == "smtp" else b"STLS")
     _junk_handshake(port, b"+OK" if listener == "pop3" else None, upgrade)
     if listener == "smtp":  # the failed connection must not keep a connection slot
-        deadline = time.monotonic() + 10
-        while relay.smtp_server.active_sessions and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert relay.smtp_server.active_sessions == 0
+        wait_until(lambda: relay.smtp_server.active_sessions == 0, 10,
+                   "the failed connection to give its slot back")
     relay.stop()
     bad = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not bad, [(r.name, r.levelname, r.getMessage()) for r in bad]

@@ -9,10 +9,10 @@ relay is started from that file through ``relay.configuration.load_config``. The
 that the loaded configuration equals the one the suite described, so a loader or model drift fails
 loudly instead of silently testing something else.
 
-Two seams exist for tests only, both RelayApp keyword arguments: ``tokens_factory`` (retry timing,
-an HTTP client with a short timeout, a slow-fsync store) and ``authenticator_factory`` (a wrapper
-that refuses or counts logins). Neither bypasses the wiring: RelayApp still builds, starts and
-stops everything.
+Three seams exist for tests only, all RelayApp keyword arguments: ``tokens_factory`` (retry timing,
+an HTTP client with a short timeout, a slow-fsync store), ``authenticator_factory`` (a wrapper
+that refuses or counts logins) and ``spool_clock`` (a clock the spool tests move). None bypasses
+the wiring: RelayApp still builds, starts and stops everything.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from typing import Any, Protocol
 import yaml
 
 from relay.app import AuthenticatorFactory, RelayApp, TokensFactory
-from relay.config.model import AccountConfig, LimitsConfig, PoolConfig, RelayConfig
+from relay.config.model import AccountConfig, LimitsConfig, PoolConfig, RelayConfig, SpoolConfig
 from relay.configuration import load_config
 from relay.sandbox.loop import LoopThread
 from relay.secret import Secret
+from relay.spool.clock import Clock
 from relay.tokens.interface import TokenStore
 from relay.tokens.manager import TokenManager
 from relay.tokens.model import TokenSet
@@ -98,7 +99,8 @@ def config_yaml(config: RelayConfig) -> dict[str, object]:
     if config.token_store.key_env is None:
         data["token_store"]["key_env"] = None  # type: ignore[index]
     for name, value, default in (("limits", config.limits, LimitsConfig()),
-                                 ("upstream_pool", config.upstream_pool, PoolConfig())):
+                                 ("upstream_pool", config.upstream_pool, PoolConfig()),
+                                 ("spool", config.spool, SpoolConfig())):
         if value != default:
             data[name] = _section(value)
     for name in ("admin", "alerts"):
@@ -225,14 +227,23 @@ class AppRelay:
             self.thread.stop()
 
 
+def write_relay_yaml(config: RelayConfig, directory: Path, key: str) -> Path:
+    """Write ``config`` as ``directory``/relay.yaml with the store key in a key file, as an operator
+    leaves it for `relay serve -c` (checked by loading it back); return the path."""
+    path = directory / "relay.yaml"
+    load_written(with_key_file(config, key), path)
+    return path
+
+
 def app_from_yaml(config: RelayConfig, directory: Path, *, key: str, store: TokenStore | None = None,
                   tokens_factory: TokensFactory | None = None,
-                  authenticator_factory: AuthenticatorFactory | None = None) -> RelayApp:
+                  authenticator_factory: AuthenticatorFactory | None = None,
+                  spool_clock: Clock | None = None) -> RelayApp:
     """A RelayApp (not started) from ``config`` written as ``directory``/relay.yaml and loaded back;
     for tests that run the relay in their own event loop (``await app.start()`` ... ``app.stop()``)."""
     loaded = load_written(with_key_file(config, key), directory / "relay.yaml")
     return RelayApp(loaded, store=store, loader=_loader, tokens_factory=tokens_factory,
-                    authenticator_factory=authenticator_factory)
+                    authenticator_factory=authenticator_factory, spool_clock=spool_clock)
 
 
 def seed_accounts(config: RelayConfig, key: str, tokens: Mapping[str, TokenSet]) -> None:
@@ -248,12 +259,14 @@ def seed_accounts(config: RelayConfig, key: str, tokens: Mapping[str, TokenSet])
 
 def start_app_relay(config: RelayConfig, directory: Path, *, key: str, name: str = "relay",
                     store: TokenStore | None = None, tokens_factory: TokensFactory | None = None,
-                    authenticator_factory: AuthenticatorFactory | None = None) -> AppRelay:
+                    authenticator_factory: AuthenticatorFactory | None = None,
+                    spool_clock: Clock | None = None) -> AppRelay:
     """Write ``config`` as ``directory``/relay.yaml (store key in a key file), load it with the real
     loader and start a RelayApp from it on a new loop thread. ``store``: an already open store
-    (else RelayApp opens the configured one, as `relay serve` does)."""
+    (else RelayApp opens the configured one, as `relay serve` does); ``spool_clock``: the clock of
+    the spool (a ManualClock the test moves)."""
     app = app_from_yaml(config, directory, key=key, store=store, tokens_factory=tokens_factory,
-                        authenticator_factory=authenticator_factory)
+                        authenticator_factory=authenticator_factory, spool_clock=spool_clock)
     thread = LoopThread(f"{name}-loop").start()
     try:
         thread.run(app.start(), timeout_s=60)

@@ -3,11 +3,12 @@
 A running relay for a test comes from tests/support/app_harness.py (a RelayApp started from a
 relay.yaml); this module keeps the config parts, the seeded token sets and the raw line clients.
 ``LoopRelay``/``stop_on_loop`` remain for the few tests that need a listener built by hand and
-the suites not migrated yet (IMAP world, real servers, client matrix).
+hand-built sandbox-only tests.
 
 Only what the suites do identically lives here: assembling a RelayConfig, the sandbox credentials
 and upstream endpoints, an authorized token set as after `relay authorize`, stopping a relay that
-runs on a LoopThread, and the socket/line part of the raw clients. Each suite keeps its own
+runs on a LoopThread, the socket/line part of the raw clients and the one POP3 and one IMAP
+transcript client (``Pop3Lines``, ``ImapLines``). Each suite keeps its own
 accounts, limits, fixtures and protocol-level helpers.
 
 Import as ``from support.relay_harness import ...`` (pytest has ``pythonpath = ["tests"]``;
@@ -140,7 +141,7 @@ class LoopRelay(Generic[ServerT]):
     @property
     def port(self) -> int:
         """The relay's bound port."""
-        return self.server.port  # type: ignore[attr-defined]
+        return int(self.server.port)  # type: ignore[attr-defined]
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop the server and the token manager, then the loop thread (once)."""
@@ -187,3 +188,67 @@ class LineClient:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+class Pop3Lines(LineClient):
+    """A raw POP3 transcript client: greeting read on connect, one command line out, its status
+    line (or a multi-line body) in; for bad input and exact bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.greeting = self.line()
+
+    @classmethod
+    def connect(cls, port: int, timeout_s: float = 30.0) -> Pop3Lines:
+        """Connect to 127.0.0.1:``port`` and read the greeting."""
+        return cls(socket.create_connection(("127.0.0.1", port), timeout=timeout_s))
+
+    def cmd(self, line: bytes) -> bytes:
+        """Send one command line (CRLF added), return the status line."""
+        self.send(line + b"\r\n")
+        return self.line()
+
+    def until_terminator(self) -> bytes:
+        """Read a multi-line body up to and including the terminating '.' line."""
+        out = bytearray()
+        while not out.endswith(b"\r\n.\r\n") and out != b".\r\n":
+            line = self.line()
+            if not line:
+                raise ConnectionError("closed before the terminating line")
+            out += line
+        return bytes(out)
+
+    def closed_by_server(self) -> bool:
+        """True when the server closed the connection (EOF or reset) with nothing left unread."""
+        try:
+            return self.buffer == b"" and self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+class ImapLines(LineClient):
+    """A raw IMAP transcript client: greeting read on connect, then exact bytes in and lines out."""
+
+    eof_on_reset = True
+
+    def __init__(self, port: int, timeout_s: float = 30.0) -> None:
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=timeout_s))
+        self.greeting = self.line()
+
+    def until_tagged(self, tag: bytes) -> list[bytes]:
+        """Lines up to and including the one tagged ``tag``."""
+        lines: list[bytes] = []
+        while True:
+            line = self.line()
+            assert line, f"connection closed before {tag!r}; got {lines}"
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def until_closed(self) -> bytes:
+        """Everything the server still sends until it closes the connection."""
+        data = self.buffer
+        self.buffer = b""
+        while chunk := self._recv():
+            data += chunk
+        return data

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,9 +12,10 @@ import pytest
 from relay.config.model import AccountConfig, PoolConfig
 from relay.errors import UpstreamBusy, UpstreamUnavailable
 from relay.secret import Secret
-from relay.smtp.pool import UpstreamPool
+from relay.smtp.pool import UpstreamPool, _AccountSlots
 from relay.smtp.reply import SmtpReply
 
+_NO_SLOTS = _AccountSlots()
 ACCOUNT = AccountConfig(name="sales", username="u", password_hash=None, mailbox="s@x.test",
                         credentials="c", smtp=None, pop3=None)
 
@@ -58,6 +61,19 @@ class RigPool(UpstreamPool):
     fake_tokens: FakeTokens
 
 
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    """Let the loop run until ``condition`` holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+def queued(pool: UpstreamPool, count: int) -> Callable[[], bool]:
+    """A condition: ``count`` acquirers wait in the account's queue."""
+    return lambda: len(pool._accounts.get(ACCOUNT.name, _NO_SLOTS).waiters) == count
+
+
 def make_pool(max_sessions: int = 2, wait_s: float = 5.0, **kwargs: Any) -> tuple[RigPool, list[Any]]:
     """A pool plus the list of sessions its opener created."""
     tokens = FakeTokens()
@@ -100,7 +116,7 @@ async def test_waiters_get_returned_sessions_in_arrival_order():
         pool.release(session)
 
     tasks = [asyncio.create_task(waiter(i)) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await until(queued(pool, 3), "three waiters in the queue")
     pool.release(held)
     await asyncio.gather(*tasks)
     assert order == [0, 1, 2] and len(opened) == 1 and pool.sessions("sales") == 1
@@ -124,7 +140,7 @@ async def test_cancelled_waiter_passes_its_turn_on():
     held = await pool.acquire(ACCOUNT, pool.opener)
     first = asyncio.create_task(pool.acquire(ACCOUNT, pool.opener))
     second = asyncio.create_task(pool.acquire(ACCOUNT, pool.opener))
-    await asyncio.sleep(0.01)
+    await until(queued(pool, 2), "two waiters in the queue")
     pool.release(held)  # handed to `first` ...
     first.cancel()  # ... which is cancelled before it runs
     assert await asyncio.wait_for(second, 1) is held
@@ -137,7 +153,7 @@ async def test_discarded_session_frees_its_slot_for_a_waiter():
     pool, opened = make_pool(max_sessions=1)
     held = await pool.acquire(ACCOUNT, pool.opener)
     waiting = asyncio.create_task(pool.acquire(ACCOUNT, pool.opener))
-    await asyncio.sleep(0.01)
+    await until(queued(pool, 1), "the waiter in the queue")
     pool.discard(held)
     fresh = await asyncio.wait_for(waiting, 1)
     assert fresh is opened[1] and pool.sessions("sales") == 1
@@ -196,6 +212,6 @@ async def test_idle_timeout_sweep_closes_sessions():
     pool, opened = make_pool()
     pool.idle_timeout_s = 0.05
     pool.release(await pool.acquire(ACCOUNT, pool.opener))
-    await asyncio.sleep(0.3)
-    assert opened[0].quits == 1 and pool.sessions("sales") == 0
+    await until(lambda: opened[0].quits == 1, "the sweep to QUIT the idle session")
+    assert pool.sessions("sales") == 0
     await pool.close()

@@ -11,33 +11,27 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from support.app_harness import AppRelay, seed_accounts, start_app_relay, tokens_with, wait_until
 from support.relay_harness import (
     authorized_token_set,
-    fresh_store,
     relay_config,
     sandbox_credentials,
     sandbox_pop3_upstream,
     sandbox_smtp_upstream,
-    stop_on_loop,
 )
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenConfig, ListenerConfig
-from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
-from relay.pop3.server import Pop3ProxyServer
-from relay.sandbox.loop import LoopThread
 from relay.sandbox.smtp_upstream import StoredMessage
 from relay.sandbox.world import SandboxWorld
-from relay.smtp.server import SmtpRelayServer
 from relay.tlsutil import generate_self_signed
-from relay.tokens.manager import TokenManager
+from relay.tokens.store import generate_key
 
 CI = os.environ.get("CI", "").lower() == "true"
 USERNAME = "matrix-app"
@@ -97,20 +91,21 @@ class MatrixWorld:
     def arrived(self, subject: str, timeout_s: float = 15) -> StoredMessage:
         """The one upstream message whose header block has this subject (waits for it)."""
         needle = f"Subject: {subject}\r\n".encode()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = [m for m in self.sandbox.smtp.messages()
-                     if needle in m.data.split(b"\r\n\r\n")[0] + b"\r\n"]
-            if found:
-                assert len(found) == 1, "delivered more than once"
-                return found[0]
-            time.sleep(0.02)
-        raise AssertionError(f"no message with subject {subject!r} reached the upstream")
+
+        def found() -> list[StoredMessage]:
+            return [m for m in self.sandbox.smtp.messages()
+                    if needle in m.data.split(b"\r\n\r\n")[0] + b"\r\n"]
+
+        messages: list[StoredMessage] = wait_until(found, timeout_s,
+                                                   f"a message with subject {subject!r} upstream")
+        assert len(messages) == 1, "delivered more than once"
+        return messages[0]
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MatrixWorld]:
-    """Start the sandbox and the relay (SMTP+STARTTLS, SMTPS, POP3+STLS) once per module."""
+    """Start the sandbox and the relay (SMTP+STARTTLS, SMTPS, POP3+STLS) once per module: two
+    RelayApps from relay.yaml (one SMTP listener each) over copies of one authorized token store."""
     base = tmp_path_factory.mktemp("matrix")
     with SandboxWorld.start(base / "sandbox") as sandbox:
         cert, key = generate_self_signed(base / "relay-tls")
@@ -127,25 +122,23 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MatrixWorld]:
             smtp=replace(starttls, tls="implicit"), pop3=replace(starttls, enabled=False)))
         for body in POP3_MESSAGES:
             sandbox.pop3.deliver(MAILBOX, body)
-        thread = LoopThread("matrix-relay").start()
-
-        async def make() -> tuple[list[SmtpRelayServer | Pop3ProxyServer], TokenManager]:
-            store = fresh_store(config.token_store.path)
-            await store.put(authorized_token_set(sandbox.oauth, "matrix", MAILBOX))
-            tokens = TokenManager(config, store, retry_attempts=1, retry_base_delay_s=0.01)
-            auth = LocalAuthenticator(config)
-            servers: list[SmtpRelayServer | Pop3ProxyServer] = [
-                SmtpRelayServer(config, tokens, auth, hostname="localhost"),
-                SmtpRelayServer(smtps_config, tokens, auth, hostname="localhost"),
-                Pop3ProxyServer(config, tokens, auth)]
-            for server in servers:
-                await server.start()
-            return servers, tokens
-
-        servers, tokens = thread.run(make())
-        work = base / "work"
-        work.mkdir()
+        relays: list[AppRelay] = []
         try:
-            yield MatrixWorld(sandbox, servers[0].port, servers[1].port, servers[2].port, cert, work)
+            for name, listening in (("starttls", config), ("smtps", smtps_config)):
+                directory = base / name
+                directory.mkdir(mode=0o700)
+                variant = replace(listening, token_store=replace(listening.token_store,
+                                                                 path=directory / "tokens.enc"))
+                key_text = generate_key()
+                seed_accounts(variant, key_text,
+                              {"matrix": authorized_token_set(sandbox.oauth, "matrix", MAILBOX)})
+                relays.append(start_app_relay(variant, directory, key=key_text, name=f"matrix-{name}",
+                                              tokens_factory=tokens_with(retry_attempts=1,
+                                                                         retry_base_delay_s=0.01)))
+            work = base / "work"
+            work.mkdir()
+            yield MatrixWorld(sandbox, relays[0].smtp_port, relays[1].smtp_port, relays[0].pop3_port,
+                              cert, work)
         finally:
-            stop_on_loop(thread, servers, tokens, 2.0)  # type: ignore[arg-type]
+            for relay in relays:
+                relay.stop(2.0)

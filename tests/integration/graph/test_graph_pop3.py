@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import poplib
 import socket
-import time
 
 import pytest
+from support.app_harness import wait_until
 
 from relay.graph.maildrop import uidl_for
 from relay.sandbox.world import SandboxWorld
@@ -32,10 +32,7 @@ def wait_for_no_sessions(relay: GraphRelay, timeout_s: float = 10) -> None:
     current = relay.app._current
     assert current is not None
     server = current.servers["pop3"]
-    deadline = time.monotonic() + timeout_s
-    while server._tasks:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, "the dropped POP3 session did not end"
-        time.sleep(0.01)
+    wait_until(lambda: not server._tasks, timeout_s, "the dropped POP3 session to end")  # type: ignore[attr-defined]
 
 
 def bounce(n: int) -> bytes:

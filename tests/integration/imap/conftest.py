@@ -17,7 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imap_world import DovecotImap, ImapRelay, start_relay, start_world
+from imap_world import ImapRelay, start_relay, start_world
+from real_servers import DovecotServer
 
 from relay.sandbox.oauth import SandboxOAuthProvider
 
@@ -28,7 +29,7 @@ class ImapWorld:
 
     base: Path
     oauth: SandboxOAuthProvider
-    dovecot: DovecotImap
+    dovecot: DovecotServer
     relay: ImapRelay
 
     @property

@@ -10,31 +10,12 @@ from dataclasses import replace
 
 import pytest
 from imap_world import PASSWORD, TIMEOUT_S, imap_login, start_relay, trusting_context, user
-from support.relay_harness import LineClient
+from support.app_harness import wait_until
+from support.relay_harness import ImapLines
 
 from relay.config.model import LimitsConfig
 
 pytestmark = pytest.mark.real_servers
-
-
-class ImapLines(LineClient):
-    """A raw IMAP client: greeting read on connect, then exact bytes in and lines out."""
-
-    eof_on_reset = True
-
-    def __init__(self, port: int) -> None:
-        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S))
-        self.greeting = self.line()
-
-    def until_tagged(self, tag: bytes) -> list[bytes]:
-        """Lines up to and including the one tagged ``tag``."""
-        lines = []
-        while True:
-            line = self.line()
-            assert line, f"connection closed before {tag!r}; got {lines}"
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
 
 
 @pytest.fixture
@@ -117,7 +98,7 @@ def short_relay(imap_world, tmp_path_factory):
                           imap_idle_timeout_s=1.0, login_timeout_s=3.0,
                           max_commands_without_progress=3, max_connections_per_client=2)
     relay = start_relay(tmp_path_factory.mktemp("short"), imap_world.oauth, imap_world.dovecot,
-                        limits=limits)
+                        limits=limits, listeners=("none",))
     yield relay
     relay.stop()
 
@@ -190,9 +171,8 @@ def test_per_client_connection_cap(short_relay) -> None:
         first.send(b"x LOGOUT\r\n")
         assert first.until_tagged(b"x")[-1] == b"x OK LOGOUT completed\r\n"
         first.close()
-        deadline = time.monotonic() + 10
-        while server.client_slots.open_for("127.0.0.1") > 1 and time.monotonic() < deadline:
-            time.sleep(0.02)  # the relay releases the slot when the session's task ends
+        wait_until(lambda: server.client_slots.open_for("127.0.0.1") <= 1, 10,
+                   "the relay to release the slot (when the session's task ends)")
         again = ImapLines(short_relay.ports["none"])
         assert again.greeting.startswith(b"* OK")
         again.close()
@@ -232,7 +212,7 @@ def test_plaintext_login_refused_off_loopback_until_starttls(imap_world, tmp_pat
     """On a listener bound to 0.0.0.0 (not loopback, no allow list) the greeting says
     LOGINDISABLED and LOGIN is NO [PRIVACYREQUIRED]; after STARTTLS the same login works."""
     relay = start_relay(tmp_path_factory.mktemp("wide"), imap_world.oauth, imap_world.dovecot,
-                        listen_host="0.0.0.0")
+                        listen_host="0.0.0.0", listeners=("starttls",))
     try:
         client = imaplib.IMAP4("127.0.0.1", relay.ports["starttls"], timeout=TIMEOUT_S)
         assert "LOGINDISABLED" in client.capabilities and "AUTH=PLAIN" not in client.capabilities

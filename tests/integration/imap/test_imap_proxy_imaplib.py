@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import imaplib
 import socket
-import time
 
 import pytest
 from imap_world import PASSWORD, TIMEOUT_S, imap_login, mailbox, trusting_context, user
 from real_clients import make_message
+from support.relay_harness import ImapLines
 
 pytestmark = pytest.mark.real_servers
 
@@ -122,17 +122,11 @@ def test_idle_sees_lmtp_delivery(imap_world, account: int) -> None:
 
 def test_client_disconnect_after_logout_half_close(imap_world, account: int) -> None:
     """A client that sends LOGOUT and shuts its sending side still gets BYE and the tagged OK."""
-    sock = socket.create_connection(("127.0.0.1", imap_world.relay.ports["none"]), timeout=TIMEOUT_S)
-    sock.sendall(b'a LOGIN %s "%s"\r\nb LOGOUT\r\n' % (user(account).encode(), PASSWORD.encode()))
-    sock.shutdown(socket.SHUT_WR)
-    data = b""
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    sock.close()
+    client = ImapLines(imap_world.relay.ports["none"], TIMEOUT_S)
+    client.send(b'a LOGIN %s "%s"\r\nb LOGOUT\r\n' % (user(account).encode(), PASSWORD.encode()))
+    client.sock.shutdown(socket.SHUT_WR)
+    data = client.until_closed()
+    client.close()
     assert b"a OK [CAPABILITY" in data and b"* BYE" in data and b"b OK" in data
 
 

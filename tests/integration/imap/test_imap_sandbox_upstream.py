@@ -8,21 +8,20 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from support.app_harness import seed_accounts, start_app_relay
 from support.relay_harness import (
     authorized_token_set,
-    fresh_store,
     loopback,
     relay_config,
     sandbox_credentials,
 )
 
 from relay.config.model import AccountConfig, LimitsConfig, ListenConfig, UpstreamEndpoint
-from relay.imap.server import ImapProxyServer
-from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
 from relay.tokens.manager import TokenManager
+from relay.tokens.store import generate_key
 
 MAILBOX = "gmail-like@sandbox.test"
 PASSWORD = "sandbox imap pw"
@@ -30,7 +29,7 @@ PASSWORD = "sandbox imap pw"
 
 @pytest.fixture(scope="module")
 def sandbox_relay(tmp_path_factory) -> Iterator[tuple[SandboxWorld, int, LoopThread, TokenManager]]:
-    """The sandbox world (IMAP without SASL-IR) and a relay IMAP listener in front of it."""
+    """The sandbox world (IMAP without SASL-IR) and a RelayApp (relay.yaml, IMAP listener) in front."""
     base = tmp_path_factory.mktemp("imap-sandbox")
     world = SandboxWorld.start(base / "world")
     world.imap.sasl_ir = False
@@ -43,23 +42,14 @@ def sandbox_relay(tmp_path_factory) -> Iterator[tuple[SandboxWorld, int, LoopThr
                           smtp_listener=loopback(False), pop3_listener=loopback(False))
     config = replace(config, listen=ListenConfig(smtp=loopback(False), pop3=loopback(False),
                                                  imap=loopback(True)))
-    store = fresh_store(base / "tokens.enc").open()
-    thread = LoopThread("imap-sandbox-relay").start()
-
-    async def start() -> tuple[TokenManager, ImapProxyServer]:
-        await store.put(authorized_token_set(world.oauth, "g", MAILBOX, obtained_ago_s=0))
-        tokens = TokenManager(config, store)
-        await tokens.start()
-        server = ImapProxyServer(config, tokens, LocalAuthenticator(config))
-        await server.start()
-        return tokens, server
-
-    tokens, server = thread.run(start())
-    yield world, server.port, thread, tokens
-    thread.run(server.stop(2))
-    thread.run(tokens.close())
-    thread.stop()
-    world.stop()
+    key = generate_key()
+    seed_accounts(config, key, {"g": authorized_token_set(world.oauth, "g", MAILBOX, obtained_ago_s=0)})
+    relay = start_app_relay(config, base, key=key, name="imap-sandbox-relay")
+    try:
+        yield world, relay.imap_port, relay.thread, relay.tokens
+    finally:
+        relay.stop(2)
+        world.stop()
 
 
 def test_two_step_xoauth2_and_fetch(sandbox_relay) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ops_helpers import OpsSetup, ServeProcess
+from ops_helpers import OpsSetup
+from support.serve import ServeProcess
 
 from relay.sandbox.world import SandboxWorld
 from relay.tokens.store import generate_key

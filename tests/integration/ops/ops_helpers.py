@@ -1,22 +1,23 @@
-"""Helpers for the operator-command tests: config files for the sandbox, seeded stores, subprocesses."""
+"""Helpers for the operator-command tests: config files for the sandbox, seeded stores, subprocesses.
+
+``wait_until`` (tests/support/app_harness.py) is re-exported for the ops tests; `relay serve` as a
+process is tests/support/serve.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
-import signal
 import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
+from support.app_harness import wait_until  # noqa: F401 - re-exported for the ops tests
+from support.serve import relay_cmd
 
 from relay.sandbox.oauth import DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE
 from relay.sandbox.world import SandboxWorld
@@ -25,7 +26,6 @@ from relay.tokens.model import TokenSet
 from relay.tokens.store import EncryptedFileStore, decode_key
 
 PASSWORD = "ops test password 42"
-LISTENER_LINE = re.compile(r"listener (smtp|pop3) on [^:]+:(\d+)")
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 
@@ -57,8 +57,8 @@ class OpsSetup:
         """Add an account using the sandbox upstreams (login ``<name>-app``, password PASSWORD)."""
         from relay.passwords import hash_password
 
-        self.accounts[name] = self.world.account_yaml(username or f"{name}-app", hash_password(PASSWORD),
-                                                      mailbox)
+        pw_hash = hash_password(PASSWORD, log2_n=10)  # a test cost: every login verifies it
+        self.accounts[name] = self.world.account_yaml(username or f"{name}-app", pw_hash, mailbox)
 
     def write(self) -> Path:
         """Write relay.yaml and return its path."""
@@ -99,71 +99,11 @@ class OpsSetup:
         return found
 
 
-def relay_cmd(*args: str) -> list[str]:
-    """The command line running the installed CLI with this interpreter."""
-    return [sys.executable, "-m", "relay", *args]
-
-
 def run_relay(*args: str, input_text: str | None = None,
               timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a short relay command and capture its output."""
     return subprocess.run(relay_cmd(*args), input=input_text, capture_output=True, text=True,
                           timeout=timeout_s, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-class ServeProcess:
-    """`relay serve` as a subprocess with stderr in a file; ports parsed from its listener log lines."""
-
-    def __init__(self, config_path: Path, log_path: Path, *extra: str) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(relay_cmd("serve", "-c", str(config_path), *extra),
-                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.ports: dict[str, int] = {}
-
-    def output(self) -> str:
-        """Everything the process wrote so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def wait_listening(self, timeout_s: float = 60) -> dict[str, int]:
-        """Wait for both listener lines; return {'smtp': port, 'pop3': port}."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.ports = {k: int(p) for k, p in LISTENER_LINE.findall(self.output())}
-            if len(self.ports) == 2:
-                return self.ports
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"relay serve did not start listening:\n{self.output()[-4000:]}")
-
-    def wait_for(self, text: str, timeout_s: float = 30) -> None:
-        """Wait until ``text`` appears in the output."""
-        deadline = time.monotonic() + timeout_s
-        while text not in self.output():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(f"{text!r} not seen:\n{self.output()[-4000:]}")
-            time.sleep(0.05)
-
-    def signal(self, signum: int) -> None:
-        """Send a signal to the process."""
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout_s: float = 60) -> int:
-        """Wait for the exit code."""
-        return self.proc.wait(timeout=timeout_s)
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        """The output parsed as JSON lines (fails on any line that is not JSON)."""
-        return [json.loads(line) for line in self.output().splitlines() if line.strip()]
-
-    def close(self) -> None:
-        """Kill the process if it still runs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._log.close()
 
 
 def enable_admin(setup: OpsSetup, *, token: str | None = ADMIN_TOKEN) -> int:
@@ -208,18 +148,6 @@ def send_mail(port: int, user: str, sender: str, to: str, body: str = "hello\r\n
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.login(user, PASSWORD)
         client.sendmail(sender, [to], f"From: {sender}\r\nTo: {to}\r\nSubject: t\r\n\r\n{body}")
-
-
-def wait_until(predicate: Any, timeout_s: float = 20, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def require_program(name: str, package: str) -> str:

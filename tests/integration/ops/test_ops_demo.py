@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from ops_helpers import relay_cmd, run_relay
+from ops_helpers import relay_cmd, run_relay, wait_until
 
 
 def test_demo_once_sends_and_fetches_the_message() -> None:
@@ -35,10 +34,11 @@ def test_demo_serves_until_sigint_then_exits_zero(tmp_path: Path) -> None:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        deadline = time.monotonic() + 120
-        while "Press Ctrl-C to stop." not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return "Press Ctrl-C to stop." in log.read_text()
+
+        wait_until(ready, 120, "the demo to say how to stop it")
         text = log.read_text()
         assert "swaks --server 127.0.0.1:" in text and "--auth-user demo-app" in text
         config_line = next(line for line in text.splitlines() if "relay check -c" in line)

@@ -7,7 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from ops_helpers import OpsSetup, ServeProcess, relay_cmd
+from ops_helpers import OpsSetup
+from support.serve import ServeProcess, relay_cmd
 
 NOFILE = 300
 

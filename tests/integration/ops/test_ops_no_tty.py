@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from ops_helpers import PASSWORD, OpsSetup, free_port, relay_cmd
@@ -22,9 +23,9 @@ def _close_stdin() -> None:
 
 def _run(*args: str, stdin_text: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command in a new session (no controlling terminal) with fd 0 closed, or fed ``stdin_text``."""
-    if stdin_text is None:
-        return subprocess.run(relay_cmd(*args), capture_output=True, text=True, timeout=60, check=False,
-                              start_new_session=True, preexec_fn=_close_stdin)
+    if stdin_text is None:  # sh closes fd 0 and execs: no preexec_fn, so safe from several threads
+        return subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", *relay_cmd(*args)], capture_output=True,
+                              text=True, timeout=60, check=False, start_new_session=True)
     return subprocess.run(relay_cmd(*args), capture_output=True, text=True, timeout=60, check=False,
                           start_new_session=True, input=stdin_text)
 
@@ -49,24 +50,32 @@ def test_every_command_runs_without_a_terminal(ops: OpsSetup) -> None:
         covered.add(command)
         _assert_clean(_run(command, *args), rc, error)
 
-    check("check-config", "-c", cfg, rc=0)
-    check("hash-password", rc=2, error="the password is empty")
-    check("init-key", rc=0)
-    check("tokens", "-c", cfg, rc=0)
-    check("check", "-c", cfg, "ops", rc=0)
-    check("health", "-c", cfg, "--timeout", "1", rc=1)  # nothing is serving yet
-    check("status", "-c", cfg, rc=2, error="admin: relay status reads the running relay's admin listener")
-    check("send-test", "ops", "--to", "x@sandbox.test", "-c", cfg, rc=2, error="pass --password-stdin")
-    check("send-test", "ops", "--to", "x@sandbox.test", "-c", cfg, "--password-stdin", rc=2,
-          error="standard input gave no password")
-    check("authorize", "ops", "--manual", "-c", cfg, rc=6, error="nothing was pasted")
-    check("authorize", "ops", "--no-browser", "--timeout", "1", "-c", cfg, rc=7, error="no sign-in completed")
-    check("demo", "--once", "--smtp-port", "0", "--pop3-port", "0", rc=0)
-    check("explain", "535 5.7.139 Authentication unsuccessful", rc=0)
-    check("explain", rc=1)  # nothing on stdin: "unknown", exit 1
-    check("queue", "list", "-c", cfg, rc=0)
-    check("queue", "show", "no-such-id", "-c", cfg, rc=1)
-    check("queue", "retry", "--all", "-c", cfg, rc=0)
+    # Independent commands (none changes what another reads): run side by side, checked in order.
+    checks: list[tuple[tuple[str, ...], int, str | None]] = [
+        (("check-config", "-c", cfg), 0, None),
+        (("hash-password",), 2, "the password is empty"),
+        (("init-key",), 0, None),
+        (("tokens", "-c", cfg), 0, None),
+        (("check", "-c", cfg, "ops"), 0, None),
+        (("health", "-c", cfg, "--timeout", "1"), 1, None),  # nothing is serving yet
+        (("status", "-c", cfg), 2, "admin: relay status reads the running relay's admin listener"),
+        (("send-test", "ops", "--to", "x@sandbox.test", "-c", cfg), 2, "pass --password-stdin"),
+        (("send-test", "ops", "--to", "x@sandbox.test", "-c", cfg, "--password-stdin"), 2,
+         "standard input gave no password"),
+        (("authorize", "ops", "--manual", "-c", cfg), 6, "nothing was pasted"),
+        (("authorize", "ops", "--no-browser", "--timeout", "1", "-c", cfg), 7, "no sign-in completed"),
+        (("demo", "--once", "--smtp-port", "0", "--pop3-port", "0"), 0, None),
+        (("explain", "535 5.7.139 Authentication unsuccessful"), 0, None),
+        (("explain",), 1, None),  # nothing on stdin: "unknown", exit 1
+        (("queue", "list", "-c", cfg), 0, None),
+        (("queue", "show", "no-such-id", "-c", cfg), 1, None),
+        (("queue", "retry", "--all", "-c", cfg), 0, None),
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda c: _run(*c[0]), checks))
+    for (args, rc, error), result in zip(checks, results, strict=True):
+        covered.add(args[0])
+        _assert_clean(result, rc, error)
 
     serving = subprocess.Popen(relay_cmd("serve", "-c", cfg), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,

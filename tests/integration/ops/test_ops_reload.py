@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from ops_helpers import PASSWORD, OpsSetup, ServeProcess, free_port
+from ops_helpers import PASSWORD, OpsSetup, free_port
+from support.serve import ServeProcess
 
 from relay.app import RelayApp
 from relay.config.model import RelayConfig

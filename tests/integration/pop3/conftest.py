@@ -17,7 +17,7 @@ from typing import Any, cast
 import pytest
 from support.app_harness import AppRelay, seed_accounts, start_app_relay, tokens_with, wait_until
 from support.relay_harness import (
-    LineClient,
+    Pop3Lines,
     authorized_token_set,
     loopback,
     relay_config,
@@ -36,8 +36,9 @@ TIMEOUT_S = 30.0
 
 @functools.cache
 def password_hash() -> str:
-    """The scrypt hash of PASSWORD, computed once (all test accounts share it)."""
-    return hash_password(PASSWORD)
+    """The scrypt hash of PASSWORD at a test cost (2**10 instead of 2**14: every login verifies it),
+    computed once (all test accounts share it)."""
+    return hash_password(PASSWORD, log2_n=10)
 
 
 def with_limits(**changes: Any) -> LimitsConfig:
@@ -110,34 +111,7 @@ class RunningPop3Relay(AppRelay):
         wait_until(lambda: not sandbox.pop3.is_locked(mailbox(i)), TIMEOUT_S, "the upstream maildrop lock")
 
 
-class RawPop3(LineClient):
-    """Line-level POP3 over a plain socket, for bad input and exact bytes."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(sock)
-        self.greeting = self.line()
-
-    def cmd(self, line: bytes) -> bytes:
-        """Send one command line (CRLF added), return the status line."""
-        self.send(line + b"\r\n")
-        return self.line()
-
-    def until_terminator(self) -> bytes:
-        """Read a multi-line body up to and including the terminating '.' line."""
-        out = bytearray()
-        while not out.endswith(b"\r\n.\r\n") and out != b".\r\n":
-            line = self.line()
-            if not line:
-                raise ConnectionError("closed before the terminating line")
-            out += line
-        return bytes(out)
-
-    def closed_by_server(self) -> bool:
-        """True when the server closed the connection (EOF or reset) with nothing left unread."""
-        try:
-            return self.buffer == b"" and self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
+RawPop3 = Pop3Lines  # the suites' name for the shared POP3 transcript client
 
 
 StartPop3Relay = Callable[..., RunningPop3Relay]

@@ -1,18 +1,20 @@
-"""A 50 MB RETR streams through the proxy (in its own process) without buffering the message."""
+"""A 50 MB RETR streams through the proxy (`relay serve` in its own process) without buffering it."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .conftest import PASSWORD, mailbox
+from support.app_harness import seed_accounts, write_relay_yaml
+from support.relay_harness import authorized_token_set
+from support.serve import ServeProcess
 
-CHILD = Path(__file__).with_name("pop3_relay_child.py")
+from relay.tokens.store import generate_key
+
+from .conftest import PASSWORD, build_config, mailbox, username
+
 MB = 1024 * 1024
 
 
@@ -63,42 +65,32 @@ def command(sock: socket.socket, line: bytes) -> bytes:
     return buf
 
 
-def test_fifty_megabyte_retr_keeps_relay_memory_flat(sandbox):
-    """RETR of a 50 MB message (with a slow client) grows the relay's peak RSS by < 20 MB."""
+def test_fifty_megabyte_retr_keeps_relay_memory_flat(sandbox, tmp_path):
+    """RETR of a 50 MB message (with a slow client) grows the relay's peak RSS by < 20 MB
+    (`relay serve` in its own process, so the measurement is the relay's alone)."""
     small = b"Subject: warm-up\r\n\r\n" + (b"w" * 70 + b"\r\n") * 2000
     big = big_message(50 * MB)
     sandbox.pop3.deliver(mailbox(0), small)
     sandbox.pop3.deliver(mailbox(0), big)
-    spec = {
-        "upstream": {"host": sandbox.host, "port": sandbox.pop3_port, "tls": "implicit",
-                     "ca_file": str(sandbox.ca_file)},
-        "mailbox": mailbox(0), "username": "big-app", "password": PASSWORD,
-        "token": sandbox.oauth.issue_access_token(mailbox(0)),
-    }
-    child = subprocess.Popen([sys.executable, str(CHILD)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    directory = tmp_path / "relay"
+    directory.mkdir(mode=0o700)
+    config = build_config(sandbox, directory)
+    key = generate_key()
+    seed_accounts(config, key, {"acct0": authorized_token_set(sandbox.oauth, "acct0", mailbox(0))})
+    relay = ServeProcess(write_relay_yaml(config, directory, key), tmp_path / "serve.log")
     try:
-        assert child.stdin is not None and child.stdout is not None
-        child.stdin.write(json.dumps(spec) + "\n")
-        child.stdin.flush()
-        port = int(child.stdout.readline().split()[1])
+        port = relay.wait_listening(listeners=("pop3",))["pop3"]
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
             sock.recv(1024)  # greeting
-            assert command(sock, b"USER big-app").startswith(b"+OK")
+            assert command(sock, b"USER " + username(0).encode()).startswith(b"+OK")
             assert command(sock, b"PASS " + PASSWORD.encode()).startswith(b"+OK")
             retr_wire(sock, 1)  # warm up every code path (TLS, streaming) before the baseline
-            baseline = peak_rss_bytes(child.pid)
+            baseline = peak_rss_bytes(relay.proc.pid)
             digest, length = retr_wire(sock, 2, pause_after=5 * MB)
-            growth = peak_rss_bytes(child.pid) - baseline
+            growth = peak_rss_bytes(relay.proc.pid) - baseline
             command(sock, b"QUIT")
         expected = big.replace(b"\n.", b"\n..") + b".\r\n"
         assert (digest, length) == (hashlib.sha256(expected).digest(), len(expected))
         assert growth < 20 * MB, f"relay peak RSS grew by {growth / MB:.1f} MB"
     finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        relay.close()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import poplib
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
+
+from support.app_harness import wait_until
 
 from relay.sandbox.world import SandboxWorld
 from relay.upstream_slots import loop_slots, pop3_slot_key
@@ -49,10 +50,8 @@ def test_second_session_waits_for_the_first(sandbox: SandboxWorld, tmp_path: Pat
 
         worker = threading.Thread(target=second)
         worker.start()
-        deadline = time.monotonic() + 20
-        while relay.thread.run(_waiting(relay)) == 0:  # the second login queues for the slot
-            assert time.monotonic() < deadline, "the second login never waited for a slot"
-            time.sleep(0.02)
+        wait_until(lambda: relay.thread.run(_waiting(relay)) > 0, 20,
+                   "the second login to queue for the slot")
         assert not logged_in.is_set()
         first.quit()
         worker.join(timeout=30)

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import email
 import email.policy
+import fcntl
 import os
 import pwd
 import re
 import shutil
+import smtplib
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.app_harness import wait_until
 
 from relay.tlsutil import generate_self_signed
 
@@ -64,13 +66,20 @@ def require_root() -> None:
 
 
 def ensure_system_user(name: str) -> pwd.struct_passwd:
-    """Create a system user without home or shell unless it exists (idempotent)."""
+    """Create a system user without home or shell unless it exists (idempotent; serialised by a lock
+    file, so two test processes starting servers at once do not race in useradd)."""
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", name],
-                       check=False, capture_output=True)
-        return pwd.getpwnam(name)
+        pass
+    with open(f"/tmp/relay-tests-useradd-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", name],
+                           check=False, capture_output=True)
+            return pwd.getpwnam(name)
 
 
 def free_port() -> int:
@@ -91,15 +100,6 @@ def wait_for_port(port: int, timeout_s: float = START_TIMEOUT_S, what: str = "se
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}: {exc}") from None
             time.sleep(0.05)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` until it is true; raise AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_for_exit(pid: int, what: str, timeout_s: float = 15.0) -> None:
@@ -132,7 +132,7 @@ state_dir = {base}/state
 log_path = {base}/dovecot.log
 auth_verbose = yes
 auth_verbose_passwords = no
-protocols = pop3 lmtp
+protocols = {protocols}
 listen = 127.0.0.1
 ssl = yes
 ssl_cert = <{cert}
@@ -151,6 +151,8 @@ last_valid_uid = {uid}
 pop3_uidl_format = %08Xu%08Xv
 lmtp_save_to_detail_mailbox = no
 recipient_delimiter =
+# New mail shows up in IDLE at once (inotify), with a keep-alive every 30 s.
+imap_idle_notify_interval = 30 secs
 service pop3-login {{
   inet_listener pop3 {{
     address = 127.0.0.1
@@ -159,6 +161,17 @@ service pop3-login {{
   inet_listener pop3s {{
     address = 127.0.0.1
     port = {pop3s_port}
+    ssl = yes
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps_port}
     ssl = yes
   }}
 }}
@@ -181,14 +194,6 @@ service anvil {{
     mode = 0
   }}
 }}
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
 passdb {{
   driver = oauth2
   mechanisms = xoauth2 oauthbearer
@@ -200,6 +205,13 @@ userdb {{
 }}
 """
 
+DOVECOT_IMAP_CONF = """\
+# COMPRESS=DEFLATE (RFC 4978), to show it works end to end through the relay's splice.
+protocol imap {{
+  mail_plugins = $mail_plugins imap_zlib
+}}
+"""
+
 OAUTH2_CONF = """\
 introspection_mode = post
 introspection_url = {url}
@@ -208,17 +220,25 @@ active_attribute = active
 active_value = true
 """
 
+DOVECOT_PACKAGES = {"pop3": "dovecot-pop3d", "imap": "dovecot-imapd", "lmtp": "dovecot-lmtpd"}
+"""The Debian package that brings each Dovecot protocol (dovecot-core brings the daemon)."""
+
 
 @dataclass
 class DovecotServer:
-    """A private Dovecot 2.3: POP3 (STLS and TLS on connect), LMTP, and auth for Postfix."""
+    """A private Dovecot 2.3: LMTP, auth for Postfix, and POP3 and/or IMAP (each with STARTTLS and
+    TLS on connect), every port a free loopback port. ``protocols`` picks the mail protocols; the
+    ports of one not served stay 0 (Dovecot opens no listener there)."""
 
     base: Path
     introspection_url: str
     cert_file: Path
     key_file: Path
+    protocols: tuple[str, ...] = ("pop3",)
     pop3_port: int = 0
     pop3s_port: int = 0
+    imap_port: int = 0
+    imaps_port: int = 0
     lmtp_port: int = 0
     auth_port: int = 0
 
@@ -227,34 +247,47 @@ class DovecotServer:
         """The dovecot.conf of this instance."""
         return self.base / "dovecot.conf"
 
+    @property
+    def packages(self) -> str:
+        """The Debian packages this instance needs."""
+        return " ".join(["dovecot-core", *(DOVECOT_PACKAGES[p] for p in (*self.protocols, "lmtp"))])
+
+    def _ports(self) -> tuple[str, ...]:
+        served = {"pop3": ("pop3_port", "pop3s_port"), "imap": ("imap_port", "imaps_port")}
+        return (*(name for p in self.protocols for name in served[p]), "lmtp_port", "auth_port")
+
     def write_config(self) -> None:
         """Write dovecot.conf and the oauth2 passdb file (ports chosen now if still 0)."""
         user = ensure_system_user(MAIL_USER)
-        for name in ("pop3_port", "pop3s_port", "lmtp_port", "auth_port"):
+        for name in self._ports():
             if not getattr(self, name):
                 setattr(self, name, free_port())
-        (self.base / "mail").mkdir(exist_ok=True)
+        (self.base / "mail").mkdir(parents=True, exist_ok=True)
         os.chown(self.base / "mail", user.pw_uid, user.pw_gid)
         (self.base / "oauth2.conf.ext").write_text(OAUTH2_CONF.format(url=self.introspection_url))
-        self.config_file.write_text(DOVECOT_CONF.format(
+        conf = DOVECOT_CONF.format(
             base=self.base, cert=self.cert_file, key=self.key_file, uid=user.pw_uid,
-            gid=user.pw_gid, pop3_port=self.pop3_port, pop3s_port=self.pop3s_port,
-            lmtp_port=self.lmtp_port, auth_port=self.auth_port))
+            gid=user.pw_gid, protocols=" ".join((*self.protocols, "lmtp")), pop3_port=self.pop3_port,
+            pop3s_port=self.pop3s_port, imap_port=self.imap_port, imaps_port=self.imaps_port,
+            lmtp_port=self.lmtp_port, auth_port=self.auth_port)
+        if "imap" in self.protocols:
+            conf += DOVECOT_IMAP_CONF.format()
+        self.config_file.write_text(conf)
 
     def start(self) -> None:
-        """Start the daemon and wait until POP3, LMTP and auth accept connections."""
+        """Start the daemon and wait until its mail protocols, LMTP and auth accept connections."""
         self.write_config()
         # The daemon inherits stdout/stderr: a pipe would never reach EOF, so use a file.
         out_file = self.base / "dovecot.stderr"
         with out_file.open("wb") as out:
-            code = subprocess.call([require_program("dovecot", "dovecot-core"), "-c",
+            code = subprocess.call([require_program("dovecot", self.packages), "-c",
                                     str(self.config_file)], stdout=out, stderr=out, timeout=30)
         if code != 0:
             raise RuntimeError(f"dovecot -c {self.config_file} failed ({code}): "
                                f"{out_file.read_text(errors='replace').strip()} "
                                f"{self.log_text()[-2000:]}")
-        for port in (self.pop3_port, self.pop3s_port, self.lmtp_port, self.auth_port):
-            wait_for_port(port, what="dovecot")
+        for name in self._ports():
+            wait_for_port(getattr(self, name), what="dovecot")
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM to the master) and wait until it has gone."""
@@ -293,6 +326,11 @@ class DovecotServer:
         root = self.base / "mail" / mailbox
         if root.exists():
             shutil.rmtree(root)
+
+    def deliver(self, mailbox: str, message: bytes) -> None:
+        """Deliver ``message`` into ``mailbox`` through Dovecot's LMTP."""
+        with smtplib.LMTP("127.0.0.1", self.lmtp_port, timeout=30) as lmtp:
+            lmtp.sendmail("sender@example.org", [mailbox], message)
 
     def wait_for_messages(self, mailbox: str, count: int, timeout_s: float = 30.0) -> list[bytes]:
         """Wait until ``mailbox`` holds at least ``count`` messages and return them."""

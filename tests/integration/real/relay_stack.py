@@ -1,16 +1,15 @@
-"""The relay (SMTP + POP3 listeners, token manager) wired to the real Postfix/Dovecot for one account.
+"""The relay (a RelayApp from relay.yaml) wired to the real Postfix/Dovecot for one account.
 
-The relay runs on its own event loop thread, so tests can drive it with blocking real clients
-(swaks, fetchmail, msmtp, smtplib) from the test thread.
+The relay runs on its own event loop thread (tests/support/app_harness.py), so tests can drive it
+with blocking real clients (swaks, fetchmail, msmtp, smtplib) from the test thread.
 """
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from support.app_harness import AppRelay, seed_accounts, start_app_relay
 from support.relay_harness import authorized_token_set, relay_config
 
 from relay.config.model import (
@@ -18,72 +17,40 @@ from relay.config.model import (
     CredentialsConfig,
     LimitsConfig,
     ListenerConfig,
-    RelayConfig,
     TokenStoreConfig,
     UpstreamEndpoint,
 )
-from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
-from relay.sandbox.loop import LoopThread
 from relay.sandbox.oauth import DEFAULT_CLIENT_ID, SandboxOAuthProvider
-from relay.tokens.store import EncryptedFileStore, generate_key
+from relay.tokens.store import generate_key
 
 LOCAL_USER = "legacy-app"
 LOCAL_PASSWORD = "correct horse battery staple"
 ACCOUNT = "real"
 
 
-def _password_hash(password: str) -> str:
-    return hash_password(password, log2_n=10)
-
-
-def _authenticator(config: RelayConfig) -> LocalAuthenticator:
-    return LocalAuthenticator(config)
-
-
 @dataclass
-class RelayStack:
+class RelayStack(AppRelay):
     """A running relay for one account whose mailbox lives on the real servers."""
 
-    mailbox: str
-    config: RelayConfig
-    smtp_port: int
-    pop3_port: int
-    loop: LoopThread
-    tokens: Any
-    _servers: tuple[Any, Any]
-
-    def stop(self) -> None:
-        """Stop both listeners and the token manager, then the loop thread."""
-        async def _stop() -> None:
-            for server in self._servers:
-                await server.stop(2.0)
-            await self.tokens.close()
-
-        try:
-            self.loop.run(_stop(), timeout_s=30)
-        finally:
-            self.loop.stop()
+    mailbox: str = ""
 
 
 def start_relay(*, oauth: SandboxOAuthProvider, base: Path, mailbox: str, cert_file: Path,
                 key_file: Path, postfix_port: int, dovecot_pop3s_port: int,
                 access_lifetime_s: float | None = None, token_mailbox: str | None = None,
                 smtp_pipelining: bool = True) -> RelayStack:
-    """Build the config, seed the token store with a grant for ``token_mailbox`` (default the
-    account's mailbox) and start the relay's SMTP (STARTTLS offered) and POP3 listeners.
-    ``smtp_pipelining`` is the account's ``smtp.pipelining`` setting."""
-    from relay.pop3.server import Pop3ProxyServer
-    from relay.smtp.server import SmtpRelayServer
-    from relay.tokens.manager import TokenManager
-
-    base.mkdir(parents=True, exist_ok=True)
+    """Write relay.yaml (SMTP listener offering STARTTLS, plain POP3 listener, one account on
+    Postfix/Dovecot), seed the token store with a grant for ``token_mailbox`` (default the
+    account's mailbox) and start a RelayApp from it. ``smtp_pipelining`` is the account's
+    ``smtp.pipelining`` setting."""
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
     creds = CredentialsConfig(name="sandbox", provider="generic", client_id=DEFAULT_CLIENT_ID,
                               scopes=("mail", "offline_access"), authorize_url=oauth.authorize_url,
                               token_url=oauth.token_url, revocation_url=oauth.revocation_url)
     account = AccountConfig(
-        name=ACCOUNT, username=LOCAL_USER, password_hash=_password_hash(LOCAL_PASSWORD), mailbox=mailbox,
-        credentials="sandbox",
+        name=ACCOUNT, username=LOCAL_USER, password_hash=hash_password(LOCAL_PASSWORD, log2_n=10),
+        mailbox=mailbox, credentials="sandbox",
         smtp=UpstreamEndpoint(host="127.0.0.1", port=postfix_port, tls="starttls", ca_file=cert_file,
                               pipelining=smtp_pipelining),
         pop3=UpstreamEndpoint(host="127.0.0.1", port=dovecot_pop3s_port, tls="implicit",
@@ -96,28 +63,10 @@ def start_relay(*, oauth: SandboxOAuthProvider, base: Path, mailbox: str, cert_f
         pop3_listener=ListenerConfig(enabled=True, host="127.0.0.1", port=0, tls="none"),
         limits=LimitsConfig(auth_failure_delay_s=0.0, token_refresh_margin_s=1.0,
                             upstream_connect_timeout_s=5.0))
-    store = EncryptedFileStore(base / "tokens.enc", base64.urlsafe_b64decode(generate_key())).open()
-    grant_for = token_mailbox or mailbox
     lifetime = access_lifetime_s or 3600.0
-    seed = authorized_token_set(oauth, ACCOUNT, grant_for, expires_in_s=lifetime, obtained_ago_s=0,
-                                access_lifetime_s=lifetime)
-    loop = LoopThread("relay-under-test").start()
-
-    async def _start() -> tuple[Any, Any, Any]:
-        await store.put(seed)
-        tokens = TokenManager(config, store)
-        await tokens.start()
-        authenticator = _authenticator(config)
-        smtp = SmtpRelayServer(config, tokens, authenticator, hostname="relay.test")
-        pop3 = Pop3ProxyServer(config, tokens, authenticator)
-        await smtp.start()
-        await pop3.start()
-        return tokens, smtp, pop3
-
-    try:
-        tokens, smtp, pop3 = loop.run(_start(), timeout_s=30)
-    except BaseException:
-        loop.stop()
-        raise
-    return RelayStack(mailbox=mailbox, config=config, smtp_port=smtp.port, pop3_port=pop3.port,
-                      loop=loop, tokens=tokens, _servers=(smtp, pop3))
+    key = generate_key()
+    seed_accounts(config, key, {ACCOUNT: authorized_token_set(
+        oauth, ACCOUNT, token_mailbox or mailbox, expires_in_s=lifetime, obtained_ago_s=0,
+        access_lifetime_s=lifetime)})
+    relay = start_app_relay(config, base, key=key, name="real-relay")
+    return RelayStack(relay.app, relay.thread, relay.config_path, mailbox=mailbox)

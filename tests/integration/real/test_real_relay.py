@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -114,7 +113,9 @@ def test_fetchmail_killed_mid_fetch_deletes_nothing(relay, real_world, tmp_path:
     finally:
         proc.kill()
         proc.wait(10)
-    time.sleep(0.5)
+    # Once the relay has ended the session (and so closed its upstream one) no QUIT can reach
+    # Dovecot any more: a deletion cannot come after this point.
+    wait_until(lambda: relay.active_sessions() == 0, 30, "the relay to end the killed client's session")
     assert len(real_world.dovecot.messages(relay.mailbox)) == 3
 
 
@@ -165,7 +166,9 @@ def test_expired_access_token_is_refreshed_between_sessions(relay_factory, real_
         relay = relay_factory(access_lifetime_s=3.0)
         smtplib_send(relay, make_message("before expiry", to=relay.mailbox))
         refreshes = real_world.oauth.counters.get("refresh_requests", 0)
-        time.sleep(3.5)
+        first = relay.run(relay.tokens.get_token("real")).reveal()
+        wait_until(lambda: real_world.oauth.validate_access_token(first) is None, 15,
+                   "the first access token to expire at the provider")
         smtplib_send(relay, make_message("after expiry", to=relay.mailbox))
     finally:
         real_world.oauth.token_lifetime_s = saved

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from integration.ops.ops_helpers import ServeProcess
 from support.redis_server import RedisServer
+from support.serve import ServeProcess
 
 from relay.passwords import hash_password
 from relay.sandbox.oauth import DEFAULT_SCOPE
@@ -146,14 +146,6 @@ class Load:
         while not self.stop:
             self.codes.append(session(self.ports[n % len(self.ports)], 100_000 + n))
             n += 1
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``condition`` until true or fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def cluster_in(world: SandboxWorld, redis: RedisServer, directory: Path, **kw: Any) -> Iterator[Cluster]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,6 +56,28 @@ async def open_store(server: RedisServer, key: bytes, prefix: str, **kw: object)
     return await RedisTokenStore(server.url, key, key_prefix=prefix, **kw).open()  # type: ignore[arg-type]
 
 
+async def until(condition: Callable[[], Awaitable[object]], what: str, timeout_s: float = 10) -> None:
+    """Poll an async ``condition`` until it is truthy; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def subscribers(server: RedisServer, channel: str) -> int:
+    """How many connections Redis counts as subscribed to ``channel``."""
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        [(_, count)] = await client.pubsub_numsub(channel)
+        return int(count)
+    finally:
+        await client.aclose()
+
+
+async def _at_least(count: Awaitable[int], minimum: int) -> bool:
+    return await count >= minimum
+
+
 async def test_round_trip_and_only_ciphertext_in_redis(server: RedisServer, key: bytes, prefix: str) -> None:
     """Tokens written by one store read back in another; Redis holds no token in clear."""
     a, b = await open_store(server, key, prefix), await open_store(server, key, prefix)
@@ -101,10 +123,15 @@ async def test_lease_is_exclusive_released_by_owner_and_expires(server: RedisSer
         await lease.release()
         crashed = await b.try_lease("sales", 0.3)  # its holder "crashes": never released
         assert crashed is not None and await a.try_lease("sales", 5) is None
-        deadline = time.monotonic() + 5
-        while (taken := await a.try_lease("sales", 5)) is None:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        taken = None
+
+        async def lease_taken() -> bool:
+            nonlocal taken
+            taken = await a.try_lease("sales", 5)
+            return taken is not None
+
+        await until(lease_taken, "the crashed holder's lease to expire", 5)
+        assert taken is not None
         await crashed.release()  # compare-and-delete: must not delete the new holder's lease
         assert await b.try_lease("sales", 5) is None
         await taken.release()
@@ -120,7 +147,8 @@ async def test_watch_is_woken_by_another_writer(server: RedisServer, key: bytes,
         v1 = await a.put(tokens())
         await b.get("sales", fresh=True)
         waiter = asyncio.create_task(b.watch("sales", v1, 10))
-        await asyncio.sleep(0.1)
+        # Both stores follow the events channel before the write (else b could only learn by polling).
+        await until(lambda: _at_least(subscribers(server, b.channel), 2), "both stores to subscribe")
         start = time.monotonic()
         await a.compare_and_set(tokens(access="AT-2"), v1)
         got = await asyncio.wait_for(waiter, 5)
@@ -196,16 +224,19 @@ async def test_down_server_serves_held_tokens_then_reseeds_once(tmp_path: Path, 
             with pytest.raises(TokenStoreError, match=r"token_store.url"):
                 await store.get("sales", fresh=True)
         srv.start_again()
-        await asyncio.sleep(0.3)
-        deadline = time.monotonic() + 10
-        while True:
+
+        async def both_read() -> bool:
+            nonlocal got_a, got_b
             try:
                 got_a = await a.get_versioned("sales", fresh=True)
                 got_b = await b.get_versioned("sales", fresh=True)
-                break
             except TokenStoreError:  # still backing off after the outage
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.2)
+                return False
+            return True
+
+        got_a = got_b = None
+        await until(both_read, "both stores to read from the restarted server")
+        assert got_a is not None and got_b is not None
         assert got_a.tokens == got_b.tokens == tokens() and got_a.version == got_b.version == 1
     finally:
         await a.close()

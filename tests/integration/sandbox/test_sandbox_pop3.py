@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.app_harness import wait_until
 
 from relay.sandbox.lineclient import LineClient
 from relay.sandbox.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
@@ -122,9 +123,8 @@ def test_dele_then_drop_without_quit_deletes_nothing(world: SandboxWorld) -> Non
         assert c.read_line().startswith("+OK")
         c.send_line("STAT")
         assert c.read_line() == f"+OK 1 {len(MSG2)}"
-    deadline = time.monotonic() + 10
-    while world.pop3.is_locked(USER) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # Once the maildrop lock is released the dropped session is over: no deletion can follow.
+    wait_until(lambda: not world.pop3.is_locked(USER), 10, "the dropped session to release the lock")
     assert len(world.pop3.mailbox(USER)) == 2
     pop_client(world).quit()
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from support.app_harness import wait_until
 
 from relay.config.model import LimitsConfig, PoolConfig
 from relay.smtp.pool import UpstreamPool
@@ -45,16 +46,6 @@ def send_one(relay: RunningRelay, body: bytes) -> None:
     """One connection, one message, QUIT: the legacy-app pattern the pool is for."""
     with relay.smtp() as client:
         assert client.sendmail("app@example.com", ["a@example.com"], body) == {}
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    """Poll ``condition`` until true or the timeout; return its last value."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_sequential_one_message_connections_share_one_upstream_session(start_pooled, sandbox):
@@ -147,7 +138,7 @@ def test_dead_session_found_only_at_mail_is_retried_once_on_a_fresh_one(start_po
     pool_of(relay).probe_after_idle_s = float("inf")  # no RSET check: MAIL is the first to notice
     send_one(relay, b"first\r\n")
     sandbox.smtp.drop_connections()
-    assert wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0)
+    wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0, 15, "the upstream sessions to close")
     send_one(relay, b"second\r\n")
     assert [m.data for m in sandbox.smtp.wait_for_messages(2)] == [b"first\r\n", b"second\r\n"]
     assert sandbox.smtp.counters["connections"] == 2
@@ -158,7 +149,7 @@ def test_idle_session_is_closed_after_idle_timeout(start_pooled, sandbox):
     """An idle pooled session is QUIT after idle_timeout_s; the next message opens a new one."""
     relay = start_pooled(idle_timeout_s=0.3)
     send_one(relay, b"one\r\n")
-    assert wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0)
+    wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0, 15, "the upstream sessions to close")
     assert pool_of(relay).sessions("sales") == 0
     send_one(relay, b"two\r\n")
     assert len(sandbox.smtp.wait_for_messages(2)) == 2
@@ -183,7 +174,7 @@ def test_session_is_retired_once_its_access_token_is_replaced(start_pooled, sand
     send_one(relay, b"new token\r\n")
     assert len(sandbox.smtp.wait_for_messages(2)) == 2
     assert sandbox.smtp.counters["auth_ok"] == 2
-    assert wait_until(lambda: sandbox.smtp.counters["open_connections"] == 1)
+    wait_until(lambda: sandbox.smtp.counters["open_connections"] == 1, 15, "one upstream session left")
 
 
 def test_stop_closes_every_pooled_session(start_pooled, sandbox):
@@ -192,7 +183,7 @@ def test_stop_closes_every_pooled_session(start_pooled, sandbox):
     send_one(relay, b"x\r\n")
     assert sandbox.smtp.counters["open_connections"] == 1
     relay.stop()
-    assert wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0)
+    wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0, 15, "the upstream sessions to close")
 
 
 def test_disabled_pool_keeps_one_upstream_session_per_client_connection(start_relay, sandbox):
@@ -204,19 +195,20 @@ def test_disabled_pool_keeps_one_upstream_session_per_client_connection(start_re
     assert len(sandbox.smtp.wait_for_messages(3)) == 3
     assert sandbox.smtp.counters["connections"] == 3
     assert sandbox.smtp.counters["auth_ok"] == 3
-    assert wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0)
+    wait_until(lambda: sandbox.smtp.counters["open_connections"] == 0, 15, "the upstream sessions to close")
 
 
 def test_pool_is_not_slower_with_a_slow_upstream(start_pooled, start_relay, sandbox):
-    """With 50 ms per upstream reply, 20 one-message connections are faster pooled than not."""
-    sandbox.smtp.delay_s = 0.05
+    """With 30 ms per upstream reply, 10 one-message connections are faster pooled than not (a new
+    upstream session costs ~9 round trips, a pooled message ~4)."""
+    sandbox.smtp.delay_s = 0.03
     timings = {}
     for name, relay in (("off", start_relay(limits=LIMITS)), ("on", start_pooled())):
         began = time.perf_counter()
-        for i in range(20):
+        for i in range(10):
             send_one(relay, f"{name} {i}\r\n".encode())
         timings[name] = time.perf_counter() - began
-    print(f"\n20 sequential one-message connections, 50 ms/reply: pool off {timings['off']:.2f}s, "
+    print(f"\n10 sequential one-message connections, 30 ms/reply: pool off {timings['off']:.2f}s, "
           f"on {timings['on']:.2f}s, ratio {timings['off'] / timings['on']:.1f}x")
-    assert len(sandbox.smtp.wait_for_messages(40)) == 40
+    assert len(sandbox.smtp.wait_for_messages(20)) == 20
     assert timings["on"] <= timings["off"]

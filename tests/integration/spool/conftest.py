@@ -1,21 +1,21 @@
-"""Fixtures for the spool tests: a relay with ``delivery: spool`` accounts in front of the sandbox,
-on its own loop thread, with a clock the test moves (`relay.spool.clock.ManualClock`)."""
+"""Fixtures for the spool tests: a RelayApp (tests/support/app_harness.py) with ``delivery: spool``
+accounts in front of the sandbox, on its own loop thread, its spool on a clock the test moves
+(`relay.spool.clock.ManualClock`)."""
 
 from __future__ import annotations
 
 import smtplib
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support.app_harness import AppRelay, seed_accounts, start_app_relay, tokens_with, wait_until
 from support.relay_harness import (
     authorized_token_set,
-    fresh_store,
     loopback,
     relay_config,
     sandbox_credentials,
@@ -23,20 +23,16 @@ from support.relay_harness import (
 )
 
 from relay.config.model import AccountConfig, LimitsConfig, RelayConfig, SpoolConfig
-from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
-from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
-from relay.smtp.forward import LiveForwarding
-from relay.smtp.server import SmtpRelayServer
 from relay.spool.clock import ManualClock
 from relay.spool.service import SpoolService
-from relay.tokens.manager import TokenManager
-from relay.tokens.store import decode_key, generate_key
+from relay.tokens.store import generate_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
 
-from ops_helpers import OpsSetup, ServeProcess, free_port
+from ops_helpers import OpsSetup, free_port
+from support.serve import ServeProcess
 
 PASSWORD = "spool test pw"
 ACCOUNTS = {"sales": "sales@sandbox.test", "ops": "ops@sandbox.test"}
@@ -57,17 +53,17 @@ def spool_config(sandbox: SandboxWorld, directory: Path, spool: SpoolConfig) -> 
 
 
 @dataclass
-class SpoolRelay:
-    """A running relay whose accounts spool; ``clock`` moves only when the test says so."""
+class SpoolRelay(AppRelay):
+    """A running RelayApp whose accounts spool; ``clock`` moves only when the test says so."""
 
-    config: RelayConfig
-    sandbox: SandboxWorld
-    server: SmtpRelayServer
-    tokens: TokenManager
-    service: SpoolService
-    thread: LoopThread
-    clock: ManualClock
-    stopped: bool = False
+    sandbox: SandboxWorld | None = None
+    clock: ManualClock = field(default_factory=ManualClock)
+
+    @property
+    def service(self) -> SpoolService:
+        """The app's spool."""
+        assert self.app.spool is not None, "no account spools in this relay"
+        return self.app.spool
 
     @property
     def store_dir(self) -> Path:
@@ -76,7 +72,7 @@ class SpoolRelay:
 
     def smtp(self, account: str = "sales") -> smtplib.SMTP:
         """A logged-in smtplib client."""
-        client = smtplib.SMTP("127.0.0.1", self.server.port, timeout=30)
+        client = smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
         client.login(f"{account}-app", PASSWORD)
         return client
 
@@ -100,63 +96,40 @@ class SpoolRelay:
         """Messages in the spool."""
         return len(list((self.store_dir / "queue").glob("*.msg")))
 
-    def stop(self) -> None:
-        """Stop listener, worker and loop."""
-        if self.stopped:
-            return
-        self.stopped = True
-        self.thread.run(self.server.stop(2), timeout_s=30)
-        self.thread.run(self.service.stop(), timeout_s=30)
-        self.thread.run(self.tokens.close())
-        self.thread.stop()
-
 
 StartSpoolRelay = Callable[..., SpoolRelay]
+
+
+def launch_spool_relay(sandbox: SandboxWorld, config: RelayConfig, directory: Path,
+                       name: str = "relay-spool") -> SpoolRelay:
+    """Start a RelayApp for ``config`` from ``directory``/relay.yaml, every account authorized, its
+    spool on a ManualClock."""
+    key = generate_key()
+    seed_accounts(config, key, {name: authorized_token_set(sandbox.oauth, name, account.mailbox)
+                                for name, account in config.accounts.items()})
+    clock = ManualClock()
+    base = start_app_relay(config, directory, key=key, name=name, spool_clock=clock,
+                           tokens_factory=tokens_with(retry_attempts=1, retry_base_delay_s=0.01))
+    return SpoolRelay(base.app, base.thread, base.config_path, sandbox=sandbox, clock=clock)
 
 
 @pytest.fixture
 def start_spool_relay(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartSpoolRelay]:
     """Factory: start a spooling relay; keyword arguments are SpoolConfig fields."""
     started: list[SpoolRelay] = []
-    key = decode_key(generate_key(), "test")
 
     def start(*, directory: Path | None = None, **spool: Any) -> SpoolRelay:
         base = tmp_path / "relay"
-        base.mkdir(exist_ok=True)
+        base.mkdir(exist_ok=True, mode=0o700)
         defaults: dict[str, Any] = {"retry_initial_s": 60.0, "max_messages_per_minute": 100_000}
         config = spool_config(sandbox, base, SpoolConfig(directory=directory, **{**defaults, **spool}))
-        clock = ManualClock()
-        thread = LoopThread(f"relay-spool-{len(started)}").start()
-
-        async def make() -> tuple[SmtpRelayServer, TokenManager, SpoolService]:
-            store = fresh_store(config.token_store.path)
-            for name, mailbox in ACCOUNTS.items():
-                await store.put(authorized_token_set(sandbox.oauth, name, mailbox))
-            tokens = TokenManager(config, store, retry_attempts=1, retry_base_delay_s=0.01)
-            service = SpoolService(config, key, tokens, clock=clock, hostname="relay.test")
-            await service.start()
-            server = SmtpRelayServer(config, tokens, LocalAuthenticator(config), hostname="relay.test",
-                                     deliveries=service.deliveries(config, LiveForwarding(config, tokens)))
-            await server.start()
-            return server, tokens, service
-
-        server, tokens, service = thread.run(make())
-        relay = SpoolRelay(config, sandbox, server, tokens, service, thread, clock)
+        relay = launch_spool_relay(sandbox, config, base, f"relay-spool-{len(started)}")
         started.append(relay)
         return relay
 
     yield start
     for relay in started:
         relay.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true, or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

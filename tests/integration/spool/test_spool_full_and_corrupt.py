@@ -167,5 +167,5 @@ def test_truncated_file_is_never_delivered_in_part(start_spool_relay: StartSpool
     relay.advance(61)
     wait_until((relay.store_dir / "corrupt" / victim.name).exists, what="moved aside")
     assert relay.sandbox.smtp.messages() == []
-    with smtplib.SMTP("127.0.0.1", relay.server.port) as probe:  # the relay still serves
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port) as probe:  # the relay still serves
         assert probe.noop()[0] == 250

@@ -17,19 +17,13 @@ from support.relay_harness import authorized_token_set, fresh_store
 from relay.app import RelayApp
 from relay.configuration import parse_config
 from relay.graph.send import size_limit
-from relay.localauth import LocalAuthenticator
 from relay.passwords import hash_password
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
-from relay.smtp.forward import LiveForwarding
-from relay.smtp.server import SmtpRelayServer
-from relay.spool.clock import ManualClock
 from relay.spool.graph_sender import GraphMessageSender
-from relay.spool.service import SpoolService
-from relay.tokens.manager import TokenManager
-from relay.tokens.store import decode_key, generate_key
+from relay.tokens.store import generate_key
 
-from .conftest import PASSWORD, SpoolRelay, wait_until
+from .conftest import PASSWORD, SpoolRelay, launch_spool_relay, wait_until
 
 MAILBOX = "sales@sandbox.test"
 KEY_ENV = "RELAY_SPOOL_GRAPH_KEY"
@@ -54,31 +48,17 @@ StartGraphSpool = Callable[..., SpoolRelay]
 
 @pytest.fixture
 def start_graph_spool(sandbox: SandboxWorld, tmp_path: Path) -> Iterator[StartGraphSpool]:
-    """Factory: a spooling Graph relay on a `ManualClock` (SpoolService + SMTP listener, as in
-    conftest); ``credentials`` updates the sandbox credentials' YAML."""
+    """Factory: a spooling Graph relay (RelayApp, spool on a `ManualClock`, as in conftest);
+    ``credentials`` updates the sandbox credentials' YAML."""
     started: list[SpoolRelay] = []
 
     def start(credentials: dict[str, Any] | None = None) -> SpoolRelay:
         data = graph_spool_yaml(sandbox, tmp_path, retry_initial_s=60.0)
         data["credentials"]["sandbox"].update(credentials or {})
-        config = parse_config(data, env={KEY_ENV: "x"})
-        clock = ManualClock()
-        thread = LoopThread("relay-spool-graph").start()
-
-        async def make() -> tuple[SmtpRelayServer, TokenManager, SpoolService]:
-            store = fresh_store(config.token_store.path)
-            await store.put(authorized_token_set(sandbox.oauth, "sales", MAILBOX))
-            tokens = TokenManager(config, store, retry_attempts=1, retry_base_delay_s=0.01)
-            service = SpoolService(config, decode_key(generate_key(), "test"), tokens, clock=clock,
-                                   hostname="relay.test")
-            await service.start()
-            server = SmtpRelayServer(config, tokens, LocalAuthenticator(config), hostname="relay.test",
-                                     deliveries=service.deliveries(config, LiveForwarding(config, tokens)))
-            await server.start()
-            return server, tokens, service
-
-        server, tokens, service = thread.run(make())
-        relay = SpoolRelay(config, sandbox, server, tokens, service, thread, clock)
+        directory = tmp_path / f"relay{len(started)}"
+        directory.mkdir(mode=0o700)
+        relay = launch_spool_relay(sandbox, parse_config(data, env={KEY_ENV: "x"}), directory,
+                                   "relay-spool-graph")
         started.append(relay)
         return relay
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from ops_helpers import LISTENER_LINE, PASSWORD, OpsSetup, run_relay
+from ops_helpers import PASSWORD, OpsSetup, run_relay
+from support.serve import LISTENER_LINE
 
 from relay.sandbox.world import SandboxWorld
 
