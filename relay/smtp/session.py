@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import TLSSetupException, syntax
 
 from relay.config.model import BareLfMode
+from relay.lazytimer import LazyDeadline
 from relay.sessionlimits import ClientSlots, CommandBudget
 from relay.smtp import replies
 from relay.smtp.builtin_replies import add_enhanced_code, with_old_style_auth
@@ -99,6 +100,7 @@ class RelaySMTP(SessionLimits):
         self.closed = asyncio.Event()
         self._busy = 0
         self._busy_cm = _Busy(self)
+        self._idle: LazyDeadline | None = None  # the client idle timeout (see _reset_timeout)
         self._started = False
         self._slots: ClientSlots | None = None
         self._slot: str | None = None
@@ -210,6 +212,15 @@ class RelaySMTP(SessionLimits):
         A plain class, not @contextmanager: it is entered several times per SMTP command and a
         generator-based one costs a generator and four extra calls each time."""
         return self._busy_cm
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the client idle deadline. aiosmtpd arms a new timer (``call_later`` + ``cancel``)
+        per command and per `busy` exit; a `LazyDeadline` moves a number and re-arms rarely."""
+        idle = self._idle
+        if idle is None:
+            idle = self._idle = LazyDeadline(self.loop, self._timeout_cb)
+            self._timeout_handle = idle  # type: ignore[assignment]  # aiosmtpd cancels it when lost
+        idle.set(duration or self._timeout_duration)
 
     def _timeout_cb(self) -> None:
         if self._busy:
