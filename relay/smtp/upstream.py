@@ -29,8 +29,10 @@ from relay.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from relay.lazytimer import LazyDeadline
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
+from relay.smtp.commandline import command_line, mail_command, rcpt_command
 from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply
 from relay.tokens.source import TokenSource
 from relay.upstream.login import login_with_refresh
@@ -38,7 +40,6 @@ from relay.upstream.stream import open_stream, start_tls, translate_failure
 
 T = TypeVar("T")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STUFF = re.compile(rb"(?m)^\.")
 READ_LIMIT = 64 * 1024
 
@@ -75,6 +76,8 @@ class UpstreamSmtpSession:
         self._parser = ReplyParser()
         self._needs_crlf = False  # DATA content so far does not end with CRLF
         self.on_close: Callable[[], None] | None = None  # called once when closed (frees its slot)
+        self._deadline: LazyDeadline | None = None  # the running step's timeout (see _guard)
+        self._timed_out = False  # the last step was ended by its timeout
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -163,6 +166,9 @@ class UpstreamSmtpSession:
         """Close at once without QUIT; an open DATA transaction is abandoned (never delivered)."""
         writer, self._writer, self._reader = self._writer, None, None
         on_close, self.on_close = self.on_close, None
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None:
+            deadline.cancel()
         if on_close is not None:
             on_close()
         if writer is not None:
@@ -328,18 +334,34 @@ class UpstreamSmtpSession:
                 return reply
 
     async def _guard(self, step: Awaitable[T], what: str, timeout_s: float | None = None) -> T:
-        """Run one step with a timeout; translate low-level failures and close on them."""
+        """Run one step with a timeout; translate low-level failures and close on them.
+
+        The timeout is the session's `LazyDeadline` (not ``asyncio.timeout``, which arms and
+        cancels a timer per step): on expiry `_step_timed_out` aborts the connection, which ends
+        the step's read or drain, and the failure is reported as the timeout it was."""
+        deadline = self._deadline
+        if deadline is None:
+            deadline = self._deadline = LazyDeadline(asyncio.get_running_loop(), self._step_timed_out)
+        self._timed_out = False
+        deadline.set(timeout_s or self.command_timeout_s)
         try:
-            async with asyncio.timeout(timeout_s or self.command_timeout_s):
-                return await step
+            return await step
         except ProtocolInputError:
             raise  # our caller's input, refused before anything was sent; the session is intact
         except BaseException as exc:
             self.abort()
-            translated = self._translate(exc, what)
+            cause = TimeoutError() if self._timed_out else exc
+            translated = self._translate(cause, what)
             if translated is exc:
                 raise
             raise translated from exc
+        finally:
+            deadline.clear()
+
+    def _step_timed_out(self) -> None:
+        """The step under `_guard` took too long: close the connection (the step then fails)."""
+        self._timed_out = True
+        self.abort()
 
     def _translate(self, exc: BaseException, what: str) -> BaseException:
         return translate_failure(exc, server=f"upstream {self.where}", step=what, account=self.account)
@@ -367,25 +389,3 @@ async def open_logged_in(account: AccountConfig, tokens: TokenSource, limits: Li
         return up
 
     return await login_with_refresh(tokens, account.name, login)
-
-
-def command_line(line: str, *, sensitive: bool = False) -> bytes:
-    """``line`` + CRLF as bytes; ProtocolInputError if it holds a control character (CR, LF ...)."""
-    if _CONTROL.search(line):
-        what = "credentials" if sensitive else repr(line[:60])
-        raise ProtocolInputError(f"control character in SMTP command {what}")
-    try:
-        return line.encode("utf-8") + b"\r\n"
-    except UnicodeEncodeError:  # undecodable client bytes (aiosmtpd keeps them as surrogates)
-        raise ProtocolInputError("SMTP command argument is not valid UTF-8") from None
-
-
-def mail_command(address: str, params: Iterable[str] = ()) -> bytes:
-    """The checked ``MAIL FROM:<address> [params]`` line."""
-    extra = "".join([f" {p}" for p in params]) if params else ""
-    return command_line(f"MAIL FROM:<{address}>{extra}")
-
-
-def rcpt_command(address: str) -> bytes:
-    """The checked ``RCPT TO:<address>`` line."""
-    return command_line(f"RCPT TO:<{address}>")
