@@ -13,16 +13,17 @@ import logging
 from collections.abc import Callable
 from typing import Any, Self
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import syntax
 
 from relay.config.model import LimitsConfig
 from relay.sessionlimits import ClientSlots, CommandBudget
+from relay.smtp.commandloop import CommandLoop
 from relay.smtp.connection import ConnectionState
 
 log = logging.getLogger("relay.smtp")
 
 
-class SessionLimits(SMTP):
+class SessionLimits(CommandLoop):
     """The per-client cap, the login deadline and the command budget of one SMTP connection."""
 
     state: ConnectionState
