@@ -9,9 +9,8 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
   client's final reply is the upstream's final reply (our 354 goes out without waiting for the
   upstream; an upstream refusal of DATA becomes the reply after the final dot, see
   `RelayHandler.open_data`);
-* ``_getaddr``: a fast path for plain ``<local@domain>`` (same result as aiosmtpd's parser);
-* ``push``: aiosmtpd's built-in error replies lack RFC 3463 enhanced status codes; the one exit
-  point adds them (``503 5.5.1``, ``500 5.5.2`` ...; `relay.smtp.builtin_replies`);
+* MAIL, RCPT, address parsing and ``push`` (enhanced status codes on aiosmtpd's built-in
+  replies, the command budget): in the base class `relay.smtp.command_path.CommandPath`;
 * ``_timeout_cb``: the idle timer must not close a client while *we* wait for the upstream;
 * ``smtp_AUTH``: legacy devices send ``HELO`` then ``AUTH`` (aiosmtpd allows AUTH only after
   EHLO) and lower-case mechanism names; EHLO also advertises the pre-RFC ``AUTH=LOGIN PLAIN``
@@ -33,7 +32,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +41,12 @@ from relay.config.model import BareLfMode
 from relay.lazytimer import LazyDeadline
 from relay.sessionlimits import ClientSlots, CommandBudget
 from relay.smtp import replies
-from relay.smtp.builtin_replies import add_enhanced_code, with_old_style_auth
+from relay.smtp.builtin_replies import with_old_style_auth
+from relay.smtp.command_path import CommandPath
 from relay.smtp.connection import ConnectionState
 from relay.smtp.dataframe import DataFramer, LineEndNormalizer
 from relay.smtp.fastinit import cheap_introspection
 from relay.smtp.reply import SmtpReply
-from relay.smtp.session_limits import SessionLimits
 from relay.upstream.stream import set_nodelay
 
 if TYPE_CHECKING:
@@ -63,11 +61,6 @@ BARE_LF_REFUSED = "521 5.5.2 Error: bare <LF> received; end every line with <CR>
 
 # An AUTH continuation line (RFC 4954 sets no limit; ours matches POP3's SASL line limit).
 MAX_AUTH_LINE_OCTETS = 2048
-
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_ANGLE_ADDR = re.compile(
-    rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^\s(][^\r\n]*)?\Z")
-
 
 class _Busy:
     """`RelaySMTP.busy`'s context manager (re-entrant: a counter)."""
@@ -85,7 +78,7 @@ class _Busy:
         self._server._reset_timeout()
 
 
-class RelaySMTP(SessionLimits):
+class RelaySMTP(CommandPath):
     """aiosmtpd's SMTP with bulk, streamed DATA (see the module docstring for each override)."""
 
     # The stream buffer limit: aiosmtpd uses it as the command-line limit too, but still refuses
@@ -245,57 +238,6 @@ class RelaySMTP(SessionLimits):
                 self._original_transport.abort()  # type: ignore[attr-defined]
             if not self.closed.is_set():
                 self.connection_lost(None)
-
-    # --- output -------------------------------------------------------------------------------
-
-    async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str):
-            status = add_enhanced_code(status)
-            if status.startswith("235"):
-                self.progress()
-            elif status[:1] in ("4", "5") and not status.startswith("421"):
-                await super().push(status)
-                await self._wasted()
-                return
-        await super().push(status)  # type: ignore[type-var]
-
-    # --- MAIL (progress) ------------------------------------------------------------------------
-
-    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        await super().smtp_MAIL(arg)
-        if self.envelope is not None and self.envelope.mail_from:
-            self.progress()
-
-    # --- addresses ----------------------------------------------------------------------------
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parser, plus the null reverse-path ``<>`` (RFC 5321 4.5.5: bounces
-        and DSNs), returned as the non-empty marker ``"<>"`` so aiosmtpd's MAIL/RCPT checks (which
-        treat an empty sender as "no MAIL yet") keep working; the handler forwards it as ``<>``."""
-        stripped = arg.lstrip()
-        if stripped.startswith("<>"):
-            return "<>", stripped[2:]
-        # The usual <local@domain> (dot-atoms, no comments or quoting) gets the same result as
-        # aiosmtpd's RFC 5322 parser (email._header_value_parser), which costs ~0.1 ms per MAIL
-        # and per RCPT; anything else still goes to that parser.
-        match = _SIMPLE_ANGLE_ADDR.match(arg)
-        if match is not None:
-            address, rest = match.group(1), match.group(2) or ""
-            local_part = address.rpartition("@")[0]
-            if self.local_part_limit and len(local_part) > self.local_part_limit:
-                return None, None
-            return address, rest
-        return super()._getaddr(arg)
-
-    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
-        """aiosmtpd's MAIL/RCPT parameter parser; a non-ASCII SIZE value (``SIZE=¹`` passes
-        str.isdigit() but not int()) is a syntax error instead of an unhandled ValueError."""
-        result = super()._getparams(params)
-        size = result.get("SIZE") if result else None
-        if isinstance(size, str) and not size.isascii():
-            return None
-        return result
 
     # --- AUTH ----------------------------------------------------------------------------------
 
