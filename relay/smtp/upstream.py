@@ -115,7 +115,7 @@ class UpstreamSmtpSession:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 self._reader, self._writer = await open_stream(self.endpoint, read_limit=READ_LIMIT)
-                greeting = await self._read_reply()
+                greeting = await self.read_reply("greeting")
                 if greeting.code != 220:
                     raise UpstreamUnavailable(
                         f"upstream {self.where} refused the session: {greeting}",
@@ -137,7 +137,7 @@ class UpstreamSmtpSession:
         return reply
 
     async def _ehlo(self) -> SmtpReply:
-        reply = await self._command(f"EHLO {self.local_hostname}")
+        reply = await self._command(f"EHLO {self.local_hostname}", "EHLO")
         if reply.code != 250:
             raise UpstreamUnavailable(f"upstream {self.where} refused EHLO: {reply}",
                                       account=self.account, reply=reply.as_upstream_reply())
@@ -145,7 +145,7 @@ class UpstreamSmtpSession:
         return reply
 
     async def _starttls(self) -> None:
-        reply = await self._command("STARTTLS")
+        reply = await self._command("STARTTLS", "STARTTLS")
         if reply.code != 220:
             raise UpstreamUnavailable(f"upstream {self.where} refused STARTTLS: {reply}",
                                       account=self.account, reply=reply.as_upstream_reply())
@@ -157,7 +157,7 @@ class UpstreamSmtpSession:
         if self.connected:
             try:
                 async with asyncio.timeout(min(self.command_timeout_s, 10.0)):
-                    await self._command("QUIT")
+                    await self._command("QUIT", "QUIT")
             except (UpstreamUnavailable, UpstreamProtocolError, TimeoutError, OSError):
                 pass  # closing anyway
         self.abort()
@@ -181,13 +181,13 @@ class UpstreamSmtpSession:
     async def authenticate(self, mailbox: str, token: Secret) -> SmtpReply:
         """AUTH XOAUTH2 in two steps; raise UpstreamAuthRejected with the upstream's reply."""
         response = encode_xoauth2(mailbox, token.reveal())
-        reply = await self._guard(self._command("AUTH XOAUTH2"), "AUTH")
+        reply = await self._command("AUTH XOAUTH2", "AUTH")
         if reply.code == 334:
-            reply = await self._guard(self._command(response, sensitive=True), "AUTH")
+            reply = await self._command(response, "AUTH", sensitive=True)
             if reply.code == 334:
                 # The server's error challenge (base64 JSON); an empty line gets the final reply.
                 challenge = decode_error_challenge(" ".join(reply.text_lines)) or {}
-                reply = await self._guard(self._command(""), "AUTH")
+                reply = await self._command("", "AUTH")
                 if reply.code == 334:
                     self.abort()
                     raise UpstreamProtocolError(f"upstream {self.where} kept challenging XOAUTH2",
@@ -213,8 +213,13 @@ class UpstreamSmtpSession:
         return await self.send_command(rcpt_command(address), "RCPT")
 
     async def send_command(self, line: bytes, what: str) -> SmtpReply:
-        """Send one checked command line (`mail_command`, `rcpt_command`) and read its reply."""
-        return await self._guard(self._send_line(line), what)
+        """Send checked command line(s) (`mail_command`, `rcpt_command`) in one write and read
+        the (first) reply."""
+        writer = self._require_writer()
+        writer.write(line)
+        if needs_drain(writer):  # a command line never fills the buffer; see relay.drain
+            await self._guard(writer.drain(), what)
+        return await self.read_reply(what)
 
     async def mail_rcpt(self, mail: bytes, rcpt: bytes) -> tuple[SmtpReply, SmtpReply | None]:
         """MAIL and the first RCPT (checked lines): in one write when `pipelining`, else one after
@@ -225,7 +230,7 @@ class UpstreamSmtpSession:
             if not mail_reply.is_positive:
                 return mail_reply, None
             return mail_reply, await self.send_command(rcpt, "RCPT")
-        mail_reply = await self._guard(self._send_line(mail + rcpt), "MAIL")
+        mail_reply = await self.send_command(mail + rcpt, "MAIL")
         try:
             rcpt_reply = await self.read_reply("RCPT")
         except (UpstreamUnavailable, UpstreamProtocolError):
@@ -236,11 +241,11 @@ class UpstreamSmtpSession:
 
     async def rset(self) -> SmtpReply:
         """RSET."""
-        return await self._guard(self._command("RSET"), "RSET")
+        return await self._command("RSET", "RSET")
 
     async def noop(self) -> SmtpReply:
         """NOOP (a liveness check)."""
-        return await self._guard(self._command("NOOP"), "NOOP")
+        return await self._command("NOOP", "NOOP")
 
     async def data_start(self) -> SmtpReply:
         """DATA; 354 means content may follow."""
@@ -255,7 +260,7 @@ class UpstreamSmtpSession:
 
     async def data_reply(self) -> SmtpReply:
         """The reply to `data_send`'s DATA; 354 means content may follow."""
-        return await self._guard(self._read_reply(), "DATA")
+        return await self.read_reply("DATA")
 
     async def data_write(self, wire_bytes: bytes) -> None:
         """Send already dot-stuffed content bytes (waits while the upstream is slower)."""
@@ -275,8 +280,25 @@ class UpstreamSmtpSession:
             await self._guard(writer.drain(), what, self.data_timeout_s)
 
     async def read_reply(self, what: str, timeout_s: float | None = None) -> SmtpReply:
-        """Read the next reply (of a command sent earlier without waiting for it)."""
-        return await self._guard(self._read_reply(), what, timeout_s)
+        """Read the next reply (of a command sent earlier without waiting for it) under the step
+        timeout (`_guard`'s rules, in one coroutine: this runs two or three times per message)."""
+        deadline = self._start_step(timeout_s)
+        try:
+            reader = self._reader
+            if reader is None:
+                raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
+            while True:
+                reply = self._parser.feed_line(await self._read_line(reader))
+                if reply is not None:
+                    self.last_reply = reply
+                    return reply
+        except BaseException as exc:
+            failure = self._step_failed(exc, what)
+            if failure is exc:
+                raise
+            raise failure from exc
+        finally:
+            deadline.clear()
 
     async def data_finish(self, tail: bytes = b"") -> SmtpReply:
         """Send ``tail`` (the last content bytes, may be empty) and the terminating dot in one
@@ -286,7 +308,7 @@ class UpstreamSmtpSession:
             self._needs_crlf = not tail.endswith(b"\r\n")
         # One write (one TLS record, one send) instead of two for a message's last chunk + dot.
         writer.write(tail + (b"\r\n.\r\n" if self._needs_crlf else b".\r\n"))
-        return await self._guard(self._read_reply(), "end of DATA", self.data_timeout_s)
+        return await self.read_reply("end of DATA", self.data_timeout_s)
 
     async def send_data(self, content: bytes) -> SmtpReply:
         """DATA for unstuffed content: dot-stuff it (line endings untouched) and send it."""
@@ -303,35 +325,19 @@ class UpstreamSmtpSession:
             raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
         return self._writer
 
-    async def _command(self, line: str, *, sensitive: bool = False) -> SmtpReply:
-        """Send one command line and read its reply (no timeout of its own)."""
-        return await self._send_line(command_line(line, sensitive=sensitive))
+    async def _command(self, line: str, what: str, *, sensitive: bool = False) -> SmtpReply:
+        """Send one command line (checked here) and read its reply under the step timeout."""
+        return await self.send_command(command_line(line, sensitive=sensitive), what)
 
-    async def _send_line(self, lines: bytes) -> SmtpReply:
-        """Write checked command line(s) in one write and read the (first) reply."""
-        writer = self._require_writer()
-        writer.write(lines)
-        if needs_drain(writer):  # a command line never fills the buffer; see relay.drain
-            await writer.drain()
-        return await self._read_reply()
-
-    async def _read_reply(self) -> SmtpReply:
-        reader = self._reader
-        if reader is None:
-            raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
-        while True:
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                raise UpstreamUnavailable(f"upstream {self.where} closed the connection",
-                                          account=self.account) from None
-            except asyncio.LimitOverrunError:
-                raise UpstreamProtocolError(f"upstream {self.where} sent an over-long reply line",
-                                            account=self.account) from None
-            reply = self._parser.feed_line(line)
-            if reply is not None:
-                self.last_reply = reply
-                return reply
+    async def _read_line(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            raise UpstreamUnavailable(f"upstream {self.where} closed the connection",
+                                      account=self.account) from None
+        except asyncio.LimitOverrunError:
+            raise UpstreamProtocolError(f"upstream {self.where} sent an over-long reply line",
+                                        account=self.account) from None
 
     async def _guard(self, step: Awaitable[T], what: str, timeout_s: float | None = None) -> T:
         """Run one step with a timeout; translate low-level failures and close on them.
@@ -339,24 +345,34 @@ class UpstreamSmtpSession:
         The timeout is the session's `LazyDeadline` (not ``asyncio.timeout``, which arms and
         cancels a timer per step): on expiry `_step_timed_out` aborts the connection, which ends
         the step's read or drain, and the failure is reported as the timeout it was."""
+        deadline = self._start_step(timeout_s)
+        try:
+            return await step
+        except BaseException as exc:
+            failure = self._step_failed(exc, what)
+            if failure is exc:
+                raise
+            raise failure from exc
+        finally:
+            deadline.clear()
+
+    def _start_step(self, timeout_s: float | None) -> LazyDeadline:
+        """Time the step about to run (`_guard`); the caller clears the deadline after it."""
         deadline = self._deadline
         if deadline is None:
             deadline = self._deadline = LazyDeadline(asyncio.get_running_loop(), self._step_timed_out)
         self._timed_out = False
         deadline.set(timeout_s or self.command_timeout_s)
-        try:
-            return await step
-        except ProtocolInputError:
-            raise  # our caller's input, refused before anything was sent; the session is intact
-        except BaseException as exc:
-            self.abort()
-            cause = TimeoutError() if self._timed_out else exc
-            translated = self._translate(cause, what)
-            if translated is exc:
-                raise
-            raise translated from exc
-        finally:
-            deadline.clear()
+        return deadline
+
+    def _step_failed(self, exc: BaseException, what: str) -> BaseException:
+        """Close after a failed step and name the failure (``exc`` itself if it needs no
+        translation). ProtocolInputError is our caller's input, refused before anything was sent:
+        the session stays intact."""
+        if isinstance(exc, ProtocolInputError):
+            return exc
+        self.abort()
+        return self._translate(TimeoutError() if self._timed_out else exc, what)
 
     def _step_timed_out(self) -> None:
         """The step under `_guard` took too long: close the connection (the step then fails)."""

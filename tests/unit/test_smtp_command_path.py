@@ -14,7 +14,7 @@ ARGS = [
     "FROM:<a@b.>", "FROM:<a@-b>", "FROM:<é@b>", "FROM:<a@b> (comment)", "FROM:<a@b>  x",
     "FROM<a@b>", "FROMX:<a@b>", "FROM: <a@b>", "FROM:<@r1,@r2:a@b>", "FROM:<a b@c>",
     "TO:<x@y.z>", "to:<x@y>", "TO: <x@y>", "TO:<x@y> NOTIFY=NEVER", "TO:<>", "TO:<postmaster>",
-    "TO:<x@y>>", "TO:<<x@y>", "T0:<x@y>", "TO:<x@y.z\u00a0>", "ſrom:<a@b>", "TO:<x@\u212ay>",
+    "TO:<x@y>>", "TO:<<x@y>", "T0:<x@y>", "TO:<x@y.z\u00a0>", "\u017from:<a@b>", "TO:<x@\u212ay>",
 ]
 
 
