@@ -128,20 +128,44 @@ class CommandPath(SessionLimits):
     # --- output -------------------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
-        wasted = False
+        kind = _PLAIN
         if isinstance(status, str):
-            status = add_enhanced_code(status)
-            if status.startswith("235"):
-                self.progress()
-            else:
-                wasted = status[:1] in ("4", "5") and not status.startswith("421")
-            status = bytes(status, "utf-8" if self.enable_SMTPUTF8 else "ascii")
+            known = _PUSHED.get(status) if self.enable_SMTPUTF8 else None
+            if known is None:
+                known = _pushed(status, "utf-8" if self.enable_SMTPUTF8 else "ascii")
+                if self.enable_SMTPUTF8:
+                    if len(_PUSHED) >= _MAX_PUSHED:
+                        _PUSHED.clear()  # unique upstream texts must not grow it forever
+                    _PUSHED[status] = known
+            wire, kind = known
+        else:
+            wire = status + b"\r\n"
+        if kind is _PROGRESS:
+            self.progress()
         writer = self._writer
-        writer.write(status + b"\r\n")
+        writer.write(wire)
         if mail_log.isEnabledFor(logging.DEBUG):
             assert self.session is not None
-            mail_log.debug("%r << %r", self.session.peer, status)
+            mail_log.debug("%r << %r", self.session.peer, wire[:-2])
         if needs_drain(writer):
             await writer.drain()
-        if wasted:
+        if kind is _WASTED:
             await self._wasted()
+
+
+_PLAIN, _PROGRESS, _WASTED = "plain", "progress", "wasted"
+_MAX_PUSHED = 256
+_PUSHED: dict[str, tuple[bytes, str]] = {}
+"""Reply text -> (wire bytes, kind), for the replies a relay sends again and again."""
+
+
+def _pushed(status: str, encoding: str) -> tuple[bytes, str]:
+    """The wire bytes of a reply (with aiosmtpd's built-ins given enhanced codes) and its kind:
+    235 is progress; 4xx/5xx but 421 count against the command budget."""
+    status = add_enhanced_code(status)
+    kind = _PLAIN
+    if status.startswith("235"):
+        kind = _PROGRESS
+    elif status[:1] in ("4", "5") and not status.startswith("421"):
+        kind = _WASTED
+    return bytes(status, encoding) + b"\r\n", kind

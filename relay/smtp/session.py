@@ -284,7 +284,8 @@ class RelaySMTP(CommandPath):
     # --- DATA ---------------------------------------------------------------------------------
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
+        session = self.session
+        if (session is None or not session.host_name) and await self.check_helo_needed():
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:

@@ -46,3 +46,16 @@ def test_the_usual_forms_take_the_fast_path() -> None:
     assert plain_address("FROM:<a@b> SIZE=1", _PLAIN_MAIL) is None
     assert plain_address("FROM:<>", _PLAIN_MAIL) is None
     assert plain_address(None, _PLAIN_RCPT) is None
+
+
+def test_pushed_replies_get_enhanced_codes_and_their_budget_kind() -> None:
+    """aiosmtpd's built-ins get enhanced codes; 4xx/5xx (not 421) are wasted, 235 is progress."""
+    from relay.smtp.command_path import _PLAIN, _PROGRESS, _WASTED, _pushed
+
+    assert _pushed("503 Error: need MAIL command", "utf-8") == (
+        b"503 5.5.1 Error: need MAIL command\r\n", _WASTED)
+    assert _pushed("235 2.7.0 Authentication successful", "utf-8")[1] == _PROGRESS
+    assert _pushed("421 4.7.0 closing", "utf-8")[1] == _PLAIN
+    assert _pushed("250 OK", "ascii") == (b"250 2.0.0 OK\r\n", _PLAIN)
+    with pytest.raises(UnicodeEncodeError):
+        _pushed("250 caf\u00e9", "ascii")
