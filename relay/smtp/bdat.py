@@ -70,5 +70,6 @@ def _last_two(parts: list[bytes]) -> bytes:
 
 async def send_last_chunk(up: UpstreamSmtpSession, content: list[bytes]) -> SmtpReply:
     """Send the whole message (unstuffed, in parts) as one ``BDAT LAST`` chunk; return the reply."""
-    await up.send_bytes(last_chunk(content), "BDAT")
+    if up.write(last_chunk(content)):
+        await up.drain("BDAT", up.data_timeout_s)
     return await up.read_reply("end of BDAT", up.data_timeout_s)

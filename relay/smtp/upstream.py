@@ -7,8 +7,7 @@ Why hand-written over asyncio streams instead of aiosmtplib (whose helpers we ad
   unchanged, chunk by chunk, and must be able to abandon a transaction without the final dot;
 * XOAUTH2: aiosmtplib sends the token as an initial response on the AUTH line (over RFC 4954's
   512 octets for real tokens); we use the two-step form Microsoft documents and handle both
-  failure shapes (334 + base64 JSON, then an empty line -> 535; or 535 directly);
-* the few commands we need fit in ~250 lines with replies as `SmtpReply` value objects.
+  failure shapes (334 + base64 JSON, then an empty line -> 535; or 535 directly).
 
 Every OSError, ssl error, timeout or dropped connection becomes `UpstreamUnavailable`; a refused
 login `UpstreamAuthRejected` carrying the upstream's reply text.
@@ -53,16 +52,9 @@ class UpstreamSmtpSession:
     ``abort()``.
     """
 
-    def __init__(
-        self,
-        endpoint: UpstreamEndpoint,
-        *,
-        account: str,
-        local_hostname: str = "localhost",
-        connect_timeout_s: float = 30.0,
-        command_timeout_s: float = 120.0,
-        data_timeout_s: float = 600.0,
-    ) -> None:
+    def __init__(self, endpoint: UpstreamEndpoint, *, account: str, local_hostname: str = "localhost",
+                 connect_timeout_s: float = 30.0, command_timeout_s: float = 120.0,
+                 data_timeout_s: float = 600.0) -> None:
         self.endpoint = endpoint
         self.account = account
         self.local_hostname = local_hostname
@@ -215,10 +207,8 @@ class UpstreamSmtpSession:
     async def send_command(self, line: bytes, what: str) -> SmtpReply:
         """Send checked command line(s) (`mail_command`, `rcpt_command`) in one write and read
         the (first) reply."""
-        writer = self._require_writer()
-        writer.write(line)
-        if needs_drain(writer):  # a command line never fills the buffer; see relay.drain
-            await self._guard(writer.drain(), what)
+        if self.write(line):  # a command line never fills the buffer; see relay.drain
+            await self.drain(what, self.command_timeout_s)
         return await self.read_reply(what)
 
     async def mail_rcpt(self, mail: bytes, rcpt: bytes) -> tuple[SmtpReply, SmtpReply | None]:
@@ -230,7 +220,9 @@ class UpstreamSmtpSession:
             if not mail_reply.is_positive:
                 return mail_reply, None
             return mail_reply, await self.send_command(rcpt, "RCPT")
-        mail_reply = await self.send_command(mail + rcpt, "MAIL")
+        if self.write(mail + rcpt):
+            await self.drain("MAIL", self.command_timeout_s)
+        mail_reply = await self.read_reply("MAIL")
         try:
             rcpt_reply = await self.read_reply("RCPT")
         except (UpstreamUnavailable, UpstreamProtocolError):
@@ -272,12 +264,19 @@ class UpstreamSmtpSession:
     async def send_bytes(self, data: bytes, what: str) -> None:
         """Write raw bytes (content, or a BDAT command with its chunk) without reading a reply;
         waits (up to the data timeout) only while the upstream is slower."""
+        if self.write(data):
+            await self.drain(what, self.data_timeout_s)
+
+    def write(self, data: bytes) -> bool:
+        """Write ``data`` now; True when the caller must then await `drain` (the buffer is full or
+        the connection closing; see relay.drain): no coroutine per write otherwise."""
         writer = self._require_writer()
         writer.write(data)
-        # Drain (with its timer) only when the buffer is full or the connection closing: per
-        # chunk it otherwise returns at once but the timeout wrapper still costs a timer handle.
-        if needs_drain(writer):
-            await self._guard(writer.drain(), what, self.data_timeout_s)
+        return needs_drain(writer)
+
+    async def drain(self, what: str, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until the upstream took the buffered bytes."""
+        await self._guard(self._require_writer().drain(), what, timeout_s)
 
     async def read_reply(self, what: str, timeout_s: float | None = None) -> SmtpReply:
         """Read the next reply (of a command sent earlier without waiting for it) under the step
@@ -288,7 +287,15 @@ class UpstreamSmtpSession:
             if reader is None:
                 raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
             while True:
-                reply = self._parser.feed_line(await self._read_line(reader))
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    raise UpstreamUnavailable(f"upstream {self.where} closed the connection",
+                                              account=self.account) from None
+                except asyncio.LimitOverrunError:
+                    raise UpstreamProtocolError(f"upstream {self.where} sent an over-long reply line",
+                                                account=self.account) from None
+                reply = self._parser.feed_line(line)
                 if reply is not None:
                     self.last_reply = reply
                     return reply
@@ -328,16 +335,6 @@ class UpstreamSmtpSession:
     async def _command(self, line: str, what: str, *, sensitive: bool = False) -> SmtpReply:
         """Send one command line (checked here) and read its reply under the step timeout."""
         return await self.send_command(command_line(line, sensitive=sensitive), what)
-
-    async def _read_line(self, reader: asyncio.StreamReader) -> bytes:
-        try:
-            return await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError:
-            raise UpstreamUnavailable(f"upstream {self.where} closed the connection",
-                                      account=self.account) from None
-        except asyncio.LimitOverrunError:
-            raise UpstreamProtocolError(f"upstream {self.where} sent an over-long reply line",
-                                        account=self.account) from None
 
     async def _guard(self, step: Awaitable[T], what: str, timeout_s: float | None = None) -> T:
         """Run one step with a timeout; translate low-level failures and close on them.
