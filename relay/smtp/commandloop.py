@@ -50,12 +50,19 @@ class CommandLoop(SMTP):
             call_limit = collections.defaultdict(lambda: self._call_limit_default,
                                                  self._call_limit_base)
         self._bogus_budget = BOGUS_LIMIT
+        reader = self._reader
         while self.transport is not None:
             try:
-                line = await self._read_command_line()
-                if line is None:
+                try:
+                    line: bytes = await reader.readuntil()
+                except asyncio.LimitOverrunError as error:
+                    await self._skip_long_line(error)
                     continue
-                await self._dispatch(line, call_limit)
+                if mail_log.isEnabledFor(logging.INFO):  # the relay keeps mail.log at WARNING+
+                    sanitized_log(mail_log.debug, "_handle_client readline: %r", line)
+                    sanitized_log(mail_log.info, "%r >> %r", self.session.peer,
+                                  line.rstrip(b"\r\n"))
+                await self._dispatch(line.rstrip(b"\r\n"), call_limit)
             except asyncio.CancelledError:
                 # The connection got reset during the DATA command.
                 mail_log.info("%r Connection lost during _handle_client()", self.session.peer)
@@ -68,29 +75,16 @@ class CommandLoop(SMTP):
             except Exception as error:  # noqa: BLE001 - aiosmtpd's contract: answer, keep serving
                 await self._answer_exception(error)
 
-    async def _read_command_line(self) -> bytes | None:
-        """The next command line without its line end; None when it was answered already (too
-        long)."""
-        try:
-            line: bytes = await self._reader.readuntil()
-        except asyncio.LimitOverrunError as error:
-            # Line too long. Read until end of line before sending 500.
-            await self._reader.read(error.consumed)
-            while True:
-                try:
-                    await self._reader.readuntil()
-                    break
-                except asyncio.LimitOverrunError as e:
-                    await self._reader.read(e.consumed)
-            await self.push("500 Command line too long")
-            return None
-        if mail_log.isEnabledFor(logging.INFO):  # the relay keeps mail.log at WARNING or above
-            sanitized_log(mail_log.debug, "_handle_client readline: %r", line)
-            line = line.rstrip(b"\r\n")
-            assert self.session is not None
-            sanitized_log(mail_log.info, "%r >> %r", self.session.peer, line)
-            return line
-        return line.rstrip(b"\r\n")
+    async def _skip_long_line(self, error: asyncio.LimitOverrunError) -> None:
+        """Line too long: read until its end, then answer 500."""
+        await self._reader.read(error.consumed)
+        while True:
+            try:
+                await self._reader.readuntil()
+                break
+            except asyncio.LimitOverrunError as e:
+                await self._reader.read(e.consumed)
+        await self.push("500 Command line too long")
 
     async def _dispatch(self, line: bytes, call_limit: MutableMapping[str, int]) -> None:
         """Parse, check and run one command line (aiosmtpd's checks, in its order)."""

@@ -117,10 +117,6 @@ class RelaySMTP(CommandPath):
                 return
         super().connection_made(transport)
 
-    def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
-
     def eof_received(self) -> bool | None:
         return None if self._refused else super().eof_received()
 

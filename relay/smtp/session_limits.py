@@ -29,7 +29,7 @@ class SessionLimits(CommandLoop):
     state: ConnectionState
     _slots: ClientSlots | None
     _slot: str | None
-    _refused: bool  # refused at connect: nothing more is read
+    _refused: bool  # refused at connect (its transport is closed at once: nothing more is read)
     _budget: CommandBudget | None
     _login_timeout_s: float
     _login_timer: asyncio.TimerHandle | None
