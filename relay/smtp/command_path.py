@@ -74,7 +74,8 @@ class CommandPath(SessionLimits):
                 status = "250 OK"
             if mail_log.isEnabledFor(logging.INFO):
                 mail_log.info("%r sender: %s", session.peer, address)
-            await self.push(status)
+            if self.send_reply(status):
+                await self.after_reply(status)
         if self.envelope is not None and self.envelope.mail_from:
             self.progress()
 
@@ -93,7 +94,8 @@ class CommandPath(SessionLimits):
             status = "250 OK"
         if mail_log.isEnabledFor(logging.INFO):
             mail_log.info("%r recip: %s", session.peer, address)
-        await self.push(status)
+        if self.send_reply(status):
+            await self.after_reply(status)
 
     # --- addresses ----------------------------------------------------------------------------
 
@@ -128,6 +130,13 @@ class CommandPath(SessionLimits):
     # --- output -------------------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
+        if self.send_reply(status):
+            await self.after_reply(status)
+
+    def send_reply(self, status: str | bytes) -> bool:
+        """Write a reply now (a 235 counts as progress); True when the caller must still await
+        `after_reply` (the buffer is full or the connection closing, or a refusal to count
+        against the budget). The per-message replies go out this way, without a coroutine."""
         kind = _PLAIN
         if isinstance(status, str):
             known = _PUSHED.get(status) if self.enable_SMTPUTF8 else None
@@ -147,9 +156,14 @@ class CommandPath(SessionLimits):
         if mail_log.isEnabledFor(logging.DEBUG):
             assert self.session is not None
             mail_log.debug("%r << %r", self.session.peer, wire[:-2])
+        return kind is _WASTED or needs_drain(writer)
+
+    async def after_reply(self, status: str | bytes) -> None:
+        """The rest of `push` after `send_reply` said so: drain, then count a refusal."""
+        writer = self._writer
         if needs_drain(writer):
             await writer.drain()
-        if kind is _WASTED:
+        if isinstance(status, str) and _kind(add_enhanced_code(status)) is _WASTED:
             await self._wasted()
 
 
@@ -163,9 +177,13 @@ def _pushed(status: str, encoding: str) -> tuple[bytes, str]:
     """The wire bytes of a reply (with aiosmtpd's built-ins given enhanced codes) and its kind:
     235 is progress; 4xx/5xx but 421 count against the command budget."""
     status = add_enhanced_code(status)
-    kind = _PLAIN
+    return bytes(status, encoding) + b"\r\n", _kind(status)
+
+
+def _kind(status: str) -> str:
+    """235 is progress; 4xx/5xx but 421 count against the command budget."""
     if status.startswith("235"):
-        kind = _PROGRESS
-    elif status[:1] in ("4", "5") and not status.startswith("421"):
-        kind = _WASTED
-    return bytes(status, encoding) + b"\r\n", kind
+        return _PROGRESS
+    if status[:1] in ("4", "5") and not status.startswith("421"):
+        return _WASTED
+    return _PLAIN

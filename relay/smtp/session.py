@@ -296,13 +296,17 @@ class RelaySMTP(CommandPath):
             await self.push(opened.wire)
             return
         sink: ContentSink = opened
-        await self.push(replies.START_DATA.wire)
+        if self.send_reply(replies.START_DATA.wire):
+            await self.after_reply(replies.START_DATA.wire)
+        reader = self._reader
         framer = DataFramer(sink.max_bytes, lf_normalized=self.bare_lf == "normalize")
         line_ends = LineEndNormalizer()
         tail = b""
         try:
             while True:
-                raw = await self._read_data_chunk()
+                raw = await reader.read(2 * self.line_length_limit)  # in bulk: see _unread
+                if not raw:
+                    raise ConnectionResetError("client closed the connection during DATA")
                 self._reset_timeout()
                 chunk = line_ends.normalize(raw) if self.bare_lf == "normalize" else raw
                 result = framer.feed(chunk)
@@ -331,19 +335,13 @@ class RelaySMTP(CommandPath):
         with self.busy():
             status = await sink.finish(framer, tail)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status.wire)
-
-    async def _read_data_chunk(self) -> bytes:
-        """Read whatever DATA the client has sent so far, in bulk (what follows the final dot is
-        put back with `_unread`). Bulk reads cannot wait for a ``CRLF.CRLF`` that a bare-LF
-        client never sends, and copy each byte once."""
-        chunk = await self._reader.read(2 * self.line_length_limit)
-        if not chunk:
-            raise ConnectionResetError("client closed the connection during DATA")
-        return chunk
+        if self.send_reply(status.wire):
+            await self.after_reply(status.wire)
 
     def _unread(self, data: bytes) -> None:
-        """Put bytes back at the front of the reader, for aiosmtpd's command loop.
+        """Put bytes back at the front of the reader, for aiosmtpd's command loop. (DATA is read
+        in bulk: reading line by line cannot wait for a ``CRLF.CRLF`` that a bare-LF client never
+        sends, and copies each byte twice.)
 
         Nothing was awaited since the read that returned them, so the buffer holds only what
         arrived after them. asyncio.StreamReader has no public unread; aiosmtpd itself clears
