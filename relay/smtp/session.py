@@ -74,8 +74,13 @@ class _Busy:
         self._server._busy += 1
 
     def __exit__(self, *exc_info: object) -> None:
-        self._server._busy -= 1
-        self._server._reset_timeout()
+        server = self._server
+        server._busy -= 1
+        idle = server._idle  # server._reset_timeout(), one call less (several times per message)
+        if idle is None:
+            server._reset_timeout()
+        else:
+            idle.set(server._timeout_duration)
 
 
 class RelaySMTP(CommandPath):
