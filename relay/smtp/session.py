@@ -11,7 +11,9 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
   `RelayHandler.open_data`);
 * MAIL, RCPT, address parsing and ``push`` (enhanced status codes on aiosmtpd's built-in
   replies, the command budget): in the base class `relay.smtp.command_path.CommandPath`;
-* ``_timeout_cb``: the idle timer must not close a client while *we* wait for the upstream;
+* ``_reset_timeout``/``_timeout_cb``: the idle timeout is a `relay.lazytimer.LazyDeadline` (moved
+  per command, re-armed rarely) and must not close a client while *we* wait for the upstream;
+* the command loop: `relay.smtp.commandloop.CommandLoop` (aiosmtpd's, with fewer steps per line);
 * ``smtp_AUTH``: legacy devices send ``HELO`` then ``AUTH`` (aiosmtpd allows AUTH only after
   EHLO) and lower-case mechanism names; EHLO also advertises the pre-RFC ``AUTH=LOGIN PLAIN``
   line that some old clients look for instead of ``AUTH``;
