@@ -30,7 +30,8 @@ async def send_upstream_message(config: RelayConfig, tokens: TokenSource, accoun
 
     Raises AlertDeliveryError naming the account and the upstream's answer when anything fails.
     """
-    from relay.smtp.upstream import UpstreamSmtpSession, rcpt_command  # noqa: PLC0415
+    from relay.smtp.commandline import rcpt_command  # noqa: PLC0415
+    from relay.smtp.upstream import UpstreamSmtpSession  # noqa: PLC0415
 
     if account.smtp is None:
         raise AlertDeliveryError(f"account {account.name} has no smtp upstream")

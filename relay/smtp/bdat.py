@@ -11,6 +11,9 @@ stuffing dots across arbitrary chunk splits.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 from relay.smtp.reply import SmtpReply
 from relay.smtp.upstream import UpstreamSmtpSession
 
@@ -68,7 +71,14 @@ def _last_two(parts: list[bytes]) -> bytes:
     return out
 
 
-async def send_last_chunk(up: UpstreamSmtpSession, content: list[bytes]) -> SmtpReply:
-    """Send the whole message (unstuffed, in parts) as one ``BDAT LAST`` chunk; return the reply."""
-    await up.send_bytes(last_chunk(content), "BDAT")
+def send_last_chunk(up: UpstreamSmtpSession, content: list[bytes]) -> Coroutine[Any, Any, SmtpReply]:
+    """Send the whole message (unstuffed, in parts) as one ``BDAT LAST`` chunk; await the reply.
+    Written at once; the coroutine is `read_reply`'s own unless the write must drain first."""
+    if up.write(last_chunk(content)):
+        return _drain_then_reply(up)
+    return up.read_reply("end of BDAT", up.data_timeout_s)
+
+
+async def _drain_then_reply(up: UpstreamSmtpSession) -> SmtpReply:
+    await up.drain("BDAT", up.data_timeout_s)
     return await up.read_reply("end of BDAT", up.data_timeout_s)

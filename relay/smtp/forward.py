@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from relay.config.model import AccountConfig, LimitsConfig, RelayConfig
 from relay.errors import RelayError
@@ -110,15 +111,17 @@ class LiveSmtpDelivery:
         """The held upstream's capabilities (None before the first MAIL, or with pooling)."""
         return self.core.session.capabilities if self.core.session is not None else None
 
-    async def mail(self, sender: str, options: Mapping[str, str]) -> SmtpReply:
+    # mail and rcpt hand back _run's coroutine (no coroutine of their own, once per message each).
+
+    def mail(self, sender: str, options: Mapping[str, str]) -> Coroutine[Any, Any, SmtpReply]:
         """MAIL: the held session if alive, else a kept/pooled/new one (see the core)."""
         up = self.up
         alive = up is not None and up.connected
-        return await self._run(self.core.mail(MailRequest(sender, options), session_alive=alive))
+        return self._run(self.core.mail(MailRequest(sender, options), session_alive=alive))
 
-    async def rcpt(self, address: str) -> SmtpReply:
+    def rcpt(self, address: str) -> Coroutine[Any, Any, SmtpReply]:
         """RCPT: this recipient's upstream reply, or the refusal of the held MAIL."""
-        return await self._run(self.core.rcpt(address))
+        return self._run(self.core.rcpt(address))
 
     async def open_content(self) -> ContentSink | SmtpReply:
         """DATA: a sink at once (our 354 does not wait for the upstream), or the 4xx."""

@@ -14,6 +14,8 @@ from relay.errors import UpstreamProtocolError, UpstreamReply
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?= |$)")
 MAX_REPLY_LINES = 200
 """A reply with more lines than this is treated as a protocol error (a runaway server)."""
+MAX_REMEMBERED_REPLIES = 256
+"""One-line replies kept parsed (`ReplyParser.feed_line`); the table starts over when full."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class SmtpReply:
         return self.one_line()
 
 
+_ONE_LINE_REPLIES: dict[bytes, SmtpReply] = {}  # raw line -> its reply (SmtpReply is immutable)
+
+
 @dataclass
 class ReplyParser:
     """Incremental parser: feed reply lines (bytes, CRLF optional) until a `SmtpReply` comes out."""
@@ -96,8 +101,14 @@ class ReplyParser:
     def feed_line(self, raw: bytes) -> SmtpReply | None:
         """Consume one line; return the reply when it was the last line, else None.
 
-        Raises UpstreamProtocolError on a malformed line or a code that changes mid-reply.
+        Raises UpstreamProtocolError on a malformed line or a code that changes mid-reply. A
+        one-line reply seen before (``250 2.1.0 Sender OK``: an upstream repeats the same few per
+        message) comes from `_ONE_LINE_REPLIES`, already parsed and rendered.
         """
+        if self._code is None:
+            known = _ONE_LINE_REPLIES.get(raw)
+            if known is not None:
+                return known
         line = raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
         # isascii(): str.isdigit() also accepts digits like '¹' that int() refuses.
         if len(line) < 3 or not (line[:3].isascii() and line[:3].isdigit()) or line[0] not in "2345":
@@ -114,6 +125,10 @@ class ReplyParser:
         if len(line) > 3 and line[3] == "-":
             return None
         reply = build_reply(code, self._lines)
+        if len(self._lines) == 1:
+            if len(_ONE_LINE_REPLIES) >= MAX_REMEMBERED_REPLIES:
+                _ONE_LINE_REPLIES.clear()  # unique texts (queue ids) must not grow it forever
+            _ONE_LINE_REPLIES[raw] = reply
         self._code = None
         self._lines = []
         return reply

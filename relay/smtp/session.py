@@ -9,10 +9,11 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
   client's final reply is the upstream's final reply (our 354 goes out without waiting for the
   upstream; an upstream refusal of DATA becomes the reply after the final dot, see
   `RelayHandler.open_data`);
-* ``_getaddr``: a fast path for plain ``<local@domain>`` (same result as aiosmtpd's parser);
-* ``push``: aiosmtpd's built-in error replies lack RFC 3463 enhanced status codes; the one exit
-  point adds them (``503 5.5.1``, ``500 5.5.2`` ...; `relay.smtp.builtin_replies`);
-* ``_timeout_cb``: the idle timer must not close a client while *we* wait for the upstream;
+* MAIL, RCPT, address parsing and ``push`` (enhanced status codes on aiosmtpd's built-in
+  replies, the command budget): in the base class `relay.smtp.command_path.CommandPath`;
+* ``_reset_timeout``/``_timeout_cb``: the idle timeout is a `relay.lazytimer.LazyDeadline` (moved
+  per command, re-armed rarely) and must not close a client while *we* wait for the upstream;
+* the command loop: `relay.smtp.commandloop.CommandLoop` (aiosmtpd's, with fewer steps per line);
 * ``smtp_AUTH``: legacy devices send ``HELO`` then ``AUTH`` (aiosmtpd allows AUTH only after
   EHLO) and lower-case mechanism names; EHLO also advertises the pre-RFC ``AUTH=LOGIN PLAIN``
   line that some old clients look for instead of ``AUTH``;
@@ -33,21 +34,21 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import TLSSetupException, syntax
 
 from relay.config.model import BareLfMode
+from relay.lazytimer import LazyDeadline
 from relay.sessionlimits import ClientSlots, CommandBudget
 from relay.smtp import replies
-from relay.smtp.builtin_replies import add_enhanced_code, with_old_style_auth
+from relay.smtp.builtin_replies import with_old_style_auth
+from relay.smtp.command_path import CommandPath
 from relay.smtp.connection import ConnectionState
 from relay.smtp.dataframe import DataFramer, LineEndNormalizer
 from relay.smtp.fastinit import cheap_introspection
 from relay.smtp.reply import SmtpReply
-from relay.smtp.session_limits import SessionLimits
 from relay.upstream.stream import set_nodelay
 
 if TYPE_CHECKING:
@@ -63,11 +64,6 @@ BARE_LF_REFUSED = "521 5.5.2 Error: bare <LF> received; end every line with <CR>
 # An AUTH continuation line (RFC 4954 sets no limit; ours matches POP3's SASL line limit).
 MAX_AUTH_LINE_OCTETS = 2048
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_ANGLE_ADDR = re.compile(
-    rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^\s(][^\r\n]*)?\Z")
-
-
 class _Busy:
     """`RelaySMTP.busy`'s context manager (re-entrant: a counter)."""
 
@@ -80,11 +76,16 @@ class _Busy:
         self._server._busy += 1
 
     def __exit__(self, *exc_info: object) -> None:
-        self._server._busy -= 1
-        self._server._reset_timeout()
+        server = self._server
+        server._busy -= 1
+        idle = server._idle  # server._reset_timeout(), one call less (several times per message)
+        if idle is None:
+            server._reset_timeout()
+        else:
+            idle.set(server._timeout_duration)
 
 
-class RelaySMTP(SessionLimits):
+class RelaySMTP(CommandPath):
     """aiosmtpd's SMTP with bulk, streamed DATA (see the module docstring for each override)."""
 
     # The stream buffer limit: aiosmtpd uses it as the command-line limit too, but still refuses
@@ -99,6 +100,7 @@ class RelaySMTP(SessionLimits):
         self.closed = asyncio.Event()
         self._busy = 0
         self._busy_cm = _Busy(self)
+        self._idle: LazyDeadline | None = None  # the client idle timeout (see _reset_timeout)
         self._started = False
         self._slots: ClientSlots | None = None
         self._slot: str | None = None
@@ -121,10 +123,6 @@ class RelaySMTP(SessionLimits):
             if not self._admit(transport):
                 return
         super().connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
 
     def eof_received(self) -> bool | None:
         return None if self._refused else super().eof_received()
@@ -211,6 +209,15 @@ class RelaySMTP(SessionLimits):
         generator-based one costs a generator and four extra calls each time."""
         return self._busy_cm
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the client idle deadline. aiosmtpd arms a new timer (``call_later`` + ``cancel``)
+        per command and per `busy` exit; a `LazyDeadline` moves a number and re-arms rarely."""
+        idle = self._idle
+        if idle is None:
+            idle = self._idle = LazyDeadline(self.loop, self._timeout_cb)
+            self._timeout_handle = idle  # type: ignore[assignment]  # aiosmtpd cancels it when lost
+        idle.set(duration or self._timeout_duration)
+
     def _timeout_cb(self) -> None:
         if self._busy:
             self._reset_timeout()
@@ -234,57 +241,6 @@ class RelaySMTP(SessionLimits):
                 self._original_transport.abort()  # type: ignore[attr-defined]
             if not self.closed.is_set():
                 self.connection_lost(None)
-
-    # --- output -------------------------------------------------------------------------------
-
-    async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str):
-            status = add_enhanced_code(status)
-            if status.startswith("235"):
-                self.progress()
-            elif status[:1] in ("4", "5") and not status.startswith("421"):
-                await super().push(status)
-                await self._wasted()
-                return
-        await super().push(status)  # type: ignore[type-var]
-
-    # --- MAIL (progress) ------------------------------------------------------------------------
-
-    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        await super().smtp_MAIL(arg)
-        if self.envelope is not None and self.envelope.mail_from:
-            self.progress()
-
-    # --- addresses ----------------------------------------------------------------------------
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parser, plus the null reverse-path ``<>`` (RFC 5321 4.5.5: bounces
-        and DSNs), returned as the non-empty marker ``"<>"`` so aiosmtpd's MAIL/RCPT checks (which
-        treat an empty sender as "no MAIL yet") keep working; the handler forwards it as ``<>``."""
-        stripped = arg.lstrip()
-        if stripped.startswith("<>"):
-            return "<>", stripped[2:]
-        # The usual <local@domain> (dot-atoms, no comments or quoting) gets the same result as
-        # aiosmtpd's RFC 5322 parser (email._header_value_parser), which costs ~0.1 ms per MAIL
-        # and per RCPT; anything else still goes to that parser.
-        match = _SIMPLE_ANGLE_ADDR.match(arg)
-        if match is not None:
-            address, rest = match.group(1), match.group(2) or ""
-            local_part = address.rpartition("@")[0]
-            if self.local_part_limit and len(local_part) > self.local_part_limit:
-                return None, None
-            return address, rest
-        return super()._getaddr(arg)
-
-    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
-        """aiosmtpd's MAIL/RCPT parameter parser; a non-ASCII SIZE value (``SIZE=¹`` passes
-        str.isdigit() but not int()) is a syntax error instead of an unhandled ValueError."""
-        result = super()._getparams(params)
-        size = result.get("SIZE") if result else None
-        if isinstance(size, str) and not size.isascii():
-            return None
-        return result
 
     # --- AUTH ----------------------------------------------------------------------------------
 
@@ -331,7 +287,8 @@ class RelaySMTP(SessionLimits):
     # --- DATA ---------------------------------------------------------------------------------
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
+        session = self.session
+        if (session is None or not session.host_name) and await self.check_helo_needed():
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
@@ -346,13 +303,17 @@ class RelaySMTP(SessionLimits):
             await self.push(opened.wire)
             return
         sink: ContentSink = opened
-        await self.push(replies.START_DATA.wire)
+        if self.send_reply(replies.START_DATA.wire):
+            await self.after_reply(replies.START_DATA.wire)
+        reader = self._reader
         framer = DataFramer(sink.max_bytes, lf_normalized=self.bare_lf == "normalize")
         line_ends = LineEndNormalizer()
         tail = b""
         try:
             while True:
-                raw = await self._read_data_chunk()
+                raw = await reader.read(2 * self.line_length_limit)  # in bulk: see _unread
+                if not raw:
+                    raise ConnectionResetError("client closed the connection during DATA")
                 self._reset_timeout()
                 chunk = line_ends.normalize(raw) if self.bare_lf == "normalize" else raw
                 result = framer.feed(chunk)
@@ -381,19 +342,13 @@ class RelaySMTP(SessionLimits):
         with self.busy():
             status = await sink.finish(framer, tail)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status.wire)
-
-    async def _read_data_chunk(self) -> bytes:
-        """Read whatever DATA the client has sent so far, in bulk (what follows the final dot is
-        put back with `_unread`). Bulk reads cannot wait for a ``CRLF.CRLF`` that a bare-LF
-        client never sends, and copy each byte once."""
-        chunk = await self._reader.read(2 * self.line_length_limit)
-        if not chunk:
-            raise ConnectionResetError("client closed the connection during DATA")
-        return chunk
+        if self.send_reply(status.wire):
+            await self.after_reply(status.wire)
 
     def _unread(self, data: bytes) -> None:
-        """Put bytes back at the front of the reader, for aiosmtpd's command loop.
+        """Put bytes back at the front of the reader, for aiosmtpd's command loop. (DATA is read
+        in bulk: reading line by line cannot wait for a ``CRLF.CRLF`` that a bare-LF client never
+        sends, and copies each byte twice.)
 
         Nothing was awaited since the read that returned them, so the buffer holds only what
         arrived after them. asyncio.StreamReader has no public unread; aiosmtpd itself clears

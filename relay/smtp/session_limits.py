@@ -13,22 +13,23 @@ import logging
 from collections.abc import Callable
 from typing import Any, Self
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import syntax
 
 from relay.config.model import LimitsConfig
 from relay.sessionlimits import ClientSlots, CommandBudget
+from relay.smtp.commandloop import CommandLoop
 from relay.smtp.connection import ConnectionState
 
 log = logging.getLogger("relay.smtp")
 
 
-class SessionLimits(SMTP):
+class SessionLimits(CommandLoop):
     """The per-client cap, the login deadline and the command budget of one SMTP connection."""
 
     state: ConnectionState
     _slots: ClientSlots | None
     _slot: str | None
-    _refused: bool  # refused at connect: nothing more is read
+    _refused: bool  # refused at connect (its transport is closed at once: nothing more is read)
     _budget: CommandBudget | None
     _login_timeout_s: float
     _login_timer: asyncio.TimerHandle | None

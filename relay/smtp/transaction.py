@@ -30,6 +30,7 @@ from collections.abc import Mapping
 
 from relay.errors import ProtocolInputError, UpstreamBusy, UpstreamUnavailable
 from relay.smtp import replies
+from relay.smtp.commandline import mail_command, rcpt_command
 from relay.smtp.events import (
     DROP,
     QUIT,
@@ -55,7 +56,6 @@ from relay.smtp.events import (
 )
 from relay.smtp.failures import client_reply_for_upstream, reply_for_error
 from relay.smtp.reply import EhloCapabilities, SmtpReply
-from relay.smtp.upstream import mail_command, rcpt_command
 
 __all__ = [
     "LOGGED_OUT",

@@ -7,8 +7,7 @@ Why hand-written over asyncio streams instead of aiosmtplib (whose helpers we ad
   unchanged, chunk by chunk, and must be able to abandon a transaction without the final dot;
 * XOAUTH2: aiosmtplib sends the token as an initial response on the AUTH line (over RFC 4954's
   512 octets for real tokens); we use the two-step form Microsoft documents and handle both
-  failure shapes (334 + base64 JSON, then an empty line -> 535; or 535 directly);
-* the few commands we need fit in ~250 lines with replies as `SmtpReply` value objects.
+  failure shapes (334 + base64 JSON, then an empty line -> 535; or 535 directly).
 
 Every OSError, ssl error, timeout or dropped connection becomes `UpstreamUnavailable`; a refused
 login `UpstreamAuthRejected` carrying the upstream's reply text.
@@ -29,8 +28,10 @@ from relay.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from relay.lazytimer import LazyDeadline
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
+from relay.smtp.commandline import command_line, mail_command, rcpt_command
 from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply
 from relay.tokens.source import TokenSource
 from relay.upstream.login import login_with_refresh
@@ -38,7 +39,6 @@ from relay.upstream.stream import open_stream, start_tls, translate_failure
 
 T = TypeVar("T")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STUFF = re.compile(rb"(?m)^\.")
 READ_LIMIT = 64 * 1024
 
@@ -52,16 +52,9 @@ class UpstreamSmtpSession:
     ``abort()``.
     """
 
-    def __init__(
-        self,
-        endpoint: UpstreamEndpoint,
-        *,
-        account: str,
-        local_hostname: str = "localhost",
-        connect_timeout_s: float = 30.0,
-        command_timeout_s: float = 120.0,
-        data_timeout_s: float = 600.0,
-    ) -> None:
+    def __init__(self, endpoint: UpstreamEndpoint, *, account: str, local_hostname: str = "localhost",
+                 connect_timeout_s: float = 30.0, command_timeout_s: float = 120.0,
+                 data_timeout_s: float = 600.0) -> None:
         self.endpoint = endpoint
         self.account = account
         self.local_hostname = local_hostname
@@ -75,6 +68,8 @@ class UpstreamSmtpSession:
         self._parser = ReplyParser()
         self._needs_crlf = False  # DATA content so far does not end with CRLF
         self.on_close: Callable[[], None] | None = None  # called once when closed (frees its slot)
+        self._deadline: LazyDeadline | None = None  # the running step's timeout (see _guard)
+        self._timed_out = False  # the last step was ended by its timeout
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -112,7 +107,7 @@ class UpstreamSmtpSession:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 self._reader, self._writer = await open_stream(self.endpoint, read_limit=READ_LIMIT)
-                greeting = await self._read_reply()
+                greeting = await self.read_reply("greeting")
                 if greeting.code != 220:
                     raise UpstreamUnavailable(
                         f"upstream {self.where} refused the session: {greeting}",
@@ -134,7 +129,7 @@ class UpstreamSmtpSession:
         return reply
 
     async def _ehlo(self) -> SmtpReply:
-        reply = await self._command(f"EHLO {self.local_hostname}")
+        reply = await self._command(f"EHLO {self.local_hostname}", "EHLO")
         if reply.code != 250:
             raise UpstreamUnavailable(f"upstream {self.where} refused EHLO: {reply}",
                                       account=self.account, reply=reply.as_upstream_reply())
@@ -142,7 +137,7 @@ class UpstreamSmtpSession:
         return reply
 
     async def _starttls(self) -> None:
-        reply = await self._command("STARTTLS")
+        reply = await self._command("STARTTLS", "STARTTLS")
         if reply.code != 220:
             raise UpstreamUnavailable(f"upstream {self.where} refused STARTTLS: {reply}",
                                       account=self.account, reply=reply.as_upstream_reply())
@@ -154,7 +149,7 @@ class UpstreamSmtpSession:
         if self.connected:
             try:
                 async with asyncio.timeout(min(self.command_timeout_s, 10.0)):
-                    await self._command("QUIT")
+                    await self._command("QUIT", "QUIT")
             except (UpstreamUnavailable, UpstreamProtocolError, TimeoutError, OSError):
                 pass  # closing anyway
         self.abort()
@@ -163,6 +158,9 @@ class UpstreamSmtpSession:
         """Close at once without QUIT; an open DATA transaction is abandoned (never delivered)."""
         writer, self._writer, self._reader = self._writer, None, None
         on_close, self.on_close = self.on_close, None
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None:
+            deadline.cancel()
         if on_close is not None:
             on_close()
         if writer is not None:
@@ -175,13 +173,13 @@ class UpstreamSmtpSession:
     async def authenticate(self, mailbox: str, token: Secret) -> SmtpReply:
         """AUTH XOAUTH2 in two steps; raise UpstreamAuthRejected with the upstream's reply."""
         response = encode_xoauth2(mailbox, token.reveal())
-        reply = await self._guard(self._command("AUTH XOAUTH2"), "AUTH")
+        reply = await self._command("AUTH XOAUTH2", "AUTH")
         if reply.code == 334:
-            reply = await self._guard(self._command(response, sensitive=True), "AUTH")
+            reply = await self._command(response, "AUTH", sensitive=True)
             if reply.code == 334:
                 # The server's error challenge (base64 JSON); an empty line gets the final reply.
                 challenge = decode_error_challenge(" ".join(reply.text_lines)) or {}
-                reply = await self._guard(self._command(""), "AUTH")
+                reply = await self._command("", "AUTH")
                 if reply.code == 334:
                     self.abort()
                     raise UpstreamProtocolError(f"upstream {self.where} kept challenging XOAUTH2",
@@ -207,8 +205,11 @@ class UpstreamSmtpSession:
         return await self.send_command(rcpt_command(address), "RCPT")
 
     async def send_command(self, line: bytes, what: str) -> SmtpReply:
-        """Send one checked command line (`mail_command`, `rcpt_command`) and read its reply."""
-        return await self._guard(self._send_line(line), what)
+        """Send checked command line(s) (`mail_command`, `rcpt_command`) in one write and read
+        the (first) reply."""
+        if self.write(line):  # a command line never fills the buffer; see relay.drain
+            await self.drain(what, self.command_timeout_s)
+        return await self.read_reply(what)
 
     async def mail_rcpt(self, mail: bytes, rcpt: bytes) -> tuple[SmtpReply, SmtpReply | None]:
         """MAIL and the first RCPT (checked lines): in one write when `pipelining`, else one after
@@ -219,7 +220,9 @@ class UpstreamSmtpSession:
             if not mail_reply.is_positive:
                 return mail_reply, None
             return mail_reply, await self.send_command(rcpt, "RCPT")
-        mail_reply = await self._guard(self._send_line(mail + rcpt), "MAIL")
+        if self.write(mail + rcpt):
+            await self.drain("MAIL", self.command_timeout_s)
+        mail_reply = await self.read_reply("MAIL")
         try:
             rcpt_reply = await self.read_reply("RCPT")
         except (UpstreamUnavailable, UpstreamProtocolError):
@@ -230,11 +233,11 @@ class UpstreamSmtpSession:
 
     async def rset(self) -> SmtpReply:
         """RSET."""
-        return await self._guard(self._command("RSET"), "RSET")
+        return await self._command("RSET", "RSET")
 
     async def noop(self) -> SmtpReply:
         """NOOP (a liveness check)."""
-        return await self._guard(self._command("NOOP"), "NOOP")
+        return await self._command("NOOP", "NOOP")
 
     async def data_start(self) -> SmtpReply:
         """DATA; 354 means content may follow."""
@@ -249,7 +252,7 @@ class UpstreamSmtpSession:
 
     async def data_reply(self) -> SmtpReply:
         """The reply to `data_send`'s DATA; 354 means content may follow."""
-        return await self._guard(self._read_reply(), "DATA")
+        return await self.read_reply("DATA")
 
     async def data_write(self, wire_bytes: bytes) -> None:
         """Send already dot-stuffed content bytes (waits while the upstream is slower)."""
@@ -261,16 +264,48 @@ class UpstreamSmtpSession:
     async def send_bytes(self, data: bytes, what: str) -> None:
         """Write raw bytes (content, or a BDAT command with its chunk) without reading a reply;
         waits (up to the data timeout) only while the upstream is slower."""
+        if self.write(data):
+            await self.drain(what, self.data_timeout_s)
+
+    def write(self, data: bytes) -> bool:
+        """Write ``data`` now; True when the caller must then await `drain` (the buffer is full or
+        the connection closing; see relay.drain): no coroutine per write otherwise."""
         writer = self._require_writer()
         writer.write(data)
-        # Drain (with its timer) only when the buffer is full or the connection closing: per
-        # chunk it otherwise returns at once but the timeout wrapper still costs a timer handle.
-        if needs_drain(writer):
-            await self._guard(writer.drain(), what, self.data_timeout_s)
+        return needs_drain(writer)
+
+    async def drain(self, what: str, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until the upstream took the buffered bytes."""
+        await self._guard(self._require_writer().drain(), what, timeout_s)
 
     async def read_reply(self, what: str, timeout_s: float | None = None) -> SmtpReply:
-        """Read the next reply (of a command sent earlier without waiting for it)."""
-        return await self._guard(self._read_reply(), what, timeout_s)
+        """Read the next reply (of a command sent earlier without waiting for it) under the step
+        timeout (`_guard`'s rules, in one coroutine: this runs two or three times per message)."""
+        deadline = self._start_step(timeout_s)
+        try:
+            reader = self._reader
+            if reader is None:
+                raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    raise UpstreamUnavailable(f"upstream {self.where} closed the connection",
+                                              account=self.account) from None
+                except asyncio.LimitOverrunError:
+                    raise UpstreamProtocolError(f"upstream {self.where} sent an over-long reply line",
+                                                account=self.account) from None
+                reply = self._parser.feed_line(line)
+                if reply is not None:
+                    self.last_reply = reply
+                    return reply
+        except BaseException as exc:
+            failure = self._step_failed(exc, what)
+            if failure is exc:
+                raise
+            raise failure from exc
+        finally:
+            deadline.clear()
 
     async def data_finish(self, tail: bytes = b"") -> SmtpReply:
         """Send ``tail`` (the last content bytes, may be empty) and the terminating dot in one
@@ -280,7 +315,7 @@ class UpstreamSmtpSession:
             self._needs_crlf = not tail.endswith(b"\r\n")
         # One write (one TLS record, one send) instead of two for a message's last chunk + dot.
         writer.write(tail + (b"\r\n.\r\n" if self._needs_crlf else b".\r\n"))
-        return await self._guard(self._read_reply(), "end of DATA", self.data_timeout_s)
+        return await self.read_reply("end of DATA", self.data_timeout_s)
 
     async def send_data(self, content: bytes) -> SmtpReply:
         """DATA for unstuffed content: dot-stuff it (line endings untouched) and send it."""
@@ -297,49 +332,49 @@ class UpstreamSmtpSession:
             raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
         return self._writer
 
-    async def _command(self, line: str, *, sensitive: bool = False) -> SmtpReply:
-        """Send one command line and read its reply (no timeout of its own)."""
-        return await self._send_line(command_line(line, sensitive=sensitive))
-
-    async def _send_line(self, lines: bytes) -> SmtpReply:
-        """Write checked command line(s) in one write and read the (first) reply."""
-        writer = self._require_writer()
-        writer.write(lines)
-        if needs_drain(writer):  # a command line never fills the buffer; see relay.drain
-            await writer.drain()
-        return await self._read_reply()
-
-    async def _read_reply(self) -> SmtpReply:
-        reader = self._reader
-        if reader is None:
-            raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
-        while True:
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                raise UpstreamUnavailable(f"upstream {self.where} closed the connection",
-                                          account=self.account) from None
-            except asyncio.LimitOverrunError:
-                raise UpstreamProtocolError(f"upstream {self.where} sent an over-long reply line",
-                                            account=self.account) from None
-            reply = self._parser.feed_line(line)
-            if reply is not None:
-                self.last_reply = reply
-                return reply
+    async def _command(self, line: str, what: str, *, sensitive: bool = False) -> SmtpReply:
+        """Send one command line (checked here) and read its reply under the step timeout."""
+        return await self.send_command(command_line(line, sensitive=sensitive), what)
 
     async def _guard(self, step: Awaitable[T], what: str, timeout_s: float | None = None) -> T:
-        """Run one step with a timeout; translate low-level failures and close on them."""
+        """Run one step with a timeout; translate low-level failures and close on them.
+
+        The timeout is the session's `LazyDeadline` (not ``asyncio.timeout``, which arms and
+        cancels a timer per step): on expiry `_step_timed_out` aborts the connection, which ends
+        the step's read or drain, and the failure is reported as the timeout it was."""
+        deadline = self._start_step(timeout_s)
         try:
-            async with asyncio.timeout(timeout_s or self.command_timeout_s):
-                return await step
-        except ProtocolInputError:
-            raise  # our caller's input, refused before anything was sent; the session is intact
+            return await step
         except BaseException as exc:
-            self.abort()
-            translated = self._translate(exc, what)
-            if translated is exc:
+            failure = self._step_failed(exc, what)
+            if failure is exc:
                 raise
-            raise translated from exc
+            raise failure from exc
+        finally:
+            deadline.clear()
+
+    def _start_step(self, timeout_s: float | None) -> LazyDeadline:
+        """Time the step about to run (`_guard`); the caller clears the deadline after it."""
+        deadline = self._deadline
+        if deadline is None:
+            deadline = self._deadline = LazyDeadline(asyncio.get_running_loop(), self._step_timed_out)
+        self._timed_out = False
+        deadline.set(timeout_s or self.command_timeout_s)
+        return deadline
+
+    def _step_failed(self, exc: BaseException, what: str) -> BaseException:
+        """Close after a failed step and name the failure (``exc`` itself if it needs no
+        translation). ProtocolInputError is our caller's input, refused before anything was sent:
+        the session stays intact."""
+        if isinstance(exc, ProtocolInputError):
+            return exc
+        self.abort()
+        return self._translate(TimeoutError() if self._timed_out else exc, what)
+
+    def _step_timed_out(self) -> None:
+        """The step under `_guard` took too long: close the connection (the step then fails)."""
+        self._timed_out = True
+        self.abort()
 
     def _translate(self, exc: BaseException, what: str) -> BaseException:
         return translate_failure(exc, server=f"upstream {self.where}", step=what, account=self.account)
@@ -367,25 +402,3 @@ async def open_logged_in(account: AccountConfig, tokens: TokenSource, limits: Li
         return up
 
     return await login_with_refresh(tokens, account.name, login)
-
-
-def command_line(line: str, *, sensitive: bool = False) -> bytes:
-    """``line`` + CRLF as bytes; ProtocolInputError if it holds a control character (CR, LF ...)."""
-    if _CONTROL.search(line):
-        what = "credentials" if sensitive else repr(line[:60])
-        raise ProtocolInputError(f"control character in SMTP command {what}")
-    try:
-        return line.encode("utf-8") + b"\r\n"
-    except UnicodeEncodeError:  # undecodable client bytes (aiosmtpd keeps them as surrogates)
-        raise ProtocolInputError("SMTP command argument is not valid UTF-8") from None
-
-
-def mail_command(address: str, params: Iterable[str] = ()) -> bytes:
-    """The checked ``MAIL FROM:<address> [params]`` line."""
-    extra = "".join([f" {p}" for p in params]) if params else ""
-    return command_line(f"MAIL FROM:<{address}>{extra}")
-
-
-def rcpt_command(address: str) -> bytes:
-    """The checked ``RCPT TO:<address>`` line."""
-    return command_line(f"RCPT TO:<{address}>")

@@ -15,8 +15,9 @@ from typing import Protocol
 
 from relay.config.model import AccountConfig, LimitsConfig
 from relay.smtp.bdat import CHUNK_BYTES, send_last_chunk
+from relay.smtp.commandline import mail_command, rcpt_command
 from relay.smtp.reply import SmtpReply
-from relay.smtp.upstream import UpstreamSmtpSession, mail_command, open_logged_in, rcpt_command
+from relay.smtp.upstream import UpstreamSmtpSession, open_logged_in
 from relay.spool.crashpoints import crash_point
 from relay.spool.entry import Envelope
 from relay.spool.schedule import is_throttling

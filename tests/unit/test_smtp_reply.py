@@ -146,3 +146,26 @@ def test_ehlo_capabilities_edge_cases(lines, size, auth, starttls):
 def test_effective_size_limit_never_exceeds_the_upstream(upstream, own, effective):
     """The advertised limit is ours, lowered to the upstream's fixed SIZE when there is one."""
     assert EhloCapabilities(size=upstream).effective_size_limit(own) == effective
+
+
+def test_repeated_one_line_replies_come_back_parsed_and_equal():
+    """A one-line reply seen before is the same parsed value; a multi-line reply whose last line
+    looks like a remembered one still ends that multi-line reply."""
+    first = ReplyParser().feed_line(b"250 2.1.0 Sender OK\r\n")
+    again = ReplyParser().feed_line(b"250 2.1.0 Sender OK\r\n")
+    assert again is first and again == SmtpReply(250, "2.1.0", ("Sender OK",))
+    parser = ReplyParser()
+    assert parser.feed_line(b"250-first\r\n") is None
+    multi = parser.feed_line(b"250 2.1.0 Sender OK\r\n")
+    assert multi == SmtpReply(250, None, ("first", "2.1.0 Sender OK"))
+
+
+def test_remembered_replies_are_bounded():
+    """Unique one-line replies (queue ids) never grow the table past its bound."""
+    from relay.smtp import reply as reply_module
+
+    for i in range(reply_module.MAX_REMEMBERED_REPLIES * 3):
+        assert ReplyParser().feed_line(b"250 2.0.0 OK queued as %d\r\n" % i).code == 250
+    assert len(reply_module._ONE_LINE_REPLIES) <= reply_module.MAX_REMEMBERED_REPLIES
+    with pytest.raises(UpstreamProtocolError):
+        ReplyParser().feed_line(b"25x not a reply\r\n")

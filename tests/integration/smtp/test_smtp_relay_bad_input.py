@@ -144,6 +144,21 @@ def test_idle_client_is_disconnected_after_the_command_timeout(start_relay):
     assert raw.closed_by_server()
 
 
+def test_active_client_outlives_many_idle_periods(start_relay):
+    """The idle deadline moves with every command (the timer re-arms lazily): a client sending a
+    command every 0.15 s for 1.2 s with limits.smtp_command_timeout_s 0.5 is never closed, and
+    once silent it is closed after the timeout."""
+    relay = start_relay(limits=LimitsConfig(smtp_command_timeout_s=0.5, auth_failure_delay_s=0.05,
+                                            max_commands_without_progress=100))
+    raw = relay.raw()
+    assert raw.cmd("EHLO active.test").startswith("250")
+    started = time.monotonic()
+    while time.monotonic() - started < 1.2:
+        time.sleep(0.15)  # pacing the client, not waiting for an outcome
+        assert raw.cmd("NOOP").startswith("250")
+    assert raw.closed_by_server()
+
+
 def test_max_connections_answered_with_421(start_relay):
     """Past limits.max_connections a new client gets 421 4.7.0 and is closed."""
     relay = start_relay(limits=LimitsConfig(max_connections=2, auth_failure_delay_s=0.05))
