@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
-from relay.drain import needs_drain
+from relay.drain import write_now
 from relay.errors import ProtocolInputError, UpstreamProtocolError, UpstreamUnavailable
 from relay.lazytimer import LazyDeadline
 from relay.secret import Secret
@@ -246,9 +246,7 @@ class UpstreamSmtpSession:
     def write(self, data: bytes) -> bool:
         """Write ``data`` now; True when the caller must then await `drain` (the buffer is full or
         the connection closing; see relay.drain): no coroutine per write otherwise."""
-        writer = self._require_writer()
-        writer.write(data)
-        return needs_drain(writer)
+        return write_now(self._require_writer().transport, data)
 
     async def drain(self, what: str, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) until the upstream took the buffered bytes."""
