@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -271,7 +272,23 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for m in results:
         print(m.row())
+    summary(results)
     return 0
+
+
+def summary(results: list[Measured]) -> None:
+    """Per target repeated in the run (interleaved rounds): median and range of CPU and msg/s."""
+    names = dict.fromkeys(m.name for m in results)
+    if len(results) == len(names):
+        return
+    print("\n| target | runs | CPU ms/msg median (range) | msg/s median (range) |")
+    print("|---|---:|---:|---:|")
+    for name in names:
+        runs = [m for m in results if m.name == name]
+        cpu = sorted(m.cpu_s * 1000 / m.messages for m in runs)
+        rate = sorted(m.messages / m.wall_s for m in runs)
+        print(f"| {name} | {len(runs)} | {statistics.median(cpu):.3f} ({cpu[0]:.3f}-{cpu[-1]:.3f}) | "
+              f"{statistics.median(rate):,.0f} ({rate[0]:,.0f}-{rate[-1]:,.0f}) |")
 
 
 if __name__ == "__main__":
