@@ -14,6 +14,8 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
 * ``_reset_timeout``/``_timeout_cb``: the idle timeout is a `relay.lazytimer.LazyDeadline` (moved
   per command, re-armed rarely) and must not close a client while *we* wait for the upstream;
 * the command loop: `relay.smtp.commandloop.CommandLoop` (aiosmtpd's, with fewer steps per line);
+* the client stream reader: a `relay.upstream.reader.LeanStreamReader` (asyncio's, with the plain
+  read paths inline), fed by ``data_received`` without the weak-reference lookup;
 * ``smtp_AUTH``: legacy devices send ``HELO`` then ``AUTH`` (aiosmtpd allows AUTH only after
   EHLO) and lower-case mechanism names; EHLO also advertises the pre-RFC ``AUTH=LOGIN PLAIN``
   line that some old clients look for instead of ``AUTH``;
