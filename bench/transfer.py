@@ -2,7 +2,8 @@
 
 One client session logs in to each target, sends ``--warmup`` messages, then ``--messages`` more
 one by one (SMTP: MAIL, RCPT, DATA, each waiting for its reply; POP3: RETR of a ``--size``
-message). Per target it prints wall-clock msg/s, the target's CPU ms per message (/proc) and, with
+message). Per target it prints wall-clock msg/s, the target's CPU ms per message (nanosecond run
+time from /proc/PID/task/*/schedstat), how often the kernel preempted it per message and, with
 ``--callgrind``, the instructions it executed per message (valgrind's callgrind, counters zeroed
 after the warm-up and dumped after the loop): a figure that does not depend on the machine's load.
 
@@ -18,6 +19,7 @@ import hashlib
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,12 +49,14 @@ class Measured:
     wall_s: float
     cpu_s: float
     instructions: int | None = None
+    preempted: int = 0
 
     def row(self) -> str:
         """A Markdown table row."""
         ir = f"{self.instructions / self.messages / 1000:,.0f} k" if self.instructions else "-"
         return (f"| {self.name} | {self.messages} | {self.messages / self.wall_s:,.0f} | "
-                f"{self.cpu_s * 1000 / self.messages:.3f} | {ir} |")
+                f"{self.cpu_s * 1000 / self.messages:.3f} | {ir} | "
+                f"{self.preempted / self.messages:.2f} |")
 
 
 class Wrapped(RelayProcess):
@@ -131,6 +135,26 @@ async def pop3_loop(digests: list[str], count: int,
             raise RuntimeError(f"RETR {index + 1}: content differs")
 
 
+def run_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of every thread of ``pid`` so far (``/proc/PID/task/*/schedstat``: exact,
+    unlike /proc/PID/stat's 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that just ended
+    return total
+
+
+def involuntary_switches(pid: int) -> int:
+    """Times the kernel preempted ``pid``'s main thread so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("nonvoluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
 def callgrind(pid: int, action: str) -> None:
     """``callgrind_control --zero`` / ``--dump`` on a process running under callgrind."""
     subprocess.run(["callgrind_control", f"--{action}", str(pid)], check=True, capture_output=True,
@@ -169,9 +193,10 @@ async def measure(name: str, proc: child.ChildServer, target: Target, args: argp
                                 "--rate", "500", "-o", f"{args.py_spy}.{name}.txt"],
                                stdout=subprocess.DEVNULL)
         await asyncio.sleep(1.0)
-    cpu0, t0 = proc.cpu_s(), time.perf_counter()
+    ns0, ivcs0, t0 = run_ns(proc.pid), involuntary_switches(proc.pid), time.perf_counter()
     await loop(args.messages, f"{name}-run")
-    wall, cpu = time.perf_counter() - t0, proc.cpu_s() - cpu0
+    wall = time.perf_counter() - t0
+    cpu, ivcs = (run_ns(proc.pid) - ns0) / 1e9, involuntary_switches(proc.pid) - ivcs0
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         await asyncio.to_thread(spy.wait, 60)
@@ -180,7 +205,7 @@ async def measure(name: str, proc: child.ChildServer, target: Target, args: argp
         await asyncio.to_thread(callgrind, proc.pid, "dump")
         ir = dumped_instructions(out_prefix)
     session[1].transport.abort()
-    return Measured(name, args.messages, wall, cpu, ir)
+    return Measured(name, args.messages, wall, cpu, ir, ivcs)
 
 
 async def run(args: argparse.Namespace) -> list[Measured]:
@@ -243,11 +268,27 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run(args))
     print(f"{args.protocol.upper()} {args.size} B, C=1, {args.messages} messages after {args.warmup} "
           f"warm-up, load average {os.getloadavg()[0]:.1f}")
-    print("| target | messages | msg/s (wall) | CPU ms/msg | instructions/msg |")
-    print("|---|---:|---:|---:|---:|")
+    print("| target | messages | msg/s (wall) | CPU ms/msg | instructions/msg | preempted/msg |")
+    print("|---|---:|---:|---:|---:|---:|")
     for m in results:
         print(m.row())
+    summary(results)
     return 0
+
+
+def summary(results: list[Measured]) -> None:
+    """Per target repeated in the run (interleaved rounds): median and range of CPU and msg/s."""
+    names = dict.fromkeys(m.name for m in results)
+    if len(results) == len(names):
+        return
+    print("\n| target | runs | CPU ms/msg median (range) | msg/s median (range) |")
+    print("|---|---:|---:|---:|")
+    for name in names:
+        runs = [m for m in results if m.name == name]
+        cpu = sorted(m.cpu_s * 1000 / m.messages for m in runs)
+        rate = sorted(m.messages / m.wall_s for m in runs)
+        print(f"| {name} | {len(runs)} | {statistics.median(cpu):.3f} ({cpu[0]:.3f}-{cpu[-1]:.3f}) | "
+              f"{statistics.median(rate):,.0f} ({rate[0]:,.0f}-{rate[-1]:,.0f}) |")
 
 
 if __name__ == "__main__":

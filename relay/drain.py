@@ -13,6 +13,15 @@ from __future__ import annotations
 import asyncio
 
 
+def write_now(transport: asyncio.WriteTransport, data: bytes) -> bool:
+    """``transport.write(data)`` (what ``StreamWriter.write`` does, one Python call less); True when
+    ``await writer.drain()`` might then wait or raise (as `needs_drain`)."""
+    transport.write(data)
+    if transport.is_closing():
+        return True
+    return bool(transport.get_write_buffer_size() >= transport.get_write_buffer_limits()[1])
+
+
 def needs_drain(writer: asyncio.StreamWriter) -> bool:
     """True when ``await writer.drain()`` might wait or raise (buffer at/above high water, closing)."""
     transport = writer.transport

@@ -29,6 +29,7 @@ from relay.config.model import AccountConfig, LimitsConfig, ListenerConfig
 from relay.drain import needs_drain
 from relay.errors import RelayError, UpstreamAuthRejected
 from relay.explain import log_explanation
+from relay.lazytimer import LazyDeadline
 from relay.lineproto.events import NEED_DATA, PAUSED, Credentials, LineCore, Reply, StartTls
 from relay.lineproto.login import Refusal, classify, token_rejected_fix
 from relay.metrics import NULL_OBSERVER, RelayObserver
@@ -109,6 +110,7 @@ class LineSession(abc.ABC, Generic[CoreT, UpstreamT]):
         self._budget = CommandBudget(ctx.limits.max_commands_without_progress)
         self._login_deadline: float | None = asyncio.get_running_loop().time() + ctx.limits.login_timeout_s
         self._line_deadline: float | None = None  # when the line being read must be complete
+        self._read_timer: LazyDeadline | None = None  # times each read (see _read)
         tls_active = writer.get_extra_info("sslcontext") is not None
         self._core: CoreT = self._new_core(
             starttls_available=ctx.listener.tls == "starttls" and ctx.tls_context is not None,
@@ -190,18 +192,28 @@ class LineSession(abc.ABC, Generic[CoreT, UpstreamT]):
         deadline = self._line_deadline
         if self._login_deadline is not None:
             deadline = min(deadline, self._login_deadline)
+        # A LazyDeadline, not asyncio.timeout_at (a timer armed and cancelled per read): on
+        # expiry the pending read fails with TimeoutError.
+        timer = self._read_timer
+        if timer is None:
+            timer = self._read_timer = LazyDeadline(loop, self._read_timed_out)
+        timer.set(deadline - loop.time())
         try:
-            async with asyncio.timeout_at(deadline):  # see _write
-                data = await self._reader.read(CLIENT_READ_BYTES)
+            data = await self._reader.read(CLIENT_READ_BYTES)
         except TimeoutError:
             login_late = self._login_deadline is not None and deadline == self._login_deadline
             await self._say_goodbye(LOGIN_TIMEOUT if login_late else IDLE_TIMEOUT)
         except OSError as exc:
             raise ClientGone(f"client read failed: {exc}") from None
+        finally:
+            timer.clear()
         if not data:
             raise ClientGone("client disconnected")
         self.stats.bytes_in += len(data)
         return data
+
+    def _read_timed_out(self) -> None:
+        self._reader.set_exception(TimeoutError())
 
     async def _say_goodbye(self, why: str) -> NoReturn:
         """Tell the client why the relay closes (if it still listens), then end the session."""
@@ -346,6 +358,8 @@ class LineSession(abc.ABC, Generic[CoreT, UpstreamT]):
     # --- close: the one teardown ---------------------------------------------------------------
 
     async def _close(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()  # its callback must not keep the session alive
         if self._upstream is not None:
             await self._upstream.close()  # POP3: without QUIT unless quit() already ran
         if not self._handed_over:

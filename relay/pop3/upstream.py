@@ -25,6 +25,7 @@ from relay.errors import (
     UpstreamReply,
     UpstreamUnavailable,
 )
+from relay.lazytimer import LazyDeadline
 from relay.pop3.replies import MultilineEndScanner, StatusLine, parse_status
 from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
@@ -70,6 +71,7 @@ class UpstreamPop3Session:
         self.capabilities: tuple[str, ...] | None = None  # None: the server has no CAPA
         self.closed = False
         self.on_close: Callable[[], None] | None = None  # called once when closed (frees its slot)
+        self._deadline: LazyDeadline | None = None  # the running read's timeout (_read_chunk)
 
     @property
     def where(self) -> str:
@@ -79,19 +81,30 @@ class UpstreamPop3Session:
     # --- I/O primitives --------------------------------------------------------------------
 
     async def _read_chunk(self, timeout_s: float) -> bytes:
+        reader = self._stream()[0]
+        # A LazyDeadline, not asyncio.timeout (a timer armed and cancelled per read, several per
+        # RETR): on expiry the read fails with TimeoutError (the stream is then unusable).
+        deadline = self._deadline
+        if deadline is None:
+            deadline = self._deadline = LazyDeadline(asyncio.get_running_loop(), self._read_timed_out)
+        deadline.set(timeout_s)
         try:
-            # asyncio.timeout, not wait_for: no new Task per read (Python 3.11).
-            async with asyncio.timeout(timeout_s):
-                data = await self._stream()[0].read(READ_CHUNK_BYTES)
+            data = await reader.read(READ_CHUNK_BYTES)
         except TimeoutError:
             raise UpstreamUnavailable(f"upstream POP3 server {self.where} did not answer within "
                                       f"{timeout_s:g} s", account=self.account) from None
         except OSError as exc:  # includes ssl.SSLError and ConnectionResetError
             raise self._translate(exc, "read") from None
+        finally:
+            deadline.clear()
         if not data:
             raise UpstreamUnavailable(f"upstream POP3 server {self.where} closed the connection",
                                       account=self.account)
         return data
+
+    def _read_timed_out(self) -> None:
+        if self._reader is not None:
+            self._reader.set_exception(TimeoutError())
 
     def _stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None:
@@ -184,6 +197,8 @@ class UpstreamPop3Session:
         if self.closed:
             return
         self.closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close()  # frees the mailbox's session slot

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, syntax
 
-from relay.drain import needs_drain
+from relay.drain import needs_drain, write_now
 from relay.smtp.builtin_replies import add_enhanced_code
 from relay.smtp.session_limits import SessionLimits
 
@@ -72,7 +72,7 @@ class CommandPath(SessionLimits):
             if status is MISSING:
                 envelope.mail_from = address
                 status = "250 OK"
-            if mail_log.isEnabledFor(logging.INFO):
+            if self._mail_info:
                 mail_log.info("%r sender: %s", session.peer, address)
             if self.send_reply(status):
                 await self.after_reply(status)
@@ -92,7 +92,7 @@ class CommandPath(SessionLimits):
         if status is MISSING:
             envelope.rcpt_tos.append(address)
             status = "250 OK"
-        if mail_log.isEnabledFor(logging.INFO):
+        if self._mail_info:
             mail_log.info("%r recip: %s", session.peer, address)
         if self.send_reply(status):
             await self.after_reply(status)
@@ -151,12 +151,11 @@ class CommandPath(SessionLimits):
             wire = status + b"\r\n"
         if kind is _PROGRESS:
             self.progress()
-        writer = self._writer
-        writer.write(wire)
-        if mail_log.isEnabledFor(logging.DEBUG):
+        drain = write_now(self._writer.transport, wire)
+        if self._mail_debug:
             assert self.session is not None
             mail_log.debug("%r << %r", self.session.peer, wire[:-2])
-        return kind is _WASTED or needs_drain(writer)
+        return kind is _WASTED or drain
 
     async def after_reply(self, status: str | bytes) -> None:
         """The rest of `push` after `send_reply` said so: drain, then count a refusal."""

@@ -38,6 +38,11 @@ mail_log = logging.getLogger("mail.log")  # aiosmtpd's logger
 class CommandLoop(SMTP):
     """`SMTP` with the lean command loop (see the module docstring)."""
 
+    # Whether mail.log shows INFO / DEBUG lines, read once per connection by the lean loop (the
+    # relay keeps mail.log at WARNING+); True: ask the logger each time (aiosmtpd's own loop).
+    _mail_info = True
+    _mail_debug = True
+
     async def _handle_client(self) -> None:
         if not ENABLED or self._proxy_timeout is not None:
             await super()._handle_client()
@@ -50,6 +55,8 @@ class CommandLoop(SMTP):
             call_limit = collections.defaultdict(lambda: self._call_limit_default,
                                                  self._call_limit_base)
         self._bogus_budget = BOGUS_LIMIT
+        self._mail_info = mail_log.isEnabledFor(logging.INFO)
+        self._mail_debug = mail_log.isEnabledFor(logging.DEBUG)
         reader = self._reader
         while self.transport is not None:
             try:
@@ -58,7 +65,7 @@ class CommandLoop(SMTP):
                 except asyncio.LimitOverrunError as error:
                     await self._skip_long_line(error)
                     continue
-                if mail_log.isEnabledFor(logging.INFO):  # the relay keeps mail.log at WARNING+
+                if self._mail_info:  # the relay keeps mail.log at WARNING+
                     sanitized_log(mail_log.debug, "_handle_client readline: %r", line)
                     sanitized_log(mail_log.info, "%r >> %r", self.session.peer,
                                   line.rstrip(b"\r\n"))

@@ -14,6 +14,8 @@ aiosmtpd stays the server (command loop, parsing, STARTTLS, timeouts); the relay
 * ``_reset_timeout``/``_timeout_cb``: the idle timeout is a `relay.lazytimer.LazyDeadline` (moved
   per command, re-armed rarely) and must not close a client while *we* wait for the upstream;
 * the command loop: `relay.smtp.commandloop.CommandLoop` (aiosmtpd's, with fewer steps per line);
+* the client stream reader: a `relay.upstream.reader.LeanStreamReader` (asyncio's, with the plain
+  read paths inline), fed by ``data_received`` without the weak-reference lookup;
 * ``smtp_AUTH``: legacy devices send ``HELO`` then ``AUTH`` (aiosmtpd allows AUTH only after
   EHLO) and lower-case mechanism names; EHLO also advertises the pre-RFC ``AUTH=LOGIN PLAIN``
   line that some old clients look for instead of ``AUTH``;
@@ -32,8 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,7 @@ from relay.smtp.connection import ConnectionState
 from relay.smtp.dataframe import DataFramer, LineEndNormalizer
 from relay.smtp.fastinit import cheap_introspection
 from relay.smtp.reply import SmtpReply
+from relay.upstream.reader import LeanStreamReader
 from relay.upstream.stream import set_nodelay
 
 if TYPE_CHECKING:
@@ -95,6 +98,11 @@ class RelaySMTP(CommandPath):
     def __init__(self, handler: Any, *, bare_lf: BareLfMode = "normalize", **kwargs: Any) -> None:
         with cheap_introspection():  # aiosmtpd's per-connection getmembers, see fastinit.py
             super().__init__(handler, **kwargs)
+        # aiosmtpd's reader, as a LeanStreamReader fed directly by data_received (see there)
+        reader = LeanStreamReader(limit=self.line_length_limit, loop=self.loop)
+        self._stream_reader_wr = weakref.ref(reader)
+        self._strong_reader = reader
+        self._lean_reader: LeanStreamReader | None = reader
         self.bare_lf = bare_lf
         self.state = ConnectionState()
         self.closed = asyncio.Event()
@@ -124,6 +132,12 @@ class RelaySMTP(CommandPath):
                 return
         super().connection_made(transport)
 
+    def data_received(self, data: bytes) -> None:
+        """StreamReaderProtocol's, without the weak-reference lookup per arrival."""
+        reader = self._lean_reader
+        if reader is not None:
+            reader.feed_data(data)
+
     def eof_received(self) -> bool | None:
         return None if self._refused else super().eof_received()
 
@@ -134,6 +148,7 @@ class RelaySMTP(CommandPath):
         if self._slots is not None and self._slot is not None:
             self._slots.release(self._slot)
             self._slot = None
+        self._lean_reader = None  # StreamReaderProtocol forgets its reader too
         if self._refused:
             self.closed.set()
             self._break_cycles()
@@ -174,7 +189,7 @@ class RelaySMTP(CommandPath):
         if self.bare_lf == "reject":
             # aiosmtpd reads each command with reader.readuntil() and strips CRLF or LF alike:
             # only the reader still sees which line end came.
-            strict_readuntil = functools.partial(asyncio.StreamReader.readuntil, reader)
+            strict_readuntil = reader.readuntil
 
             async def readuntil(separator: bytes = b"\n") -> bytes:
                 line = await strict_readuntil(separator)

@@ -21,20 +21,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from relay.config.model import AccountConfig, LimitsConfig, UpstreamEndpoint
-from relay.drain import needs_drain
-from relay.errors import (
-    ProtocolInputError,
-    UpstreamAuthRejected,
-    UpstreamProtocolError,
-    UpstreamUnavailable,
-)
+from relay.drain import write_now
+from relay.errors import ProtocolInputError, UpstreamProtocolError, UpstreamUnavailable
 from relay.lazytimer import LazyDeadline
-from relay.sasl import decode_error_challenge, encode_xoauth2
 from relay.secret import Secret
 from relay.smtp.commandline import command_line, mail_command, rcpt_command
 from relay.smtp.reply import EhloCapabilities, ReplyParser, SmtpReply
+from relay.smtp.xoauth2 import authenticate_xoauth2
 from relay.tokens.source import TokenSource
 from relay.upstream.login import login_with_refresh
+from relay.upstream.reader import LeanStreamReader
 from relay.upstream.stream import open_stream, start_tls, translate_failure
 
 T = TypeVar("T")
@@ -63,7 +59,7 @@ class UpstreamSmtpSession:
         self.data_timeout_s = data_timeout_s
         self.capabilities = EhloCapabilities()
         self.last_reply: SmtpReply | None = None
-        self._reader: asyncio.StreamReader | None = None
+        self._reader: LeanStreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._parser = ReplyParser()
         self._needs_crlf = False  # DATA content so far does not end with CRLF
@@ -84,7 +80,7 @@ class UpstreamSmtpSession:
         ``421`` idle timeout) buffered. A cheap check, without a round trip, before reusing."""
         reader = self._reader
         # StreamReader has no public "bytes buffered" accessor; _buffer is stable since 3.4.
-        return reader is not None and not reader.at_eof() and not reader._buffer  # type: ignore[attr-defined]
+        return reader is not None and not reader.at_eof() and not reader._buffer
 
     @property
     def pipelining(self) -> bool:
@@ -129,7 +125,7 @@ class UpstreamSmtpSession:
         return reply
 
     async def _ehlo(self) -> SmtpReply:
-        reply = await self._command(f"EHLO {self.local_hostname}", "EHLO")
+        reply = await self.command(f"EHLO {self.local_hostname}", "EHLO")
         if reply.code != 250:
             raise UpstreamUnavailable(f"upstream {self.where} refused EHLO: {reply}",
                                       account=self.account, reply=reply.as_upstream_reply())
@@ -137,7 +133,7 @@ class UpstreamSmtpSession:
         return reply
 
     async def _starttls(self) -> None:
-        reply = await self._command("STARTTLS", "STARTTLS")
+        reply = await self.command("STARTTLS", "STARTTLS")
         if reply.code != 220:
             raise UpstreamUnavailable(f"upstream {self.where} refused STARTTLS: {reply}",
                                       account=self.account, reply=reply.as_upstream_reply())
@@ -149,7 +145,7 @@ class UpstreamSmtpSession:
         if self.connected:
             try:
                 async with asyncio.timeout(min(self.command_timeout_s, 10.0)):
-                    await self._command("QUIT", "QUIT")
+                    await self.command("QUIT", "QUIT")
             except (UpstreamUnavailable, UpstreamProtocolError, TimeoutError, OSError):
                 pass  # closing anyway
         self.abort()
@@ -172,27 +168,7 @@ class UpstreamSmtpSession:
 
     async def authenticate(self, mailbox: str, token: Secret) -> SmtpReply:
         """AUTH XOAUTH2 in two steps; raise UpstreamAuthRejected with the upstream's reply."""
-        response = encode_xoauth2(mailbox, token.reveal())
-        reply = await self._command("AUTH XOAUTH2", "AUTH")
-        if reply.code == 334:
-            reply = await self._command(response, "AUTH", sensitive=True)
-            if reply.code == 334:
-                # The server's error challenge (base64 JSON); an empty line gets the final reply.
-                challenge = decode_error_challenge(" ".join(reply.text_lines)) or {}
-                reply = await self._command("", "AUTH")
-                if reply.code == 334:
-                    self.abort()
-                    raise UpstreamProtocolError(f"upstream {self.where} kept challenging XOAUTH2",
-                                                account=self.account)
-                if challenge and reply.code != 235:
-                    status = challenge.get("status")
-                    reply = SmtpReply(reply.code, reply.enhanced_code,
-                                      (*reply.text_lines[:-1], f"{reply.text_lines[-1]} (status {status})"))
-        if reply.code == 235:
-            return reply
-        error_cls = UpstreamUnavailable if reply.code == 421 else UpstreamAuthRejected
-        raise error_cls(f"upstream {self.where} refused XOAUTH2 for {mailbox}: {reply}",
-                        account=self.account, reply=reply.as_upstream_reply())
+        return await authenticate_xoauth2(self, mailbox, token)
 
     # --- transaction --------------------------------------------------------------------------
 
@@ -222,7 +198,7 @@ class UpstreamSmtpSession:
             return mail_reply, await self.send_command(rcpt, "RCPT")
         if self.write(mail + rcpt):
             await self.drain("MAIL", self.command_timeout_s)
-        mail_reply = await self.read_reply("MAIL")
+        mail_reply = await self.read_reply("MAIL", lines=2)  # both replies after one wake-up
         try:
             rcpt_reply = await self.read_reply("RCPT")
         except (UpstreamUnavailable, UpstreamProtocolError):
@@ -233,11 +209,11 @@ class UpstreamSmtpSession:
 
     async def rset(self) -> SmtpReply:
         """RSET."""
-        return await self._command("RSET", "RSET")
+        return await self.command("RSET", "RSET")
 
     async def noop(self) -> SmtpReply:
         """NOOP (a liveness check)."""
-        return await self._command("NOOP", "NOOP")
+        return await self.command("NOOP", "NOOP")
 
     async def data_start(self) -> SmtpReply:
         """DATA; 354 means content may follow."""
@@ -270,22 +246,23 @@ class UpstreamSmtpSession:
     def write(self, data: bytes) -> bool:
         """Write ``data`` now; True when the caller must then await `drain` (the buffer is full or
         the connection closing; see relay.drain): no coroutine per write otherwise."""
-        writer = self._require_writer()
-        writer.write(data)
-        return needs_drain(writer)
+        return write_now(self._require_writer().transport, data)
 
     async def drain(self, what: str, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) until the upstream took the buffered bytes."""
         await self._guard(self._require_writer().drain(), what, timeout_s)
 
-    async def read_reply(self, what: str, timeout_s: float | None = None) -> SmtpReply:
+    async def read_reply(self, what: str, timeout_s: float | None = None, lines: int = 1) -> SmtpReply:
         """Read the next reply (of a command sent earlier without waiting for it) under the step
-        timeout (`_guard`'s rules, in one coroutine: this runs two or three times per message)."""
+        timeout (`_guard`'s rules, in one coroutine: this runs two or three times per message);
+        ``lines``: first wait until that many lines (e.g. two pipelined replies) are buffered."""
         deadline = self._start_step(timeout_s)
         try:
             reader = self._reader
             if reader is None:
                 raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
+            if lines > 1:
+                await reader.wait_lines(lines)
             while True:
                 try:
                     line = await reader.readuntil(b"\n")
@@ -332,7 +309,7 @@ class UpstreamSmtpSession:
             raise UpstreamUnavailable(f"upstream {self.where} connection is closed", account=self.account)
         return self._writer
 
-    async def _command(self, line: str, what: str, *, sensitive: bool = False) -> SmtpReply:
+    async def command(self, line: str, what: str, *, sensitive: bool = False) -> SmtpReply:
         """Send one command line (checked here) and read its reply under the step timeout."""
         return await self.send_command(command_line(line, sensitive=sensitive), what)
 

@@ -16,8 +16,9 @@ import ssl
 from relay.config.model import UpstreamEndpoint
 from relay.errors import RelayError, UpstreamUnavailable
 from relay.tlsutil import client_context
+from relay.upstream.reader import LeanStreamReader, open_lean_connection
 
-Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Stream = tuple[LeanStreamReader, asyncio.StreamWriter]
 
 
 def where(endpoint: UpstreamEndpoint) -> str:
@@ -40,13 +41,14 @@ def set_nodelay(sock: socket.socket | None) -> None:
 
 
 async def open_stream(endpoint: UpstreamEndpoint, *, read_limit: int) -> Stream:
-    """Connect to ``endpoint`` (TLS first for ``tls: implicit``) with TCP_NODELAY set.
+    """Connect to ``endpoint`` (TLS first for ``tls: implicit``) with TCP_NODELAY set; the reader
+    is a `LeanStreamReader`.
 
     No timeout of its own (the caller bounds the whole connect phase) and no translation: the
     caller translates with `translate_failure`, naming the protocol step.
     """
     implicit = endpoint.tls == "implicit"
-    reader, writer = await asyncio.open_connection(
+    reader, writer = await open_lean_connection(
         endpoint.host, endpoint.port, limit=read_limit,
         ssl=tls_context(endpoint) if implicit else None,
         server_hostname=endpoint.host if implicit else None)
