@@ -105,4 +105,6 @@ def test_accept_out_of_descriptors_tries_a_small_batch_per_wake_up(tmp_path):
         for client in clients:
             client.close()
     errors = int(out.split()[1])
-    assert 0 < errors <= 100, out
+    # 36-47 on a quiet machine, 112 seen under a loaded parallel run (more wake-ups in the 2.5 s);
+    # without the small batch the first wake-up alone logs one error per backlog slot (4096).
+    assert 0 < errors <= 400, out
