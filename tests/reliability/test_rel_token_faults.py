@@ -147,7 +147,12 @@ def test_store_corrupted_while_running_keeps_serving_held_tokens(rel_relay, sand
     relay = rel_relay(expired=True)
     path = relay.config.token_store.path
     damaged = path.read_bytes()[:-5] + b"XXXXX"
-    path.write_bytes(damaged)
+    # Swapped in whole, as a damaged disk would present it: write_bytes would let the relay's
+    # reload check (the start-up refresh may be saving meanwhile) see a 0-byte file instead.
+    spare = path.with_name("damaged.tmp")
+    spare.write_bytes(damaged)
+    spare.chmod(0o600)
+    os.replace(spare, path)
     with caplog.at_level(logging.ERROR, logger="relay.tokens"):
         assert _mail_code(relay) == 250
         assert _mail_code(relay) == 250
