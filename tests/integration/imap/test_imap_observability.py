@@ -11,18 +11,15 @@ import http.client
 import imaplib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.app_harness import AppRelay, seed_accounts, start_app_relay, wait_until
-from support.relay_harness import authorized_token_set, loopback, relay_config, sandbox_credentials
+from sandbox_imap_relay import start_sandbox_imap_relay
+from support.app_harness import AppRelay, wait_until
 
-from relay.config.model import AccountConfig, LimitsConfig, ListenConfig, UpstreamEndpoint
 from relay.config.sections import AdminConfig
-from relay.passwords import hash_password
 from relay.sandbox.world import SandboxWorld
-from relay.tokens.store import generate_key
 
 MAILBOX = "watched@sandbox.test"
 PASSWORD = "observed imap pw"
@@ -68,19 +65,8 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
     """The sandbox world and a RelayApp (IMAP listener, admin listener on a free port) in front."""
     base = tmp_path_factory.mktemp("imap-observed")
     world = SandboxWorld.start(base / "world")
-    account = AccountConfig(name="w", username="wapp", password_hash=hash_password(PASSWORD, log2_n=10),
-                            mailbox=MAILBOX, credentials="sandbox", smtp=None, pop3=None,
-                            imap=UpstreamEndpoint(world.host, world.imap_port, "implicit",
-                                                  ca_file=world.ca_file))
-    config = relay_config(accounts=[account], credentials=sandbox_credentials(world),
-                          token_store=base / "tokens.enc", limits=LimitsConfig(auth_failure_delay_s=0),
-                          smtp_listener=loopback(False), pop3_listener=loopback(False))
-    config = replace(config, listen=ListenConfig(smtp=loopback(False), pop3=loopback(False),
-                                                 imap=loopback(True)),
-                     admin=AdminConfig(host="127.0.0.1", port=0))
-    key = generate_key()
-    seed_accounts(config, key, {"w": authorized_token_set(world.oauth, "w", MAILBOX, obtained_ago_s=0)})
-    relay = start_app_relay(config, base, key=key, name="imap-observed-relay")
+    relay = start_sandbox_imap_relay(world, base, name="w", username="wapp", password=PASSWORD,
+                                     mailbox=MAILBOX, admin=AdminConfig(host="127.0.0.1", port=0))
     try:
         yield Watched(world, relay)
     finally:

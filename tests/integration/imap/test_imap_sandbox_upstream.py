@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import imaplib
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
-from support.app_harness import seed_accounts, start_app_relay
-from support.relay_harness import (
-    authorized_token_set,
-    loopback,
-    relay_config,
-    sandbox_credentials,
-)
+from sandbox_imap_relay import start_sandbox_imap_relay
 
-from relay.config.model import AccountConfig, LimitsConfig, ListenConfig, UpstreamEndpoint
-from relay.passwords import hash_password
 from relay.sandbox.loop import LoopThread
 from relay.sandbox.world import SandboxWorld
 from relay.tokens.manager import TokenManager
-from relay.tokens.store import generate_key
 
 MAILBOX = "gmail-like@sandbox.test"
 PASSWORD = "sandbox imap pw"
@@ -33,18 +23,8 @@ def sandbox_relay(tmp_path_factory) -> Iterator[tuple[SandboxWorld, int, LoopThr
     base = tmp_path_factory.mktemp("imap-sandbox")
     world = SandboxWorld.start(base / "world")
     world.imap.sasl_ir = False
-    account = AccountConfig(name="g", username="gapp", password_hash=hash_password(PASSWORD, log2_n=10),
-                            mailbox=MAILBOX, credentials="sandbox", smtp=None, pop3=None,
-                            imap=UpstreamEndpoint(world.host, world.imap_port, "implicit",
-                                                  ca_file=world.ca_file))
-    config = relay_config(accounts=[account], credentials=sandbox_credentials(world),
-                          token_store=base / "tokens.enc", limits=LimitsConfig(auth_failure_delay_s=0),
-                          smtp_listener=loopback(False), pop3_listener=loopback(False))
-    config = replace(config, listen=ListenConfig(smtp=loopback(False), pop3=loopback(False),
-                                                 imap=loopback(True)))
-    key = generate_key()
-    seed_accounts(config, key, {"g": authorized_token_set(world.oauth, "g", MAILBOX, obtained_ago_s=0)})
-    relay = start_app_relay(config, base, key=key, name="imap-sandbox-relay")
+    relay = start_sandbox_imap_relay(world, base, name="g", username="gapp", password=PASSWORD,
+                                     mailbox=MAILBOX)
     try:
         yield world, relay.imap_port, relay.thread, relay.tokens
     finally:
