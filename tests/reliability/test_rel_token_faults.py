@@ -102,15 +102,17 @@ def test_unwritable_store_keeps_old_file_and_rotated_tokens(rel_relay, sandbox, 
     import relay.tokens.store as store_module
 
     sandbox.oauth.rotate_refresh_tokens = True
-    relay = rel_relay(expired=True)
-    path = relay.config.token_store.path
-    before = path.read_bytes()
-    old = relay.thread.run(EncryptedFileStore(path, relay.key).open().get("rel"))
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(store_module, "tempfile", types.SimpleNamespace(mkstemp=refuse))
+    def refuse_writes(_tokens: object) -> None:  # before the background refresher starts: it may
+        monkeypatch.setattr(store_module, "tempfile", types.SimpleNamespace(mkstemp=refuse))  # go first
+
+    relay = rel_relay(expired=True, prepare_tokens=refuse_writes)
+    path = relay.config.token_store.path
+    before = path.read_bytes()  # as seeded: no write has succeeded since
+    old = relay.thread.run(EncryptedFileStore(path, relay.key).open().get("rel"))
     with caplog.at_level(logging.ERROR, logger="relay.tokens"):
         assert _mail_code(relay) == 250
         assert _mail_code(relay) == 250
