@@ -117,6 +117,16 @@ class Relay(AppRelay):
             client.login(USERNAME, PASSWORD)
         return client
 
+    def mail_code(self, message: bytes = b"Subject: t\r\n\r\nbody\r\n") -> int:
+        """Send ``message`` in one logged-in session: the code of the MAIL reply if it refused,
+        else of the end of DATA."""
+        with self.smtp() as client:
+            code, _ = client.mail("from@x.test")
+            if code == 250:
+                client.rcpt("to@x.test")
+                code, _ = client.data(message)
+        return code
+
     def pop(self, *, login: bool = True) -> poplib.POP3:
         """A poplib client (logged in by default)."""
         client = poplib.POP3("127.0.0.1", self.pop3_port, timeout=TIMEOUT_S)

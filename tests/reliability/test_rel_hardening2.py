@@ -116,15 +116,6 @@ def test_background_refresher_survives_an_unexpected_exception(rel_relay, sandbo
     assert calls["n"] >= 2
 
 
-def _mail_code(relay) -> int:
-    with relay.smtp() as client:
-        code, _ = client.mail("from@x.test")
-        if code == 250:
-            client.rcpt("to@x.test")
-            code, _ = client.data(MSG)
-    return code
-
-
 def test_refused_fresh_token_cools_down_without_token_requests(rel_relay, sandbox, caplog):
     """Item 9: while the upstream refuses every token (SMTP AUTH disabled), 20 sessions cause one
     token request, not 20, and all get 454; after the cool-down one more request is allowed (then
@@ -136,7 +127,7 @@ def test_refused_fresh_token_cools_down_without_token_requests(rel_relay, sandbo
     relay.tokens._cooldown._clock = lambda: now[0]
     sandbox.smtp.authorize = sandbox.pop3.authorize = lambda token, user: False
     for _ in range(20):
-        assert _mail_code(relay) == 454
+        assert relay.mail_code() == 454
     assert sandbox.oauth.counters.get("refresh_requests", 0) == 1
     assert sum("no token is requested" in r.getMessage() for r in caplog.records) == 1
     pop = Raw(relay.pop3_port)  # POP3 shares the cool-down: no request either
@@ -148,15 +139,15 @@ def test_refused_fresh_token_cools_down_without_token_requests(rel_relay, sandbo
     pop.close()
     assert sandbox.oauth.counters.get("refresh_requests", 0) == 1
     now[0] += 61  # the cool-down ends: one new token is tried (and refused: the next is 120 s)
-    assert _mail_code(relay) == 454
-    assert _mail_code(relay) == 454
+    assert relay.mail_code() == 454
+    assert relay.mail_code() == 454
     assert sandbox.oauth.counters.get("refresh_requests", 0) == 2
     now[0] += 60
-    assert _mail_code(relay) == 454
+    assert relay.mail_code() == 454
     assert sandbox.oauth.counters.get("refresh_requests", 0) == 2  # still cooling down (doubled)
     sandbox.smtp.authorize = sandbox.pop3.authorize = sandbox.oauth.token_allows
     now[0] += 61
-    assert _mail_code(relay) == 250
+    assert relay.mail_code() == 250
 
 
 def _smtp_login(raw: Raw) -> None:

@@ -20,15 +20,6 @@ from .conftest import MAILBOX, fast_limits
 MSG = b"Subject: t\r\n\r\nbody\r\n"
 
 
-def _mail_code(relay) -> int:
-    with relay.smtp() as client:
-        code, _ = client.mail("from@x.test")
-        if code == 250:
-            client.rcpt("to@x.test")
-            code, _ = client.data(MSG)
-    return code
-
-
 @pytest.mark.parametrize("fault", ["http500", "hang", "invalid_json", "invalid_grant"])
 def test_token_endpoint_faults_give_454_never_250(rel_relay, sandbox, caplog, fault):
     """Token endpoint 500 / hanging / invalid JSON / invalid_grant: 454 at MAIL, nothing stored,
@@ -46,7 +37,7 @@ def test_token_endpoint_faults_give_454_never_250(rel_relay, sandbox, caplog, fa
         oauth.force_invalid_grant = True
     relay = rel_relay(expired=True, http_timeout_s=0.5)
     with caplog.at_level(logging.INFO):
-        assert _mail_code(relay) == 454
+        assert relay.mail_code() == 454
     assert sandbox.smtp.messages() == []
     logged = "\n".join(r.getMessage() for r in caplog.records)
     if fault == "invalid_grant":
@@ -56,7 +47,7 @@ def test_token_endpoint_faults_give_454_never_250(rel_relay, sandbox, caplog, fa
     oauth.clear_faults()
     oauth.hang_token_endpoint = False
     if fault != "invalid_grant":  # a transient fault heals by itself
-        assert _mail_code(relay) == 250
+        assert relay.mail_code() == 250
         assert len(sandbox.smtp.wait_for_messages(1)) == 1
 
 
@@ -70,7 +61,7 @@ def test_clock_skew_tokens_expired_on_arrival_still_deliver(rel_relay, sandbox):
     at_start = sandbox.oauth.counters["refresh_requests"]
     sandbox.oauth.issue_expired_tokens = True
     for _ in range(3):
-        assert _mail_code(relay) == 250
+        assert relay.mail_code() == 250
     assert len(sandbox.smtp.wait_for_messages(3)) == 3
     assert sandbox.oauth.counters["refresh_requests"] - at_start <= 3
 
@@ -86,7 +77,7 @@ def test_short_token_lifetimes_over_a_run(rel_relay, sandbox):
     deadline = time.monotonic() + 7
     sent = 0
     while time.monotonic() < deadline:
-        assert _mail_code(relay) == 250
+        assert relay.mail_code() == 250
         sent += 1
         pop = relay.pop()
         assert pop.stat()[0] == 1
@@ -114,8 +105,8 @@ def test_unwritable_store_keeps_old_file_and_rotated_tokens(rel_relay, sandbox, 
     before = path.read_bytes()  # as seeded: no write has succeeded since
     old = relay.thread.run(EncryptedFileStore(path, relay.key).open().get("rel"))
     with caplog.at_level(logging.ERROR, logger="relay.tokens"):
-        assert _mail_code(relay) == 250
-        assert _mail_code(relay) == 250
+        assert relay.mail_code() == 250
+        assert relay.mail_code() == 250
     assert path.read_bytes() == before
     assert any("could not be saved" in r.getMessage() for r in caplog.records)
     assert sandbox.oauth.counters["refresh_requests"] == 1
@@ -136,7 +127,7 @@ def test_store_corrupted_while_running_gives_454_and_a_clear_error(rel_relay, sa
     os.write(fd, b"XO2RTOK\x01" + os.urandom(80))
     os.close(fd)
     with caplog.at_level(logging.ERROR, logger="relay.tokens"):
-        assert _mail_code(relay) == 454
+        assert relay.mail_code() == 454
     assert any("cannot be decrypted" in r.getMessage() for r in caplog.records)
     assert sandbox.smtp.messages() == []
 
@@ -156,8 +147,8 @@ def test_store_corrupted_while_running_keeps_serving_held_tokens(rel_relay, sand
     spare.chmod(0o600)
     os.replace(spare, path)
     with caplog.at_level(logging.ERROR, logger="relay.tokens"):
-        assert _mail_code(relay) == 250
-        assert _mail_code(relay) == 250
+        assert relay.mail_code() == 250
+        assert relay.mail_code() == 250
     assert any("cannot be decrypted" in r.getMessage() for r in caplog.records)
     assert sandbox.oauth.counters["refresh_requests"] == 1
     assert path.read_bytes() == damaged
@@ -222,7 +213,7 @@ def test_pop3_upstream_bad_certificate_fails_closed(rel_relay, sandbox):
 def test_smtp_token_revoked_mid_run_recovers_with_one_refresh(rel_relay, sandbox):
     """All access tokens revoked at the provider: the next message forces one refresh and delivers."""
     relay = rel_relay()
-    assert _mail_code(relay) == 250
+    assert relay.mail_code() == 250
     sandbox.oauth.revoke_all_access_tokens()
     with relay.smtp() as client:
         assert client.sendmail("a@x.test", ["b@x.test"], MSG) == {}

@@ -15,20 +15,12 @@ from ops_helpers import OpsSetup
 from support.serve import ServeProcess
 
 from relay.sandbox.world import SandboxWorld
-from relay.tokens.store import generate_key
 
 
 @pytest.fixture
 def ops(sandbox: SandboxWorld, tmp_path: Path) -> OpsSetup:
     """An OpsSetup in a fresh directory with account 'ops' (ops@sandbox.test), not yet written."""
-    directory = tmp_path / "ops"
-    directory.mkdir()
-    key = generate_key()
-    (directory / "store.key").write_text(key + "\n")
-    (directory / "store.key").chmod(0o600)
-    setup = OpsSetup(sandbox, directory, key, {})
-    setup.add_account("ops", "ops@sandbox.test")
-    return setup
+    return OpsSetup.fresh(sandbox, tmp_path / "ops")
 
 
 @pytest.fixture

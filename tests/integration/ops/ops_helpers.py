@@ -23,7 +23,7 @@ from relay.sandbox.oauth import DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE
 from relay.sandbox.world import SandboxWorld
 from relay.secret import Secret
 from relay.tokens.model import TokenSet
-from relay.tokens.store import EncryptedFileStore, decode_key
+from relay.tokens.store import EncryptedFileStore, decode_key, generate_key
 
 PASSWORD = "ops test password 42"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -47,6 +47,18 @@ class OpsSetup:
     smtp_port: int = 0
     pop3_port: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # more top-level sections (admin, alerts)
+
+    @classmethod
+    def fresh(cls, world: SandboxWorld, directory: Path) -> OpsSetup:
+        """A setup in the new ``directory`` (store key file written, 0600) with account 'ops'
+        (ops@sandbox.test); the configuration is not written yet."""
+        directory.mkdir()
+        key = generate_key()
+        (directory / "store.key").write_text(key + "\n")
+        (directory / "store.key").chmod(0o600)
+        setup = cls(world, directory, key, {})
+        setup.add_account("ops", "ops@sandbox.test")
+        return setup
 
     @property
     def config_path(self) -> Path:

@@ -137,19 +137,13 @@ def spool_ops(sandbox: SandboxWorld, tmp_path: Path, request: pytest.FixtureRequ
     """A relay.yaml whose account 'ops' spools into tmp_path/ops/spool (spool.retry_initial_s 1,
     or the fixture's indirect parameter)."""
 
-    directory = tmp_path / "ops"
-    directory.mkdir()
-    key = generate_key()
-    (directory / "store.key").write_text(key + "\n")
-    (directory / "store.key").chmod(0o600)
-    setup = OpsSetup(sandbox, directory, key, {})
-    setup.add_account("ops", "ops@sandbox.test")
+    setup = OpsSetup.fresh(sandbox, tmp_path / "ops")
     setup.accounts["ops"]["delivery"] = "spool"
     setup.seed("ops", "ops@sandbox.test")
     path = setup.write()
     data = yaml.safe_load(path.read_text())
     retry_s = getattr(request, "param", 1)
-    data["spool"] = {"directory": str(directory / "spool"), "retry_initial_s": retry_s}
+    data["spool"] = {"directory": str(setup.dir / "spool"), "retry_initial_s": retry_s}
     data["admin"] = {"host": "127.0.0.1", "port": free_port()}
     path.write_text(yaml.safe_dump(data))
     return setup
