@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from support.app_harness import AppRelay, wait_settled
+
 
 def track(monkeypatch: pytest.MonkeyPatch, cls: type,
           only: Callable[[], bool] | None = None) -> list[weakref.ref[Any]]:
@@ -84,3 +86,16 @@ def assert_freed(refs: list[weakref.ref[Any]], what: str, timeout_s: float = 10.
                 f"end without the cycle collector (a reference cycle); one is held by: "
                 f"{holders(alive)}")
         time.sleep(0.02)
+
+
+def assert_ended_sessions_freed(relay: AppRelay, monkeypatch: pytest.MonkeyPatch, cls: type,
+                                 endings: list[Callable[[Any], None]], what: str) -> None:
+    """Run each of ``endings`` (a function ending one session on ``relay``) with the cycle collector
+    off; every ``cls`` session they made must be freed by reference counting alone."""
+    sessions = track(monkeypatch, cls)
+    with no_cycle_collector():
+        for end_session in endings:
+            end_session(relay)
+        wait_settled(relay)
+        assert len(sessions) == len(endings)
+        assert_freed(sessions, what)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import poplib
 
 import pytest
-from support.app_harness import wait_settled
-from support.cycles import assert_freed, no_cycle_collector, track
+from support.cycles import assert_ended_sessions_freed
 
 from relay.pop3.session import Pop3ProxySession
 
@@ -47,11 +46,4 @@ def test_closed_sessions_are_freed_without_the_cycle_collector(pop3_relay: Start
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Sessions that ended by QUIT, a vanished client, a failed login or junk are freed by
     reference counting alone."""
-    relay = pop3_relay()
-    sessions = track(monkeypatch, Pop3ProxySession)
-    with no_cycle_collector():
-        for end_session in ENDINGS:
-            end_session(relay)
-        wait_settled(relay)
-        assert len(sessions) == len(ENDINGS)
-        assert_freed(sessions, "POP3 session")
+    assert_ended_sessions_freed(pop3_relay(), monkeypatch, Pop3ProxySession, ENDINGS, "POP3 session")

@@ -14,7 +14,7 @@ import ssl
 
 import pytest
 from support.app_harness import wait_settled
-from support.cycles import assert_freed, no_cycle_collector, track
+from support.cycles import assert_ended_sessions_freed, assert_freed, no_cycle_collector, track
 
 from relay.config.model import LimitsConfig, ListenerConfig
 from relay.smtp.session import RelaySMTP
@@ -67,14 +67,7 @@ def test_closed_sessions_are_freed_without_the_cycle_collector(start_relay: Star
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Sessions that ended by QUIT, a vanished client mid-DATA, a failed login, junk commands or a
     hang-up after the greeting are all freed by reference counting alone."""
-    relay = start_relay()
-    sessions = track(monkeypatch, RelaySMTP)
-    with no_cycle_collector():
-        for end_session in ENDINGS:
-            end_session(relay)
-        wait_settled(relay)
-        assert len(sessions) == len(ENDINGS)
-        assert_freed(sessions, "SMTP session")
+    assert_ended_sessions_freed(start_relay(), monkeypatch, RelaySMTP, ENDINGS, "SMTP session")
 
 
 def test_starttls_and_refused_sessions_are_freed(start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch,
