@@ -32,12 +32,14 @@ from relay.app import AuthenticatorFactory, RelayApp, TokensFactory
 from relay.config.model import AccountConfig, LimitsConfig, PoolConfig, RelayConfig, SpoolConfig
 from relay.configuration import load_config
 from relay.sandbox.loop import LoopThread
+from relay.sandbox.oauth import SandboxOAuthProvider
 from relay.secret import Secret
 from relay.spool.clock import Clock
 from relay.tokens.interface import TokenStore
 from relay.tokens.manager import TokenManager
 from relay.tokens.model import TokenSet
 from relay.tokens.store import EncryptedFileStore, decode_key
+from support.relay_harness import authorized_token_set, fresh_store
 
 # ---- RelayConfig -> the YAML an operator writes -------------------------------------------------
 
@@ -274,6 +276,17 @@ def start_app_relay(config: RelayConfig, directory: Path, *, key: str, name: str
         thread.stop()
         raise
     return AppRelay(app, thread, directory / "relay.yaml")
+
+
+async def started_app_with_token(config: RelayConfig, store_path: Path, oauth: SandboxOAuthProvider,
+                                 account: str, mailbox: str) -> RelayApp:
+    """A started RelayApp over a fresh token store at ``store_path`` holding an authorized token set
+    of ``account`` (run it on the relay's loop thread)."""
+    store = fresh_store(store_path)
+    await store.put(authorized_token_set(oauth, account, mailbox))
+    app = RelayApp(config, store=store)
+    await app.start()
+    return app
 
 
 def _loader(path: Path) -> RelayConfig:

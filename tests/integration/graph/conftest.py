@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.relay_harness import authorized_token_set, fresh_store
+from support.app_harness import started_app_with_token
 
 from relay.app import RelayApp
 from relay.config.model import RelayConfig
@@ -108,15 +108,9 @@ def start_graph_relay(world: SandboxWorld, tmp_path: Path) -> Iterator[StartGrap
     def start(**options: Any) -> GraphRelay:
         config = parse_config(graph_yaml(world, tmp_path, **options), env={"RELAY_TEST_STORE_KEY": "x"})
         thread = LoopThread("relay-graph").start()
-
-        async def make() -> RelayApp:
-            store = fresh_store(tmp_path / "tokens.enc")
-            await store.put(authorized_token_set(world.oauth, "sales", MAILBOX))
-            app = RelayApp(config, store=store)
-            await app.start()
-            return app
-
-        relay = GraphRelay(thread.run(make()), thread, config)
+        app = thread.run(started_app_with_token(config, tmp_path / "tokens.enc", world.oauth, "sales",
+                                                MAILBOX))
+        relay = GraphRelay(app, thread, config)
         started.append(relay)
         return relay
 

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.relay_harness import authorized_token_set, fresh_store
+from support.app_harness import started_app_with_token
 
-from relay.app import RelayApp
 from relay.configuration import parse_config
 from relay.graph.send import size_limit
 from relay.passwords import hash_password
@@ -199,15 +198,7 @@ def test_relay_app_accepts_spool_with_graph_and_delivers(sandbox: SandboxWorld, 
     monkeypatch.setenv(KEY_ENV, generate_key())
     config = parse_config(graph_spool_yaml(sandbox, tmp_path))
     thread = LoopThread("relay-app-spool-graph").start()
-
-    async def make() -> RelayApp:
-        store = fresh_store(tmp_path / "tokens.enc")
-        await store.put(authorized_token_set(sandbox.oauth, "sales", MAILBOX))
-        app = RelayApp(config, store=store)
-        await app.start()
-        return app
-
-    app = thread.run(make())
+    app = thread.run(started_app_with_token(config, tmp_path / "tokens.enc", sandbox.oauth, "sales", MAILBOX))
     try:
         assert app.smtp_port is not None
         with smtplib.SMTP("127.0.0.1", app.smtp_port, timeout=30) as client:
