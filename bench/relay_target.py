@@ -77,6 +77,7 @@ class RelayProcess(ChildServer):
             del config["listen"]["imap"]  # type: ignore[attr-defined]
             del config["accounts"]["bench"]["imap"]  # type: ignore[index]
             self.imap_port = 0
+        self.more_ports = (self.pop3_port, self.imap_port) if self.imap_port else (self.pop3_port,)
         self.config_path = self.workdir / "relay.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.output_path

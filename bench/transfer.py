@@ -102,17 +102,8 @@ async def smtp_loop(target: Target, count: int, size: int, tag: str,
 
 
 async def pop3_login(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """USER/PASS to a local proxy (its POP3 listener may start a moment after the SMTP one that
-    told the bench the proxy is up, e.g. under callgrind: connection refusals are retried for 30 s)."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            reader, writer = await asyncio.open_connection(target.host, target.pop3_port, limit=1 << 22)
-            break
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    """USER/PASS to a local proxy."""
+    reader, writer = await asyncio.open_connection(target.host, target.pop3_port, limit=1 << 22)
     set_nodelay(writer)
     await _status(reader, "greeting")
     writer.write(f"USER {target.user}\r\n".encode())
